@@ -1,0 +1,118 @@
+"""Test matrix: every backend that is installed and works, in float64 and float32.
+
+Choose backends with ``--backend NAME`` (repeatable) or the comma-separated
+``PORTABLE_RNN_BACKEND`` environment variable; by default every backend in
+:data:`portable_rnn.backends.BACKEND_NAMES` is probed. A backend that is not
+installed, or has no device, appears as a skip whose reason says why.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from portable_rnn.backends import BACKEND_NAMES, discover
+
+#: Tolerances fitted to each dtype for comparisons with documented numbers.
+TOLERANCES = {
+    "float64": {"rtol": 1e-7, "atol": 1e-8},
+    "float32": {"rtol": 1e-4, "atol": 1e-5},
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--backend", action="append", default=None, choices=BACKEND_NAMES,
+        help="run only this backend (repeatable); default: all, or PORTABLE_RNN_BACKEND",
+    )
+    parser.addoption("--soak", action="store_true", default=False, help="run the soak tests")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: long-running soak test, run with --soak")
+    available, unavailable = discover(config.getoption("--backend"))
+    config._prnn_backends = (available, unavailable)
+    config._prnn_counts = collections.defaultdict(collections.Counter)
+    config._prnn_item_backend = {}
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    available, unavailable = metafunc.config._prnn_backends
+    params = [pytest.param(b, id=name) for name, b in available.items()]
+    params += [
+        pytest.param(None, id=name, marks=pytest.mark.skip(reason=reason))
+        for name, reason in unavailable.items()
+    ]
+    metafunc.parametrize("backend", params)
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_soak = pytest.mark.skip(reason="soak test: opt in with --soak")
+    for item in items:
+        if "soak" in item.keywords and not config.getoption("--soak"):
+            item.add_marker(skip_soak)
+        callspec = getattr(item, "callspec", None)
+        name = None
+        if callspec is not None and "backend" in callspec.params:
+            name = callspec.id.split("-")[0] if False else _backend_id(callspec)
+        config._prnn_item_backend[item.nodeid] = name or "(no backend)"
+
+
+def _backend_id(callspec):
+    value = callspec.params["backend"]
+    if value is not None:
+        return value.name
+    for part in callspec.id.split("-"):
+        if part in BACKEND_NAMES:
+            return part
+    return "(unavailable)"
+
+
+def pytest_runtest_logreport(report):
+    config = _CONFIG[0]
+    if config is None:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        backend = config._prnn_item_backend.get(report.nodeid, "(no backend)")
+        config._prnn_counts[backend][report.outcome] += 1
+
+
+_CONFIG = [None]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+    _CONFIG[0] = session.config
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config._prnn_counts
+    if not counts:
+        return
+    terminalreporter.section("tests per backend")
+    for backend in sorted(counts):
+        c = counts[backend]
+        terminalreporter.write_line(
+            f"{backend:28s} passed {c['passed']:5d}  failed {c['failed']:3d}  skipped {c['skipped']:3d}"
+        )
+
+
+@pytest.fixture(params=["float64", "float32"])
+def dtype(request):
+    """Floating dtype name under test."""
+    return request.param
+
+
+@pytest.fixture
+def tol(dtype):
+    """assert_allclose keyword arguments fitted to ``dtype``."""
+    return TOLERANCES[dtype]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261124)

@@ -1,0 +1,30 @@
+"""portable_rnn: recurrent networks with hand-written BPTT on any Array API backend."""
+
+from .activations import log_softmax, relu, sigmoid, softmax
+from .stepbystep import (
+    lstm_backward,
+    lstm_cell_backward,
+    lstm_cell_forward,
+    lstm_forward,
+    rnn_backward,
+    rnn_cell_backward,
+    rnn_cell_forward,
+    rnn_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sigmoid",
+    "softmax",
+    "log_softmax",
+    "relu",
+    "rnn_cell_forward",
+    "rnn_forward",
+    "lstm_cell_forward",
+    "lstm_forward",
+    "rnn_cell_backward",
+    "rnn_backward",
+    "lstm_cell_backward",
+    "lstm_backward",
+]

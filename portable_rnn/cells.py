@@ -1,0 +1,175 @@
+r"""One time step of each recurrent cell, forward and backward.
+
+A cell sees the *pre-activations*: the sequence loop hoists the input
+projection :math:`x_t W_{ih}^T + b` out of the time loop (one matmul for all
+steps) and hands each step its slice ``xw`` of shape (N, G*H), where G is the
+number of gates. The step adds the recurrent projection
+:math:`h_{t-1} W_{hh}^T` and applies the gate equations. Layout is PyTorch's:
+batch-major states (N, H), gates stacked along the last axis in PyTorch's
+order (LSTM i, f, g, o; GRU r, z, n).
+
+The backward of a step returns
+
+``d_xw``
+    the gradient of the input pre-activation (N, G*H),
+``d_hw``
+    the gradient of the recurrent pre-activation, or ``None`` when it equals
+    ``d_xw`` (RNN and LSTM; only GRU's candidate gate tells them apart),
+``d_state_prev``
+    the gradient of the previous state *except* the path through
+    :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``; ``None``
+    in place of an entry that has no such direct path (the RNN's h).
+
+Every backward line undoes one forward line and reuses post-activations:
+:math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - \tanh^2`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .activations import sigmoid
+
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "cell_for"]
+
+
+@dataclass(frozen=True)
+class RNNCell:
+    r"""Elman RNN cell.
+
+    .. math::
+
+        h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),
+        \qquad \phi \in \{\tanh, \mathrm{relu}\}
+
+    Both biases are folded into the hoisted input projection.
+    """
+
+    nonlinearity: str = "tanh"
+    n_gates = 1
+    n_states = 1
+    recurrent_bias_inside = False
+
+    def __post_init__(self):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}"
+            )
+
+    def step(self, xw, state, W_hh, b_hh, *, xp):
+        (h_prev,) = state
+        z = xw + h_prev @ W_hh.mT
+        h = xp.tanh(z) if self.nonlinearity == "tanh" else xp.maximum(z, xp.zeros_like(z))
+        return (h,), None
+
+    def step_backward(self, d_state, state, state_prev, tape, *, xp):
+        (dh,) = d_state
+        (h,) = state
+        if self.nonlinearity == "tanh":
+            dz = dh * (1 - h * h)
+        else:
+            dz = xp.where(h > 0, dh, xp.zeros_like(dh))
+        return dz, None, (None,)
+
+
+@dataclass(frozen=True)
+class LSTMCell:
+    r"""Long short-term memory cell (PyTorch gate order i, f, g, o).
+
+    .. math::
+
+        z &= x_t W_{ih}^T + h_{t-1} W_{hh}^T + b_{ih} + b_{hh}
+             = [z_i, z_f, z_g, z_o] \\
+        i &= \sigma(z_i), \quad f = \sigma(z_f), \quad
+        g = \tanh(z_g), \quad o = \sigma(z_o) \\
+        c_t &= f \odot c_{t-1} + i \odot g \\
+        h_t &= o \odot \tanh(c_t)
+
+    The tape of a step is ``(i, f, g, o, tanh(c_t))``.
+    """
+
+    n_gates = 4
+    n_states = 2
+    recurrent_bias_inside = False
+
+    def step(self, xw, state, W_hh, b_hh, *, xp):
+        h_prev, c_prev = state
+        H = h_prev.shape[-1]
+        z = xw + h_prev @ W_hh.mT
+        i = sigmoid(z[..., :H])
+        f = sigmoid(z[..., H : 2 * H])
+        g = xp.tanh(z[..., 2 * H : 3 * H])
+        o = sigmoid(z[..., 3 * H :])
+        c = f * c_prev + i * g
+        tanh_c = xp.tanh(c)
+        h = o * tanh_c
+        return (h, c), (i, f, g, o, tanh_c)
+
+    def step_backward(self, d_state, state, state_prev, tape, *, xp):
+        dh, dc_next = d_state
+        _, c_prev = state_prev
+        i, f, g, o, tanh_c = tape
+        do = dh * tanh_c  # h = o * tanh(c)
+        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+        di, df, dg = dc * g, dc * c_prev, dc * i  # c = f * c_prev + i * g
+        dz = xp.concat(
+            [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)],
+            axis=-1,
+        )
+        return dz, None, (None, dc * f)
+
+
+@dataclass(frozen=True)
+class GRUCell:
+    r"""Gated recurrent unit (PyTorch's equations, gate order r, z, n).
+
+    .. math::
+
+        r &= \sigma(x_r + h_{t-1} W_{hr}^T + b_{hr}) \\
+        z &= \sigma(x_z + h_{t-1} W_{hz}^T + b_{hz}) \\
+        n &= \tanh(x_n + r \odot (h_{t-1} W_{hn}^T + b_{hn})) \\
+        h_t &= (1 - z) \odot n + z \odot h_{t-1}
+
+    where :math:`x_\cdot` are the slices of :math:`x_t W_{ih}^T + b_{ih}`.
+    :math:`b_{hn}` sits inside the reset gate, so the recurrent bias is added
+    in the step. The tape of a step is ``(r, z, n, h_{t-1} W_{hn}^T + b_{hn})``.
+    """
+
+    n_gates = 3
+    n_states = 1
+    recurrent_bias_inside = True
+
+    def step(self, xw, state, W_hh, b_hh, *, xp):
+        (h_prev,) = state
+        H = h_prev.shape[-1]
+        hw = h_prev @ W_hh.mT
+        if b_hh is not None:
+            hw = hw + b_hh
+        r = sigmoid(xw[..., :H] + hw[..., :H])
+        z = sigmoid(xw[..., H : 2 * H] + hw[..., H : 2 * H])
+        hw_n = hw[..., 2 * H :]
+        n = xp.tanh(xw[..., 2 * H :] + r * hw_n)
+        h = (1 - z) * n + z * h_prev
+        return (h,), (r, z, n, hw_n)
+
+    def step_backward(self, d_state, state, state_prev, tape, *, xp):
+        (dh,) = d_state
+        (h_prev,) = state_prev
+        r, z, n, hw_n = tape
+        dn_pre = dh * (1 - z) * (1 - n * n)  # h = (1-z) n + z h_prev
+        dz_pre = dh * (h_prev - n) * z * (1 - z)
+        dr_pre = dn_pre * hw_n * r * (1 - r)  # n = tanh(x_n + r hw_n)
+        d_xw = xp.concat([dr_pre, dz_pre, dn_pre], axis=-1)
+        d_hw = xp.concat([dr_pre, dz_pre, dn_pre * r], axis=-1)
+        return d_xw, d_hw, (dh * z,)
+
+
+def cell_for(mode: str, nonlinearity: str = "tanh"):
+    """The cell for ``mode`` in ``{"rnn", "lstm", "gru"}``."""
+    if mode == "rnn":
+        return RNNCell(nonlinearity)
+    if mode == "lstm":
+        return LSTMCell()
+    if mode == "gru":
+        return GRUCell()
+    raise ValueError(f"mode must be 'rnn', 'lstm' or 'gru', got {mode!r}")

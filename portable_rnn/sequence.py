@@ -1,0 +1,199 @@
+r"""The sequence engine: one recurrent layer over time, forward and backward.
+
+Time-major and batch-major per step, as PyTorch: ``x`` is (T, N, D), each
+state (N, H), weights ``W_ih`` (G*H, D) and ``W_hh`` (G*H, H).
+
+The work is arranged so that only what must be sequential is in the loop:
+
+- the input projection :math:`X W_{ih}^T + b` is one matmul for all steps;
+- each step does the recurrent matmul and the cell's elementwise maths;
+- in the backward, :math:`dX = dZ\,W_{ih}`, :math:`dW_{ih} = dZ^T X` and
+  :math:`dW_{hh} = dZ_h^T H_{prev}` are single matmuls over all steps after
+  the loop, and the loop itself carries only :math:`dh_{t-1} = dz_t W_{hh}`.
+
+The loop goes through :func:`portable_rnn.loop.scan`, so it is a Python loop
+on eager backends and ``jax.lax.scan`` on JAX.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from array_api_compat import device
+
+from .loop import scan
+
+__all__ = ["Tape", "Grads", "forward", "backward", "window_keep"]
+
+
+class Tape(NamedTuple):
+    """What the backward of one layer needs (a pytree: fine under ``jax.jit``).
+
+    Attributes
+    ----------
+    x : array (T, N, D)
+        The layer input.
+    state0 : tuple of arrays (N, H)
+        The initial state, ``(h0,)`` or ``(h0, c0)``.
+    states : tuple of arrays (T, N, H)
+        The state after every step (frozen past a sequence's length).
+    cell_tape : tree of arrays (T, ...) or None
+        What the cell kept per step (see :mod:`portable_rnn.cells`).
+    mask : array (T, N, 1) or None
+        1.0 for valid steps and 0.0 for padding.
+    """
+
+    x: object
+    state0: tuple
+    states: tuple
+    cell_tape: object
+    mask: object = None
+
+
+class Grads(NamedTuple):
+    """Gradients of one layer: input, initial state and parameters."""
+
+    dx: object
+    dstate0: tuple
+    dW_ih: object
+    dW_hh: object
+    db_ih: object
+    db_hh: object
+
+
+def _folded_biases(cell, b_ih, b_hh):
+    """Biases added to the hoisted projection and inside the step."""
+    if cell.recurrent_bias_inside:
+        return b_ih, b_hh
+    if b_ih is None or b_hh is None:
+        return (b_ih if b_hh is None else b_hh), None
+    return b_ih + b_hh, None
+
+
+def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp):
+    """Run one layer of ``cell`` over a sequence.
+
+    Parameters
+    ----------
+    cell : RNNCell, LSTMCell or GRUCell
+    x : array (T, N, D)
+    state0 : tuple of arrays (N, H)
+    W_ih : array (G*H, D)
+    W_hh : array (G*H, H)
+    b_ih, b_hh : array (G*H,) or None
+    mask : array (T, N, 1) or None
+        Steps where the mask is 0 leave the state unchanged and output zeros.
+    xp : namespace
+
+    Returns
+    -------
+    out : array (T, N, H)
+        The hidden state of every step (zero where masked).
+    final : tuple of arrays (N, H)
+        The state after the last valid step of each sequence.
+    tape : Tape
+    """
+    b_x, b_h = _folded_biases(cell, b_ih, b_hh)
+    xw = x @ W_ih.mT
+    if b_x is not None:
+        xw = xw + b_x
+
+    def step(state, inputs):
+        xw_t, m_t = inputs
+        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp)
+        if m_t is not None:
+            new_state = tuple(m_t * new + (1 - m_t) * old for new, old in zip(new_state, state))
+        return new_state, (new_state, cell_tape)
+
+    final, (states, cell_tape) = scan(step, tuple(state0), (xw, mask), xp=xp)
+    out = states[0] if mask is None else states[0] * mask
+    return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
+
+
+def window_keep(n_steps: int, truncate: int | None, *, dtype, device, xp):
+    """Per-step factor (T,) on the carried gradient for truncated BPTT.
+
+    The sequence is cut into windows ``[0, k), [k, 2k), ...``. Going backward,
+    the gradient carried into step ``t`` from step ``t + 1`` is dropped when
+    ``t + 1`` starts a window. ``None`` means full BPTT (nothing dropped).
+    """
+    if truncate is None or truncate >= n_steps:
+        return None
+    keep = [0.0 if (t + 1) % truncate == 0 else 1.0 for t in range(n_steps)]
+    return xp.asarray(keep, dtype=dtype, device=device)
+
+
+def _shifted(state0, states, xp):
+    """States entering each step: (s0, s1, ..., s_{T-1})."""
+    return tuple(
+        xp.concat([xp.expand_dims(s0, axis=0), s[:-1, ...]], axis=0)
+        for s0, s in zip(state0, states)
+    )
+
+
+def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True):
+    """Backpropagation through time for one layer.
+
+    Parameters
+    ----------
+    cell : RNNCell, LSTMCell or GRUCell
+        The cell used in :func:`forward`.
+    tape : Tape
+    d_out : array (T, N, H) or None
+        Gradient of the loss with respect to ``out``.
+    d_final : tuple of arrays (N, H), entries may be None
+        Gradient with respect to the final state.
+    W_ih, W_hh : arrays
+        The weights used in :func:`forward`.
+    xp : namespace
+    truncate : int or None
+        Truncated BPTT window (see :func:`window_keep`).
+    bias : bool
+        Whether to return bias gradients.
+
+    Returns
+    -------
+    Grads
+        ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
+    """
+    x, state0, states, cell_tape, mask = tape
+    n_steps = x.shape[0]
+    dtype, dev = x.dtype, device(x)
+    d_carry = tuple(
+        xp.zeros_like(s0) if d is None else d
+        for s0, d in zip(state0, d_final if d_final is not None else (None,) * len(state0))
+    )
+    prev_states = _shifted(state0, states, xp)
+    keep = window_keep(n_steps, truncate, dtype=dtype, device=dev, xp=xp)
+
+    def step(d_state, inputs):
+        d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
+        if keep_t is not None:
+            d_state = tuple(d * keep_t for d in d_state)
+        d_h = d_state[0] if d_out_t is None else d_state[0] + d_out_t
+        d_new = (d_h,) + d_state[1:]
+        if m_t is not None:
+            d_new = tuple(m_t * d for d in d_new)
+        d_xw, d_hw, d_direct = cell.step_backward(d_new, state_t, prev_t, tape_t, xp=xp)
+        d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
+        d_prev = (d_rec if d_direct[0] is None else d_direct[0] + d_rec,) + d_direct[1:]
+        if m_t is not None:  # padded steps pass the state gradient straight through
+            d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
+        return d_prev, (d_xw, d_hw)
+
+    xs = (d_out, states, prev_states, cell_tape, mask, keep)
+    d_state0, (d_xw, d_hw) = scan(step, d_carry, xs, xp=xp, reverse=True)
+    if d_hw is None:
+        d_hw = d_xw
+
+    def flat(a):
+        return xp.reshape(a, (-1, a.shape[-1]))
+
+    dx = d_xw @ W_ih
+    dW_ih = flat(d_xw).mT @ flat(x)
+    dW_hh = flat(d_hw).mT @ flat(prev_states[0])
+    db_ih = db_hh = None
+    if bias:
+        db_ih = xp.sum(d_xw, axis=(0, 1))
+        db_hh = db_ih if d_hw is d_xw else xp.sum(d_hw, axis=(0, 1))
+    return Grads(dx, d_state0, dW_ih, dW_hh, db_ih, db_hh)
