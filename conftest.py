@@ -56,10 +56,10 @@ def pytest_collection_modifyitems(config, items):
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
         callspec = getattr(item, "callspec", None)
-        name = None
-        if callspec is not None and "backend" in callspec.params:
-            name = callspec.id.split("-")[0] if False else _backend_id(callspec)
-        config._prnn_item_backend[item.nodeid] = name or "(no backend)"
+        has_backend = callspec is not None and "backend" in callspec.params
+        config._prnn_item_backend[item.nodeid] = (
+            _backend_id(callspec) if has_backend else "(backend-independent)"
+        )
 
 
 def _backend_id(callspec):
@@ -77,7 +77,7 @@ def pytest_runtest_logreport(report):
     if config is None:
         return
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        backend = config._prnn_item_backend.get(report.nodeid, "(no backend)")
+        backend = config._prnn_item_backend.get(report.nodeid, "(backend-independent)")
         config._prnn_counts[backend][report.outcome] += 1
 
 
