@@ -73,4 +73,4 @@ def autodiff(lib: str, loss_of, inputs: dict) -> dict:
 
     arrays = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in inputs.items()}
     loss_of(ops, arrays).backward()
-    return {k: v.grad.numpy() for k, v in arrays.items()}
+    return {k: np.zeros(v.shape) if v.grad is None else v.grad.numpy() for k, v in arrays.items()}
