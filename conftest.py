@@ -34,8 +34,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "soak: long-running soak test, run with --soak")
     available, unavailable = discover(config.getoption("--backend"))
     config._prnn_backends = (available, unavailable)
-    config._prnn_counts = collections.defaultdict(collections.Counter)
-    config._prnn_item_backend = {}
 
 
 def pytest_generate_tests(metafunc):
@@ -55,47 +53,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
-        callspec = getattr(item, "callspec", None)
-        has_backend = callspec is not None and "backend" in callspec.params
-        config._prnn_item_backend[item.nodeid] = (
-            _backend_id(callspec) if has_backend else "(backend-independent)"
-        )
 
 
-def _backend_id(callspec):
-    value = callspec.params["backend"]
-    if value is not None:
-        return value.name
-    for part in callspec.id.split("-"):
-        if part in BACKEND_NAMES:
-            return part
-    return "(unavailable)"
+def _backend_of(nodeid: str) -> str:
+    """The backend named in a test id's parameters (works under pytest-xdist too)."""
+    if "[" in nodeid:
+        for part in nodeid[nodeid.index("[") + 1 : -1].split("-"):
+            if part in BACKEND_NAMES:
+                return part
+    return "(backend-independent)"
 
 
 def pytest_runtest_logreport(report):
-    config = _CONFIG[0]
-    if config is None:
-        return
+    counts = _COUNTS
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        backend = config._prnn_item_backend.get(report.nodeid, "(backend-independent)")
-        config._prnn_counts[backend][report.outcome] += 1
+        counts[_backend_of(report.nodeid)][report.outcome] += 1
 
 
-_CONFIG = [None]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session):
-    _CONFIG[0] = session.config
+_COUNTS = collections.defaultdict(collections.Counter)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    counts = config._prnn_counts
-    if not counts:
+    if not _COUNTS:
         return
     terminalreporter.section("tests per backend")
-    for backend in sorted(counts):
-        c = counts[backend]
+    for backend in sorted(_COUNTS):
+        c = _COUNTS[backend]
         terminalreporter.write_line(
             f"{backend:28s} passed {c['passed']:5d}  failed {c['failed']:3d}  skipped {c['skipped']:3d}"
         )

@@ -168,6 +168,23 @@ class Fixture:
     shapes: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
+    def mismatches(self, results: dict, to_numpy: Callable, rtol: float, atol: float) -> list[str]:
+        """Labels whose result differs from the documented number, with details."""
+        problems = []
+        for key, shape in self.shapes.items():
+            if tuple(results[key].shape) != shape:
+                problems.append(f"{key}.shape = {tuple(results[key].shape)}, expected {shape}")
+        for label, (key, index, value) in self.expected.items():
+            got = results[key]
+            if key.startswith("len("):
+                if got != value:
+                    problems.append(f"{label} = {got}, expected {value}")
+                continue
+            got = to_numpy(got)[index]
+            if not np.allclose(got, value, rtol=rtol, atol=atol):
+                problems.append(f"{label} = {np.asarray(got).tolist()}, expected {value}")
+        return problems
+
 
 _LSTM_GRAD_SHAPES = {**{f"dW{g}": (5, 8) for g in "fico"}, **{f"db{g}": (5, 1) for g in "fico"}}
 

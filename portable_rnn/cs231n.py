@@ -1,0 +1,689 @@
+r"""The CS231n RNN-captioning layers, on any Array API backend.
+
+Names, signatures, return structures and layouts are the assignment's
+(``rnn_layers.py``): batch-major arrays (``x`` is (N, T, D), hidden states
+(N, H)), weights that multiply from the right (``Wx`` (D, H), ``Wh`` (H, H))
+and, for the LSTM, the four gates stacked along the columns in the order
+**i, f, o, g**:
+
+.. math::
+
+    a = x W_x + h W_h + b = [a_i, a_f, a_o, a_g] \in \mathbb{R}^{N \times 4H}
+
+Each recurrent function is thin: it checks its inputs, maps them onto the
+engine's layout (time-major sequences, ``W_ih = W_x^T``, gate blocks permuted
+to PyTorch's i, f, g, o; transposes are views) and calls
+:mod:`portable_rnn.sequence`, where the maths lives once for every API.
+Gradients are mapped back the same way.
+
+Caches are opaque tuples (pytrees, so they pass through ``jax.jit``): hand
+each one, unchanged, to the matching ``*_backward``.
+
+Every function takes its namespace from its arguments, never copies to the
+host and never writes into an array, so all of them run unchanged on NumPy,
+CuPy, PyTorch, JAX (also under ``jax.jit``) and ``array_api_strict``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from array_api_compat import device
+
+from . import sequence
+from ._validation import check_floating, check_same_device, check_shape, namespace_of
+from .activations import log_softmax
+from .cells import LSTMCell, RNNCell
+
+__all__ = [
+    "rnn_step_forward",
+    "rnn_step_backward",
+    "rnn_forward",
+    "rnn_backward",
+    "lstm_step_forward",
+    "lstm_step_backward",
+    "lstm_forward",
+    "lstm_backward",
+    "word_embedding_forward",
+    "word_embedding_backward",
+    "temporal_affine_forward",
+    "temporal_affine_backward",
+    "temporal_softmax_loss",
+]
+
+_RNN = RNNCell("tanh")
+_LSTM = LSTMCell()
+
+
+# --------------------------------------------------------------------------- caches
+
+
+class _RNNStepCache(NamedTuple):
+    tape: sequence.Tape
+    W_ih: object
+    W_hh: object
+
+
+class _RNNCache(NamedTuple):
+    tape: sequence.Tape
+    W_ih: object
+    W_hh: object
+
+
+class _LSTMStepCache(NamedTuple):
+    tape: sequence.Tape
+    W_ih: object
+    W_hh: object
+
+
+class _LSTMCache(NamedTuple):
+    tape: sequence.Tape
+    W_ih: object
+    W_hh: object
+
+
+class _EmbeddingCache(NamedTuple):
+    x: object
+    W: object
+
+
+class _AffineCache(NamedTuple):
+    x: object
+    w: object
+    b: object
+
+
+def _unpack(cache, kind, producer: str):
+    if not isinstance(cache, kind):
+        raise TypeError(
+            f"cache must be the cache returned by {producer}, got {type(cache).__name__}"
+        )
+    return cache
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _floats(**arrays):
+    """Namespace of the named arrays after library, real-floating dtype and device checks."""
+    xp = namespace_of(**arrays)
+    check_floating(xp, **arrays)
+    check_same_device(**arrays)
+    return xp
+
+
+def _check_integer(xp, name: str, value) -> None:
+    if not xp.isdtype(value.dtype, "integral"):
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; expected an integer dtype (indices). "
+            f"Cast it explicitly, e.g. xp.astype({name}, xp.int64)"
+        )
+
+
+def _check_bool(xp, name: str, value) -> None:
+    if not xp.isdtype(value.dtype, "bool"):
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; expected bool. Build it with a comparison, "
+            "e.g. mask = y != null_index"
+        )
+
+
+def _check_steps(name: str, value, axis: int = 1) -> None:
+    if value.shape[axis] == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}; expected at least one time step (T >= 1)"
+        )
+
+
+def _check_rnn_weights(x_features: int, Wx, Wh, b) -> int:
+    check_shape("Wx", Wx, (x_features, None), "(D, H) with D the features of x")
+    H = Wx.shape[1]
+    check_shape("Wh", Wh, (H, H), "(H, H) with H the columns of Wx")
+    check_shape("b", b, (H,), "(H,) with H the columns of Wx")
+    return H
+
+
+def _check_lstm_weights(x_features: int, Wx, Wh, b) -> int:
+    check_shape("Wx", Wx, (x_features, None), "(D, 4H) with D the features of x")
+    if Wx.shape[1] % 4:
+        raise ValueError(
+            f"Wx has shape {tuple(Wx.shape)}; expected (D, 4H): its columns must be a "
+            "multiple of 4 (the i, f, o, g gate blocks)"
+        )
+    H = Wx.shape[1] // 4
+    check_shape("Wh", Wh, (H, 4 * H), "(H, 4H) with 4H the columns of Wx")
+    check_shape("b", b, (4 * H,), "(4H,) with 4H the columns of Wx")
+    return H
+
+
+def _one_hot(indices, V: int, dtype, xp):
+    """Integer indices (...) -> one-hot (..., V) of ``dtype``; an index outside [0, V) gives a zero row.
+
+    The comparison runs in the indices' own dtype when it holds ``V - 1``,
+    else in int64, so ``arange(V)`` never wraps around.
+    """
+    itype = indices.dtype if xp.iinfo(indices.dtype).max >= V - 1 else xp.int64
+    vocab = xp.arange(V, dtype=itype, device=device(indices))
+    return xp.astype(xp.expand_dims(xp.astype(indices, itype), axis=-1) == vocab, dtype)
+
+
+# --------------------------------------------------------------------------- layout maps
+
+
+def _time_major(a, xp):
+    """(N, T, ...) <-> (T, N, ...): the swap undoes itself."""
+    return xp.permute_dims(a, (1, 0, 2))
+
+
+def _swap_og(a, H: int, xp):
+    """Swap the last two H-wide blocks of the last axis: i,f,o,g <-> i,f,g,o."""
+    return xp.concat([a[..., : 2 * H], a[..., 3 * H :], a[..., 2 * H : 3 * H]], axis=-1)
+
+
+def _rnn_engine_weights(Wx, Wh):
+    return Wx.mT, Wh.mT
+
+
+def _lstm_engine_weights(Wx, Wh, b, H: int, xp):
+    """CS231n (D, 4H), (H, 4H), (4H,) in i,f,o,g -> engine (4H, D), (4H, H), (4H,) in i,f,g,o."""
+    return _swap_og(Wx, H, xp).mT, _swap_og(Wh, H, xp).mT, _swap_og(b, H, xp)
+
+
+def _lstm_param_grads(g, H: int, xp):
+    """Engine gradients (rows i,f,g,o) -> dWx (D, 4H), dWh (H, 4H), db (4H,) in i,f,o,g."""
+    return _swap_og(g.dW_ih.mT, H, xp), _swap_og(g.dW_hh.mT, H, xp), _swap_og(g.db_ih, H, xp)
+
+
+def _check_upstream(xp, name: str, value, tape_x, expected: tuple, meaning: str) -> None:
+    named = {"x (from cache)": tape_x, name: value}  # messages then blame ``name``
+    check_floating(xp, **named)
+    check_same_device(**named)
+    check_shape(name, value, expected, meaning)
+
+
+# --------------------------------------------------------------------------- vanilla RNN
+
+
+def rnn_step_forward(x, prev_h, Wx, Wh, b):
+    r"""One time step of a vanilla RNN with tanh.
+
+    .. math::
+
+        h_{next} = \tanh(x W_x + h_{prev} W_h + b)
+
+    Parameters
+    ----------
+    x : array (N, D)
+        Input of this step.
+    prev_h : array (N, H)
+        Hidden state of the previous step.
+    Wx : array (D, H)
+        Input-to-hidden weights.
+    Wh : array (H, H)
+        Hidden-to-hidden weights.
+    b : array (H,)
+        Bias.
+
+    Returns
+    -------
+    next_h : array (N, H)
+    cache : tuple
+        Opaque; pass it to :func:`rnn_step_backward`.
+
+    Raises
+    ------
+    TypeError
+        Arrays from different libraries, or a non-floating / mixed dtype.
+    ValueError
+        Shapes that do not fit together, or arrays on different devices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x, h = np.ones((2, 4)), np.zeros((2, 3))
+    >>> next_h, cache = rnn_step_forward(x, h, np.zeros((4, 3)), np.eye(3), np.zeros(3))
+    >>> next_h.shape
+    (2, 3)
+    """
+    xp = _floats(x=x, prev_h=prev_h, Wx=Wx, Wh=Wh, b=b)
+    check_shape("x", x, (None, None), "(N, D)")
+    H = _check_rnn_weights(x.shape[1], Wx, Wh, b)
+    check_shape("prev_h", prev_h, (x.shape[0], H), "(N, H) with N the batch of x")
+    W_ih, W_hh = _rnn_engine_weights(Wx, Wh)
+    _, (next_h,), tape = sequence.forward(
+        _RNN, xp.expand_dims(x, axis=0), (prev_h,), W_ih, W_hh, b, xp=xp
+    )
+    return next_h, _RNNStepCache(tape, W_ih, W_hh)
+
+
+def rnn_step_backward(dnext_h, cache):
+    r"""Backward pass of :func:`rnn_step_forward`.
+
+    With :math:`dz = dh_{next} \odot (1 - h_{next}^2)`:
+
+    .. math::
+
+        dx = dz\, W_x^T, \quad dh_{prev} = dz\, W_h^T, \quad
+        dW_x = x^T dz, \quad dW_h = h_{prev}^T dz, \quad db = \textstyle\sum_N dz
+
+    Parameters
+    ----------
+    dnext_h : array (N, H)
+        Gradient of the loss with respect to ``next_h``.
+    cache : tuple
+        From :func:`rnn_step_forward`.
+
+    Returns
+    -------
+    dx : array (N, D)
+    dprev_h : array (N, H)
+    dWx : array (D, H)
+    dWh : array (H, H)
+    db : array (H,)
+    """
+    tape, W_ih, W_hh = _unpack(cache, _RNNStepCache, "rnn_step_forward")
+    xp = namespace_of(**{"x (from cache)": tape.x}, dnext_h=dnext_h)
+    _check_upstream(xp, "dnext_h", dnext_h, tape.x, tuple(tape.state0[0].shape),
+                    "(N, H), the shape of next_h")
+    g = sequence.backward(_RNN, tape, None, (dnext_h,), W_ih, W_hh, xp=xp)
+    return g.dx[0, ...], g.dstate0[0], g.dW_ih.mT, g.dW_hh.mT, g.db_ih
+
+
+def rnn_forward(x, h0, Wx, Wh, b):
+    r"""A vanilla tanh RNN over a whole sequence.
+
+    .. math::
+
+        h_t = \tanh(x_t W_x + h_{t-1} W_h + b), \qquad t = 1, \dots, T
+
+    Parameters
+    ----------
+    x : array (N, T, D)
+        Input sequence, batch-major.
+    h0 : array (N, H)
+        Initial hidden state.
+    Wx : array (D, H)
+    Wh : array (H, H)
+    b : array (H,)
+
+    Returns
+    -------
+    h : array (N, T, H)
+        Hidden state of every step (:math:`h_1 \dots h_T`).
+    cache : tuple
+        Opaque; pass it to :func:`rnn_backward`.
+    """
+    xp = _floats(x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    check_shape("x", x, (None, None, None), "(N, T, D)")
+    _check_steps("x", x)
+    H = _check_rnn_weights(x.shape[2], Wx, Wh, b)
+    check_shape("h0", h0, (x.shape[0], H), "(N, H) with N the batch of x")
+    W_ih, W_hh = _rnn_engine_weights(Wx, Wh)
+    hs, _, tape = sequence.forward(_RNN, _time_major(x, xp), (h0,), W_ih, W_hh, b, xp=xp)
+    return _time_major(hs, xp), _RNNCache(tape, W_ih, W_hh)
+
+
+def rnn_backward(dh, cache):
+    r"""Backpropagation through time for :func:`rnn_forward`.
+
+    Step ``t`` receives the upstream ``dh[:, t, :]`` plus the gradient
+    :math:`dz_{t+1} W_h^T` carried back from step ``t + 1``; the weight
+    gradients sum the per-step ones of :func:`rnn_step_backward`.
+
+    Parameters
+    ----------
+    dh : array (N, T, H)
+        Gradient of the loss with respect to every hidden state ``h``.
+    cache : tuple
+        From :func:`rnn_forward`.
+
+    Returns
+    -------
+    dx : array (N, T, D)
+    dh0 : array (N, H)
+    dWx : array (D, H)
+    dWh : array (H, H)
+    db : array (H,)
+    """
+    tape, W_ih, W_hh = _unpack(cache, _RNNCache, "rnn_forward")
+    xp = namespace_of(**{"x (from cache)": tape.x}, dh=dh)
+    T, N, _ = tape.x.shape
+    _check_upstream(xp, "dh", dh, tape.x, (N, T, W_hh.shape[0]), "(N, T, H), the shape of h")
+    g = sequence.backward(_RNN, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
+    return _time_major(g.dx, xp), g.dstate0[0], g.dW_ih.mT, g.dW_hh.mT, g.db_ih
+
+
+# --------------------------------------------------------------------------- LSTM
+
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    r"""One time step of an LSTM (CS231n gate order i, f, o, g).
+
+    .. math::
+
+        a &= x W_x + h_{prev} W_h + b = [a_i, a_f, a_o, a_g] \\
+        i &= \sigma(a_i), \quad f = \sigma(a_f), \quad o = \sigma(a_o), \quad g = \tanh(a_g) \\
+        c_{next} &= f \odot c_{prev} + i \odot g, \qquad h_{next} = o \odot \tanh(c_{next})
+
+    Parameters
+    ----------
+    x : array (N, D)
+    prev_h, prev_c : arrays (N, H)
+        Hidden and cell state of the previous step.
+    Wx : array (D, 4H)
+        Input-to-hidden weights, column blocks i, f, o, g.
+    Wh : array (H, 4H)
+        Hidden-to-hidden weights, column blocks i, f, o, g.
+    b : array (4H,)
+        Bias, blocks i, f, o, g.
+
+    Returns
+    -------
+    next_h, next_c : arrays (N, H)
+    cache : tuple
+        Opaque; pass it to :func:`lstm_step_backward`.
+    """
+    xp = _floats(x=x, prev_h=prev_h, prev_c=prev_c, Wx=Wx, Wh=Wh, b=b)
+    check_shape("x", x, (None, None), "(N, D)")
+    H = _check_lstm_weights(x.shape[1], Wx, Wh, b)
+    check_shape("prev_h", prev_h, (x.shape[0], H), "(N, H) with N the batch of x")
+    check_shape("prev_c", prev_c, (x.shape[0], H), "(N, H) with N the batch of x")
+    W_ih, W_hh, b_ih = _lstm_engine_weights(Wx, Wh, b, H, xp)
+    _, (next_h, next_c), tape = sequence.forward(
+        _LSTM, xp.expand_dims(x, axis=0), (prev_h, prev_c), W_ih, W_hh, b_ih, xp=xp
+    )
+    return next_h, next_c, _LSTMStepCache(tape, W_ih, W_hh)
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    r"""Backward pass of :func:`lstm_step_forward`.
+
+    .. math::
+
+        dc &= dc_{next} + dh_{next} \odot o \odot (1 - \tanh^2 c_{next}), \qquad
+        dc_{prev} = dc \odot f \\
+        da &= [dc\,g\,i(1-i),\; dc\,c_{prev}\,f(1-f),\;
+               dh_{next} \tanh(c_{next})\,o(1-o),\; dc\,i\,(1-g^2)] \\
+        dx &= da\, W_x^T, \quad dh_{prev} = da\, W_h^T, \quad
+        dW_x = x^T da, \quad dW_h = h_{prev}^T da, \quad db = \textstyle\sum_N da
+
+    Parameters
+    ----------
+    dnext_h, dnext_c : arrays (N, H)
+        Gradients of the loss with respect to ``next_h`` and ``next_c``.
+    cache : tuple
+        From :func:`lstm_step_forward`.
+
+    Returns
+    -------
+    dx : array (N, D)
+    dprev_h, dprev_c : arrays (N, H)
+    dWx : array (D, 4H)
+    dWh : array (H, 4H)
+    db : array (4H,)
+        Gate blocks in the order i, f, o, g.
+    """
+    tape, W_ih, W_hh = _unpack(cache, _LSTMStepCache, "lstm_step_forward")
+    xp = namespace_of(**{"x (from cache)": tape.x}, dnext_h=dnext_h, dnext_c=dnext_c)
+    shape = tuple(tape.state0[0].shape)
+    _check_upstream(xp, "dnext_h", dnext_h, tape.x, shape, "(N, H), the shape of next_h")
+    _check_upstream(xp, "dnext_c", dnext_c, tape.x, shape, "(N, H), the shape of next_c")
+    g = sequence.backward(_LSTM, tape, None, (dnext_h, dnext_c), W_ih, W_hh, xp=xp)
+    dWx, dWh, db = _lstm_param_grads(g, shape[1], xp)
+    return g.dx[0, ...], g.dstate0[0], g.dstate0[1], dWx, dWh, db
+
+
+def lstm_forward(x, h0, Wx, Wh, b):
+    r"""An LSTM over a whole sequence, from :math:`c_0 = 0`.
+
+    Every step is :func:`lstm_step_forward` (gate order i, f, o, g):
+
+    .. math::
+
+        [a_i, a_f, a_o, a_g] &= x_t W_x + h_{t-1} W_h + b \\
+        c_t &= \sigma(a_f) \odot c_{t-1} + \sigma(a_i) \odot \tanh(a_g), \qquad
+        h_t = \sigma(a_o) \odot \tanh(c_t)
+
+    Parameters
+    ----------
+    x : array (N, T, D)
+    h0 : array (N, H)
+        Initial hidden state; the initial cell state is zero.
+    Wx : array (D, 4H)
+    Wh : array (H, 4H)
+    b : array (4H,)
+
+    Returns
+    -------
+    h : array (N, T, H)
+        Hidden state of every step.
+    cache : tuple
+        Opaque; pass it to :func:`lstm_backward`.
+    """
+    xp = _floats(x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
+    check_shape("x", x, (None, None, None), "(N, T, D)")
+    _check_steps("x", x)
+    H = _check_lstm_weights(x.shape[2], Wx, Wh, b)
+    check_shape("h0", h0, (x.shape[0], H), "(N, H) with N the batch of x")
+    W_ih, W_hh, b_ih = _lstm_engine_weights(Wx, Wh, b, H, xp)
+    c0 = xp.zeros(h0.shape, dtype=h0.dtype, device=device(h0))
+    hs, _, tape = sequence.forward(_LSTM, _time_major(x, xp), (h0, c0), W_ih, W_hh, b_ih, xp=xp)
+    return _time_major(hs, xp), _LSTMCache(tape, W_ih, W_hh)
+
+
+def lstm_backward(dh, cache):
+    r"""Backpropagation through time for :func:`lstm_forward`.
+
+    Step ``t`` receives ``dh[:, t, :]`` plus the gradients of :math:`h_t` and
+    :math:`c_t` carried back from step ``t + 1`` (full BPTT), then applies
+    :func:`lstm_step_backward`; weight gradients are summed over steps.
+
+    Parameters
+    ----------
+    dh : array (N, T, H)
+        Gradient of the loss with respect to every hidden state ``h``.
+    cache : tuple
+        From :func:`lstm_forward`.
+
+    Returns
+    -------
+    dx : array (N, T, D)
+    dh0 : array (N, H)
+    dWx : array (D, 4H)
+    dWh : array (H, 4H)
+    db : array (4H,)
+        Gate blocks in the order i, f, o, g.
+    """
+    tape, W_ih, W_hh = _unpack(cache, _LSTMCache, "lstm_forward")
+    xp = namespace_of(**{"x (from cache)": tape.x}, dh=dh)
+    T, N, _ = tape.x.shape
+    H = W_hh.shape[1]
+    _check_upstream(xp, "dh", dh, tape.x, (N, T, H), "(N, T, H), the shape of h")
+    g = sequence.backward(_LSTM, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
+    dWx, dWh, db = _lstm_param_grads(g, H, xp)
+    return _time_major(g.dx, xp), g.dstate0[0], dWx, dWh, db
+
+
+# --------------------------------------------------------------------------- word embedding
+
+
+def word_embedding_forward(x, W):
+    r"""Look up the embedding of every word: :math:`out_{n,t} = W_{x_{n,t}}`.
+
+    Parameters
+    ----------
+    x : array (N, T) of an integer dtype
+        Word indices, each in ``[0, V)``. They are not range-checked (that
+        would need a copy to the host); an index outside it gives whatever
+        the backend's ``take`` gives, and no gradient in the backward.
+    W : array (V, D) of a real floating dtype
+        The word vectors.
+
+    Returns
+    -------
+    out : array (N, T, D)
+    cache : tuple
+        Opaque; pass it to :func:`word_embedding_backward`.
+    """
+    xp = namespace_of(x=x, W=W)
+    _check_integer(xp, "x", x)
+    check_floating(xp, W=W)
+    check_same_device(x=x, W=W)
+    check_shape("x", x, (None, None), "(N, T) word indices")
+    check_shape("W", W, (None, None), "(V, D)")
+    N, T = x.shape
+    indices = xp.reshape(x, (N * T,))
+    if indices.dtype not in (xp.int32, xp.int64):  # PyTorch's take accepts only these
+        indices = xp.astype(indices, xp.int64)
+    out = xp.take(W, indices, axis=0)
+    return xp.reshape(out, (N, T, W.shape[1])), _EmbeddingCache(x, W)
+
+
+def word_embedding_backward(dout, cache):
+    r"""Gradient of :func:`word_embedding_forward` with respect to ``W``.
+
+    Row ``v`` of ``dW`` sums the upstream gradients of every position that
+    looked up word ``v``:
+
+    .. math::
+
+        dW_v = \sum_{n,t} [x_{n,t} = v]\; dout_{n,t}
+             = (\mathrm{onehot}(x)^T\, dout)_v
+
+    The Array API has no scatter-add (NumPy's ``np.add.at``) and no item
+    assignment, so the sum is one matmul with the (N*T, V) one-hot matrix of
+    the indices. That costs :math:`O(NTV)` memory and :math:`O(NTVD)` flops,
+    against :math:`O(NTD)` for a scatter-add: negligible for the assignment's
+    sizes (V ~ 1000), worth knowing for very large vocabularies.
+
+    Parameters
+    ----------
+    dout : array (N, T, D)
+        Gradient of the loss with respect to ``out``.
+    cache : tuple
+        From :func:`word_embedding_forward`.
+
+    Returns
+    -------
+    dW : array (V, D)
+    """
+    x, W = _unpack(cache, _EmbeddingCache, "word_embedding_forward")
+    xp = namespace_of(**{"W (from cache)": W}, dout=dout)
+    named = {"W (from cache)": W, "dout": dout}  # messages then blame dout
+    check_floating(xp, **named)
+    check_same_device(**named)
+    N, T = x.shape
+    V, D = W.shape
+    check_shape("dout", dout, (N, T, D), "(N, T, D), the shape of out")
+    onehot = _one_hot(xp.reshape(x, (N * T,)), V, dout.dtype, xp)  # (N*T, V)
+    return onehot.mT @ xp.reshape(dout, (N * T, D))
+
+
+# --------------------------------------------------------------------------- temporal affine
+
+
+def temporal_affine_forward(x, w, b):
+    r"""The same affine map at every time step: :math:`out_{n,t} = x_{n,t} w + b`.
+
+    Parameters
+    ----------
+    x : array (N, T, D)
+    w : array (D, M)
+    b : array (M,)
+
+    Returns
+    -------
+    out : array (N, T, M)
+    cache : tuple
+        Opaque; pass it to :func:`temporal_affine_backward`.
+    """
+    xp = _floats(x=x, w=w, b=b)
+    check_shape("x", x, (None, None, None), "(N, T, D)")
+    check_shape("w", w, (x.shape[2], None), "(D, M) with D the features of x")
+    check_shape("b", b, (w.shape[1],), "(M,) with M the columns of w")
+    return x @ w + b, _AffineCache(x, w, b)
+
+
+def temporal_affine_backward(dout, cache):
+    r"""Backward pass of :func:`temporal_affine_forward`.
+
+    .. math::
+
+        dx = dout\, w^T, \qquad dw = \sum_{n,t} x_{n,t}^T\, dout_{n,t}, \qquad
+        db = \sum_{n,t} dout_{n,t}
+
+    Parameters
+    ----------
+    dout : array (N, T, M)
+    cache : tuple
+        From :func:`temporal_affine_forward`.
+
+    Returns
+    -------
+    dx : array (N, T, D)
+    dw : array (D, M)
+    db : array (M,)
+    """
+    x, w, _ = _unpack(cache, _AffineCache, "temporal_affine_forward")
+    xp = namespace_of(**{"x (from cache)": x}, dout=dout)
+    N, T, D = x.shape
+    M = w.shape[1]
+    _check_upstream(xp, "dout", dout, x, (N, T, M), "(N, T, M), the shape of out")
+    dx = dout @ w.mT
+    dw = xp.reshape(x, (N * T, D)).mT @ xp.reshape(dout, (N * T, M))
+    db = xp.sum(dout, axis=(0, 1))
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def temporal_softmax_loss(x, y, mask, verbose=False):
+    r"""Softmax cross-entropy summed over valid time steps, averaged over the batch.
+
+    .. math::
+
+        L = -\frac{1}{N} \sum_{n,t} m_{n,t} \log \mathrm{softmax}(x_{n,t})_{y_{n,t}},
+        \qquad
+        \frac{\partial L}{\partial x_{n,t}} = \frac{m_{n,t}}{N}
+            \bigl(\mathrm{softmax}(x_{n,t}) - \mathrm{onehot}(y_{n,t})\bigr)
+
+    The log-softmax is the stable :math:`x - \max x - \log\sum e^{x - \max x}`,
+    so no score overflows; the label's entry is picked with a one-hot mask.
+
+    Parameters
+    ----------
+    x : array (N, T, V) of a real floating dtype
+        Scores over the vocabulary.
+    y : array (N, T) of an integer dtype
+        Ground-truth indices, each in ``[0, V)`` (not range-checked; an
+        index outside it contributes a zero log-probability).
+    mask : array (N, T) of bool
+        Which steps count in the loss.
+    verbose : bool, default False
+        Print the shape of the flattened gradient, as the assignment does.
+
+    Returns
+    -------
+    loss : 0-d array
+        Same dtype and device as ``x``; no copy to the host is made.
+    dx : array (N, T, V)
+    """
+    xp = namespace_of(x=x, y=y, mask=mask)
+    check_floating(xp, x=x)
+    _check_integer(xp, "y", y)
+    _check_bool(xp, "mask", mask)
+    check_same_device(x=x, y=y, mask=mask)
+    check_shape("x", x, (None, None, None), "(N, T, V)")
+    N, T, V = x.shape
+    check_shape("y", y, (N, T), "(N, T) with N, T those of x")
+    check_shape("mask", mask, (N, T), "(N, T) with N, T those of x")
+    log_p = log_softmax(x, axis=-1)
+    onehot = _one_hot(y, V, x.dtype, xp)
+    m = xp.astype(mask, x.dtype)
+    loss = -xp.sum(m * xp.sum(onehot * log_p, axis=-1)) / N
+    loss = xp.asarray(loss, dtype=x.dtype, device=device(x))  # NumPy sums give scalars
+    dx = (xp.exp(log_p) - onehot) * xp.expand_dims(m, axis=-1) / N
+    if verbose:
+        print("dx_flat: ", (N * T, V))
+    return loss, dx
