@@ -1,6 +1,8 @@
 """portable_rnn: recurrent networks with hand-written BPTT on any Array API backend."""
 
+from . import cs231n, losses, optim
 from .activations import log_softmax, relu, sigmoid, softmax
+from .layers import GRU, LSTM, RNN
 from .stepbystep import (
     lstm_backward,
     lstm_cell_backward,
@@ -15,6 +17,12 @@ from .stepbystep import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "cs231n",
+    "losses",
+    "optim",
     "sigmoid",
     "softmax",
     "log_softmax",

@@ -110,17 +110,29 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
     return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
 
 
-def window_keep(n_steps: int, truncate: int | None, *, dtype, device, xp):
-    """Per-step factor (T,) on the carried gradient for truncated BPTT.
+def window_keep(n_steps: int, truncate: int | None, mask=None, *, dtype, device, xp):
+    """Per-step factor on the carried gradient for truncated BPTT.
 
     The sequence is cut into windows ``[0, k), [k, 2k), ...``. Going backward,
     the gradient carried into step ``t`` from step ``t + 1`` is dropped when
-    ``t + 1`` starts a window. ``None`` means full BPTT (nothing dropped).
+    step ``t + 1`` starts a window, and only if it is a valid step: the
+    final-state gradient enters at ``T - 1`` and crosses a short sequence's
+    padding untouched, reaching its last valid step whole.
+
+    Returns
+    -------
+    array (T,) or (T, N, 1), or None
+        ``None`` means full BPTT (nothing dropped); (T, N, 1) when ``mask``
+        is given.
     """
     if truncate is None or truncate >= n_steps:
         return None
-    keep = [0.0 if (t + 1) % truncate == 0 else 1.0 for t in range(n_steps)]
-    return xp.asarray(keep, dtype=dtype, device=device)
+    keep = [0.0 if (t + 1) % truncate == 0 and t + 1 < n_steps else 1.0 for t in range(n_steps)]
+    keep = xp.asarray(keep, dtype=dtype, device=device)
+    if mask is None:
+        return keep
+    next_valid = xp.concat([mask[1:, ...], xp.zeros_like(mask[:1, ...])], axis=0)
+    return 1 - (1 - keep[:, None, None]) * next_valid
 
 
 def _shifted(state0, states, xp):
@@ -164,7 +176,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         for s0, d in zip(state0, d_final if d_final is not None else (None,) * len(state0))
     )
     prev_states = _shifted(state0, states, xp)
-    keep = window_keep(n_steps, truncate, dtype=dtype, device=dev, xp=xp)
+    keep = window_keep(n_steps, truncate, mask, dtype=dtype, device=dev, xp=xp)
 
     def step(d_state, inputs):
         d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs

@@ -164,3 +164,25 @@ def test_activations_finite_and_correct_for_extreme_inputs(backend, dtype, fn):
     rtol = 1e-12 if dtype == "float64" else 1e-6
     # Subnormal results may be flushed to zero (JAX on CPU does in float32).
     np.testing.assert_allclose(y, expected, rtol=rtol, atol=np.finfo(dtype).tiny)
+
+
+def test_truncation_with_padding_cuts_only_between_valid_steps(backend):
+    """A short sequence's final-state gradient crosses its padding whole.
+
+    With lengths (5, 2), T=5 and windows of 2, the short sequence's valid steps
+    0 and 1 form one window, so its gradients equal those of running it alone
+    (T=2) with full BPTT.
+    """
+    rng = np.random.default_rng(5)
+    cell = LSTMCell()
+    d = _layer_inputs(rng, cell, T=5, N=2)
+    d["G"], d["G_final"] = np.zeros((5, 2, 3)), rng.normal(size=(2, 3))
+    mask = backend.asarray((np.arange(5)[:, None] < np.array([5, 2]))[..., None].astype(float))
+    _, _, padded = _run(cell, d, backend.xp, backend.asarray, truncate=2, mask=mask)
+    short = dict(d, x=d["x"][:2, 1:], G=d["G"][:2, 1:], G_final=d["G_final"][1:],
+                 state0=tuple(s[1:] for s in d["state0"]))
+    _, _, alone = _run(cell, short, backend.xp, backend.asarray)
+    np.testing.assert_allclose(backend.to_numpy(padded.dx)[:2, 1], backend.to_numpy(alone.dx)[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(padded.dx)[2:, 1], 0.0)
+    for a, b in zip(padded.dstate0, alone.dstate0):
+        np.testing.assert_allclose(backend.to_numpy(a)[1], backend.to_numpy(b)[0], rtol=1e-12)

@@ -1,0 +1,174 @@
+r"""Seeded initialisation of recurrent layer parameters, identical on every backend.
+
+The numbers are drawn on the host with NumPy's :class:`numpy.random.Generator`
+(PCG64) in float64, in one fixed order, and only then converted with
+``xp.asarray(..., dtype=dtype, device=device)``. The same seed therefore gives
+the same numbers on NumPy, CuPy, JAX, PyTorch and array-api-strict (float32
+results are the float64 draws rounded to nearest, which every library does
+identically). This is the one module of the core that imports NumPy; it runs
+once, outside any hot path.
+
+Schemes (``G`` gates, hidden size ``H``, per-layer input size ``D``):
+
+``"uniform"`` (PyTorch's default)
+    every weight and bias :math:`\sim U(-k, k)`, :math:`k = 1/\sqrt{H}`.
+``"xavier"``
+    each (H, D) block of ``weight_ih`` and (H, H) block of ``weight_hh`` (one
+    block per gate) :math:`\sim U(-a, a)`, :math:`a = \sqrt{6 / (\text{fan\_in} + H)}`
+    (Glorot & Bengio); fan-in/fan-out are those of one gate, not of the
+    stacked (G*H, D) matrix, since each gate is its own linear map.
+``"orthogonal"``
+    each gate block of both weights is (semi-)orthogonal (Saxe et al.): the
+    Q factor of a Gaussian matrix, signs fixed by :math:`\mathrm{diag}(R)` as
+    ``torch.nn.init.orthogonal_`` does. For a square (H, H) block
+    :math:`W W^T = I`; for (H, D) the rows (H <= D) or columns are orthonormal.
+
+Under every scheme the biases are drawn as in ``"uniform"``; the scheme only
+changes the weights. For LSTM, ``forget_bias=b`` then sets the forget-gate
+slice ``[H:2H]`` of ``bias_ih`` to ``b`` and of ``bias_hh`` to 0, so the sum
+seen by the gate, :math:`b_{ih} + b_{hh}`, is exactly ``b`` (Jozefowicz et
+al. recommend ``b = 1``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from array_api_compat import array_namespace
+
+__all__ = ["SCHEMES", "param_names", "draw", "resolve_namespace", "resolve_dtype", "to_namespace"]
+
+#: The weight initialisation schemes.
+SCHEMES = ("uniform", "xavier", "orthogonal")
+
+
+def param_names(layer: int, direction: int) -> tuple[str, str, str, str]:
+    """PyTorch's state_dict names ``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer/direction."""
+    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+    return (f"weight_ih{suffix}", f"weight_hh{suffix}", f"bias_ih{suffix}", f"bias_hh{suffix}")
+
+
+def _orthogonal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) matrix with orthonormal rows or columns (torch's algorithm)."""
+    a = rng.standard_normal((rows, cols))
+    if rows < cols:
+        a = a.T
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))  # makes the distribution uniform (Haar), as in torch
+    return q.T if rows < cols else q
+
+
+def _weight(rng, scheme: str, n_gates: int, hidden: int, fan_in: int) -> np.ndarray:
+    """A stacked (n_gates * hidden, fan_in) weight, block by block for the gate schemes."""
+    if scheme == "uniform":
+        bound = 1.0 / np.sqrt(hidden)
+        return rng.uniform(-bound, bound, size=(n_gates * hidden, fan_in))
+    if scheme == "xavier":
+        bound = np.sqrt(6.0 / (fan_in + hidden))
+        return rng.uniform(-bound, bound, size=(n_gates * hidden, fan_in))
+    return np.concatenate([_orthogonal(rng, hidden, fan_in) for _ in range(n_gates)], axis=0)
+
+
+def draw(
+    *,
+    n_gates: int,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_directions: int,
+    bias: bool,
+    seed: int,
+    scheme: str = "uniform",
+    forget_bias: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Draw every parameter of a stacked recurrent layer on the host, in float64.
+
+    Parameters
+    ----------
+    n_gates : int
+        G: 1 (RNN), 4 (LSTM), 3 (GRU).
+    input_size, hidden_size, num_layers, num_directions : int
+    bias : bool
+    seed : int
+        Seed of :func:`numpy.random.default_rng`.
+    scheme : {"uniform", "xavier", "orthogonal"}
+    forget_bias : float or None
+        LSTM only (the caller checks): value of the forget-gate bias slice.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        PyTorch's state_dict names and order: for each layer, for each
+        direction, ``weight_ih`` (G*H, D), ``weight_hh`` (G*H, H), then
+        ``bias_ih`` and ``bias_hh`` (G*H,) when ``bias``. ``D`` is
+        ``input_size`` for layer 0 and ``num_directions * hidden_size`` after.
+    """
+    rng = np.random.default_rng(seed)
+    G, H = n_gates, hidden_size
+    out: dict[str, np.ndarray] = {}
+    for layer in range(num_layers):
+        fan_in = input_size if layer == 0 else num_directions * H
+        for direction in range(num_directions):
+            w_ih, w_hh, b_ih, b_hh = param_names(layer, direction)
+            out[w_ih] = _weight(rng, scheme, G, H, fan_in)
+            out[w_hh] = _weight(rng, scheme, G, H, H)
+            if bias:
+                bound = 1.0 / np.sqrt(H)
+                out[b_ih] = rng.uniform(-bound, bound, size=(G * H,))
+                out[b_hh] = rng.uniform(-bound, bound, size=(G * H,))
+                if forget_bias is not None:
+                    out[b_ih][H : 2 * H] = forget_bias  # host array we own: fine to assign
+                    out[b_hh][H : 2 * H] = 0.0
+    return out
+
+
+def resolve_namespace(xp):
+    """The array-api-compat namespace for a module such as ``numpy``, ``jax.numpy``, ``torch``.
+
+    Accepts the library module itself or an already compatible namespace
+    (``array_api_compat.numpy``, ``array_api_strict``); ``None`` means NumPy.
+    Raises ``TypeError`` for anything that cannot create an array.
+    """
+    if xp is None:
+        xp = np
+    empty = getattr(xp, "empty", None)
+    if not callable(empty):
+        raise TypeError(
+            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
+            f"or array_api_strict, got {xp!r}"
+        )
+    try:
+        return array_namespace(empty((0,)))
+    except Exception as error:
+        raise TypeError(
+            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
+            f"or array_api_strict, got {xp!r} ({type(error).__name__}: {error})"
+        ) from None
+
+
+def resolve_dtype(xp, dtype):
+    """A real floating dtype of ``xp`` from a dtype object or a name like ``"float32"``."""
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        dtype = getattr(xp, dtype)
+    try:
+        ok = xp.isdtype(dtype, "real floating")
+    except Exception:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be a real floating dtype (float32 or float64), got {dtype!r}")
+    return dtype
+
+
+def check_seed(seed) -> int:
+    """A non-negative int seed (``bool`` is refused)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    return int(seed)
+
+
+def to_namespace(arrays: dict[str, np.ndarray], xp, dtype, device) -> dict:
+    """Convert host arrays to ``xp`` arrays of ``dtype`` on ``device`` (same keys, same order)."""
+    return {name: xp.asarray(a, dtype=dtype, device=device) for name, a in arrays.items()}

@@ -1,0 +1,604 @@
+r"""Stacked, optionally bidirectional RNN, LSTM and GRU layers with PyTorch's conventions.
+
+A layer is a frozen (hashable) dataclass *spec*: it holds only sizes and
+flags, never arrays. Parameters are a plain dict with the names, shapes and
+gate order of ``torch.nn.RNN/LSTM/GRU``'s ``state_dict()``; the forward pass
+returns a *tape* (a pytree of arrays) that the hand-written backward pass
+consumes::
+
+    spec = LSTM(input_size=5, hidden_size=4, num_layers=2, bidirectional=True)
+    params = spec.init(seed=0, like=x)
+    out, (h_n, c_n), tape = spec.forward(params, x, lengths=lengths)
+    grads, dx, (dh0, dc0) = spec.backward(params, tape, d_out, (dh_n, dc_n))
+
+Everything is backend-neutral (the namespace comes from the inputs) and
+``jax.jit``-able: close over the spec or pass it as a static argument; params,
+tapes and gradients are pytrees.
+
+Layout, with ``L`` layers, ``dirs`` directions (2 if bidirectional), ``G``
+gates (RNN 1, LSTM 4 ``i, f, g, o``, GRU 3 ``r, z, n``) and hidden size ``H``:
+
+- ``x`` (T, N, D), or (N, T, D) when ``batch_first``;
+- ``out`` (T, N, dirs*H): the forward direction's outputs, then the reverse
+  direction's, along the last axis (or (N, T, dirs*H));
+- states (L*dirs, N, H), layer-major: index ``layer * dirs + direction``;
+- ``weight_ih_l{k}`` (G*H, D_k) with ``D_0 = D`` and ``D_k = dirs*H`` after,
+  ``weight_hh_l{k}`` (G*H, H), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (G*H,),
+  with the suffix ``_reverse`` for the reverse direction.
+
+Layer ``k > 0`` reads the concatenation of both directions' outputs of layer
+``k - 1`` (there is no dropout). Per layer and direction the maths is that of
+:mod:`portable_rnn.cells`, run by :mod:`portable_rnn.sequence`.
+
+Variable lengths (right padding), as ``torch.nn.utils.rnn.pack_padded_sequence``:
+with ``lengths`` (N,), step ``t`` of sequence ``n`` is valid when
+``t < lengths[n]``. Outputs at padded steps are zero, the final state is the
+state after the last valid step, and the reverse direction starts at each
+sequence's own last valid step. It runs the forward engine on the sequences
+reversed *within their lengths*,
+
+.. math::
+
+    \tilde x_{t,n} = x_{\pi_n(t),n}, \qquad
+    \pi_n(t) = \begin{cases} \ell_n - 1 - t & t < \ell_n \\ t & t \ge \ell_n \end{cases}
+
+(a gather with ``xp.take_along_axis``), and un-reverses its outputs with the
+same map, since :math:`\pi_n` is its own inverse. Without lengths it is
+``xp.flip`` on the time axis.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import KW_ONLY, dataclass
+from typing import ClassVar, NamedTuple
+
+from array_api_compat import device as device_of
+from array_api_compat import is_jax_array
+
+from . import init as _init
+from . import sequence
+from ._validation import check_floating, check_keys, check_same_device, check_shape, namespace_of
+from .cells import cell_for
+
+__all__ = ["RNN", "LSTM", "GRU", "RecurrentTape"]
+
+
+class RecurrentTape(NamedTuple):
+    """What :meth:`LSTM.backward` (and RNN's, GRU's) needs; a pytree of arrays.
+
+    Attributes
+    ----------
+    layers : tuple of tuple of sequence.Tape
+        ``layers[k][d]`` is the engine tape of layer ``k``, direction ``d``
+        (the reverse direction's tape holds its time-reversed input).
+    index : int array (T, N) or None
+        The within-length time reversal :math:`\\pi` when lengths were given.
+    """
+
+    layers: tuple
+    index: object = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_traced(a) -> bool:
+    """Whether ``a`` is a JAX tracer (inside jit/grad/vmap): its values are unknown."""
+    if not is_jax_array(a):
+        return False
+    from jax.core import Tracer
+
+    return isinstance(a, Tracer)
+
+
+def _device_or_none(a):
+    """The device of ``a``, or ``None`` (the default) where it is unknown, as for JAX tracers."""
+    try:
+        return device_of(a)
+    except Exception:
+        return None
+
+
+def _length_maps(lengths, n_steps, dtype, dev, xp):
+    """Mask (T, N, 1) of ``dtype`` and reversal index (T, N) from lengths (N,).
+
+    ``mask[t, n] = 1`` if ``t < lengths[n]``; ``index[t, n] = lengths[n] - 1 - t``
+    there and ``t`` on the padding. Built with array ops only (no host sync).
+    """
+    t = xp.arange(n_steps, device=dev)[:, None]  # default index dtype (int64 where torch needs it)
+    ell = xp.astype(lengths, t.dtype)[None, :]
+    valid = t < ell
+    mask = xp.astype(valid, dtype)[..., None]
+    index = xp.where(valid, ell - 1 - t, t)
+    return mask, index
+
+
+def _reverse_time(a, index, xp):
+    """Reverse (T, N, F) along time, within each sequence's length when ``index`` is given."""
+    if index is None:
+        return xp.flip(a, axis=0)
+    idx = xp.broadcast_to(index[..., None], a.shape)
+    return xp.take_along_axis(a, idx, axis=0)
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_truncate(truncate):
+    if truncate is not None and (
+        isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral) or truncate < 1
+    ):
+        raise ValueError(f"truncate must be None or a positive int, got {truncate!r}")
+    return None if truncate is None else int(truncate)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class _Recurrent:
+    """Shared implementation of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    _: KW_ONLY
+    bidirectional: bool = False
+    batch_first: bool = False
+    bias: bool = True
+
+    mode: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for name in ("input_size", "hidden_size", "num_layers"):
+            object.__setattr__(self, name, _check_int(name, getattr(self, name)))
+        for name in ("bidirectional", "batch_first", "bias"):
+            _check_bool(name, getattr(self, name))
+
+    # ----------------------------------------------------------- static facts
+
+    @property
+    def cell(self):
+        """The per-step cell (:mod:`portable_rnn.cells`)."""
+        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def n_gates(self) -> int:
+        """G: 1 (RNN), 4 (LSTM), 3 (GRU)."""
+        return self.cell.n_gates
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the parameters, in ``torch.nn`` ``state_dict`` order.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            ``weight_ih_l{k}[_reverse]`` (G*H, D_k), ``weight_hh_l{k}[_reverse]``
+            (G*H, H) and, with ``bias``, ``bias_ih_l{k}[_reverse]``,
+            ``bias_hh_l{k}[_reverse]`` (G*H,).
+        """
+        GH, H = self.n_gates * self.hidden_size, self.hidden_size
+        shapes = {}
+        for k in range(self.num_layers):
+            d_in = self.input_size if k == 0 else self.num_directions * H
+            for d in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
+                shapes[w_ih] = (GH, d_in)
+                shapes[w_hh] = (GH, H)
+                if self.bias:
+                    shapes[b_ih] = (GH,)
+                    shapes[b_hh] = (GH,)
+        return shapes
+
+    # ----------------------------------------------------------- init
+
+    def init(self, seed=0, *, like=None, xp=None, dtype=None, device=None, init="uniform",
+             forget_bias=None):
+        r"""Seeded parameters: same seed, same numbers on every backend.
+
+        Parameters
+        ----------
+        seed : int, default 0
+            Seed of the host-side NumPy generator (see :mod:`portable_rnn.init`).
+        like : array, optional
+            Take the namespace, dtype and device from this array (e.g. the
+            input ``x``). ``dtype`` and ``device`` given too override it.
+        xp : module, optional
+            The library when ``like`` is not given: ``numpy``, ``jax.numpy``,
+            ``torch``, ``cupy``, ``array_api_strict`` or an array-api-compat
+            namespace. Default NumPy.
+        dtype : dtype or {"float32", "float64"}, optional
+            Default float32, as ``torch.nn`` (or the dtype of ``like``).
+        device : device, optional
+            Default the library's default device (or the device of ``like``).
+        init : {"uniform", "xavier", "orthogonal"}, default "uniform"
+            Weight scheme. ``"uniform"`` is PyTorch's
+            :math:`U(-1/\sqrt{H}, 1/\sqrt{H})` for weights and biases; the
+            other two apply Glorot-uniform or (semi-)orthogonal matrices to
+            each gate's block of the weights and keep the uniform biases.
+        forget_bias : float, optional
+            LSTM only (needs ``bias``): set the forget-gate slice ``[H:2H]`` of
+            every ``bias_ih`` to this value and of every ``bias_hh`` to 0, so
+            the forget gate starts at :math:`\sigma(\text{forget\_bias})`.
+
+        Returns
+        -------
+        dict of str to array
+            Keys and shapes of :meth:`param_shapes` (PyTorch's ``state_dict``).
+        """
+        seed = _init.check_seed(seed)
+        if init not in _init.SCHEMES:
+            raise ValueError(f"init must be one of {list(_init.SCHEMES)}, got {init!r}")
+        if forget_bias is not None:
+            if self.mode != "lstm":
+                raise ValueError(f"forget_bias is for LSTM only; {type(self).__name__} has no forget gate")
+            if not self.bias:
+                raise ValueError("forget_bias needs bias=True; this LSTM has no biases")
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+                raise ValueError(f"forget_bias must be a real number, got {forget_bias!r}")
+            forget_bias = float(forget_bias)
+        if like is not None:
+            if xp is not None:
+                raise TypeError("pass either like= or xp=, not both")
+            xp = namespace_of(like=like)
+            dtype = like.dtype if dtype is None else dtype
+            device = _device_or_none(like) if device is None else device
+        else:
+            xp = _init.resolve_namespace(xp)  # None: NumPy
+            dtype = "float32" if dtype is None else dtype
+        dtype = _init.resolve_dtype(xp, dtype)
+        host = _init.draw(
+            n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
+            num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
+            seed=seed, scheme=init, forget_bias=forget_bias,
+        )
+        return _init.to_namespace(host, xp, dtype, device)
+
+    # ----------------------------------------------------------- checks
+
+    def _check_params(self, params, name="params"):
+        """Keys and shapes of ``params``; returns the expected shapes."""
+        shapes = self.param_shapes()
+        check_keys(name, params, list(shapes))
+        extra = [k for k in params if k not in shapes]
+        if extra:
+            raise ValueError(
+                f"{name} has unexpected key(s) {extra} for {self!r}; expected keys {list(shapes)}"
+            )
+        for key, shape in shapes.items():
+            check_shape(f"{name}['{key}']", params[key], shape)
+        return shapes
+
+    def _named_params(self, params, name="params"):
+        return {f"{name}['{k}']": v for k, v in params.items()}
+
+    def _state_parts(self, state, name, allow_none=False):
+        """``state`` as a tuple of arrays (h,) or (h, c), with a clear error on bad structure."""
+        if self.mode == "lstm":
+            if not (isinstance(state, (tuple, list)) and len(state) == 2):
+                raise TypeError(
+                    f"{name} must be a pair (h, c) of arrays (L*dirs, N, H) for LSTM, "
+                    f"got {type(state).__name__}"
+                )
+            if not allow_none and any(s is None for s in state):
+                raise TypeError(f"{name} must be a pair (h, c) of arrays; use state=None for zeros")
+            return tuple(state)
+        if isinstance(state, (tuple, list)):
+            raise TypeError(
+                f"{name} must be one array (L*dirs, N, H) for {type(self).__name__} "
+                f"(only LSTM has a (h, c) pair), got a {type(state).__name__}"
+            )
+        return (state,)
+
+    def _state_names(self, name):
+        return (f"{name}[0] (h)", f"{name}[1] (c)") if self.mode == "lstm" else (name,)
+
+    def _out_shape(self, T, N):
+        F = self.num_directions * self.hidden_size
+        return (N, T, F) if self.batch_first else (T, N, F)
+
+    def _weights(self, params, k, d):
+        w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
+        if self.bias:
+            return params[w_ih], params[w_hh], params[b_ih], params[b_hh]
+        return params[w_ih], params[w_hh], None, None
+
+    # ----------------------------------------------------------- forward
+
+    def forward(self, params, x, state=None, lengths=None):
+        r"""Run the stacked layer over a batch of sequences.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            As returned by :meth:`init` (PyTorch's ``state_dict`` names).
+        x : array (T, N, D), or (N, T, D) when ``batch_first``
+        state : array (L*dirs, N, H), or a pair of them for LSTM, optional
+            Initial state ``h_0`` (``(h_0, c_0)`` for LSTM); ``None`` is zeros.
+            Index ``layer * dirs + direction``.
+        lengths : integer array (N,), optional
+            Valid steps of each sequence (right padding), ``1 <= lengths <= T``.
+            The range is checked only when the values are concrete: the check
+            reads them on the host, so it is skipped for JAX tracers (under
+            ``jax.jit`` out-of-range lengths give unspecified results) and
+            costs one device sync on eager GPU backends.
+
+        Returns
+        -------
+        out : array (T, N, dirs*H), or (N, T, dirs*H) when ``batch_first``
+            The last layer's hidden states, zero at padded steps.
+        state : array (L*dirs, N, H), or the pair ``(h_n, c_n)`` for LSTM
+            The state after each sequence's last valid step (for the reverse
+            direction: after it has consumed step 0).
+        tape : RecurrentTape
+            For :meth:`backward`.
+        """
+        self._check_params(params)
+        parts = None if state is None else self._state_parts(state, "state")
+        named = {"x": x}
+        named.update(self._named_params(params))
+        if parts is not None:
+            named.update(zip(self._state_names("state"), parts))
+        xp = namespace_of(**named, lengths=lengths)
+        dtype = check_floating(xp, **named)
+        dev = check_same_device(**named, lengths=lengths)
+        if dev is None:
+            dev = _device_or_none(x)
+
+        D, H, L, dirs = self.input_size, self.hidden_size, self.num_layers, self.num_directions
+        layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
+        check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
+        if self.batch_first:
+            x = xp.permute_dims(x, (1, 0, 2))
+        T, N = x.shape[0], x.shape[1]
+        if T < 1:
+            raise ValueError(f"x has {T} time steps; expected at least 1")
+        if parts is not None:
+            for name, s in zip(self._state_names("state"), parts):
+                check_shape(name, s, (L * dirs, N, H), f"(num_layers * dirs, N, H) = ({L * dirs}, {N}, {H})")
+
+        mask = index = None
+        if lengths is not None:
+            if not xp.isdtype(lengths.dtype, "integral"):
+                raise TypeError(f"lengths has dtype {lengths.dtype}; expected an integer dtype")
+            check_shape("lengths", lengths, (N,), f"(N,) with N = {N}, the batch of x")
+            in_range = xp.all((lengths >= 1) & (lengths <= T))
+            # Read on the host only when concrete: under jax.jit even a closed-over
+            # constant yields a tracer here, and reading it would fail.
+            if not _is_traced(in_range):
+                if not bool(in_range):
+                    raise ValueError(
+                        f"lengths must lie in [1, T] = [1, {T}]; got min {int(xp.min(lengths))}, "
+                        f"max {int(xp.max(lengths))}"
+                    )
+            mask, index = _length_maps(lengths, T, dtype, dev, xp)
+
+        if parts is None:
+            zero = xp.zeros((N, H), dtype=dtype, device=dev)
+            states0 = [(zero,) * self.cell.n_states] * (L * dirs)
+        else:
+            states0 = [tuple(s[i, ...] for s in parts) for i in range(L * dirs)]
+
+        cell = self.cell
+        layer_in, finals, tapes = x, [], []
+        for k in range(L):
+            outs, layer_tapes = [], []
+            for d in range(dirs):
+                W_ih, W_hh, b_ih, b_hh = self._weights(params, k, d)
+                inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
+                out_d, final_d, tape_d = sequence.forward(
+                    cell, inp, states0[k * dirs + d], W_ih, W_hh, b_ih, b_hh, mask, xp=xp
+                )
+                outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
+                finals.append(final_d)
+                layer_tapes.append(tape_d)
+            layer_in = outs[0] if dirs == 1 else xp.concat(outs, axis=-1)
+            tapes.append(tuple(layer_tapes))
+
+        out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
+        final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(cell.n_states))
+        return out, (final if self.mode == "lstm" else final[0]), RecurrentTape(tuple(tapes), index)
+
+    # ----------------------------------------------------------- backward
+
+    def backward(self, params, tape, d_out, d_state=None, truncate=None):
+        r"""Backpropagation through time through every layer and direction.
+
+        Layers are visited top-down. In layer ``k`` each direction's engine
+        backward gets its slice of the gradient of the layer's output (mapped
+        through the same within-length reversal for the reverse direction) and
+        of the final state; the input gradients of both directions add up to
+        the gradient of layer ``k - 1``'s output,
+        :math:`dY_{k-1} = dX^{\rightarrow}_k + \pi(dX^{\leftarrow}_k)`.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            The parameters used in :meth:`forward`.
+        tape : RecurrentTape
+            From :meth:`forward`.
+        d_out : array shaped like ``out``, or None
+            Gradient of the loss with respect to ``out``; ``None`` is zero.
+            Entries at padded steps are ignored (``out`` is constant there).
+        d_state : array (L*dirs, N, H), a pair of them or None for LSTM, optional
+            Gradient with respect to the final state; ``None`` (or a ``None``
+            entry of the LSTM pair) is zero.
+        truncate : int, optional
+            Truncated BPTT, per layer and direction: no gradient crosses the
+            recurrence between windows ``[0, k), [k, 2k), ...`` of each
+            direction's own pass (for the reverse direction with lengths,
+            windows count from each sequence's last valid step). Gradients
+            still flow between layers at every step. ``None`` is full BPTT.
+            With lengths, the final-state gradient of a sequence shorter than
+            T crosses its padding untouched and enters at its last valid
+            step; cuts happen only between valid steps.
+
+        Returns
+        -------
+        grads : dict of str to array
+            Same keys and shapes as ``params``.
+        dx : array shaped like ``x``
+        dstate0 : array (L*dirs, N, H), or the pair ``(dh_0, dc_0)`` for LSTM
+            Gradient with respect to the initial state (zeros when it was
+            ``None`` in the forward pass).
+        """
+        truncate = _check_truncate(truncate)
+        self._check_params(params)
+        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
+        if not (
+            isinstance(tape, tuple) and len(tape) == 2 and isinstance(tape[0], tuple)
+            and len(tape[0]) == L and all(isinstance(t, tuple) and len(t) == dirs for t in tape[0])
+        ):
+            raise TypeError(
+                f"tape must be the RecurrentTape returned by forward() of this spec "
+                f"({L} layer(s) x {dirs} direction(s)), got {type(tape).__name__}"
+            )
+        layers, index = tape
+        x0 = layers[0][0].x
+        T, N = x0.shape[0], x0.shape[1]
+
+        ds_parts = None if d_state is None else self._state_parts(d_state, "d_state", allow_none=True)
+        named = self._named_params(params)
+        named.update({"tape": x0, "d_out": d_out})
+        if ds_parts is not None:
+            named.update(zip(self._state_names("d_state"), ds_parts))
+        xp = namespace_of(**named)
+        check_floating(xp, **named)
+        check_same_device(**named)
+        out_shape = self._out_shape(T, N)
+        if d_out is not None:
+            check_shape("d_out", d_out, out_shape, "the shape of out from forward()")
+            if self.batch_first:
+                d_out = xp.permute_dims(d_out, (1, 0, 2))
+        if ds_parts is not None:
+            for name, s in zip(self._state_names("d_state"), ds_parts):
+                if s is not None:
+                    check_shape(name, s, (L * dirs, N, H), "the shape of the final state from forward()")
+
+        def d_final(i):
+            if ds_parts is None:
+                return None
+            return tuple(None if s is None else s[i, ...] for s in ds_parts)
+
+        cell = self.cell
+        grads, dstate0 = {}, [None] * (L * dirs)
+        d_layer_out = d_out
+        for k in reversed(range(L)):
+            d_in = None
+            for d in range(dirs):
+                W_ih, W_hh, _, _ = self._weights(params, k, d)
+                d_out_d = None
+                if d_layer_out is not None:
+                    d_out_d = d_layer_out[..., d * H : (d + 1) * H] if dirs > 1 else d_layer_out
+                    if d == 1:
+                        d_out_d = _reverse_time(d_out_d, index, xp)
+                g = sequence.backward(
+                    cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
+                    xp=xp, truncate=truncate, bias=self.bias,
+                )
+                dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
+                d_in = dx_d if d_in is None else d_in + dx_d
+                w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
+                grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
+                if self.bias:
+                    grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
+                dstate0[k * dirs + d] = g.dstate0
+            d_layer_out = d_in
+
+        grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
+        dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
+        d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(cell.n_states))
+        return grads, dx, (d0 if self.mode == "lstm" else d0[0])
+
+
+@dataclass(frozen=True)
+class RNN(_Recurrent):
+    r"""Stacked Elman RNN, as ``torch.nn.RNN``.
+
+    .. math::
+
+        h_t = \phi(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),
+        \qquad \phi \in \{\tanh, \mathrm{relu}\}
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        D and H.
+    num_layers : int, default 1
+    bidirectional, batch_first, bias : bool, keyword-only
+        Defaults ``False, False, True``. Keyword-only because ``torch.nn``'s
+        positional order differs (``bias`` comes before ``bidirectional``).
+    nonlinearity : {"tanh", "relu"}, keyword-only, default "tanh"
+
+    See the module docstring for shapes, lengths and the reverse direction;
+    methods :meth:`init`, :meth:`forward`, :meth:`backward`, :meth:`param_shapes`.
+    """
+
+    _: KW_ONLY
+    nonlinearity: str = "tanh"
+    mode: ClassVar[str] = "rnn"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
+
+
+@dataclass(frozen=True)
+class LSTM(_Recurrent):
+    r"""Stacked LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o; no projections).
+
+    .. math::
+
+        [z_i, z_f, z_g, z_o] &= x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh} \\
+        c_t &= \sigma(z_f) \odot c_{t-1} + \sigma(z_i) \odot \tanh(z_g), \qquad
+        h_t = \sigma(z_o) \odot \tanh(c_t)
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bidirectional, batch_first, bias : bool, keyword-only
+
+    The state is the pair ``(h, c)`` in and out of :meth:`forward` and
+    :meth:`backward`; :meth:`init` takes ``forget_bias``.
+    """
+
+    mode: ClassVar[str] = "lstm"
+
+
+@dataclass(frozen=True)
+class GRU(_Recurrent):
+    r"""Stacked GRU, as ``torch.nn.GRU`` (gate order r, z, n).
+
+    .. math::
+
+        r &= \sigma(x_r + h_{t-1} W_{hr}^T + b_{hr}), \quad
+        z = \sigma(x_z + h_{t-1} W_{hz}^T + b_{hz}) \\
+        n &= \tanh(x_n + r \odot (h_{t-1} W_{hn}^T + b_{hn})), \quad
+        h_t = (1 - z) \odot n + z \odot h_{t-1}
+
+    with :math:`x_\cdot` the gate slices of :math:`x_t W_{ih}^T + b_{ih}`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bidirectional, batch_first, bias : bool, keyword-only
+    """
+
+    mode: ClassVar[str] = "gru"
