@@ -18,6 +18,7 @@ __all__ = [
     "check_keys",
     "check_same_device",
     "library_name",
+    "check_time_steps",
 ]
 
 
@@ -76,6 +77,13 @@ def check_floating(xp, **arrays):
             raise TypeError(
                 f"{name} has dtype {value.dtype}; expected a real floating dtype "
                 "(float32 or float64). Cast it explicitly, e.g. xp.astype(x, xp.float64)"
+            )
+        if value.dtype not in (xp.float32, xp.float64):
+            # Half precision loses the recurrence within tens of steps, and
+            # upcasting silently would hide a 2x memory cost: refuse, say how.
+            raise TypeError(
+                f"{name} has dtype {value.dtype}; portable_rnn computes in float32 or "
+                "float64. Cast it explicitly, e.g. xp.astype(x, xp.float32)"
             )
         if dtype is None:
             first_name, dtype = name, value.dtype
@@ -138,6 +146,18 @@ def check_shape(name: str, value, expected: Sequence, meaning: str = "") -> None
         what = f" {meaning}" if meaning else ""
         raise ValueError(
             f"{name} has shape {shape}; expected {_format_shape(expected)}{what}"
+        )
+
+
+def check_time_steps(name: str, value, axis: int) -> None:
+    """Refuse an empty time axis: a recurrence over zero steps has no output.
+
+    (The batch axis may be empty: that is ordinary, empty work.)
+    """
+    if value.shape[axis] == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}; expected at least one time step "
+            f"(axis {axis} is time)"
         )
 
 

@@ -31,7 +31,13 @@ from typing import NamedTuple
 from array_api_compat import device
 
 from . import sequence
-from ._validation import check_floating, check_same_device, check_shape, namespace_of
+from ._validation import (
+    check_floating,
+    check_same_device,
+    check_shape,
+    check_time_steps,
+    namespace_of,
+)
 from .activations import log_softmax
 from .cells import LSTMCell, RNNCell
 
@@ -125,13 +131,6 @@ def _check_bool(xp, name: str, value) -> None:
         raise TypeError(
             f"{name} has dtype {value.dtype}; expected bool. Build it with a comparison, "
             "e.g. mask = y != null_index"
-        )
-
-
-def _check_steps(name: str, value, axis: int = 1) -> None:
-    if value.shape[axis] == 0:
-        raise ValueError(
-            f"{name} has shape {tuple(value.shape)}; expected at least one time step (T >= 1)"
         )
 
 
@@ -315,7 +314,7 @@ def rnn_forward(x, h0, Wx, Wh, b):
     """
     xp = _floats(x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
     check_shape("x", x, (None, None, None), "(N, T, D)")
-    _check_steps("x", x)
+    check_time_steps("x", x, axis=1)
     H = _check_rnn_weights(x.shape[2], Wx, Wh, b)
     check_shape("h0", h0, (x.shape[0], H), "(N, H) with N the batch of x")
     W_ih, W_hh = _rnn_engine_weights(Wx, Wh)
@@ -462,7 +461,7 @@ def lstm_forward(x, h0, Wx, Wh, b):
     """
     xp = _floats(x=x, h0=h0, Wx=Wx, Wh=Wh, b=b)
     check_shape("x", x, (None, None, None), "(N, T, D)")
-    _check_steps("x", x)
+    check_time_steps("x", x, axis=1)
     H = _check_lstm_weights(x.shape[2], Wx, Wh, b)
     check_shape("h0", h0, (x.shape[0], H), "(N, H) with N the batch of x")
     W_ih, W_hh, b_ih = _lstm_engine_weights(Wx, Wh, b, H, xp)

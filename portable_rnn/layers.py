@@ -58,7 +58,14 @@ from array_api_compat import is_jax_array
 
 from . import init as _init
 from . import sequence
-from ._validation import check_floating, check_keys, check_same_device, check_shape, namespace_of
+from ._validation import (
+    check_floating,
+    check_keys,
+    check_same_device,
+    check_shape,
+    check_time_steps,
+    namespace_of,
+)
 from .cells import cell_for
 
 __all__ = ["RNN", "LSTM", "GRU", "RecurrentTape"]
@@ -362,11 +369,10 @@ class _Recurrent:
         D, H, L, dirs = self.input_size, self.hidden_size, self.num_layers, self.num_directions
         layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
         check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
+        check_time_steps("x", x, axis=1 if self.batch_first else 0)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
         T, N = x.shape[0], x.shape[1]
-        if T < 1:
-            raise ValueError(f"x has {T} time steps; expected at least 1")
         if parts is not None:
             for name, s in zip(self._state_names("state"), parts):
                 check_shape(name, s, (L * dirs, N, H), f"(num_layers * dirs, N, H) = ({L * dirs}, {N}, {H})")

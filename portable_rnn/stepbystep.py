@@ -19,7 +19,14 @@ from __future__ import annotations
 from array_api_compat import device
 
 from . import sequence
-from ._validation import check_floating, check_keys, check_same_device, check_shape, namespace_of
+from ._validation import (
+    check_floating,
+    check_keys,
+    check_same_device,
+    check_shape,
+    check_time_steps,
+    namespace_of,
+)
 from .activations import softmax
 from .cells import LSTMCell, RNNCell
 
@@ -194,6 +201,7 @@ def rnn_forward(x, a0, parameters, *, nonlinearity="tanh"):
     """
     xp = _checked({"x": x, "a0": a0}, parameters, RNN_KEYS)
     check_shape("x", x, (None, None, None), "(n_x, m, T_x)")
+    check_time_steps("x", x, axis=2)
     n_a = _check_rnn_parameters(parameters, x.shape[0])
     check_shape("a0", a0, (n_a, x.shape[1]), "(n_a, m) with m the batch of x")
     W_ih, W_hh, b = _rnn_weights(parameters, xp)
@@ -383,6 +391,7 @@ def lstm_forward(x, a0, parameters):
     """
     xp = _checked({"x": x, "a0": a0}, parameters, LSTM_KEYS)
     check_shape("x", x, (None, None, None), "(n_x, m, T_x)")
+    check_time_steps("x", x, axis=2)
     n_a = _check_lstm_parameters(parameters, x.shape[0])
     check_shape("a0", a0, (n_a, x.shape[1]), "(n_a, m) with m the batch of x")
     W_ih, W_hh, b = _lstm_weights(parameters, xp)
