@@ -1,6 +1,6 @@
 """portable_rnn: recurrent networks with hand-written BPTT on any Array API backend."""
 
-from . import cs231n, losses, optim
+from . import cs231n, interop, io, losses, optim
 from .activations import log_softmax, relu, sigmoid, softmax
 from .layers import GRU, LSTM, RNN
 from .stepbystep import (
@@ -21,6 +21,8 @@ __all__ = [
     "LSTM",
     "GRU",
     "cs231n",
+    "interop",
+    "io",
     "losses",
     "optim",
     "sigmoid",
