@@ -596,7 +596,7 @@ def temporal_affine_forward(x, w, b):
     cache : tuple
         Opaque; pass it to :func:`temporal_affine_backward`.
     """
-    xp = _floats(x=x, w=w, b=b)
+    _floats(x=x, w=w, b=b)
     check_shape("x", x, (None, None, None), "(N, T, D)")
     check_shape("w", w, (x.shape[2], None), "(D, M) with D the features of x")
     check_shape("b", b, (w.shape[1],), "(M,) with M the columns of w")

@@ -36,6 +36,9 @@ import numbers
 
 import numpy as np
 from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ._validation import namespace_of
 
 __all__ = ["SCHEMES", "param_names", "draw", "resolve_namespace", "resolve_dtype", "to_namespace"]
 
@@ -160,6 +163,30 @@ def resolve_dtype(xp, dtype):
     if not ok:
         raise TypeError(f"dtype must be a real floating dtype (float32 or float64), got {dtype!r}")
     return dtype
+
+
+def resolve_target(like=None, xp=None, dtype=None, device=None, *, default_dtype="float32"):
+    """Namespace, dtype and device for new parameter arrays.
+
+    ``like=x`` takes all three from ``x`` (``dtype``/``device`` given too
+    override it); otherwise ``xp`` (a library module, ``None`` for NumPy),
+    ``dtype`` (default ``default_dtype``) and ``device`` (default: the
+    library's default device).
+    """
+    if like is not None:
+        if xp is not None:
+            raise TypeError("pass either like= or xp=, not both")
+        xp = namespace_of(like=like)
+        dtype = like.dtype if dtype is None else dtype
+        if device is None:
+            try:
+                device = device_of(like)
+            except Exception:  # JAX tracers have no committed device
+                device = None
+    else:
+        xp = resolve_namespace(xp)
+        dtype = default_dtype if dtype is None else dtype
+    return xp, resolve_dtype(xp, dtype), device
 
 
 def check_seed(seed) -> int:

@@ -166,16 +166,7 @@ def _one_dtype(host, what):
 
 def _target(like, xp, dtype, device, source_dtype):
     """Namespace, dtype and device of converted arrays (see the module docstring)."""
-    if like is not None:
-        if xp is not None:
-            raise TypeError("pass either like= or xp=, not both")
-        xp = namespace_of(like=like)
-        dtype = like.dtype if dtype is None else dtype
-        device = device_of(like) if device is None else device
-    else:
-        xp = _init.resolve_namespace(xp)
-        dtype = source_dtype if dtype is None else dtype
-    return xp, _init.resolve_dtype(xp, dtype), device
+    return _init.resolve_target(like, xp, dtype, device, default_dtype=source_dtype)
 
 
 def _convert(host, like=None, xp=None, dtype=None, device=None, *, source_dtype):

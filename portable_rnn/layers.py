@@ -258,16 +258,7 @@ class _Recurrent:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
                 raise ValueError(f"forget_bias must be a real number, got {forget_bias!r}")
             forget_bias = float(forget_bias)
-        if like is not None:
-            if xp is not None:
-                raise TypeError("pass either like= or xp=, not both")
-            xp = namespace_of(like=like)
-            dtype = like.dtype if dtype is None else dtype
-            device = _device_or_none(like) if device is None else device
-        else:
-            xp = _init.resolve_namespace(xp)  # None: NumPy
-            dtype = "float32" if dtype is None else dtype
-        dtype = _init.resolve_dtype(xp, dtype)
+        xp, dtype, device = _init.resolve_target(like, xp, dtype, device)
         host = _init.draw(
             n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
             num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
