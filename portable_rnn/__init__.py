@@ -3,6 +3,7 @@
 from . import cs231n, interop, io, losses, optim
 from .activations import log_softmax, relu, sigmoid, softmax
 from .layers import GRU, LSTM, RNN
+from .model import CharModel
 from .stepbystep import (
     lstm_backward,
     lstm_cell_backward,
@@ -20,6 +21,7 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "CharModel",
     "cs231n",
     "interop",
     "io",

@@ -156,9 +156,14 @@ def _safetensors():
     return st
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write through ``write(fileobj)`` to a temporary sibling, fsync, then replace ``path``."""
+def atomic_write(path, write) -> None:
+    """Write through ``write(fileobj)`` to a temporary sibling, fsync, then replace ``path``.
+
+    Missing parent folders are created. Used by :func:`save` and by the
+    training checkpoints, history and plots.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     # O_EXCL: never follow or reuse an existing name; mode 0o666 is filtered by the umask.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -221,11 +226,11 @@ def save(path, spec, params, *, format=None) -> None:
     meta = _metadata(spec)
     if fmt == "npz":
         entries = {_SPEC_KEY: np.frombuffer(meta.encode("utf-8"), dtype=np.uint8).copy(), **host}
-        _atomic_write(path, lambda f: np.savez(f, **entries))
+        atomic_write(path, lambda f: np.savez(f, **entries))
     else:
         st = _safetensors()
         blob = st.save(host, metadata={_SAFETENSORS_KEY: meta})
-        _atomic_write(path, lambda f: f.write(blob))
+        atomic_write(path, lambda f: f.write(blob))
 
 
 # --------------------------------------------------------------------------- load

@@ -1,0 +1,507 @@
+r"""A character (or any token) language model: embedding, recurrent layers, affine, softmax.
+
+.. math::
+
+    e_t = E_{x_t}, \qquad
+    h_t = \mathrm{RNN}(e_t, h_{t-1}), \qquad
+    s_t = h_t W^T + b, \qquad
+    L = -\frac{1}{NT} \sum_{n,t} \log \mathrm{softmax}(s_{n,t})_{y_{n,t}}
+
+:class:`CharModel` is a frozen (hashable) spec like the layers of
+:mod:`portable_rnn.layers`: it holds sizes only. Parameters are one flat dict
+whose names are those of the ``state_dict()`` of the PyTorch module
+
+.. code-block:: python
+
+    class CharModel(torch.nn.Module):           # embedding -> rnn -> decoder
+        def __init__(self, V, E, H, L):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(V, E)
+            self.rnn = torch.nn.LSTM(E, H, L)        # or GRU, RNN
+            self.decoder = torch.nn.Linear(H, V)
+
+``embedding.weight`` (V, E), ``rnn.weight_ih_l0`` ... (see
+:mod:`portable_rnn.layers`), ``decoder.weight`` (V, H), ``decoder.bias`` (V,),
+so ``torch_module.load_state_dict({k: torch.as_tensor(v) ...})`` takes them as
+they are.
+
+:meth:`CharModel.loss_and_grads` runs one forward and one hand-written backward
+through the whole model, reusing the CS231n pieces
+(:func:`~portable_rnn.cs231n.word_embedding_forward`,
+:func:`~portable_rnn.cs231n.temporal_affine_forward` and their backwards),
+the stacked layer and :func:`~portable_rnn.losses.softmax_cross_entropy`.
+Internally everything is time-major (T, N, ...); only the integer token
+matrix is transposed.
+
+Like the rest of the core, everything but :meth:`CharModel.sample` takes its
+namespace from its inputs, creates arrays with explicit dtype and device,
+never writes into an input, never copies to the host, and is
+``jax.jit``-able (close over the spec: it is hashable). Token values are not
+range-checked (that would need a host copy); an index outside ``[0, V)``
+gives a zero embedding gradient and a zero one-hot target.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import random
+from dataclasses import dataclass
+
+from array_api_compat import device as device_of
+from array_api_compat import is_array_api_strict_namespace, is_cupy_array, is_jax_namespace, is_torch_array
+
+from . import init as _init
+from ._validation import check_floating, check_keys, check_same_device, check_shape, namespace_of
+from .cs231n import (
+    temporal_affine_backward,
+    temporal_affine_forward,
+    word_embedding_backward,
+    word_embedding_forward,
+)
+from .layers import GRU, LSTM, RNN
+from .losses import softmax_cross_entropy
+
+__all__ = ["CharModel", "CELLS", "hidden_state_gradients"]
+
+#: The recurrent layer of each ``cell`` name.
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+_EMBED = "embedding.weight"
+_RNN = "rnn."
+_W, _B = "decoder.weight", "decoder.bias"
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_tokens(xp, name, tokens, shape, meaning):
+    if not xp.isdtype(tokens.dtype, "integral"):
+        raise TypeError(
+            f"{name} has dtype {tokens.dtype}; expected an integer dtype of token indices "
+            f"(e.g. int32). Cast it explicitly, e.g. xp.astype({name}, xp.int32)"
+        )
+    check_shape(name, tokens, shape, meaning)
+
+
+@dataclass(frozen=True)
+class CharModel:
+    r"""Embedding, stacked RNN/LSTM/GRU and a linear decoder over a vocabulary.
+
+    Parameters
+    ----------
+    vocab_size : int
+        V, the number of distinct tokens (characters).
+    hidden_size : int, default 128
+        H.
+    num_layers : int, default 1
+        Stacked recurrent layers (unidirectional: a language model only looks back).
+    cell : {"lstm", "gru", "rnn"}, default "lstm"
+        ``"rnn"`` is the Elman RNN with tanh.
+    embed_size : int, default 32
+        E, the width of the token embedding.
+
+    Notes
+    -----
+    Shapes: tokens and targets (N, T) integer, batch-major; logits (N, T, V);
+    the recurrent state is that of :mod:`portable_rnn.layers`: (L, N, H), or
+    the pair ``(h, c)`` for LSTM.
+    """
+
+    vocab_size: int
+    hidden_size: int = 128
+    num_layers: int = 1
+    cell: str = "lstm"
+    embed_size: int = 32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "embed_size"):
+            object.__setattr__(self, name, _check_int(name, getattr(self, name)))
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
+
+    # ----------------------------------------------------------- static facts
+
+    @property
+    def rnn(self):
+        """The recurrent layer spec (time-major, unidirectional)."""
+        return CELLS[self.cell](self.embed_size, self.hidden_size, self.num_layers)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the parameters, in ``state_dict`` order.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            ``embedding.weight`` (V, E), ``rnn.*`` (the layer's names),
+            ``decoder.weight`` (V, H), ``decoder.bias`` (V,).
+        """
+        V, E, H = self.vocab_size, self.embed_size, self.hidden_size
+        shapes = {_EMBED: (V, E)}
+        shapes.update({_RNN + k: s for k, s in self.rnn.param_shapes().items()})
+        shapes[_W], shapes[_B] = (V, H), (V,)
+        return shapes
+
+    # ----------------------------------------------------------- init
+
+    def init(self, seed=0, *, xp=None, dtype="float32", device=None):
+        r"""Seeded parameters: the same numbers on every backend.
+
+        All numbers are drawn on the host, in float64, then converted with
+        ``xp.asarray(..., dtype=dtype, device=device)``. The recurrent layer
+        uses its own :meth:`~portable_rnn.layers.LSTM.init` (PyTorch's
+        :math:`U(-1/\sqrt H, 1/\sqrt H)`, NumPy's PCG64 seeded with ``seed``);
+        the embedding (:math:`\mathcal N(0, 1)`, as ``torch.nn.Embedding``)
+        and the decoder (:math:`U(-1/\sqrt H, 1/\sqrt H)`, as
+        ``torch.nn.Linear``) come from Python's :class:`random.Random` seeded
+        with ``seed``, in that order.
+
+        Parameters
+        ----------
+        seed : int, default 0
+        xp : module, optional
+            ``numpy``, ``jax.numpy``, ``torch``, ``cupy``, ``array_api_strict``
+            or an array-api-compat namespace; default NumPy.
+        dtype : {"float32", "float64"} or dtype, default "float32"
+        device : device, optional
+            Default: the library's default device.
+
+        Returns
+        -------
+        dict of str to array
+            Keys and shapes of :meth:`param_shapes`.
+        """
+        seed = _init.check_seed(seed)
+        rnn = self.rnn.init(seed, xp=xp, dtype=dtype, device=device)
+        xp = _init.resolve_namespace(xp)
+        dtype = _init.resolve_dtype(xp, dtype)
+        rng = random.Random(seed)
+        V, E, H = self.vocab_size, self.embed_size, self.hidden_size
+        bound = 1.0 / H**0.5
+
+        def host(shape, draw):
+            flat = [draw() for _ in range(shape[0] * (shape[1] if len(shape) > 1 else 1))]
+            return xp.reshape(xp.asarray(flat, dtype=dtype, device=device), shape)
+
+        params = {_EMBED: host((V, E), lambda: rng.gauss(0.0, 1.0))}
+        params.update({_RNN + k: v for k, v in rnn.items()})
+        params[_W] = host((V, H), lambda: rng.uniform(-bound, bound))
+        params[_B] = host((V,), lambda: rng.uniform(-bound, bound))
+        return params
+
+    def init_state(self, params, batch_size: int):
+        """Zero recurrent state for ``batch_size`` sequences, on the params' namespace, dtype and device.
+
+        Returns
+        -------
+        array (L, N, H), or the pair ``(h, c)`` of them for LSTM
+        """
+        batch_size = _check_int("batch_size", batch_size)
+        xp = namespace_of(**{f"params['{_W}']": params[_W]})
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        zero = xp.zeros(shape, dtype=params[_W].dtype, device=device_of(params[_W]))
+        return (zero, zero) if self.cell == "lstm" else zero
+
+    # ----------------------------------------------------------- checks
+
+    def _check_params(self, params):
+        shapes = self.param_shapes()
+        check_keys("params", params, list(shapes))
+        extra = [k for k in params if k not in shapes]
+        if extra:
+            raise ValueError(f"params has unexpected key(s) {extra} for {self!r}")
+        for key, shape in shapes.items():
+            check_shape(f"params['{key}']", params[key], shape)
+        named = {f"params['{k}']": v for k, v in params.items()}
+        xp = namespace_of(**named)
+        check_floating(xp, **named)
+        check_same_device(**named)
+        return xp
+
+    def _split(self, params):
+        return {k[len(_RNN):]: v for k, v in params.items() if k.startswith(_RNN)}
+
+    # ----------------------------------------------------------- forward / backward
+
+    def _forward(self, params, tokens_tm, state):
+        """Time-major forward: tokens (T, N) -> logits (T, N, V), final state, caches."""
+        emb, emb_cache = word_embedding_forward(tokens_tm, params[_EMBED])
+        out, final, tape = self.rnn.forward(self._split(params), emb, state)
+        logits, aff_cache = temporal_affine_forward(out, params[_W].mT, params[_B])
+        return logits, final, (emb_cache, tape, aff_cache)
+
+    def forward(self, params, tokens, state=None):
+        """Logits of the next token at every position.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            From :meth:`init`.
+        tokens : integer array (N, T)
+        state : array (L, N, H), or a pair ``(h, c)`` for LSTM, optional
+            Initial state; ``None`` is zeros.
+
+        Returns
+        -------
+        logits : array (N, T, V)
+            Unnormalised scores; ``logits[n, t]`` predicts ``tokens[n, t + 1]``.
+        state : array (L, N, H), or the pair ``(h, c)``
+            The state after the last step (pass it to the next call to continue).
+        """
+        xp = self._check_params(params)
+        check_same_device(params=params[_W], tokens=tokens)
+        _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
+        logits, final, _ = self._forward(params, xp.permute_dims(tokens, (1, 0)), state)
+        return xp.permute_dims(logits, (1, 0, 2)), final
+
+    def loss_and_grads(self, params, tokens, targets, state=None, truncate=None):
+        r"""Mean cross-entropy of the next-token predictions and its gradient.
+
+        One forward pass and one backward pass through the whole model:
+
+        .. math::
+
+            \frac{\partial L}{\partial s} \xrightarrow{\text{affine}}
+            \frac{\partial L}{\partial h} \xrightarrow{\text{BPTT}}
+            \frac{\partial L}{\partial e} \xrightarrow{\text{embedding}}
+            \frac{\partial L}{\partial E}
+
+        No gradient flows into ``state`` (the truncation point of truncated
+        BPTT across batches: carry ``final_state`` into the next call).
+
+        Parameters
+        ----------
+        params : dict of str to array
+        tokens : integer array (N, T)
+            Inputs.
+        targets : integer array (N, T)
+            The token that follows each input (usually ``tokens`` shifted by one).
+        state : array (L, N, H), or a pair ``(h, c)`` for LSTM, optional
+            Initial state; ``None`` is zeros.
+        truncate : int, optional
+            Truncated BPTT inside the sequence: windows of ``truncate`` steps
+            (see :meth:`portable_rnn.layers.LSTM.backward`). ``None``: full BPTT.
+
+        Returns
+        -------
+        loss : 0-d array
+            Mean over the N*T predictions, in nats; params' dtype and device.
+        grads : dict of str to array
+            Same keys and shapes as ``params``.
+        final_state : array (L, N, H), or the pair ``(h, c)``
+            The state after the last step.
+        """
+        xp = self._check_params(params)
+        check_same_device(params=params[_W], tokens=tokens, targets=targets)
+        _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
+        _check_tokens(xp, "targets", targets, tuple(tokens.shape), "(N, T), the shape of tokens")
+        logits, final, (emb_cache, tape, aff_cache) = self._forward(
+            params, xp.permute_dims(tokens, (1, 0)), state
+        )
+        loss, dlogits = softmax_cross_entropy(logits, xp.permute_dims(targets, (1, 0)))
+        d_out, d_wt, d_b = temporal_affine_backward(dlogits, aff_cache)
+        rnn_grads, d_emb, _ = self.rnn.backward(self._split(params), tape, d_out, None, truncate)
+        grads = {_EMBED: word_embedding_backward(d_emb, emb_cache)}
+        grads.update({_RNN + k: v for k, v in rnn_grads.items()})
+        grads[_W], grads[_B] = d_wt.mT, d_b
+        return loss, grads, final
+
+    def step(self, params, token, state=None):
+        """Feed one token per sequence; the streaming form of :meth:`forward`.
+
+        Parameters
+        ----------
+        params : dict of str to array
+        token : integer array (N,)
+        state : array (L, N, H), or a pair ``(h, c)`` for LSTM, optional
+            The state returned by the previous call; ``None`` is zeros.
+
+        Returns
+        -------
+        logits : array (N, V)
+            Scores of the next token.
+        state : array (L, N, H), or the pair ``(h, c)``
+        """
+        xp = self._check_params(params)
+        check_same_device(params=params[_W], token=token)
+        _check_tokens(xp, "token", token, (None,), "(N,) one token per sequence")
+        logits, final, _ = self._forward(params, xp.reshape(token, (1, token.shape[0])), state)
+        return logits[0, ...], final
+
+    # ----------------------------------------------------------- sampling (host side)
+
+    def sample(self, params, prime, length, temperature=1.0, top_k=None, seed=0):
+        r"""Generate ``length`` tokens after ``prime``; seeded and reproducible.
+
+        This is a host-side driver, not core code: after every :meth:`step`
+        the logits (one row of V numbers) are copied to the host, and the
+        next token is drawn there in float64 with NumPy's
+        :class:`numpy.random.Generator` (PCG64) seeded with ``seed``, by
+        inverting the cumulative distribution at one uniform number per
+        token. The same seed therefore gives the same tokens on every run,
+        and on every backend up to the rounding of the logits. The state
+        stays on the device. Under JAX the step is ``jax.jit``-compiled once
+        per spec.
+
+        Parameters
+        ----------
+        params : dict of str to array
+        prime : sequence of int
+            At least one token to condition on.
+        length : int
+            Number of tokens to generate (>= 0).
+        temperature : float, default 1.0
+            Divides the logits before the softmax; ``0`` picks the most
+            likely token every time (greedy).
+        top_k : int, optional
+            Draw only among the ``top_k`` most likely tokens.
+        seed : int, default 0
+
+        Returns
+        -------
+        list of int
+            The generated tokens, without the prime.
+        """
+        import numpy as np  # host-side sampling only; the core modules never import NumPy
+
+        xp = self._check_params(params)
+        prime = [int(t) for t in prime]
+        if not prime:
+            raise ValueError("prime must hold at least one token")
+        bad = [t for t in prime if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prime has tokens outside [0, {self.vocab_size}): {bad[:5]}")
+        length = _check_int("length", length, minimum=0)
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+            0 <= temperature < float("inf")
+        ):
+            raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
+        if top_k is not None:
+            top_k = _check_int("top_k", top_k)
+        seed = _init.check_seed(seed)
+
+        dev = device_of(params[_W])
+        forward, step = _compiled(self, xp)
+        state = self.init_state(params, 1)  # explicit zeros: one jit signature for every step
+        if len(prime) > 1:
+            _, state = forward(params, xp.asarray([prime[:-1]], dtype=xp.int32, device=dev), state)
+        rng = np.random.default_rng(seed)
+        token, generated = prime[-1], []
+        for _ in range(length):
+            logits, state = step(params, xp.asarray([token], dtype=xp.int32, device=dev), state)
+            scores = _to_host(logits, np)[0].astype(np.float64)
+            token = _draw(scores, temperature, top_k, rng, np)
+            generated.append(token)
+        return generated
+
+
+def _draw(scores, temperature, top_k, rng, np):
+    """One token from host logits (V,) in float64 by inverse CDF."""
+    if temperature == 0:
+        return int(np.argmax(scores))
+    with np.errstate(over="ignore"):  # a tiny temperature sends the unlikely scores to -inf: fine
+        z = (scores - np.max(scores)) / temperature
+    if top_k is not None and top_k < z.shape[0]:
+        kth = np.sort(z)[-top_k]
+        z = np.where(z >= kth, z, -np.inf)
+    p = np.exp(z - np.max(z))
+    cdf = np.cumsum(p)
+    u = rng.random() * cdf[-1]
+    return int(min(np.searchsorted(cdf, u, side="right"), z.shape[0] - 1))
+
+
+def _to_host(a, np):
+    """A backend array as a NumPy array (one device-to-host copy)."""
+    if is_torch_array(a):
+        return a.detach().cpu().numpy()
+    if is_cupy_array(a):
+        return a.get()
+    xp = namespace_of(a=a)
+    if is_array_api_strict_namespace(xp):
+        a = xp.asarray(a, device=xp.Device("CPU_DEVICE"))
+    return np.asarray(a)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(spec):
+    import jax
+
+    return jax.jit(spec.forward), jax.jit(spec.step)
+
+
+def _compiled(spec, xp):
+    """``(forward, step)`` of ``spec``: ``jax.jit``-compiled under JAX, else the methods."""
+    if is_jax_namespace(xp):
+        return _jitted(spec)
+    return spec.forward, spec.step
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+
+def hidden_state_gradients(layer, params, x, d_h_last):
+    r"""Exact :math:`\partial L / \partial h_t` for every step, with :math:`L = \langle v, h_T \rangle`.
+
+    The vanishing-gradient picture: the loss reads only the last hidden
+    state, :math:`L = \sum v \odot h_T`, and the result is the gradient
+    carried back to every earlier state :math:`h_0, \dots, h_T` (``h_0``
+    the initial state).
+
+    The layer API returns gradients of the inputs, not of intermediate
+    states, so the layer is run once with a zero *probe* input wired through
+    the recurrent weights: the input becomes :math:`[x_t, p_t]` with
+    :math:`p_t = 0` and :math:`W_{ih}' = [W_{ih} \mid W_{hh}]`, i.e.
+    :math:`z_t = W_{ih} x_t + W_{hh}(h_{t-1} + p_t) + b`. The forward pass is
+    unchanged, and since :math:`h_{t-1}` reaches the loss only through
+    :math:`z_t` (true for the Elman RNN and for the LSTM's ``h``; the LSTM's
+    ``c`` is a separate state),
+
+    .. math::
+
+        \frac{\partial L}{\partial p_t} = W_{hh}^T \frac{\partial L}{\partial z_t}
+        = \frac{\partial L}{\partial h_{t-1}}
+
+    exactly, for every ``t`` from one forward and one backward pass. (The GRU
+    is excluded: its :math:`h_{t-1}` also enters through the reset gate's
+    product and the update gate's direct path.)
+
+    Parameters
+    ----------
+    layer : RNN or LSTM
+        One layer, unidirectional, time-major (``num_layers=1``,
+        ``bidirectional=False``, ``batch_first=False``).
+    params : dict of str to array
+        The layer's parameters.
+    x : array (T, N, D)
+    d_h_last : array (N, H)
+        :math:`v = \partial L / \partial h_T`.
+
+    Returns
+    -------
+    array (T + 1, N, H)
+        Row ``t`` is :math:`\partial L / \partial h_t`; row 0 is the initial
+        state's and row ``T`` is ``d_h_last``.
+    """
+    if not isinstance(layer, (RNN, LSTM)):
+        raise TypeError(f"layer must be an RNN or LSTM spec, got {type(layer).__name__}")
+    if layer.num_layers != 1 or layer.bidirectional or layer.batch_first:
+        raise ValueError("layer must have num_layers=1, bidirectional=False and batch_first=False")
+    xp = namespace_of(x=x, d_h_last=d_h_last, **{f"params['{k}']": v for k, v in params.items()})
+    T, N, D = x.shape
+    H = layer.hidden_size
+    check_shape("d_h_last", d_h_last, (N, H), f"(N, H) = ({N}, {H})")
+    dev = device_of(x)
+    kwargs = {"nonlinearity": layer.nonlinearity} if isinstance(layer, RNN) else {}
+    probe = type(layer)(D + H, H, bias=layer.bias, **kwargs)
+    probe_params = dict(params)
+    probe_params["weight_ih_l0"] = xp.concat([params["weight_ih_l0"], params["weight_hh_l0"]], axis=1)
+    x_probe = xp.concat([x, xp.zeros((T, N, H), dtype=x.dtype, device=dev)], axis=-1)
+    _, _, tape = probe.forward(probe_params, x_probe)
+    d_out = xp.concat(
+        [xp.zeros((T - 1, N, H), dtype=x.dtype, device=dev), xp.expand_dims(d_h_last, axis=0)], axis=0
+    )
+    _, dx, _ = probe.backward(probe_params, tape, d_out)
+    return xp.concat([dx[..., D:], xp.expand_dims(d_h_last, axis=0)], axis=0)
