@@ -22,13 +22,20 @@ The backward of a step returns
 
 Every backward line undoes one forward line and reuses post-activations:
 :math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - \tanh^2`.
+
+Gates go through :func:`portable_rnn.activations.sigmoid_gate`
+(:math:`\tfrac12\tanh(x/2)+\tfrac12`), one call over a contiguous block of
+gates (LSTM: over all four, GRU: over r and z); see its docstring for why it
+is not the public :func:`~portable_rnn.activations.sigmoid`. On NumPy and on
+torch (CPU) the sequence engine runs an equivalent fast path instead of these
+methods (:mod:`portable_rnn._eager_fast`); these methods are the definition.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activations import sigmoid
+from .activations import sigmoid_gate
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "cell_for"]
 
@@ -96,10 +103,9 @@ class LSTMCell:
         h_prev, c_prev = state
         H = h_prev.shape[-1]
         z = xw + h_prev @ W_hh.mT
-        i = sigmoid(z[..., :H])
-        f = sigmoid(z[..., H : 2 * H])
+        s = sigmoid_gate(z, xp=xp)  # one call over the whole block; the g slice is unused
+        i, f, o = s[..., :H], s[..., H : 2 * H], s[..., 3 * H :]
         g = xp.tanh(z[..., 2 * H : 3 * H])
-        o = sigmoid(z[..., 3 * H :])
         c = f * c_prev + i * g
         tanh_c = xp.tanh(c)
         h = o * tanh_c
@@ -145,11 +151,11 @@ class GRUCell:
         hw = h_prev @ W_hh.mT
         if b_hh is not None:
             hw = hw + b_hh
-        r = sigmoid(xw[..., :H] + hw[..., :H])
-        z = sigmoid(xw[..., H : 2 * H] + hw[..., H : 2 * H])
+        rz = sigmoid_gate(xw[..., : 2 * H] + hw[..., : 2 * H], xp=xp)
+        r, z = rz[..., :H], rz[..., H:]
         hw_n = hw[..., 2 * H :]
         n = xp.tanh(xw[..., 2 * H :] + r * hw_n)
-        h = (1 - z) * n + z * h_prev
+        h = n + z * (h_prev - n)  # = (1 - z) n + z h_prev
         return (h,), (r, z, n, hw_n)
 
     def step_backward(self, d_state, state, state_prev, tape, *, xp):

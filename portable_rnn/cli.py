@@ -240,6 +240,10 @@ def _parser() -> argparse.ArgumentParser:
     grads.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed (default 0)")
     grads.add_argument("--out", metavar="DIR", default="runs/gradients", help="folder for gradients.png")
     backend_flags(grads)
+    from . import bench
+
+    bench.add_arguments(sub.add_parser(
+        "bench", help="time forward+backward against torch.nn, jax.grad(lax.scan) and the GEMM bound"))
     return parser
 
 
@@ -267,6 +271,10 @@ def _run(args, parser) -> int:
         run_gradients(steps=args.steps, hidden=args.hidden, inputs=args.inputs, seed=args.seed,
                       forget_bias=args.forget_bias, backend=args.backend, device=args.device, out_dir=args.out)
         return 0
+    if args.command == "bench":
+        from . import bench
+
+        return bench.run_args(args)
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 

@@ -61,7 +61,7 @@ def _tracing(*trees) -> bool:
     return any(isinstance(leaf, Tracer) for tree in trees for leaf in _leaves(tree))
 
 
-def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = None):
+def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = None, unroll: int = 1):
     """Run ``carry, y_t = step(carry, xs[t])`` over time and stack the ``y_t``.
 
     The semantics are those of ``jax.lax.scan``.
@@ -82,6 +82,9 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
         ``None`` picks ``jax.lax.scan`` exactly when ``xp`` is JAX and the
         inputs are tracers. ``True``/``False`` force one path (the tests
         compare both).
+    unroll : int, default 1
+        Steps per iteration of ``jax.lax.scan``'s loop (its ``unroll``): more
+        code to compile, less loop overhead per step. Ignored by the Python loop.
 
     Returns
     -------
@@ -95,7 +98,7 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
     if use_lax:
         import jax
 
-        return jax.lax.scan(step, carry, xs, reverse=reverse)
+        return jax.lax.scan(step, carry, xs, reverse=reverse, unroll=unroll)
     n_steps = _length(xs)
     if n_steps is None or n_steps == 0:
         raise ValueError("scan needs at least one time step in xs")

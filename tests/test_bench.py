@@ -1,0 +1,145 @@
+"""``python -m portable_rnn.bench --quick`` runs and writes the documented JSON.
+
+No timing is asserted: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+
+import pytest
+
+from portable_rnn import bench
+
+CONTENDER_FIELDS = {
+    "kind", "device", "group", "median_s", "times_s", "gflops", "compile_s", "peak_bytes",
+    "tape_bytes", "peak_over_tape", "peak_over_tape_and_grads", "err",
+}
+RESULT_FIELDS = {"cell", "N", "T", "D", "H", "dtype", "flops", "contenders", "ratios", "skipped"}
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_JAX = importlib.util.find_spec("jax") is not None
+
+
+def _quick(tmp_path, *flags):
+    path = tmp_path / "bench.json"
+    status = bench.main(["--quick", "--json", str(path), "--no-compile-study", *flags])
+    assert status == 0
+    report = json.loads(path.read_text())
+    assert report["schema"] == bench.SCHEMA
+    assert set(report) == {"schema", "machine", "settings", "results", "compile_vs_T", "targets"}
+    machine = report["machine"]
+    for key in ("cpu", "cores", "threads", "platform", "python", "versions", "blas", "env",
+                "load_before", "load_after", "xla_threads", "cuda"):
+        assert key in machine, key
+    assert "OPENBLAS_CORETYPE" in machine["env"]
+    assert report["settings"]["quick"] is True and report["settings"]["repeats"] >= 5
+    return report
+
+
+def _check_result(result, cell, expect):
+    assert RESULT_FIELDS <= set(result)
+    assert result["cell"] == cell
+    G = bench.GATES[cell]
+    N, T, D, H = result["N"], result["T"], result["D"], result["H"]
+    assert result["flops"] == 6 * T * N * G * H * (D + H)
+    for name in expect:
+        assert name in result["contenders"], (name, result["skipped"])
+    for name, c in result["contenders"].items():
+        assert set(c) == CONTENDER_FIELDS, name
+        assert c["kind"] in ("ours", "reference", "bound")
+        assert len(c["times_s"]) >= 5 and all(t > 0 for t in c["times_s"])
+        assert c["median_s"] > 0 and c["gflops"] > 0
+    for key, ratio in result["ratios"].items():
+        a, b = key.split("/")
+        assert a in result["contenders"] and b in result["contenders"] and ratio > 0
+
+
+def test_quick_numpy_writes_the_documented_json(tmp_path):
+    report = _quick(tmp_path, "--backends", "numpy")
+    assert [r["cell"] for r in report["results"]] == list(bench.CELLS)
+    expect = ["numpy", "gemm"] + (["torch.nn"] if HAS_TORCH else [])
+    for result in report["results"]:
+        _check_result(result, result["cell"], expect)
+        numpy = result["contenders"]["numpy"]
+        assert numpy["peak_bytes"] > 0 and numpy["tape_bytes"] > 0 and numpy["peak_over_tape"] > 0
+        assert "numpy/gemm" in result["ratios"]
+        if HAS_TORCH:
+            assert "numpy/torch.nn" in result["ratios"]
+            assert numpy["err"] < 1e-4  # same function as torch.nn, float32
+    assert report["targets"] == []  # targets are stated for the issue's configurations only
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch: not installed")
+def test_quick_torch_and_portable(tmp_path):
+    report = _quick(tmp_path, "--backends", "torch,numpy", "--cells", "gru", "--portable",
+                    "--configs", "3x5x4x6:float64", "--repeats", "5", "--threads", "1")
+    assert report["settings"]["threads"] == 1
+    (result,) = report["results"]
+    _check_result(result, "gru", ["torch", "numpy", "numpy:portable", "torch.nn", "gemm", "gemm:torch"])
+    for name in ("torch", "numpy", "numpy:portable"):
+        assert result["contenders"][name]["err"] < 1e-12
+    assert "torch/torch.nn" in result["ratios"] and "torch/gemm:torch" in result["ratios"]
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
+def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
+    report = _quick(tmp_path, "--backends", "jax", "--cells", "rnn")
+    (result,) = report["results"]
+    _check_result(result, "rnn", ["jax", "jax.grad", "gemm"])
+    for name in ("jax", "jax.grad"):
+        assert result["contenders"][name]["compile_s"] > 0
+    assert "jax/jax.grad" in result["ratios"]
+
+
+def test_targets_are_computed_for_issue_configurations():
+    """The target table, from a made-up result (no timing involved)."""
+    result = {"cell": "lstm", "N": 64, "T": 100, "D": 128, "H": 256, "dtype": "float32",
+              "ratios": {"numpy/torch.nn": 0.9, "numpy/gemm": 1.3, "jax/jax.grad": 0.8, "torch/torch.nn": 1.1},
+              "contenders": {"numpy": {"peak_over_tape": 1.1}}}
+    targets = {t["name"].split(" ")[0] + " " + t["name"].split(" ")[1]: t
+               for t in bench._targets([result], [{"T": 10, "ours": 1.0}, {"T": 1000, "ours": 1.2}])}
+    assert targets["numpy/torch.nn lstm"]["met"] is True
+    assert targets["numpy/gemm lstm"]["met"] is False
+    assert targets["jax/jax.grad lstm"]["met"] is True
+    assert targets["torch/torch.nn lstm"]["met"] is True
+    assert targets["numpy peak/tape"]["met"] is True
+    assert targets["jax compile"]["met"] is True
+
+
+def test_bad_flags_exit_with_status_2(capsys):
+    assert bench.main(["--quick", "--cells", "transformer"]) == 2
+    assert "unknown cell" in capsys.readouterr().err
+    assert bench.main(["--quick", "--backends", "tpu"]) == 2
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--configs", "64x100"])
+    assert info.value.code == 2
+
+
+def test_run_returns_the_report_and_restores_thread_settings():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
+    out = io.StringIO()
+    report = bench.run(configs=[(2, 3, 2, 3, "float64")], cells=["rnn"], backends=["numpy"], repeats=5,
+                       threads=1, quick=True, out=out)
+    after = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
+    assert before == after
+    assert report["results"][0]["contenders"]["numpy"]["median_s"] > 0
+    assert "BLAS" in out.getvalue() and "RNN N=2 T=3" in out.getvalue()
+
+
+def test_cuda_contenders_skip_with_a_reason_without_a_gpu():
+    """The CUDA path is the same code as the CPU one; without a GPU it reports why it did not run."""
+    cuda = bench._cuda_info()
+    if cuda is not None:
+        pytest.skip("a CUDA device is present: the quick bench covers it")
+    report = bench.run(configs=[(2, 3, 2, 3, "float32")], cells=["lstm"],
+                       backends=["torch:cuda", "cupy", "jax:gpu"], repeats=5, quick=True, out=False)
+    (result,) = report["results"]
+    assert result["contenders"] == {}
+    for name in ("torch:cuda", "cupy", "jax:gpu", "torch.nn:cuda", "gemm:torch:cuda"):
+        if name.startswith(("torch", "gemm")) and not HAS_TORCH:
+            continue
+        assert name in result["skipped"], (name, result["skipped"])
+        assert result["skipped"][name]

@@ -1,0 +1,308 @@
+"""The NumPy / torch-CPU fast path of the engine gives the portable path's numbers, and runs.
+
+``portable_rnn._eager_fast`` is chosen automatically by ``sequence.forward`` and
+``sequence.backward``; ``_eager_fast.portable_only()`` forces the portable path
+and ``_eager_fast.calls`` counts the fast runs. Every output is compared: the
+layer output, final state, the whole tape (states and the cell tape in the
+portable layout) and every gradient, relative to the largest magnitude of the
+portable result (float64 1e-12, float32 5e-6: float32 sums over up to 37 steps).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from portable_rnn import _eager_fast, sequence
+from portable_rnn.cells import GRUCell, LSTMCell, RNNCell
+from portable_rnn.layers import GRU, LSTM, RNN
+
+from .helpers import rel_error
+
+CELLS = [RNNCell("tanh"), RNNCell("relu"), LSTMCell(), GRUCell()]
+CELL_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+KIND = {RNNCell: "rnn", LSTMCell: "lstm", GRUCell: "gru"}
+TOL = {"float64": 1e-12, "float32": 5e-6}
+
+
+class _Lib:
+    """NumPy or torch (CPU): namespace and conversions."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "numpy":
+            import array_api_compat.numpy as xp
+
+            self.xp = xp
+            self.conv = lambda a: a
+            self.back = np.asarray
+        else:
+            torch = pytest.importorskip("torch", reason="torch: not installed")
+            import array_api_compat.torch as xp
+
+            self.torch = torch
+            self.xp = xp
+            self.conv = lambda a: None if a is None else torch.from_numpy(np.array(a))
+            self.back = lambda a: a.detach().numpy()
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def lib(request):
+    return _Lib(request.param)
+
+
+def _inputs(cell, dtype, T=5, N=3, D=2, H=4, seed=0, masked=False):
+    rng = np.random.default_rng(seed)
+    G = cell.n_gates
+    d = {
+        "x": rng.normal(size=(T, N, D)),
+        "W_ih": rng.normal(size=(G * H, D)) / 2,
+        "W_hh": rng.normal(size=(G * H, H)) / 2,
+        "b_ih": rng.normal(size=(G * H,)),
+        "b_hh": rng.normal(size=(G * H,)),
+        "d_out": rng.normal(size=(T, N, H)),
+        "d_final": rng.normal(size=(N, H)),
+    }
+    d = {k: v.astype(dtype) for k, v in d.items()}
+    d["state0"] = tuple(rng.normal(size=(N, H)).astype(dtype) for _ in range(cell.n_states))
+    d["mask"] = None
+    if masked:
+        lengths = rng.integers(1, T + 1, size=N)
+        lengths[0] = T
+        d["mask"] = (np.arange(T)[:, None] < lengths[None, :])[..., None].astype(dtype)
+    return d
+
+
+def _run(lib, cell, d, truncate=None, with_d_out=True, with_d_final=True, biases=(True, True)):
+    c = lib.conv
+    b_ih = c(d["b_ih"]) if biases[0] else None
+    b_hh = c(d["b_hh"]) if biases[1] else None
+    out, final, tape = sequence.forward(
+        cell, c(d["x"]), tuple(c(s) for s in d["state0"]), c(d["W_ih"]), c(d["W_hh"]), b_ih, b_hh,
+        c(d["mask"]), xp=lib.xp,
+    )
+    d_final = (c(d["d_final"]),) + (None,) * (cell.n_states - 1) if with_d_final else None
+    g = sequence.backward(cell, tape, c(d["d_out"]) if with_d_out else None, d_final,
+                          c(d["W_ih"]), c(d["W_hh"]), xp=lib.xp, truncate=truncate,
+                          bias=biases != (False, False))
+    named = {"out": out, "dx": g.dx, "dW_ih": g.dW_ih, "dW_hh": g.dW_hh}
+    named.update({f"final{j}": s for j, s in enumerate(final)})
+    named.update({f"states{j}": s for j, s in enumerate(tape.states)})
+    named.update({f"dstate0{j}": s for j, s in enumerate(g.dstate0)})
+    if tape.cell_tape is not None:
+        named.update({f"cell_tape{j}": s for j, s in enumerate(tape.cell_tape)})
+    if g.db_ih is not None:
+        named.update(db_ih=g.db_ih, db_hh=g.db_hh)
+    return {k: lib.back(v) for k, v in named.items()}
+
+
+def _fast_and_portable(lib, cell, d, **kw):
+    kind = KIND[type(cell)]
+    before = dict(_eager_fast.calls)
+    fast = _run(lib, cell, d, **kw)
+    for direction in ("forward", "backward"):
+        key = (lib.name, direction, kind)
+        assert _eager_fast.calls[key] == before.get(key, 0) + 1, f"the fast {direction} did not run"
+    with _eager_fast.portable_only():
+        portable = _run(lib, cell, d, **kw)
+    assert dict(_eager_fast.calls) == _plus_one_run(before, lib.name, kind), "portable_only() ran the fast path"
+    return fast, portable
+
+
+def _plus_one_run(before, lib_name, kind):
+    """``before`` plus exactly one fast forward and one fast backward of ``kind``."""
+    expected = dict(before)
+    for direction in ("forward", "backward"):
+        key = (lib_name, direction, kind)
+        expected[key] = expected.get(key, 0) + 1
+    return expected
+
+
+def _assert_same(fast, portable, dtype, context=""):
+    assert fast.keys() == portable.keys()
+    for key in portable:
+        f, p = fast[key], portable[key]
+        assert f.dtype == p.dtype == np.dtype(dtype), f"{context} {key}: dtype {f.dtype} vs {p.dtype}"
+        assert f.shape == p.shape, f"{context} {key}: shape {f.shape} vs {p.shape}"
+        err = rel_error(f, p)
+        assert err <= TOL[dtype], f"{context} {key}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fast_path_equals_portable_path(lib, cell, dtype):
+    for masked, truncate, with_d_out, with_d_final in itertools.product(
+        (False, True), (None, 2, 3), (True, False), (True, False)
+    ):
+        d = _inputs(cell, dtype, masked=masked)
+        context = f"masked={masked} truncate={truncate} d_out={with_d_out} d_final={with_d_final}"
+        fast, portable = _fast_and_portable(lib, cell, d, truncate=truncate, with_d_out=with_d_out,
+                                            with_d_final=with_d_final)
+        _assert_same(fast, portable, dtype, context)
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("biases", [(False, False), (True, False), (False, True)])
+def test_fast_path_without_biases(lib, cell, biases):
+    d = _inputs(cell, "float64", masked=True)
+    fast, portable = _fast_and_portable(lib, cell, d, truncate=2, biases=biases)
+    _assert_same(fast, portable, "float64", f"biases={biases}")
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("chunk_rows", [1, 5])
+def test_fast_path_across_gradient_chunks(lib, cell, chunk_rows, monkeypatch):
+    """Chunks of 1 step, and chunks that do not divide T, for the weight-gradient matmuls."""
+    monkeypatch.setattr(_eager_fast, "CHUNK_ROWS", chunk_rows)
+    d = _inputs(cell, "float64", T=37, N=3, D=5, H=6, seed=3, masked=True)
+    fast, portable = _fast_and_portable(lib, cell, d, truncate=4)
+    _assert_same(fast, portable, "float64", f"CHUNK_ROWS={chunk_rows}")
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_tapes_are_interchangeable(cell):
+    """The fast backward reads a portable tape and the portable backward a fast tape."""
+    d = _inputs(cell, "float64", masked=True)
+    args = (d["x"], d["state0"], d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"], d["mask"])
+    import array_api_compat.numpy as xp
+
+    _, _, fast_tape = sequence.forward(cell, *args, xp=xp)
+    with _eager_fast.portable_only():
+        _, _, portable_tape = sequence.forward(cell, *args, xp=xp)
+    d_final = (d["d_final"],) + (None,) * (cell.n_states - 1)
+    results = []
+    for tape, portable in [(fast_tape, False), (portable_tape, False), (fast_tape, True), (portable_tape, True)]:
+        if portable:
+            with _eager_fast.portable_only():
+                g = sequence.backward(cell, tape, d["d_out"], d_final, d["W_ih"], d["W_hh"], xp=xp, truncate=2)
+        else:
+            g = sequence.backward(cell, tape, d["d_out"], d_final, d["W_ih"], d["W_hh"], xp=xp, truncate=2)
+        results.append(g)
+    for g in results[1:]:
+        for a, b in zip((g.dx, g.dW_ih, g.dW_hh, g.db_ih, *g.dstate0),
+                        (results[0].dx, results[0].dW_ih, results[0].dW_hh, results[0].db_ih, *results[0].dstate0)):
+            assert rel_error(a, b) <= 1e-12
+
+
+def test_lstm_tape_keeps_the_portable_layout():
+    """cell_tape is (i, f, g, o, tanh_c) as (T, N, H) arrays, whatever the internal gate order."""
+    cell = LSTMCell()
+    d = _inputs(cell, "float64")
+    import array_api_compat.numpy as xp
+
+    args = (d["x"], d["state0"], d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"], None)
+    _, _, fast = sequence.forward(cell, *args, xp=xp)
+    with _eager_fast.portable_only():
+        _, _, portable = sequence.forward(cell, *args, xp=xp)
+    assert len(fast.cell_tape) == 5
+    for a, b in zip(fast.cell_tape, portable.cell_tape):
+        assert a.shape == b.shape == (5, 3, 4)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("Layer", [RNN, LSTM, GRU])
+def test_public_layers_take_the_fast_path(lib, Layer):
+    """Stacked, bidirectional, with lengths and batch_first: every layer and direction runs fast."""
+    spec = Layer(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    rng = np.random.default_rng(7)
+    x = lib.conv(rng.normal(size=(3, 6, 3)))
+    lengths = lib.conv(np.array([6, 2, 4])) if lib.name == "torch" else np.array([6, 2, 4])
+    params = spec.init(0, like=x)
+    kind = Layer.mode
+    before = dict(_eager_fast.calls)
+    out, state, tape = spec.forward(params, x, lengths=lengths)
+    d_out = lib.conv(rng.normal(size=tuple(out.shape)))
+    grads, dx, _ = spec.backward(params, tape, d_out, truncate=3)
+    for direction in ("forward", "backward"):
+        key = (lib.name, direction, kind)
+        assert _eager_fast.calls[key] == before.get(key, 0) + 4  # 2 layers x 2 directions
+    with _eager_fast.portable_only():
+        p_out, p_state, p_tape = spec.forward(params, x, lengths=lengths)
+        p_grads, p_dx, _ = spec.backward(params, p_tape, d_out, truncate=3)
+    assert rel_error(lib.back(out), lib.back(p_out)) <= 1e-12
+    assert rel_error(lib.back(dx), lib.back(p_dx)) <= 1e-12
+    for k in grads:
+        assert rel_error(lib.back(grads[k]), lib.back(p_grads[k])) <= 1e-12, k
+
+
+def test_fast_path_never_writes_into_inputs():
+    cell = LSTMCell()
+    d = _inputs(cell, "float32", masked=True)
+    frozen = {}
+    for k, v in d.items():
+        if isinstance(v, np.ndarray):
+            v.setflags(write=False)
+            frozen[k] = v.copy()
+    for s in d["state0"]:
+        s.setflags(write=False)
+    states = tuple(s.copy() for s in d["state0"])
+    import array_api_compat.numpy as xp
+
+    out, final, tape = sequence.forward(cell, d["x"], d["state0"], d["W_ih"], d["W_hh"], d["b_ih"],
+                                        d["b_hh"], d["mask"], xp=xp)
+    d_final = (d["d_final"], d["d_final"])
+    g = sequence.backward(cell, tape, d["d_out"], d_final, d["W_ih"], d["W_hh"], xp=xp, truncate=2)
+    for k, v in frozen.items():
+        np.testing.assert_array_equal(d[k], v)
+    for a, b in zip(d["state0"], states):
+        np.testing.assert_array_equal(a, b)
+    # Outputs do not alias inputs, and the returned final state is not a view of the tape.
+    assert not np.shares_memory(final[0], tape.states[0])
+    assert not any(np.shares_memory(g.dstate0[j], d_final[j]) for j in range(2))
+
+
+def test_float32_stays_float32_with_python_and_numpy_scalars():
+    """No float64 temporary leaks into a float32 run (outputs, tape and gradients)."""
+    for cell in CELLS:
+        d = _inputs(cell, "float32", masked=True)
+        fast = _run(_Lib("numpy"), cell, d, truncate=2)
+        assert all(v.dtype == np.float32 for v in fast.values()), cell
+
+
+def test_fallbacks_take_the_portable_path():
+    """Mixed dtypes, subclassed cells, torch tensors requiring grad: the portable path."""
+    import array_api_compat.numpy as xp
+
+    cell = LSTMCell()
+    d = _inputs(cell, "float64")
+    before = dict(_eager_fast.calls)
+    # mixed dtypes: promotion is the portable path's business
+    sequence.forward(cell, d["x"].astype(np.float32), d["state0"], d["W_ih"], d["W_hh"], None, None,
+                     xp=xp)
+
+    class MyLSTM(LSTMCell):
+        pass
+
+    sequence.forward(MyLSTM(), d["x"], d["state0"], d["W_ih"], d["W_hh"], None, None, xp=xp)
+    assert dict(_eager_fast.calls) == before
+    torch = pytest.importorskip("torch", reason="torch: not installed")
+    import array_api_compat.torch as xt
+
+    W = torch.from_numpy(d["W_ih"]).requires_grad_(True)
+    out, _, _ = sequence.forward(cell, torch.from_numpy(d["x"]), tuple(torch.from_numpy(s) for s in d["state0"]),
+                                 W, torch.from_numpy(d["W_hh"]), None, None, xp=xt)
+    assert out.requires_grad  # autograd still works through the portable path
+    assert dict(_eager_fast.calls) == before
+
+
+def test_calls_counter_and_switch_are_per_thread():
+    import threading
+
+    import array_api_compat.numpy as xp
+
+    cell = RNNCell()
+    d = _inputs(cell, "float64")
+    seen = []
+
+    def worker():
+        sequence.forward(cell, d["x"], d["state0"], d["W_ih"], d["W_hh"], None, None, xp=xp)
+        seen.append(_eager_fast.enabled())
+
+    with _eager_fast.portable_only():
+        assert not _eager_fast.enabled()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    assert seen == [True] and _eager_fast.enabled()
