@@ -294,6 +294,20 @@ def _shaped(a, shape):
     return a is None or tuple(a.shape) == shape
 
 
+def _layer_sizes(cell, library, x, W_ih, W_hh, mask, others):
+    """(T, N, D, H, G*H) when the layer's arrays share a fast dtype and fit; else None."""
+    if _common_dtype(library, [x, W_ih, W_hh, mask, *others]) is None:
+        return None
+    if x.ndim != 3 or x.shape[0] == 0 or W_hh.ndim != 2:
+        return None
+    T, N, D = x.shape
+    H = W_hh.shape[1]
+    GH = cell.n_gates * H
+    if not (_shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H)) and _shaped(mask, (T, N, 1))):
+        return None
+    return T, N, D, H, GH
+
+
 def accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> bool:
     """Whether :func:`forward` can run these inputs (else: the portable path)."""
     if _kind(cell) is None or not enabled():
@@ -305,18 +319,11 @@ def accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> bool:
         return False
     if any(a is None for a in (x, W_ih, W_hh)):
         return False
-    if _common_dtype(library, [x, W_ih, W_hh, b_ih, b_hh, mask, *state0]) is None:
+    sizes = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [b_ih, b_hh, *state0])
+    if sizes is None:
         return False
-    if x.ndim != 3 or x.shape[0] == 0 or W_hh.ndim != 2:
-        return False
-    T, N, D = x.shape
-    H = W_hh.shape[1]
-    GH = cell.n_gates * H
-    return (
-        all(_shaped(s, (N, H)) for s in state0)
-        and _shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H))
-        and _shaped(b_ih, (GH,)) and _shaped(b_hh, (GH,)) and _shaped(mask, (T, N, 1))
-    )
+    T, N, D, H, GH = sizes
+    return all(_shaped(s, (N, H)) for s in state0) and _shaped(b_ih, (GH,)) and _shaped(b_hh, (GH,))
 
 
 def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
@@ -348,16 +355,12 @@ def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
         leaves = ()
     if any(a is None for a in (x, W_ih, W_hh, *state0, *states, *leaves)):
         return False
-    if _common_dtype(library, [x, W_ih, W_hh, mask, d_out, *state0, *states, *leaves, *d_final]) is None:
+    sizes = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [d_out, *state0, *states, *leaves, *d_final])
+    if sizes is None:
         return False
-    if x.ndim != 3 or x.shape[0] == 0 or W_hh.ndim != 2:
-        return False
-    T, N, D = x.shape
-    H = W_hh.shape[1]
-    GH = cell.n_gates * H
+    T, N, D, H, GH = sizes
     return (
-        _shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H)) and _shaped(mask, (T, N, 1))
-        and _shaped(d_out, (T, N, H))
+        _shaped(d_out, (T, N, H))
         and all(_shaped(s, (N, H)) for s in (*state0, *d_final))
         and all(_shaped(s, (T, N, H)) for s in (*states, *leaves))
     )
