@@ -245,33 +245,28 @@ def _library(xp):
     return None
 
 
-def _common_dtype(library, arrays):
-    """The dtype shared by the non-None arrays when all are plain arrays of ``library``, else None."""
-    dtype = None
-    if library == "numpy":
-        for a in arrays:
-            if a is None:
-                continue
-            if type(a) is not np.ndarray or a.dtype not in _FLOATS_NP:
-                return None
-            if dtype is None:
-                dtype = a.dtype
-            elif a.dtype != dtype:
-                return None
-        return dtype
+def _plain_numpy(a) -> bool:
+    return type(a) is np.ndarray and a.dtype in _FLOATS_NP
+
+
+def _plain_torch(a) -> bool:
     import torch
 
-    floats = (torch.float32, torch.float64)
+    return (type(a) is torch.Tensor and a.dtype in (torch.float32, torch.float64)
+            and a.device.type == "cpu" and not a.requires_grad and a.layout == torch.strided
+            and not a.is_conj() and not a.is_neg())
+
+
+def _common_dtype(library, arrays):
+    """The dtype shared by the non-None arrays when all are plain arrays of ``library``, else None."""
+    plain = _plain_numpy if library == "numpy" else _plain_torch
+    dtype = None
     for a in arrays:
         if a is None:
             continue
-        if (type(a) is not torch.Tensor or a.dtype not in floats or a.device.type != "cpu"
-                or a.requires_grad or a.layout != torch.strided or a.is_conj() or a.is_neg()):
+        if not plain(a) or (dtype is not None and a.dtype != dtype):
             return None
-        if dtype is None:
-            dtype = a.dtype
-        elif a.dtype != dtype:
-            return None
+        dtype = a.dtype
     return dtype
 
 

@@ -475,6 +475,31 @@ def _jax_ref(case, spec, params, x, platform_name="cpu"):
                      grads=grads, memory=_jax_memory(compiled))
 
 
+def _gemm_schedule(matmul, T, x2, W, U, h, dz, DZ, HP, empty):
+    """The matmuls of one layer's forward + backward and nothing else: the GEMM bound.
+
+    The input projection, T recurrent matmuls forward and T backward, then the
+    input and weight gradients, each into a preallocated ``out=`` buffer made
+    by ``empty(*shape)``. ``matmul`` is ``np.matmul`` or ``torch.matmul``.
+    """
+    TN, D, GH, N, H = x2.shape[0], x2.shape[1], W.shape[0], h.shape[0], h.shape[1]
+    XW, hw, dh, dX = empty(TN, GH), empty(N, GH), empty(N, H), empty(TN, D)
+    dWih, dWhh = empty(GH, D), empty(GH, H)
+    WT, UT, DZT = W.T, U.T, DZ.T
+
+    def run():
+        matmul(x2, WT, out=XW)
+        for _ in range(T):
+            matmul(h, UT, out=hw)
+        for _ in range(T):
+            matmul(dz, U, out=dh)
+        matmul(DZ, W, out=dX)
+        matmul(DZT, x2, out=dWih)
+        matmul(DZT, HP, out=dWhh)
+
+    return run
+
+
 def _gemm_numpy(case):
     T, N, D, H, GH = case.T, case.N, case.D, case.H, case.G * case.H
     rng = np.random.default_rng(2)
@@ -483,22 +508,11 @@ def _gemm_numpy(case):
         return rng.standard_normal(shape).astype(case.dtype)
 
     x2, W, U, h, dz, DZ, HP = r(T * N, D), r(GH, D), r(GH, H), r(N, H), r(N, GH), r(T * N, GH), r(T * N, H)
-    XW, hw, dh, dX = np.empty((T * N, GH), case.dtype), np.empty((N, GH), case.dtype), \
-        np.empty((N, H), case.dtype), np.empty((T * N, D), case.dtype)
-    dWih, dWhh = np.empty((GH, D), case.dtype), np.empty((GH, H), case.dtype)
-    WT, UT, DZT = W.T, U.T, DZ.T
 
-    def run():
-        np.matmul(x2, WT, out=XW)
-        for _ in range(T):
-            np.matmul(h, UT, out=hw)
-        for _ in range(T):
-            np.matmul(dz, U, out=dh)
-        np.matmul(DZ, W, out=dX)
-        np.matmul(DZT, x2, out=dWih)
-        np.matmul(DZT, HP, out=dWhh)
+    def e(*shape):
+        return np.empty(shape, case.dtype)
 
-    return Contender("gemm", "bound", "cpu", run)
+    return Contender("gemm", "bound", "cpu", _gemm_schedule(np.matmul, T, x2, W, U, h, dz, DZ, HP, e))
 
 
 def _gemm_torch(case, device_name="cpu"):
@@ -518,18 +532,10 @@ def _gemm_torch(case, device_name="cpu"):
     def e(*shape):
         return torch.empty(shape, dtype=dtype, device=dev)
 
-    XW, hw, dh, dX, dWih, dWhh = e(T * N, GH), e(N, GH), e(N, H), e(T * N, D), e(GH, D), e(GH, H)
-    WT, UT, DZT = W.T, U.T, DZ.T
+    schedule = _gemm_schedule(torch.matmul, T, x2, W, U, h, dz, DZ, HP, e)
 
     def run():
-        torch.matmul(x2, WT, out=XW)
-        for _ in range(T):
-            torch.matmul(h, UT, out=hw)
-        for _ in range(T):
-            torch.matmul(dz, U, out=dh)
-        torch.matmul(DZ, W, out=dX)
-        torch.matmul(DZT, x2, out=dWih)
-        torch.matmul(DZT, HP, out=dWhh)
+        schedule()
         sync()
 
     name = "gemm:torch" if dev.type == "cpu" else f"gemm:torch:{dev.type}"
