@@ -306,3 +306,42 @@ def test_calls_counter_and_switch_are_per_thread():
         thread.start()
         thread.join()
     assert seen == [True] and _eager_fast.enabled()
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_fast_path_with_an_empty_batch(lib, cell):
+    """N = 0 is ordinary empty work on the fast path too: shapes right, gradients zero."""
+    d = _inputs(cell, "float64", N=0)
+    fast, portable = _fast_and_portable(lib, cell, d, truncate=2)
+    _assert_same(fast, portable, "float64", "N=0")
+    assert fast["dx"].shape == (5, 0, 2) and not np.any(fast["dW_hh"])
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_torch_tensors_run_the_numpy_kernels_in_place(cell):
+    """CPU torch inputs, even strided views, run the NumPy kernels with no copy either way."""
+    torch = pytest.importorskip("torch", reason="torch: not installed")
+    import array_api_compat.torch as xt
+
+    d = _inputs(cell, "float64", masked=True)
+    # x as a transposed (strided) view of a batch-first tensor
+    x = torch.from_numpy(np.ascontiguousarray(d["x"].transpose(1, 0, 2))).transpose(0, 1)
+    t = {k: torch.from_numpy(d[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh", "mask", "d_out")}
+    state0 = tuple(torch.from_numpy(s) for s in d["state0"])
+    out, final, tape = sequence.forward(cell, x, state0, t["W_ih"], t["W_hh"], t["b_ih"], t["b_hh"],
+                                        t["mask"], xp=xt)
+    g = sequence.backward(cell, tape, t["d_out"], None, t["W_ih"], t["W_hh"], xp=xt, truncate=2)
+    outputs = [out, *final, *tape.states, *(tape.cell_tape or ()), g.dx, *g.dstate0, g.dW_ih, g.dW_hh, g.db_ih]
+    for a in outputs:
+        assert type(a) is torch.Tensor and a.device.type == "cpu" and a.dtype == torch.float64
+    # outputs are views of the kernels' buffers, not copies: the i and f gates sit side by side
+    if isinstance(cell, LSTMCell):
+        i, f = tape.cell_tape[0], tape.cell_tape[1]
+        assert f.data_ptr() - i.data_ptr() == 4 * 8 and i.stride() == (3 * 16, 16, 1)
+    with _eager_fast.portable_only():
+        p_out, _, p_tape = sequence.forward(cell, x, state0, t["W_ih"], t["W_hh"], t["b_ih"], t["b_hh"],
+                                            t["mask"], xp=xt)
+        p_g = sequence.backward(cell, p_tape, t["d_out"], None, t["W_ih"], t["W_hh"], xp=xt, truncate=2)
+    assert rel_error(out.numpy(), p_out.numpy()) <= 1e-12
+    for a, b in zip((g.dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh), (p_g.dx, p_g.dW_ih, p_g.dW_hh, p_g.db_ih, p_g.db_hh)):
+        assert rel_error(a.numpy(), b.numpy()) <= 1e-12
