@@ -37,6 +37,9 @@ Method
   ``--repeats`` (default 5, at least 5 for the full bench) rounds; every round
   runs every contender once, interleaved, starting at a different contender
   each round, with the garbage collector paused. The median is reported.
+  Every timed run starts after a pause (``--settle``, default 0.2 s): BLAS and
+  OpenMP worker threads spin for ~0.1 s after a call, and back to back, each
+  library's spinning threads slowed the next contender by up to 1.5x.
 * GFLOP/s counts the matmul FLOPs only:
   :math:`6\,T N G H (D + H)` (forward projection and recurrence, backward
   ``dX``, ``dW_ih``, recurrence and ``dW_hh``; G = 1, 4, 3 gates).
@@ -45,7 +48,10 @@ Method
   (the input, the parameters and the loss gradient ``d_out`` already exist). ``tape_bytes`` is what the tape
   of the forward pass holds beyond the input (unique buffers: states, gate
   values, masks); ``peak/tape`` is the ratio, and ``peak/(tape+grads)`` also
-  counts the gradients the backward must return. For JAX the bytes XLA plans
+  counts the gradients the backward must return. The memory target is stated on
+  the latter: the returned ``dx`` alone is D/H of an RNN's tape, so no
+  implementation gets ``peak/tape`` near 1 for every cell; what an
+  implementation controls is its scratch on top of the tape and the results. For JAX the bytes XLA plans
   for the compiled function (``memory_analysis``: temporaries + outputs); for
   torch on CUDA ``torch.cuda.max_memory_allocated``; ``null`` elsewhere.
 * Correctness: each contender's gradients from its warm-up run are compared
@@ -610,8 +616,17 @@ def _contenders(case, backends, portable, skipped):
 # --------------------------------------------------------------------------- timing
 
 
-def _time_all(contenders, repeats):
-    """Warm up each contender once, then ``repeats`` interleaved rounds; returns times."""
+#: Seconds to pause before each timed run (full bench): BLAS and OpenMP worker threads
+#: spin for ~0.1 s after a call, and a contender started while another library's threads
+#: still spin on the same cores measured up to 1.5x slower (torch.nn after NumPy).
+SETTLE_S = 0.2
+
+
+def _time_all(contenders, repeats, settle=0.0):
+    """Warm up each contender once, then ``repeats`` interleaved rounds; returns times.
+
+    ``settle`` seconds of sleep precede every timed run (see :data:`SETTLE_S`).
+    """
     results = {}
     for c in contenders:
         results[c.name] = c.run()
@@ -624,6 +639,8 @@ def _time_all(contenders, repeats):
         for r in range(repeats):
             for j in range(n):
                 c = contenders[(r + j) % n]
+                if settle:
+                    time.sleep(settle)
                 start = time.perf_counter()
                 c.run()
                 times[c.name].append(time.perf_counter() - start)
@@ -633,10 +650,10 @@ def _time_all(contenders, repeats):
     return times, results
 
 
-def _measure(case, backends, repeats, portable, check):
+def _measure(case, backends, repeats, portable, check, settle):
     skipped = {}
     contenders = _contenders(case, backends, portable, skipped)
-    times, warm = _time_all(contenders, repeats)
+    times, warm = _time_all(contenders, repeats, settle)
     ref = None
     if check:
         for c in contenders:
@@ -831,8 +848,11 @@ def _targets(results, compile_rows):
         if "torch/torch.nn" in ratios:
             entry(f"torch/torch.nn {tag}", ratios["torch/torch.nn"], 1.2)
         c = r["contenders"].get("numpy")
-        if c and c.get("peak_over_tape") is not None:
-            entry(f"numpy peak/tape {tag}", c["peak_over_tape"], 1.2)
+        if c and c.get("peak_over_tape_and_grads") is not None:
+            # The returned gradients are alive at the peak whatever the implementation
+            # (dx alone is D/H of an RNN's tape), so the 1.2x budget is for the scratch
+            # on top of the tape and the results.
+            entry(f"numpy peak/(tape+grads) {tag}", c["peak_over_tape_and_grads"], 1.2)
     if compile_rows:
         big = max(compile_rows, key=lambda row: row["T"])
         small = min(compile_rows, key=lambda row: row["T"])
@@ -871,7 +891,7 @@ def _available_backends():
 
 
 def run(*, configs=None, cells=CELLS, backends=None, repeats=5, threads=None, quick=False,
-        portable=False, check=True, compile_study=None, out=None):
+        portable=False, check=True, compile_study=None, settle=None, out=None):
     """Run the benchmark and return the JSON-able report (see the module docstring).
 
     Parameters
@@ -894,6 +914,8 @@ def run(*, configs=None, cells=CELLS, backends=None, repeats=5, threads=None, qu
         Compare gradients with torch.nn.
     compile_study : bool, optional
         JAX compile time against T; default on unless ``quick``.
+    settle : float, optional
+        Pause in seconds before every timed run; default :data:`SETTLE_S`, 0 when ``quick``.
     out : file, optional
         Where the tables go (default ``sys.stdout``); ``None`` output with ``out=False``.
     """
@@ -907,6 +929,7 @@ def run(*, configs=None, cells=CELLS, backends=None, repeats=5, threads=None, qu
             backends += ["torch:cuda", "cupy", "jax:gpu"]
     backends = list(backends)
     threads = threads or _cores()
+    settle = (0.0 if quick else SETTLE_S) if settle is None else settle
     restore_x64 = None
     if any(b.startswith("jax") for b in backends) and any(c[4] == "float64" for c in configs):
         try:
@@ -919,18 +942,20 @@ def run(*, configs=None, cells=CELLS, backends=None, repeats=5, threads=None, qu
             pass
     restore_threads = _pin_threads(threads)
     try:
-        return _run(configs, cells, backends, repeats, threads, quick, portable, check, compile_study, say)
+        return _run(configs, cells, backends, repeats, threads, quick, portable, check, compile_study,
+                    settle, say)
     finally:
         restore_threads()
         if restore_x64 is not None:
             restore_x64()
 
 
-def _run(configs, cells, backends, repeats, threads, quick, portable, check, compile_study, say):
+def _run(configs, cells, backends, repeats, threads, quick, portable, check, compile_study, settle, say):
     report = {
         "schema": SCHEMA,
         "machine": machine_info(backends, threads),
-        "settings": {"quick": quick, "repeats": repeats, "threads": threads, "backends": backends,
+        "settings": {"quick": quick, "repeats": repeats, "threads": threads, "settle_s": settle,
+                     "backends": backends,
                      "cells": list(cells), "configs": [list(c) for c in configs]},
         "results": [],
         "compile_vs_T": [],
@@ -948,7 +973,7 @@ def _run(configs, cells, backends, repeats, threads, quick, portable, check, com
     for config in configs:
         for cell in cells:
             case = Case(cell, *config)
-            entry = _measure(case, backends, repeats, portable, check)
+            entry = _measure(case, backends, repeats, portable, check, settle)
             report["results"].append(entry)
             _print_entry(entry, say)
     if compile_study is None:
@@ -1008,6 +1033,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--portable", action="store_true", help="also time the NumPy portable path")
     parser.add_argument("--no-check", action="store_true", help="skip the gradient check against torch.nn")
     parser.add_argument("--no-compile-study", action="store_true", help="skip JAX compile time against T")
+    parser.add_argument("--settle", type=float, metavar="S",
+                        help=f"seconds of pause before every timed run (default {SETTLE_S}; 0 with --quick)")
     return parser
 
 
@@ -1026,7 +1053,7 @@ def run_args(args) -> int:
         return 2
     report = run(configs=args.configs, cells=args.cells, backends=args.backends, repeats=args.repeats,
                  threads=args.threads, quick=args.quick, portable=args.portable, check=not args.no_check,
-                 compile_study=False if args.no_compile_study else None)
+                 compile_study=False if args.no_compile_study else None, settle=args.settle)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
