@@ -233,8 +233,8 @@ def _ours_numpy(case, spec, params, x, *, portable=False):
     def run():
         if portable:
             with _eager_fast.portable_only():
-                return _fwd_bwd(spec, params, x, np.ones_like)
-        return _fwd_bwd(spec, params, x, np.ones_like)
+                return _fwd_bwd(spec, params, x, _numpy_ones)
+        return _fwd_bwd(spec, params, x, _numpy_ones)
 
     def memory():
         _, _, tape = spec.forward(params, x)
@@ -275,6 +275,23 @@ def _ours_numpy(case, spec, params, x, *, portable=False):
 def _fwd_bwd(spec, params, x, ones_like):
     out, _, tape = spec.forward(params, x)
     return spec.backward(params, tape, ones_like(out))
+
+
+def _numpy_ones(out):
+    """d(sum)/d(out) as autograd makes it: one 1 broadcast to ``out``'s shape (nothing filled)."""
+    return np.broadcast_to(np.ones((), out.dtype), out.shape)
+
+
+def _torch_ones(out):
+    """d(sum)/d(out) as torch autograd makes it: ``ones(()).expand`` (nothing filled).
+
+    A filled ``ones_like`` is a parallel torch op: it cost 3 ms at 200k elements
+    next to spinning BLAS threads, and its own OpenMP workers then spin while the
+    layer's NumPy BLAS wants the cores.
+    """
+    import torch
+
+    return torch.ones((), dtype=out.dtype, device=out.device).expand(out.shape)
 
 
 def _torch_device(name):
@@ -318,7 +335,7 @@ def _ours_torch(case, spec, params, x, device_name="cpu"):
     xt = torch.asarray(x, device=dev)
 
     def run():
-        r = _fwd_bwd(spec, p, xt, torch.ones_like)
+        r = _fwd_bwd(spec, p, xt, _torch_ones)
         sync()
         return r
 

@@ -345,3 +345,29 @@ def test_torch_tensors_run_the_numpy_kernels_in_place(cell):
     assert rel_error(out.numpy(), p_out.numpy()) <= 1e-12
     for a, b in zip((g.dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh), (p_g.dx, p_g.dW_ih, p_g.dW_hh, p_g.db_ih, p_g.db_hh)):
         assert rel_error(a.numpy(), b.numpy()) <= 1e-12
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_fast_path_takes_a_broadcast_output_gradient(lib, cell):
+    """d(sum)/d(out) as autograd builds it, one 1 broadcast (stride 0, read-only in NumPy):
+    the fast path reads it in place and gives the numbers of a filled array (the bench uses it)."""
+    d = _inputs(cell, "float64", masked=True)
+    T, N, H = d["d_out"].shape
+    filled = dict(d, d_out=np.ones((T, N, H)))
+    if lib.name == "numpy":
+        lib_ones = np.broadcast_to(np.ones(()), (T, N, H))
+        assert lib_ones.strides == (0, 0, 0) and not lib_ones.flags.writeable
+    else:
+        lib_ones = lib.torch.ones((), dtype=lib.torch.float64).expand(T, N, H)
+        assert lib_ones.stride() == (0, 0, 0)
+    broadcast = dict(d, d_out=lib_ones)
+    conv = lib.conv
+    lib.conv = lambda a: a if a is lib_ones else conv(a)
+    try:
+        fast_b, portable_b = _fast_and_portable(lib, cell, broadcast, truncate=2)
+    finally:
+        lib.conv = conv
+    fast_f, _ = _fast_and_portable(lib, cell, filled, truncate=2)
+    _assert_same(fast_b, portable_b, "float64", "broadcast d_out")
+    for key in fast_f:
+        np.testing.assert_array_equal(fast_b[key], fast_f[key], err_msg=key)
