@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import time
 
 import pytest
 
@@ -31,9 +32,12 @@ def _quick(tmp_path, *flags):
     assert set(report) == {"schema", "machine", "settings", "results", "compile_vs_T", "targets"}
     machine = report["machine"]
     for key in ("cpu", "cores", "threads", "platform", "python", "versions", "blas", "env",
-                "load_before", "load_after", "xla_threads", "cuda"):
+                "load_before", "load_after", "xla_threads", "cuda", "numpy_simd", "elementwise"):
         assert key in machine, key
     assert "OPENBLAS_CORETYPE" in machine["env"]
+    for dtype in ("float32", "float64"):
+        costs = machine["elementwise"][dtype]
+        assert set(costs) == {"tanh_ns", "exp_ns", "multiply_ns"} and all(v > 0 for v in costs.values())
     assert report["settings"]["quick"] is True and report["settings"]["repeats"] >= 5
     return report
 
@@ -143,3 +147,14 @@ def test_cuda_contenders_skip_with_a_reason_without_a_gpu():
             continue
         assert name in result["skipped"], (name, result["skipped"])
         assert result["skipped"][name]
+
+
+def test_short_runs_get_more_rounds():
+    """Rounds triple when every contender's first timed run is under SHORT_S, not otherwise."""
+    def contender(name, seconds):
+        return bench.Contender(name, "ours", "cpu", lambda: time.sleep(seconds))
+
+    times, _ = bench._time_all([contender("a", 0), contender("b", 0)], repeats=5)
+    assert {k: len(v) for k, v in times.items()} == {"a": 15, "b": 15}
+    times, _ = bench._time_all([contender("a", 0), contender("slow", bench.SHORT_S)], repeats=5)
+    assert {k: len(v) for k, v in times.items()} == {"a": 5, "slow": 5}
