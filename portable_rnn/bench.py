@@ -277,9 +277,10 @@ def _ours_numpy(case, spec, params, x, *, portable=False):
     )
 
 
-def _fwd_bwd(spec, params, x, ones_like):
+def _fwd_bwd(spec, params, x, loss_grad):
+    """Forward, then backward of ``loss = sum(out)``; ``loss_grad(out)`` is d loss / d out (ones)."""
     out, _, tape = spec.forward(params, x)
-    return spec.backward(params, tape, ones_like(out))
+    return spec.backward(params, tape, loss_grad(out))
 
 
 def _numpy_ones(out):
