@@ -649,8 +649,9 @@ def _contenders(case, backends, portable, skipped):
 SETTLE_S = 0.2
 
 
-#: Runs shorter than this (every contender's warm-up) get :data:`SHORT_ROUNDS_FACTOR`
-#: times the rounds: on a shared 2-core machine their medians moved by up to 30%.
+#: When every contender's first timed run is shorter than this, the configuration gets
+#: :data:`SHORT_ROUNDS_FACTOR` times the rounds: on a shared 2-core machine the medians of
+#: such short runs moved by up to 30%.
 SHORT_S = 0.1
 SHORT_ROUNDS_FACTOR = 3
 
