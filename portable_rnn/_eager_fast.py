@@ -61,7 +61,7 @@ from collections import Counter
 import numpy as np
 from array_api_compat import is_numpy_namespace, is_torch_namespace
 
-from .cells import GRUCell, LSTMCell, RNNCell
+from .cells import CELLS
 
 __all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward",
            "forward", "backward", "CHUNK_ROWS", "FACTOR_ELEMENTS"]
@@ -132,14 +132,9 @@ def _common_dtype(library, arrays):
 
 
 def _kind(cell):
-    t = type(cell)
-    if t is LSTMCell:
-        return "lstm"
-    if t is GRUCell:
-        return "gru"
-    if t is RNNCell and cell.nonlinearity in ("tanh", "relu"):
-        return "rnn"
-    return None
+    """The cell's mode when this module has kernels for exactly that cell class, else None."""
+    mode = getattr(cell, "mode", None)
+    return mode if CELLS.get(mode) is type(cell) else None
 
 
 def _shaped(a, shape):
@@ -198,7 +193,7 @@ def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
         d_final = (None,) * n
     if not isinstance(d_final, (tuple, list)) or len(d_final) != n:
         return False
-    n_leaves = {"lstm": 5, "gru": 4, "rnn": 0}[kind]
+    n_leaves = 0 if cell.tape_type is None else len(cell.tape_type._fields)
     if n_leaves:
         if not (isinstance(cell_tape, (tuple, list)) and len(cell_tape) == n_leaves):
             return False
@@ -325,7 +320,8 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu")
     else:
         kernel = _lstm_forward if kind == "lstm" else _gru_forward
-    return _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
+    out, final, states, leaves = _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
+    return out, final, states, (None if leaves is None else cell.tape_type(*leaves))
 
 
 def _lstm_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):

@@ -7,6 +7,7 @@ function runs. Messages name the argument, what it got and what was expected.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 from array_api_compat import array_namespace, device, is_array_api_obj
@@ -19,6 +20,11 @@ __all__ = [
     "check_same_device",
     "library_name",
     "check_time_steps",
+    "check_int",
+    "check_bool",
+    "check_truncate",
+    "check_params",
+    "check_integer_dtype",
 ]
 
 
@@ -170,4 +176,71 @@ def check_keys(name: str, mapping: Mapping, required: Sequence[str]) -> None:
         raise ValueError(
             f"{name} is missing key(s) {missing}; expected keys {list(required)}, "
             f"got {sorted(mapping)}"
+        )
+
+
+def check_params(name: str, params: Mapping, shapes: Mapping[str, Sequence], owner=None):
+    """Check a parameter dict against the names and shapes ``owner`` expects.
+
+    The keys must be exactly those of ``shapes``, every array its shape, and
+    all of them one library, one floating dtype and one device.
+
+    Parameters
+    ----------
+    name : str
+        Argument name used in messages, e.g. ``"params"``.
+    params : dict of str to array
+    shapes : dict of str to tuple of int
+        The expected keys and shapes (a spec's ``param_shapes()``).
+    owner : object, optional
+        What the parameters are for (a spec), named when a key is unexpected.
+
+    Returns
+    -------
+    xp : namespace
+    dtype : dtype
+    """
+    check_keys(name, params, list(shapes))
+    extra = [k for k in params if k not in shapes]
+    if extra:
+        whose = f" for {owner!r}" if owner is not None else ""
+        raise ValueError(f"{name} has unexpected key(s) {extra}{whose}; expected keys {list(shapes)}")
+    for key, shape in shapes.items():
+        check_shape(f"{name}['{key}']", params[key], shape)
+    named = {f"{name}['{k}']": params[k] for k in shapes}
+    xp = namespace_of(**named)
+    dtype = check_floating(xp, **named)
+    check_same_device(**named)
+    return xp, dtype
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """A Python or NumPy integer ``>= minimum`` (never a bool), returned as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """Exactly ``True`` or ``False``: a truthy array or string is a mistake here."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_truncate(truncate) -> int | None:
+    """The truncated-BPTT window: ``None`` (full BPTT) or an int >= 1, returned as ``int``."""
+    if truncate is None:
+        return None
+    if isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral) or truncate < 1:
+        raise ValueError(f"truncate must be None or a positive int, got {truncate!r}")
+    return int(truncate)
+
+
+def check_integer_dtype(xp, name: str, value, meaning: str = "indices") -> None:
+    """Refuse a non-integer array where indices or tokens are expected."""
+    if not xp.isdtype(value.dtype, "integral"):
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; expected an integer dtype ({meaning}). "
+            f"Cast it explicitly, e.g. xp.astype({name}, xp.int64)"
         )

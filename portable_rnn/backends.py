@@ -1,19 +1,51 @@
-"""Discovery of the array backends that are installed *and work* here.
+"""The one place for array backends: names, devices, host transfer and the dtype policy.
 
-Used by ``portable-rnn check`` and by the test suite, so both agree on what
-"available" means. A backend that imports but cannot run (CuPy without a
-CUDA device) is reported unavailable, with the reason.
+A *backend* is a library plus a device. Everything that names one goes
+through :func:`resolve`: ``portable-rnn check``/``train``/``bench``, the test
+matrix, :mod:`portable_rnn.io` and :mod:`portable_rnn.interop`. The library
+itself never needs a name: its functions take the namespace from their inputs.
+
+Names
+    ``numpy``, ``array_api_strict``, ``array_api_strict:device1`` (a simulated
+    second device that catches device bugs without a GPU), ``jax``,
+    ``jax:gpu``, ``torch``, ``torch:cuda`` and ``cupy``; see
+    :data:`BACKEND_NAMES`. :func:`resolve` also takes a library name with an
+    explicit device string.
+
+Dtype policy
+    Parameters and inputs are float32 by default, as ``torch.nn``; float64 is
+    supported on every backend. JAX makes float64 arrays only with
+    ``jax_enable_x64``, a process-wide switch, so the library never turns it
+    on: a program that wants float64 on JAX enters :func:`jax_float64` for
+    its duration, and :meth:`Backend.asarray` refuses to hand back an array
+    of another dtype than the one asked for.
+
+Availability
+    A backend is available when it imports *and* an allocation on its device
+    works: CuPy imports on machines without a GPU and fails only at its first
+    allocation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Backend", "discover", "BACKEND_NAMES", "EXTRAS"]
+__all__ = [
+    "BACKEND_NAMES",
+    "LIBRARIES",
+    "DTYPES",
+    "EXTRAS",
+    "Backend",
+    "BackendError",
+    "resolve",
+    "discover",
+    "to_host",
+    "jax_float64",
+]
 
 #: Every backend name, in the order tables and tests use.
 BACKEND_NAMES = (
@@ -21,23 +53,36 @@ BACKEND_NAMES = (
     "array_api_strict",
     "array_api_strict:device1",
     "jax",
+    "jax:gpu",
     "torch",
     "torch:cuda",
     "cupy",
 )
 
-#: The extra that installs each backend.
+#: The libraries, as ``resolve`` accepts them with a device string.
+LIBRARIES = ("numpy", "array_api_strict", "jax", "torch", "cupy")
+
+#: Floating dtypes the library supports, the default first.
+DTYPES = ("float32", "float64")
+
+#: The pip extra that installs each library.
 EXTRAS = {"jax": "jax", "torch": "torch", "cupy": "cupy", "array_api_strict": "strict"}
+
+
+class BackendError(ValueError):
+    """A backend that is unknown, not installed, or has no such device (one-line message)."""
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A usable backend: its namespace, device and host conversions.
+    """A usable backend: its namespace and the device arrays are created on.
 
     Attributes
     ----------
     name : str
-        e.g. ``"torch"`` or ``"array_api_strict:device1"``.
+        e.g. ``"torch"``, ``"torch:cuda:1"`` or ``"array_api_strict:device1"``.
+    library : str
+        One of :data:`LIBRARIES`.
     xp : namespace
         The array-api-compat namespace of its arrays.
     device : object
@@ -45,107 +90,215 @@ class Backend:
     """
 
     name: str
+    library: str
     xp: object
     device: object
-    _from_numpy: Callable
-    _to_numpy: Callable
-    dtypes: tuple = ("float64", "float32")
 
-    def asarray(self, a, dtype: str = "float64"):
-        """NumPy array (or nested sequence) -> backend array of ``dtype`` on ``device``."""
-        return self._from_numpy(np.asarray(a, dtype=dtype), dtype)
+    def asarray(self, a, dtype: str | None = None):
+        """Host data -> an array of this backend on :attr:`device`.
 
-    def to_numpy(self, a):
-        """Backend array -> NumPy array on the host."""
-        return self._to_numpy(a)
+        Parameters
+        ----------
+        a : numpy.ndarray or nested sequence
+        dtype : {"float32", "float64"} or None
+            ``None`` keeps the dtype of ``a``.
 
-    @property
-    def library(self) -> str:
-        return self.name.split(":")[0]
+        Raises
+        ------
+        BackendError
+            When the library made another dtype than the one asked for (JAX
+            float64 outside :func:`jax_float64`).
+        """
+        host = np.asarray(a, dtype=dtype, order="C")
+        out = _FROM_HOST[self.library](host, self)
+        if host.dtype.kind == "f" and str(out.dtype).rsplit(".", 1)[-1] != host.dtype.name:
+            hint = " (enter portable_rnn.backends.jax_float64() for float64)" if self.library == "jax" else ""
+            raise BackendError(f"{self.name} made a {out.dtype} array from {host.dtype.name} data{hint}")
+        return out
+
+    def to_numpy(self, a) -> np.ndarray:
+        """An array of this backend -> a fresh NumPy array on the host (see :func:`to_host`)."""
+        return to_host(a)
 
 
-def _numpy():
-    import array_api_compat.numpy as xp
-
-    return Backend("numpy", xp, "cpu", lambda a, dt: a, np.asarray)
+# --------------------------------------------------------------------------- host transfer
 
 
-def _strict(device_name=None):
-    import array_api_strict as xp
+def to_host(a, name: str = "array") -> np.ndarray:
+    """A fresh, writable, C-contiguous NumPy copy of ``a``, from any backend and device.
 
-    dev = xp.Device(device_name) if device_name else xp.Device("CPU_DEVICE")
-    host = xp.Device("CPU_DEVICE")
-    name = "array_api_strict" + (f":{device_name}" if device_name else "")
-    return Backend(
-        name, xp, dev,
-        lambda a, dt: xp.asarray(a, dtype=getattr(xp, dt), device=dev),
-        lambda a: np.asarray(xp.asarray(a, device=host) if a.device != host else a),
+    Parameters
+    ----------
+    a : array
+        NumPy, CuPy, JAX, torch or array-api-strict; on any device.
+    name : str
+        What to call ``a`` in an error message.
+
+    Raises
+    ------
+    TypeError
+        For arrays with no values to copy: JAX tracers (inside ``jax.jit``),
+        torch meta or fake tensors.
+    """
+    from array_api_compat import (
+        array_namespace,
+        is_array_api_obj,
+        is_array_api_strict_namespace,
+        is_cupy_array,
+        is_torch_array,
     )
 
+    if not is_array_api_obj(a):
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    try:
+        if is_torch_array(a):
+            a = a.detach().to("cpu").numpy()
+        elif is_cupy_array(a):
+            a = a.get()
+        elif is_array_api_strict_namespace(xp := array_namespace(a)):
+            a = np.from_dlpack(xp.asarray(a, device=xp.Device("CPU_DEVICE")))
+        return np.array(a, copy=True, order="C")
+    except Exception as error:  # tracers, meta tensors, devices without a host path
+        raise TypeError(
+            f"{name} cannot be copied to the host ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); pass concrete arrays, outside jax.jit"
+        ) from None
 
-def _jax():
+
+def _numpy_from_host(host, backend):
+    return host.copy()
+
+
+def _strict_from_host(host, backend):
+    return backend.xp.asarray(host, device=backend.device)
+
+
+def _jax_from_host(host, backend):
     import jax
 
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    dev = jax.devices()[0]
-    return Backend(
-        "jax", jnp, dev,
-        lambda a, dt: jax.device_put(jnp.asarray(a, dtype=getattr(jnp, dt)), dev),
-        np.asarray,
-    )
+    return jax.device_put(host, backend.device)
 
 
-def _torch(device_name="cpu"):
-    import array_api_compat.torch as xp
+def _torch_from_host(host, backend):
     import torch
 
-    if device_name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device")
-    dev = torch.device(device_name)
-    torch.zeros(1, device=dev)
-    return Backend(
-        "torch" + ("" if device_name == "cpu" else f":{device_name}"), xp, dev,
-        lambda a, dt: torch.asarray(a, dtype=getattr(torch, dt), device=dev),
-        lambda a: a.detach().cpu().numpy(),
-    )
+    return torch.asarray(host, device=backend.device, copy=True)
 
 
-def _cupy():
-    import array_api_compat.cupy as xp
+def _cupy_from_host(host, backend):
     import cupy
 
-    (cupy.zeros(1) + 1).get()  # imports without a GPU, fails at first use
-    dev = cupy.cuda.Device()
-    return Backend(
-        "cupy", xp, dev, lambda a, dt: cupy.asarray(a, dtype=dt), cupy.asnumpy
-    )
+    with backend.device:  # array-api-compat ignores device= for some CuPy creation functions
+        return cupy.asarray(host)
 
 
-_FACTORIES = {
-    "numpy": _numpy,
-    "array_api_strict": _strict,
-    "array_api_strict:device1": lambda: _strict("device1"),
-    "jax": _jax,
-    "torch": _torch,
-    "torch:cuda": lambda: _torch("cuda"),
-    "cupy": _cupy,
+_FROM_HOST = {
+    "numpy": _numpy_from_host,
+    "array_api_strict": _strict_from_host,
+    "jax": _jax_from_host,
+    "torch": _torch_from_host,
+    "cupy": _cupy_from_host,
 }
 
 
-def _reason(name: str, error: BaseException) -> str:
-    library = name.split(":")[0]
-    if isinstance(error, ImportError):
+# --------------------------------------------------------------------------- resolving names
+
+
+def _numpy(device):
+    import array_api_compat.numpy as xp
+
+    if device not in (None, "cpu"):
+        raise BackendError(f"numpy runs on the CPU only; got device {device!r}")
+    return xp, "cpu"
+
+
+def _strict(device):
+    import array_api_strict as xp
+
+    return xp, xp.Device(device or "CPU_DEVICE")
+
+
+def _jax(device):
+    import jax
+    import jax.numpy as xp
+
+    if device is None:
+        return xp, jax.devices()[0]
+    platform, _, index = device.partition(":")
+    platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform.lower(), platform.lower())
+    return xp, jax.devices(platform)[int(index or 0)]
+
+
+def _torch(device):
+    import array_api_compat.torch as xp
+    import torch
+
+    dev = torch.device(device or "cpu")
+    torch.zeros(1, device=dev)  # CUDA errors surface at the first allocation
+    return xp, dev
+
+
+def _cupy(device):
+    import array_api_compat.cupy as xp
+    import cupy
+
+    dev = cupy.cuda.Device(int(device or 0))
+    with dev:
+        (cupy.zeros(1) + 1).get()  # CuPy imports without a GPU and fails at first use
+    return xp, dev
+
+
+_RESOLVERS = {"numpy": _numpy, "array_api_strict": _strict, "jax": _jax, "torch": _torch, "cupy": _cupy}
+
+
+def _split(name: str, device: str | None) -> tuple[str, str | None]:
+    if not isinstance(name, str):
+        raise BackendError(f"backend must be a string, got {type(name).__name__}")
+    library, _, named_device = name.partition(":")
+    if library not in _RESOLVERS:
+        raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+    if named_device and device is not None and named_device != device:
+        raise BackendError(f"backend {name!r} names device {named_device!r} but device {device!r} was given")
+    return library, (device if device is not None else named_device or None)
+
+
+def resolve(name: str, device: str | None = None) -> Backend:
+    """Import a backend, find its device and probe that it works.
+
+    Parameters
+    ----------
+    name : str
+        A library (``numpy``, ``array_api_strict``, ``jax``, ``torch``,
+        ``cupy``) or a backend name ``library:device`` (``torch:cuda``,
+        ``array_api_strict:device1``, ``jax:gpu``).
+    device : str, optional
+        ``cpu`` (numpy); ``cpu``, ``gpu``, ``cuda`` or ``tpu``, optionally
+        ``:index`` (jax); any ``torch.device`` string such as ``cuda:1``
+        (torch); a CUDA device index (cupy); ``CPU_DEVICE``, ``device1`` or
+        ``device2`` (array_api_strict). Default: the library's default.
+
+    Raises
+    ------
+    BackendError
+        Unknown name, library not installed, or the device is missing.
+    """
+    library, device = _split(name, device)
+    try:
+        xp, dev = _RESOLVERS[library](device)
+    except BackendError:
+        raise
+    except ImportError:
         extra = EXTRAS.get(library, library)
-        return f"{library}: not installed (pip install 'portable-rnn[{extra}]')"
-    if name in ("cupy", "torch:cuda"):
-        return f"{library}: no CUDA device ({type(error).__name__}: {error})".strip()
-    return f"{name}: unusable ({type(error).__name__}: {error})"
+        raise BackendError(f"{library} is not installed (pip install 'portable-rnn[{extra}]')") from None
+    except Exception as error:  # bad strings, no driver, no such index
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        where = f"device {device!r}" if device is not None else "its default device"
+        raise BackendError(f"{library} cannot use {where} ({reason})") from None
+    return Backend(library if device is None else f"{library}:{device}", library, xp, dev)
 
 
 def discover(names=None) -> tuple[dict[str, Backend], dict[str, str]]:
-    """Probe backends.
+    """Probe backends by name.
 
     Parameters
     ----------
@@ -165,10 +318,37 @@ def discover(names=None) -> tuple[dict[str, Backend], dict[str, str]]:
         names = [n.strip() for n in env.split(",") if n.strip()] if env else BACKEND_NAMES
     available, unavailable = {}, {}
     for name in names:
-        if name not in _FACTORIES:
-            raise ValueError(f"unknown backend {name!r}; expected one of {list(BACKEND_NAMES)}")
+        if name not in BACKEND_NAMES:
+            raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
         try:
-            available[name] = _FACTORIES[name]()
-        except Exception as error:  # ImportError, CUDA errors: report, never hide
-            unavailable[name] = _reason(name, error)
+            backend = resolve(name)
+        except BackendError as error:
+            unavailable[name] = str(error)
+        else:
+            available[name] = Backend(name, backend.library, backend.xp, backend.device)
     return available, unavailable
+
+
+# --------------------------------------------------------------------------- dtype policy
+
+
+@contextlib.contextmanager
+def jax_float64():
+    """Let JAX make float64 arrays inside the ``with`` block; restore the setting after.
+
+    JAX's ``jax_enable_x64`` is process-wide and changes what every JAX call
+    returns, so only programs switch it (``portable-rnn check``, ``train
+    --dtype float64``, the bench, the test session), never library functions.
+    Does nothing when JAX is not installed.
+    """
+    try:
+        import jax
+    except ImportError:
+        yield
+        return
+    previous = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)

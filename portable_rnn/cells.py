@@ -34,10 +34,30 @@ methods (:mod:`portable_rnn._eager_fast`); these methods are the definition.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 from .activations import sigmoid_gate
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "cell_for"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "CELLS", "cell_for"]
+
+
+class LSTMTape(NamedTuple):
+    """What an LSTM step keeps for its backward: the four gates and tanh(c_t), each (..., H)."""
+
+    i: object
+    f: object
+    g: object
+    o: object
+    tanh_c: object
+
+
+class GRUTape(NamedTuple):
+    """What a GRU step keeps: gates r, z, candidate n and hw_n = h_{t-1} W_hn^T + b_hn, each (..., H)."""
+
+    r: object
+    z: object
+    n: object
+    hw_n: object
 
 
 @dataclass(frozen=True)
@@ -53,9 +73,13 @@ class RNNCell:
     """
 
     nonlinearity: str = "tanh"
-    n_gates = 1
-    n_states = 1
-    recurrent_bias_inside = False
+    mode: ClassVar[str] = "rnn"
+    gates: ClassVar[tuple] = ("h",)
+    states: ClassVar[tuple] = ("h",)
+    n_gates: ClassVar[int] = 1
+    n_states: ClassVar[int] = 1
+    recurrent_bias_inside: ClassVar[bool] = False
+    tape_type: ClassVar[type | None] = None
 
     def __post_init__(self):
         if self.nonlinearity not in ("tanh", "relu"):
@@ -92,12 +116,16 @@ class LSTMCell:
         c_t &= f \odot c_{t-1} + i \odot g \\
         h_t &= o \odot \tanh(c_t)
 
-    The tape of a step is ``(i, f, g, o, tanh(c_t))``.
+    The tape of a step is an :class:`LSTMTape` ``(i, f, g, o, tanh(c_t))``.
     """
 
-    n_gates = 4
-    n_states = 2
-    recurrent_bias_inside = False
+    mode: ClassVar[str] = "lstm"
+    gates: ClassVar[tuple] = ("i", "f", "g", "o")
+    states: ClassVar[tuple] = ("h", "c")
+    n_gates: ClassVar[int] = 4
+    n_states: ClassVar[int] = 2
+    recurrent_bias_inside: ClassVar[bool] = False
+    tape_type: ClassVar[type] = LSTMTape
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         h_prev, c_prev = state
@@ -109,7 +137,7 @@ class LSTMCell:
         c = f * c_prev + i * g
         tanh_c = xp.tanh(c)
         h = o * tanh_c
-        return (h, c), (i, f, g, o, tanh_c)
+        return (h, c), LSTMTape(i, f, g, o, tanh_c)
 
     def step_backward(self, d_state, state, state_prev, tape, *, xp):
         dh, dc_next = d_state
@@ -138,12 +166,17 @@ class GRUCell:
 
     where :math:`x_\cdot` are the slices of :math:`x_t W_{ih}^T + b_{ih}`.
     :math:`b_{hn}` sits inside the reset gate, so the recurrent bias is added
-    in the step. The tape of a step is ``(r, z, n, h_{t-1} W_{hn}^T + b_{hn})``.
+    in the step. The tape of a step is a :class:`GRUTape`
+    ``(r, z, n, h_{t-1} W_{hn}^T + b_{hn})``.
     """
 
-    n_gates = 3
-    n_states = 1
-    recurrent_bias_inside = True
+    mode: ClassVar[str] = "gru"
+    gates: ClassVar[tuple] = ("r", "z", "n")
+    states: ClassVar[tuple] = ("h",)
+    n_gates: ClassVar[int] = 3
+    n_states: ClassVar[int] = 1
+    recurrent_bias_inside: ClassVar[bool] = True
+    tape_type: ClassVar[type] = GRUTape
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         (h_prev,) = state
@@ -156,7 +189,7 @@ class GRUCell:
         hw_n = hw[..., 2 * H :]
         n = xp.tanh(xw[..., 2 * H :] + r * hw_n)
         h = n + z * (h_prev - n)  # = (1 - z) n + z h_prev
-        return (h,), (r, z, n, hw_n)
+        return (h,), GRUTape(r, z, n, hw_n)
 
     def step_backward(self, d_state, state, state_prev, tape, *, xp):
         (dh,) = d_state
@@ -170,12 +203,12 @@ class GRUCell:
         return d_xw, d_hw, (dh * z,)
 
 
+#: Every cell class by its ``mode``: the one table of cells (a new cell is added here).
+CELLS = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
+
+
 def cell_for(mode: str, nonlinearity: str = "tanh"):
-    """The cell for ``mode`` in ``{"rnn", "lstm", "gru"}``."""
-    if mode == "rnn":
-        return RNNCell(nonlinearity)
-    if mode == "lstm":
-        return LSTMCell()
-    if mode == "gru":
-        return GRUCell()
-    raise ValueError(f"mode must be 'rnn', 'lstm' or 'gru', got {mode!r}")
+    """The cell for ``mode`` (a key of :data:`CELLS`); ``nonlinearity`` is the RNN's."""
+    if mode not in CELLS:
+        raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
+    return CELLS[mode](nonlinearity) if mode == "rnn" else CELLS[mode]()

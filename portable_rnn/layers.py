@@ -59,16 +59,19 @@ from array_api_compat import is_jax_array
 from . import init as _init
 from . import sequence
 from ._validation import (
+    check_bool,
     check_floating,
-    check_keys,
+    check_int,
+    check_params,
     check_same_device,
     check_shape,
     check_time_steps,
+    check_truncate,
     namespace_of,
 )
 from .cells import cell_for
 
-__all__ = ["RNN", "LSTM", "GRU", "RecurrentTape"]
+__all__ = ["RNN", "LSTM", "GRU", "RecurrentTape", "LAYERS"]
 
 
 class RecurrentTape(NamedTuple):
@@ -129,26 +132,6 @@ def _reverse_time(a, index, xp):
     return xp.take_along_axis(a, idx, axis=0)
 
 
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_truncate(truncate):
-    if truncate is not None and (
-        isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral) or truncate < 1
-    ):
-        raise ValueError(f"truncate must be None or a positive int, got {truncate!r}")
-    return None if truncate is None else int(truncate)
-
-
 # --------------------------------------------------------------------------- the spec
 
 
@@ -168,9 +151,9 @@ class _Recurrent:
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
-            object.__setattr__(self, name, _check_int(name, getattr(self, name)))
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
         for name in ("bidirectional", "batch_first", "bias"):
-            _check_bool(name, getattr(self, name))
+            check_bool(name, getattr(self, name))
 
     # ----------------------------------------------------------- static facts
 
@@ -251,7 +234,7 @@ class _Recurrent:
         if init not in _init.SCHEMES:
             raise ValueError(f"init must be one of {list(_init.SCHEMES)}, got {init!r}")
         if forget_bias is not None:
-            if self.mode != "lstm":
+            if "f" not in self.cell.gates:
                 raise ValueError(f"forget_bias is for LSTM only; {type(self).__name__} has no forget gate")
             if not self.bias:
                 raise ValueError("forget_bias needs bias=True; this LSTM has no biases")
@@ -269,24 +252,15 @@ class _Recurrent:
     # ----------------------------------------------------------- checks
 
     def _check_params(self, params, name="params"):
-        """Keys and shapes of ``params``; returns the expected shapes."""
-        shapes = self.param_shapes()
-        check_keys(name, params, list(shapes))
-        extra = [k for k in params if k not in shapes]
-        if extra:
-            raise ValueError(
-                f"{name} has unexpected key(s) {extra} for {self!r}; expected keys {list(shapes)}"
-            )
-        for key, shape in shapes.items():
-            check_shape(f"{name}['{key}']", params[key], shape)
-        return shapes
+        """Keys, shapes, library, dtype and device of ``params``; returns ``(xp, dtype)``."""
+        return check_params(name, params, self.param_shapes(), owner=self)
 
     def _named_params(self, params, name="params"):
         return {f"{name}['{k}']": v for k, v in params.items()}
 
     def _state_parts(self, state, name, allow_none=False):
         """``state`` as a tuple of arrays (h,) or (h, c), with a clear error on bad structure."""
-        if self.mode == "lstm":
+        if self.cell.n_states == 2:
             if not (isinstance(state, (tuple, list)) and len(state) == 2):
                 raise TypeError(
                     f"{name} must be a pair (h, c) of arrays (L*dirs, N, H) for LSTM, "
@@ -303,7 +277,12 @@ class _Recurrent:
         return (state,)
 
     def _state_names(self, name):
-        return (f"{name}[0] (h)", f"{name}[1] (c)") if self.mode == "lstm" else (name,)
+        states = self.cell.states
+        return tuple(f"{name}[{j}] ({s})" for j, s in enumerate(states)) if len(states) > 1 else (name,)
+
+    def _state_value(self, parts):
+        """The public form of a state: one array, or the tuple (h, c) for a cell with two states."""
+        return tuple(parts) if len(parts) > 1 else parts[0]
 
     def _out_shape(self, T, N):
         F = self.num_directions * self.hidden_size
@@ -408,7 +387,7 @@ class _Recurrent:
 
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(cell.n_states))
-        return out, (final if self.mode == "lstm" else final[0]), RecurrentTape(tuple(tapes), index)
+        return out, self._state_value(final), RecurrentTape(tuple(tapes), index)
 
     # ----------------------------------------------------------- backward
 
@@ -453,7 +432,7 @@ class _Recurrent:
             Gradient with respect to the initial state (zeros when it was
             ``None`` in the forward pass).
         """
-        truncate = _check_truncate(truncate)
+        truncate = check_truncate(truncate)
         self._check_params(params)
         L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
         if not (
@@ -519,7 +498,7 @@ class _Recurrent:
         grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
         d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(cell.n_states))
-        return grads, dx, (d0 if self.mode == "lstm" else d0[0])
+        return grads, dx, self._state_value(d0)
 
 
 @dataclass(frozen=True)
@@ -551,8 +530,7 @@ class RNN(_Recurrent):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
+        self.cell  # the cell checks its nonlinearity
 
 
 @dataclass(frozen=True)
@@ -599,3 +577,7 @@ class GRU(_Recurrent):
     """
 
     mode: ClassVar[str] = "gru"
+
+
+#: Every layer spec class by its ``mode`` (the key of :data:`portable_rnn.cells.CELLS`).
+LAYERS = {cls.mode: cls for cls in (RNN, LSTM, GRU)}

@@ -19,11 +19,17 @@ from array_api_compat import is_jax_namespace
 __all__ = ["scan"]
 
 
+def _rebuild(tree, children):
+    """A tuple, list or NamedTuple like ``tree`` holding ``children``."""
+    children = list(children)
+    return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
+
+
 def _index(tree, t):
     if tree is None:
         return None
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_index(leaf, t) for leaf in tree)
+        return _rebuild(tree, (_index(leaf, t) for leaf in tree))
     return tree[t, ...]
 
 
@@ -32,7 +38,7 @@ def _stack(trees, xp):
     if first is None:
         return None
     if isinstance(first, (tuple, list)):
-        return type(first)(_stack([tree[i] for tree in trees], xp) for i in range(len(first)))
+        return _rebuild(first, (_stack([tree[i] for tree in trees], xp) for i in range(len(first))))
     return xp.stack(trees, axis=0)
 
 

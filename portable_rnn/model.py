@@ -49,41 +49,31 @@ import random
 from dataclasses import dataclass
 
 from array_api_compat import device as device_of
-from array_api_compat import is_array_api_strict_namespace, is_cupy_array, is_jax_namespace, is_torch_array
+from array_api_compat import is_jax_namespace
 
 from . import init as _init
-from ._validation import check_floating, check_keys, check_same_device, check_shape, namespace_of
+from .backends import to_host
+from ._validation import check_int, check_integer_dtype, check_params, check_same_device, check_shape, namespace_of
 from .cs231n import (
     temporal_affine_backward,
     temporal_affine_forward,
     word_embedding_backward,
     word_embedding_forward,
 )
-from .layers import GRU, LSTM, RNN
+from .layers import LAYERS
 from .losses import softmax_cross_entropy
 
-__all__ = ["CharModel", "CELLS", "hidden_state_gradients"]
+__all__ = ["CharModel", "hidden_state_gradients"]
 
 #: The recurrent layer of each ``cell`` name.
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
 _EMBED = "embedding.weight"
 _RNN = "rnn."
 _W, _B = "decoder.weight", "decoder.bias"
 
 
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_tokens(xp, name, tokens, shape, meaning):
-    if not xp.isdtype(tokens.dtype, "integral"):
-        raise TypeError(
-            f"{name} has dtype {tokens.dtype}; expected an integer dtype of token indices "
-            f"(e.g. int32). Cast it explicitly, e.g. xp.astype({name}, xp.int32)"
-        )
+    check_integer_dtype(xp, name, tokens, "token indices")
     check_shape(name, tokens, shape, meaning)
 
 
@@ -99,8 +89,9 @@ class CharModel:
         H.
     num_layers : int, default 1
         Stacked recurrent layers (unidirectional: a language model only looks back).
-    cell : {"lstm", "gru", "rnn"}, default "lstm"
-        ``"rnn"`` is the Elman RNN with tanh.
+    mode : {"lstm", "gru", "rnn"}, default "lstm"
+        The recurrent cell (a key of :data:`portable_rnn.layers.LAYERS`);
+        ``"rnn"`` is the Elman RNN with tanh. :attr:`cell` is the cell object.
     embed_size : int, default 32
         E, the width of the token embedding.
 
@@ -114,21 +105,26 @@ class CharModel:
     vocab_size: int
     hidden_size: int = 128
     num_layers: int = 1
-    cell: str = "lstm"
+    mode: str = "lstm"
     embed_size: int = 32
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "embed_size"):
-            object.__setattr__(self, name, _check_int(name, getattr(self, name)))
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
+        if self.mode not in LAYERS:
+            raise ValueError(f"mode must be one of {list(LAYERS)}, got {self.mode!r}")
 
     # ----------------------------------------------------------- static facts
 
     @property
     def rnn(self):
         """The recurrent layer spec (time-major, unidirectional)."""
-        return CELLS[self.cell](self.embed_size, self.hidden_size, self.num_layers)
+        return LAYERS[self.mode](self.embed_size, self.hidden_size, self.num_layers)
+
+    @property
+    def cell(self):
+        """The per-step cell (:mod:`portable_rnn.cells`)."""
+        return self.rnn.cell
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, in ``state_dict`` order.
@@ -199,27 +195,16 @@ class CharModel:
         -------
         array (L, N, H), or the pair ``(h, c)`` of them for LSTM
         """
-        batch_size = _check_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
         xp = namespace_of(**{f"params['{_W}']": params[_W]})
         shape = (self.num_layers, batch_size, self.hidden_size)
         zero = xp.zeros(shape, dtype=params[_W].dtype, device=device_of(params[_W]))
-        return (zero, zero) if self.cell == "lstm" else zero
+        return self.rnn._state_value((zero,) * self.cell.n_states)
 
     # ----------------------------------------------------------- checks
 
     def _check_params(self, params):
-        shapes = self.param_shapes()
-        check_keys("params", params, list(shapes))
-        extra = [k for k in params if k not in shapes]
-        if extra:
-            raise ValueError(f"params has unexpected key(s) {extra} for {self!r}")
-        for key, shape in shapes.items():
-            check_shape(f"params['{key}']", params[key], shape)
-        named = {f"params['{k}']": v for k, v in params.items()}
-        xp = namespace_of(**named)
-        check_floating(xp, **named)
-        check_same_device(**named)
-        return xp
+        return check_params("params", params, self.param_shapes(), owner=self)[0]
 
     def _split(self, params):
         return {k[len(_RNN):]: v for k, v in params.items() if k.startswith(_RNN)}
@@ -374,13 +359,13 @@ class CharModel:
         bad = [t for t in prime if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"prime has tokens outside [0, {self.vocab_size}): {bad[:5]}")
-        length = _check_int("length", length, minimum=0)
+        length = check_int("length", length, minimum=0)
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
             0 <= temperature < float("inf")
         ):
             raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
         if top_k is not None:
-            top_k = _check_int("top_k", top_k)
+            top_k = check_int("top_k", top_k)
         seed = _init.check_seed(seed)
 
         dev = device_of(params[_W])
@@ -392,7 +377,7 @@ class CharModel:
         token, generated = prime[-1], []
         for _ in range(length):
             logits, state = step(params, xp.asarray([token], dtype=xp.int32, device=dev), state)
-            scores = _to_host(logits, np)[0].astype(np.float64)
+            scores = to_host(logits, "logits")[0].astype(np.float64)
             token = _draw(scores, temperature, top_k, rng, np)
             generated.append(token)
         return generated
@@ -411,18 +396,6 @@ def _draw(scores, temperature, top_k, rng, np):
     cdf = np.cumsum(p)
     u = rng.random() * cdf[-1]
     return int(min(np.searchsorted(cdf, u, side="right"), z.shape[0] - 1))
-
-
-def _to_host(a, np):
-    """A backend array as a NumPy array (one device-to-host copy)."""
-    if is_torch_array(a):
-        return a.detach().cpu().numpy()
-    if is_cupy_array(a):
-        return a.get()
-    xp = namespace_of(a=a)
-    if is_array_api_strict_namespace(xp):
-        a = xp.asarray(a, device=xp.Device("CPU_DEVICE"))
-    return np.asarray(a)
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,7 +15,8 @@ import pytest
 
 from portable_rnn.gradcheck import numerical_gradient
 from portable_rnn.layers import GRU, LSTM, RNN
-from portable_rnn.model import CELLS, CharModel, hidden_state_gradients
+from portable_rnn.layers import LAYERS as CELLS
+from portable_rnn.model import CharModel, hidden_state_gradients
 
 from .helpers import assert_on_backend, rel_error
 
@@ -34,7 +35,7 @@ def _tokens(seed=0, shape=(N, T)):
 def _state_np(model, seed=1):
     rng = np.random.default_rng(seed)
     shape = (model.num_layers, N, model.hidden_size)
-    if model.cell == "lstm":
+    if model.mode == "lstm":
         return rng.standard_normal(shape), rng.standard_normal(shape)
     return rng.standard_normal(shape)
 
@@ -47,7 +48,7 @@ def _torch_reference(model, params, tokens, targets, state):
         def __init__(self):
             super().__init__()
             self.embedding = torch.nn.Embedding(model.vocab_size, model.embed_size)
-            self.rnn = getattr(torch.nn, {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[model.cell])(
+            self.rnn = getattr(torch.nn, {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[model.mode])(
                 model.embed_size, model.hidden_size, model.num_layers)
             self.decoder = torch.nn.Linear(model.hidden_size, model.vocab_size)
 
@@ -55,13 +56,13 @@ def _torch_reference(model, params, tokens, targets, state):
     net.load_state_dict({k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in params.items()})
     tok = torch.as_tensor(tokens.T.astype(np.int64))
     st = None if state is None else (
-        tuple(torch.as_tensor(s) for s in state) if model.cell == "lstm" else torch.as_tensor(state))
+        tuple(torch.as_tensor(s) for s in state) if model.mode == "lstm" else torch.as_tensor(state))
     out, final = net.rnn(net.embedding(tok), st)
     logits = net.decoder(out)
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, model.vocab_size), torch.as_tensor(targets.T.astype(np.int64)).reshape(-1))
     loss.backward()
-    final = tuple(f.detach().numpy() for f in final) if model.cell == "lstm" else final.detach().numpy()
+    final = tuple(f.detach().numpy() for f in final) if model.mode == "lstm" else final.detach().numpy()
     return loss.item(), {k: p.grad.numpy() for k, p in net.named_parameters()}, final
 
 
@@ -271,7 +272,7 @@ def test_jit_loss_and_grads_equals_eager():
 
 
 def test_bad_arguments_are_refused_with_clear_messages():
-    with pytest.raises(ValueError, match="cell must be one of"):
+    with pytest.raises(ValueError, match="mode must be one of"):
         CharModel(5, 4, 1, "transformer")
     with pytest.raises(ValueError, match="hidden_size must be an int >= 1"):
         CharModel(5, 0)
