@@ -25,6 +25,7 @@ __all__ = [
     "check_truncate",
     "check_params",
     "check_integer_dtype",
+    "check_arrays",
 ]
 
 
@@ -179,6 +180,17 @@ def check_keys(name: str, mapping: Mapping, required: Sequence[str]) -> None:
         )
 
 
+def check_arrays(**arrays):
+    """One library, one real floating dtype and one device for the named arrays.
+
+    ``None`` values are ignored. Returns ``(xp, dtype, device)``; the device
+    is ``None`` where it is unknown (JAX tracers).
+    """
+    xp = namespace_of(**arrays)
+    dtype = check_floating(xp, **arrays)
+    return xp, dtype, check_same_device(**arrays)
+
+
 def check_params(name: str, params: Mapping, shapes: Mapping[str, Sequence], owner=None):
     """Check a parameter dict against the names and shapes ``owner`` expects.
 
@@ -207,10 +219,7 @@ def check_params(name: str, params: Mapping, shapes: Mapping[str, Sequence], own
         raise ValueError(f"{name} has unexpected key(s) {extra}{whose}; expected keys {list(shapes)}")
     for key, shape in shapes.items():
         check_shape(f"{name}['{key}']", params[key], shape)
-    named = {f"{name}['{k}']": params[k] for k in shapes}
-    xp = namespace_of(**named)
-    dtype = check_floating(xp, **named)
-    check_same_device(**named)
+    xp, dtype, _ = check_arrays(**{f"{name}['{k}']": params[k] for k in shapes})
     return xp, dtype
 
 

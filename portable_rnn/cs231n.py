@@ -32,7 +32,9 @@ from array_api_compat import device
 
 from . import sequence
 from ._validation import (
+    check_arrays,
     check_floating,
+    check_integer_dtype,
     check_same_device,
     check_shape,
     check_time_steps,
@@ -112,18 +114,7 @@ def _unpack(cache, kind, producer: str):
 
 def _floats(**arrays):
     """Namespace of the named arrays after library, real-floating dtype and device checks."""
-    xp = namespace_of(**arrays)
-    check_floating(xp, **arrays)
-    check_same_device(**arrays)
-    return xp
-
-
-def _check_integer(xp, name: str, value) -> None:
-    if not xp.isdtype(value.dtype, "integral"):
-        raise TypeError(
-            f"{name} has dtype {value.dtype}; expected an integer dtype (indices). "
-            f"Cast it explicitly, e.g. xp.astype({name}, xp.int64)"
-        )
+    return check_arrays(**arrays)[0]
 
 
 def _check_bool(xp, name: str, value) -> None:
@@ -525,7 +516,7 @@ def word_embedding_forward(x, W):
         Opaque; pass it to :func:`word_embedding_backward`.
     """
     xp = namespace_of(x=x, W=W)
-    _check_integer(xp, "x", x)
+    check_integer_dtype(xp, "x", x)
     check_floating(xp, W=W)
     check_same_device(x=x, W=W)
     check_shape("x", x, (None, None), "(N, T) word indices")
@@ -670,7 +661,7 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     """
     xp = namespace_of(x=x, y=y, mask=mask)
     check_floating(xp, x=x)
-    _check_integer(xp, "y", y)
+    check_integer_dtype(xp, "y", y)
     _check_bool(xp, "mask", mask)
     check_same_device(x=x, y=y, mask=mask)
     check_shape("x", x, (None, None, None), "(N, T, V)")

@@ -20,15 +20,14 @@ from array_api_compat import device
 
 from . import sequence
 from ._validation import (
-    check_floating,
+    check_arrays,
     check_keys,
-    check_same_device,
     check_shape,
     check_time_steps,
-    namespace_of,
+    check_truncate,
 )
 from .activations import softmax
-from .cells import LSTMCell, RNNCell
+from .cells import LSTMCell, LSTMTape, RNNCell
 
 __all__ = [
     "rnn_cell_forward",
@@ -54,10 +53,7 @@ def _checked(arrays: dict, parameters: dict, keys):
     check_keys("parameters", parameters, keys)
     named = dict(arrays)
     named.update({f"parameters['{k}']": parameters[k] for k in keys})
-    xp = namespace_of(**named)
-    check_floating(xp, **named)
-    check_same_device(**named)
-    return xp
+    return check_arrays(**named)[0]
 
 
 def _check_rnn_parameters(parameters, n_x=None):
@@ -120,11 +116,6 @@ def _lstm_gradients(grads, n_a, xp):
         out[f"dW{gate}"] = dW[rows, :]
         out[f"db{gate}"] = xp.reshape(grads.db_ih[rows], (n_a, 1))
     return out
-
-
-def _check_truncate(truncate):
-    if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 1):
-        raise ValueError(f"truncate must be None or a positive int, got {truncate!r}")
 
 
 # --------------------------------------------------------------------------- RNN
@@ -303,7 +294,7 @@ def rnn_backward(da, caches, truncate=None, *, nonlinearity="tanh"):
         ``dx`` (n_x, m, T_x), ``da0`` (n_a, m), ``dWax`` (n_a, n_x),
         ``dWaa`` (n_a, n_a), ``dba`` (n_a, 1).
     """
-    _check_truncate(truncate)
+    truncate = check_truncate(truncate)
     cell_caches, x = _unpack_caches(caches, da)
     parameters = cell_caches[0][3]
     xp = _checked({"da": da, "x": x}, parameters, RNN_KEYS)
@@ -426,7 +417,7 @@ def _lstm_tape(cell_caches, x, xp):
         x=_batch_major(x, xp),
         state0=(a_prev0.mT, c_prev0.mT),
         states=(steps(0), c),
-        cell_tape=(steps(5), steps(4), steps(6), steps(7), xp.tanh(c)),  # i, f, g, o, tanh(c)
+        cell_tape=LSTMTape(i=steps(5), f=steps(4), g=steps(6), o=steps(7), tanh_c=xp.tanh(c)),
     )
 
 
@@ -489,7 +480,7 @@ def lstm_backward(da, caches, truncate=None):
         ``dx`` (n_x, m, T_x), ``da0`` (n_a, m), ``dc0`` (n_a, m),
         ``dWf, dWi, dWc, dWo`` (n_a, n_a + n_x), ``dbf, dbi, dbc, dbo`` (n_a, 1).
     """
-    _check_truncate(truncate)
+    truncate = check_truncate(truncate)
     cell_caches, x = _unpack_caches(caches, da)
     parameters = cell_caches[0][9]
     xp = _checked({"da": da, "x": x}, parameters, LSTM_KEYS)
