@@ -33,6 +33,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from ._validation import library_name as _library_name
+from ._validation import namespace_of
 
 __all__ = [
     "BACKEND_NAMES",
@@ -45,6 +50,10 @@ __all__ = [
     "discover",
     "to_host",
     "jax_float64",
+    "resolve_namespace",
+    "resolve_dtype",
+    "resolve_target",
+    "to_namespace",
 ]
 
 #: Every backend name, in the order tables and tests use.
@@ -111,14 +120,29 @@ class Backend:
         """
         host = np.asarray(a, dtype=dtype, order="C")
         out = _FROM_HOST[self.library](host, self)
-        if host.dtype.kind == "f" and str(out.dtype).rsplit(".", 1)[-1] != host.dtype.name:
-            hint = " (enter portable_rnn.backends.jax_float64() for float64)" if self.library == "jax" else ""
-            raise BackendError(f"{self.name} made a {out.dtype} array from {host.dtype.name} data{hint}")
+        if host.dtype.kind == "f":
+            _check_made(out, host.dtype.name, self.name)
         return out
 
     def to_numpy(self, a) -> np.ndarray:
         """An array of this backend -> a fresh NumPy array on the host (see :func:`to_host`)."""
         return to_host(a)
+
+
+def _dtype_name(dtype) -> str:
+    """``"float32"`` for NumPy/JAX dtypes and scalar types, torch's and array-api-strict's dtypes."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:  # torch.float32, array_api_strict.float32
+        return str(dtype).rsplit(".", 1)[-1]
+
+
+def _check_made(array, dtype_name: str, library: str) -> None:
+    """Refuse an array of another dtype than the one asked for (JAX float64 without x64)."""
+    made = _dtype_name(array.dtype)
+    if made != dtype_name:
+        hint = " (enter portable_rnn.backends.jax_float64() for float64 on JAX)" if made == "float32" else ""
+        raise BackendError(f"{library} made a {made} array when {dtype_name} was asked for{hint}")
 
 
 # --------------------------------------------------------------------------- host transfer
@@ -327,6 +351,86 @@ def discover(names=None) -> tuple[dict[str, Backend], dict[str, str]]:
         else:
             available[name] = Backend(name, backend.library, backend.xp, backend.device)
     return available, unavailable
+
+
+# --------------------------------------------------------------------------- where new arrays go
+
+
+def resolve_namespace(xp):
+    """The array-api-compat namespace for a module such as ``numpy``, ``jax.numpy``, ``torch``.
+
+    Accepts the library module itself or an already compatible namespace
+    (``array_api_compat.numpy``, ``array_api_strict``); ``None`` means NumPy.
+    Raises ``TypeError`` for anything that cannot create an array.
+    """
+    if xp is None:
+        xp = np
+    empty = getattr(xp, "empty", None)
+    if not callable(empty):
+        raise TypeError(
+            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
+            f"or array_api_strict, got {xp!r}"
+        )
+    try:
+        return array_namespace(empty((0,)))
+    except Exception as error:
+        raise TypeError(
+            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
+            f"or array_api_strict, got {xp!r} ({type(error).__name__}: {error})"
+        ) from None
+
+
+def resolve_dtype(xp, dtype):
+    """A real floating dtype of ``xp`` from a dtype object or a name like ``"float32"``."""
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        dtype = getattr(xp, dtype)
+    try:
+        ok = xp.isdtype(dtype, "real floating")
+    except Exception:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be a real floating dtype (float32 or float64), got {dtype!r}")
+    return dtype
+
+
+def resolve_target(like=None, xp=None, dtype=None, device=None, *, default_dtype="float32"):
+    """Namespace, dtype and device for new parameter arrays.
+
+    ``like=x`` takes all three from ``x`` (``dtype``/``device`` given too
+    override it); otherwise ``xp`` (a library module, ``None`` for NumPy),
+    ``dtype`` (default ``default_dtype``) and ``device`` (default: the
+    library's default device).
+    """
+    if like is not None:
+        if xp is not None:
+            raise TypeError("pass either like= or xp=, not both")
+        xp = namespace_of(like=like)
+        dtype = like.dtype if dtype is None else dtype
+        if device is None:
+            try:
+                device = device_of(like)
+            except Exception:  # JAX tracers have no committed device
+                device = None
+    else:
+        xp = resolve_namespace(xp)
+        dtype = default_dtype if dtype is None else dtype
+    return xp, resolve_dtype(xp, dtype), device
+
+
+
+
+def to_namespace(arrays: dict[str, np.ndarray], xp, dtype, device) -> dict:
+    """Convert host arrays to ``xp`` arrays of ``dtype`` on ``device`` (same keys, same order).
+
+    Raises :class:`BackendError` when the library makes another dtype (JAX
+    float64 outside :func:`jax_float64`) instead of handing it back silently.
+    """
+    out = {name: xp.asarray(a, dtype=dtype, device=device) for name, a in arrays.items()}
+    for a in out.values():
+        _check_made(a, _dtype_name(dtype), _library_name(xp))
+    return out
 
 
 # --------------------------------------------------------------------------- dtype policy

@@ -32,15 +32,11 @@ al. recommend ``b = 1``).
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
-from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
-from ._validation import namespace_of
+from ._validation import check_int
 
-__all__ = ["SCHEMES", "param_names", "draw", "resolve_namespace", "resolve_dtype", "to_namespace"]
+__all__ = ["SCHEMES", "param_names", "draw", "check_seed"]
 
 #: The weight initialisation schemes.
 SCHEMES = ("uniform", "xavier", "orthogonal")
@@ -126,76 +122,6 @@ def draw(
     return out
 
 
-def resolve_namespace(xp):
-    """The array-api-compat namespace for a module such as ``numpy``, ``jax.numpy``, ``torch``.
-
-    Accepts the library module itself or an already compatible namespace
-    (``array_api_compat.numpy``, ``array_api_strict``); ``None`` means NumPy.
-    Raises ``TypeError`` for anything that cannot create an array.
-    """
-    if xp is None:
-        xp = np
-    empty = getattr(xp, "empty", None)
-    if not callable(empty):
-        raise TypeError(
-            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
-            f"or array_api_strict, got {xp!r}"
-        )
-    try:
-        return array_namespace(empty((0,)))
-    except Exception as error:
-        raise TypeError(
-            f"xp must be an array namespace module such as numpy, jax.numpy, torch, cupy "
-            f"or array_api_strict, got {xp!r} ({type(error).__name__}: {error})"
-        ) from None
-
-
-def resolve_dtype(xp, dtype):
-    """A real floating dtype of ``xp`` from a dtype object or a name like ``"float32"``."""
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        dtype = getattr(xp, dtype)
-    try:
-        ok = xp.isdtype(dtype, "real floating")
-    except Exception:
-        ok = False
-    if not ok:
-        raise TypeError(f"dtype must be a real floating dtype (float32 or float64), got {dtype!r}")
-    return dtype
-
-
-def resolve_target(like=None, xp=None, dtype=None, device=None, *, default_dtype="float32"):
-    """Namespace, dtype and device for new parameter arrays.
-
-    ``like=x`` takes all three from ``x`` (``dtype``/``device`` given too
-    override it); otherwise ``xp`` (a library module, ``None`` for NumPy),
-    ``dtype`` (default ``default_dtype``) and ``device`` (default: the
-    library's default device).
-    """
-    if like is not None:
-        if xp is not None:
-            raise TypeError("pass either like= or xp=, not both")
-        xp = namespace_of(like=like)
-        dtype = like.dtype if dtype is None else dtype
-        if device is None:
-            try:
-                device = device_of(like)
-            except Exception:  # JAX tracers have no committed device
-                device = None
-    else:
-        xp = resolve_namespace(xp)
-        dtype = default_dtype if dtype is None else dtype
-    return xp, resolve_dtype(xp, dtype), device
-
-
 def check_seed(seed) -> int:
     """A non-negative int seed (``bool`` is refused)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return int(seed)
-
-
-def to_namespace(arrays: dict[str, np.ndarray], xp, dtype, device) -> dict:
-    """Convert host arrays to ``xp`` arrays of ``dtype`` on ``device`` (same keys, same order)."""
-    return {name: xp.asarray(a, dtype=dtype, device=device) for name, a in arrays.items()}
+    return check_int("seed", seed, minimum=0)

@@ -57,6 +57,7 @@ from array_api_compat import device as device_of
 from array_api_compat import is_jax_array
 
 from . import init as _init
+from .backends import resolve_target, to_namespace
 from . import sequence
 from ._validation import (
     check_bool,
@@ -241,13 +242,13 @@ class _Recurrent:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
                 raise ValueError(f"forget_bias must be a real number, got {forget_bias!r}")
             forget_bias = float(forget_bias)
-        xp, dtype, device = _init.resolve_target(like, xp, dtype, device)
+        xp, dtype, device = resolve_target(like, xp, dtype, device)
         host = _init.draw(
             n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
             num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
             seed=seed, scheme=init, forget_bias=forget_bias,
         )
-        return _init.to_namespace(host, xp, dtype, device)
+        return to_namespace(host, xp, dtype, device)
 
     # ----------------------------------------------------------- checks
 

@@ -52,7 +52,7 @@ from array_api_compat import device as device_of
 from array_api_compat import is_jax_namespace
 
 from . import init as _init
-from .backends import to_host
+from .backends import resolve_dtype, resolve_namespace, to_host
 from ._validation import check_int, check_integer_dtype, check_params, check_same_device, check_shape, namespace_of
 from .cs231n import (
     temporal_affine_backward,
@@ -63,7 +63,7 @@ from .cs231n import (
 from .layers import LAYERS
 from .losses import softmax_cross_entropy
 
-__all__ = ["CharModel", "hidden_state_gradients"]
+__all__ = ["CharModel"]
 
 #: The recurrent layer of each ``cell`` name.
 
@@ -172,8 +172,8 @@ class CharModel:
         """
         seed = _init.check_seed(seed)
         rnn = self.rnn.init(seed, xp=xp, dtype=dtype, device=device)
-        xp = _init.resolve_namespace(xp)
-        dtype = _init.resolve_dtype(xp, dtype)
+        xp = resolve_namespace(xp)
+        dtype = resolve_dtype(xp, dtype)
         rng = random.Random(seed)
         V, E, H = self.vocab_size, self.embed_size, self.hidden_size
         bound = 1.0 / H**0.5
@@ -411,70 +411,3 @@ def _compiled(spec, xp):
         return _jitted(spec)
     return spec.forward, spec.step
 
-
-# --------------------------------------------------------------------------- gradient flow
-
-
-def hidden_state_gradients(layer, params, x, d_h_last):
-    r"""Exact :math:`\partial L / \partial h_t` for every step, with :math:`L = \langle v, h_T \rangle`.
-
-    The vanishing-gradient picture: the loss reads only the last hidden
-    state, :math:`L = \sum v \odot h_T`, and the result is the gradient
-    carried back to every earlier state :math:`h_0, \dots, h_T` (``h_0``
-    the initial state).
-
-    The layer API returns gradients of the inputs, not of intermediate
-    states, so the layer is run once with a zero *probe* input wired through
-    the recurrent weights: the input becomes :math:`[x_t, p_t]` with
-    :math:`p_t = 0` and :math:`W_{ih}' = [W_{ih} \mid W_{hh}]`, i.e.
-    :math:`z_t = W_{ih} x_t + W_{hh}(h_{t-1} + p_t) + b`. The forward pass is
-    unchanged, and since :math:`h_{t-1}` reaches the loss only through
-    :math:`z_t` (true for the Elman RNN and for the LSTM's ``h``; the LSTM's
-    ``c`` is a separate state),
-
-    .. math::
-
-        \frac{\partial L}{\partial p_t} = W_{hh}^T \frac{\partial L}{\partial z_t}
-        = \frac{\partial L}{\partial h_{t-1}}
-
-    exactly, for every ``t`` from one forward and one backward pass. (The GRU
-    is excluded: its :math:`h_{t-1}` also enters through the reset gate's
-    product and the update gate's direct path.)
-
-    Parameters
-    ----------
-    layer : RNN or LSTM
-        One layer, unidirectional, time-major (``num_layers=1``,
-        ``bidirectional=False``, ``batch_first=False``).
-    params : dict of str to array
-        The layer's parameters.
-    x : array (T, N, D)
-    d_h_last : array (N, H)
-        :math:`v = \partial L / \partial h_T`.
-
-    Returns
-    -------
-    array (T + 1, N, H)
-        Row ``t`` is :math:`\partial L / \partial h_t`; row 0 is the initial
-        state's and row ``T`` is ``d_h_last``.
-    """
-    if not isinstance(layer, (RNN, LSTM)):
-        raise TypeError(f"layer must be an RNN or LSTM spec, got {type(layer).__name__}")
-    if layer.num_layers != 1 or layer.bidirectional or layer.batch_first:
-        raise ValueError("layer must have num_layers=1, bidirectional=False and batch_first=False")
-    xp = namespace_of(x=x, d_h_last=d_h_last, **{f"params['{k}']": v for k, v in params.items()})
-    T, N, D = x.shape
-    H = layer.hidden_size
-    check_shape("d_h_last", d_h_last, (N, H), f"(N, H) = ({N}, {H})")
-    dev = device_of(x)
-    kwargs = {"nonlinearity": layer.nonlinearity} if isinstance(layer, RNN) else {}
-    probe = type(layer)(D + H, H, bias=layer.bias, **kwargs)
-    probe_params = dict(params)
-    probe_params["weight_ih_l0"] = xp.concat([params["weight_ih_l0"], params["weight_hh_l0"]], axis=1)
-    x_probe = xp.concat([x, xp.zeros((T, N, H), dtype=x.dtype, device=dev)], axis=-1)
-    _, _, tape = probe.forward(probe_params, x_probe)
-    d_out = xp.concat(
-        [xp.zeros((T - 1, N, H), dtype=x.dtype, device=dev), xp.expand_dims(d_h_last, axis=0)], axis=0
-    )
-    _, dx, _ = probe.backward(probe_params, tape, d_out)
-    return xp.concat([dx[..., D:], xp.expand_dims(d_h_last, axis=0)], axis=0)
