@@ -32,7 +32,8 @@ arrays it allocated itself):
   ``tanh(g)`` and ``tanh(z/2)``, and :math:`\sigma(z) = \tfrac12\tanh(z/2) +
   \tfrac12` finishes the gates in two cheap passes (NumPy's float32 ``tanh``
   is faster than its ``exp``). The tape exposes the portable layout
-  ``(i, f, g, o, tanh_c)`` as views; ``tanh(c)`` is computed once, there.
+  :class:`~portable_rnn.cells.LSTMTape` ``(i, f, g, o, tanh_c)`` of views;
+  ``tanh(c)`` is computed once, there.
 * **Gate derivatives batched over steps.** Every pre-activation gradient is
   ``dh`` (or LSTM's ``dc``) times a factor that only depends on the tape. The
   backward computes those factors for several steps per NumPy call

@@ -63,6 +63,7 @@ from ._validation import (
     check_bool,
     check_floating,
     check_int,
+    check_integer_dtype,
     check_params,
     check_same_device,
     check_shape,
@@ -123,6 +124,20 @@ def _length_maps(lengths, n_steps, dtype, dev, xp):
     mask = xp.astype(valid, dtype)[..., None]
     index = xp.where(valid, ell - 1 - t, t)
     return mask, index
+
+
+def _check_lengths(lengths, n_steps, batch, xp):
+    """Integer lengths (N,) within [1, T]; the range only where the values are concrete."""
+    check_integer_dtype(xp, "lengths", lengths, "valid steps per sequence")
+    check_shape("lengths", lengths, (batch,), f"(N,) with N = {batch}, the batch of x")
+    in_range = xp.all((lengths >= 1) & (lengths <= n_steps))
+    # Read on the host only when concrete: under jax.jit even a closed-over
+    # constant yields a tracer here, and reading it would fail.
+    if not _is_traced(in_range) and not bool(in_range):
+        raise ValueError(
+            f"lengths must lie in [1, T] = [1, {n_steps}]; got min {int(xp.min(lengths))}, "
+            f"max {int(xp.max(lengths))}"
+        )
 
 
 def _reverse_time(a, index, xp):
@@ -325,6 +340,40 @@ class _Recurrent:
         tape : RecurrentTape
             For :meth:`backward`.
         """
+        xp, dtype, dev, parts = self._check_forward(params, x, state, lengths)
+        if self.batch_first:
+            x = xp.permute_dims(x, (1, 0, 2))
+        T, N, H = x.shape[0], x.shape[1], self.hidden_size
+        mask = index = None
+        if lengths is not None:
+            mask, index = _length_maps(lengths, T, dtype, dev, xp)
+        if parts is None:
+            zero = xp.zeros((N, H), dtype=dtype, device=dev)
+            states0 = [(zero,) * self.cell.n_states] * (self.num_layers * self.num_directions)
+        else:
+            states0 = [tuple(s[i, ...] for s in parts) for i in range(parts[0].shape[0])]
+
+        layer_in, finals, tapes = x, [], []
+        for k in range(self.num_layers):
+            outs, layer_tapes = [], []
+            for d in range(self.num_directions):
+                W_ih, W_hh, b_ih, b_hh = self._weights(params, k, d)
+                inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
+                out_d, final_d, tape_d = sequence.forward(
+                    self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask, xp=xp
+                )
+                outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
+                finals.append(final_d)
+                layer_tapes.append(tape_d)
+            layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
+            tapes.append(tuple(layer_tapes))
+
+        out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
+        final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
+        return out, self._state_value(final), RecurrentTape(tuple(tapes), index)
+
+    def _check_forward(self, params, x, state, lengths):
+        """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None)``."""
         self._check_params(params)
         parts = None if state is None else self._state_parts(state, "state")
         named = {"x": x}
@@ -337,58 +386,18 @@ class _Recurrent:
         if dev is None:
             dev = _device_or_none(x)
 
-        D, H, L, dirs = self.input_size, self.hidden_size, self.num_layers, self.num_directions
+        D, H, LD = self.input_size, self.hidden_size, self.num_layers * self.num_directions
         layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
         check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
-        check_time_steps("x", x, axis=1 if self.batch_first else 0)
-        if self.batch_first:
-            x = xp.permute_dims(x, (1, 0, 2))
-        T, N = x.shape[0], x.shape[1]
+        time_axis = 1 if self.batch_first else 0
+        check_time_steps("x", x, axis=time_axis)
+        T, N = x.shape[time_axis], x.shape[1 - time_axis]
         if parts is not None:
             for name, s in zip(self._state_names("state"), parts):
-                check_shape(name, s, (L * dirs, N, H), f"(num_layers * dirs, N, H) = ({L * dirs}, {N}, {H})")
-
-        mask = index = None
+                check_shape(name, s, (LD, N, H), f"(num_layers * dirs, N, H) = ({LD}, {N}, {H})")
         if lengths is not None:
-            if not xp.isdtype(lengths.dtype, "integral"):
-                raise TypeError(f"lengths has dtype {lengths.dtype}; expected an integer dtype")
-            check_shape("lengths", lengths, (N,), f"(N,) with N = {N}, the batch of x")
-            in_range = xp.all((lengths >= 1) & (lengths <= T))
-            # Read on the host only when concrete: under jax.jit even a closed-over
-            # constant yields a tracer here, and reading it would fail.
-            if not _is_traced(in_range):
-                if not bool(in_range):
-                    raise ValueError(
-                        f"lengths must lie in [1, T] = [1, {T}]; got min {int(xp.min(lengths))}, "
-                        f"max {int(xp.max(lengths))}"
-                    )
-            mask, index = _length_maps(lengths, T, dtype, dev, xp)
-
-        if parts is None:
-            zero = xp.zeros((N, H), dtype=dtype, device=dev)
-            states0 = [(zero,) * self.cell.n_states] * (L * dirs)
-        else:
-            states0 = [tuple(s[i, ...] for s in parts) for i in range(L * dirs)]
-
-        cell = self.cell
-        layer_in, finals, tapes = x, [], []
-        for k in range(L):
-            outs, layer_tapes = [], []
-            for d in range(dirs):
-                W_ih, W_hh, b_ih, b_hh = self._weights(params, k, d)
-                inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
-                out_d, final_d, tape_d = sequence.forward(
-                    cell, inp, states0[k * dirs + d], W_ih, W_hh, b_ih, b_hh, mask, xp=xp
-                )
-                outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
-                finals.append(final_d)
-                layer_tapes.append(tape_d)
-            layer_in = outs[0] if dirs == 1 else xp.concat(outs, axis=-1)
-            tapes.append(tuple(layer_tapes))
-
-        out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
-        final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(cell.n_states))
-        return out, self._state_value(final), RecurrentTape(tuple(tapes), index)
+            _check_lengths(lengths, T, N, xp)
+        return xp, dtype, dev, parts
 
     # ----------------------------------------------------------- backward
 
@@ -434,46 +443,19 @@ class _Recurrent:
             ``None`` in the forward pass).
         """
         truncate = check_truncate(truncate)
-        self._check_params(params)
-        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
-        if not (
-            isinstance(tape, tuple) and len(tape) == 2 and isinstance(tape[0], tuple)
-            and len(tape[0]) == L and all(isinstance(t, tuple) and len(t) == dirs for t in tape[0])
-        ):
-            raise TypeError(
-                f"tape must be the RecurrentTape returned by forward() of this spec "
-                f"({L} layer(s) x {dirs} direction(s)), got {type(tape).__name__}"
-            )
+        xp, ds_parts = self._check_backward(params, tape, d_out, d_state)
         layers, index = tape
-        x0 = layers[0][0].x
-        T, N = x0.shape[0], x0.shape[1]
-
-        ds_parts = None if d_state is None else self._state_parts(d_state, "d_state", allow_none=True)
-        named = self._named_params(params)
-        named.update({"tape": x0, "d_out": d_out})
-        if ds_parts is not None:
-            named.update(zip(self._state_names("d_state"), ds_parts))
-        xp = namespace_of(**named)
-        check_floating(xp, **named)
-        check_same_device(**named)
-        out_shape = self._out_shape(T, N)
-        if d_out is not None:
-            check_shape("d_out", d_out, out_shape, "the shape of out from forward()")
-            if self.batch_first:
-                d_out = xp.permute_dims(d_out, (1, 0, 2))
-        if ds_parts is not None:
-            for name, s in zip(self._state_names("d_state"), ds_parts):
-                if s is not None:
-                    check_shape(name, s, (L * dirs, N, H), "the shape of the final state from forward()")
+        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
+        d_layer_out = d_out
+        if d_out is not None and self.batch_first:
+            d_layer_out = xp.permute_dims(d_out, (1, 0, 2))
 
         def d_final(i):
             if ds_parts is None:
                 return None
             return tuple(None if s is None else s[i, ...] for s in ds_parts)
 
-        cell = self.cell
         grads, dstate0 = {}, [None] * (L * dirs)
-        d_layer_out = d_out
         for k in reversed(range(L)):
             d_in = None
             for d in range(dirs):
@@ -484,7 +466,7 @@ class _Recurrent:
                     if d == 1:
                         d_out_d = _reverse_time(d_out_d, index, xp)
                 g = sequence.backward(
-                    cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
+                    self.cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
                     xp=xp, truncate=truncate, bias=self.bias,
                 )
                 dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
@@ -498,8 +480,37 @@ class _Recurrent:
 
         grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
-        d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(cell.n_states))
+        d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(self.cell.n_states))
         return grads, dx, self._state_value(d0)
+
+    def _check_backward(self, params, tape, d_out, d_state):
+        """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""
+        self._check_params(params)
+        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
+        if not (
+            isinstance(tape, tuple) and len(tape) == 2 and isinstance(tape[0], tuple)
+            and len(tape[0]) == L and all(isinstance(t, tuple) and len(t) == dirs for t in tape[0])
+        ):
+            raise TypeError(
+                f"tape must be the RecurrentTape returned by forward() of this spec "
+                f"({L} layer(s) x {dirs} direction(s)), got {type(tape).__name__}"
+            )
+        x0 = tape[0][0][0].x
+        T, N = x0.shape[0], x0.shape[1]
+        ds_parts = None if d_state is None else self._state_parts(d_state, "d_state", allow_none=True)
+        named = self._named_params(params)
+        named.update({"tape": x0, "d_out": d_out})
+        if ds_parts is not None:
+            named.update(zip(self._state_names("d_state"), ds_parts))
+        xp = namespace_of(**named)
+        check_floating(xp, **named)
+        check_same_device(**named)
+        if d_out is not None:
+            check_shape("d_out", d_out, self._out_shape(T, N), "the shape of out from forward()")
+        for name, s in zip(self._state_names("d_state"), ds_parts or ()):
+            if s is not None:
+                check_shape(name, s, (L * dirs, N, H), "the shape of the final state from forward()")
+        return xp, ds_parts
 
 
 @dataclass(frozen=True)
