@@ -1,19 +1,41 @@
 """Test matrix: every backend that is installed and works, in float64 and float32.
 
 Choose backends with ``--backend NAME`` (repeatable) or the comma-separated
-``PORTABLE_RNN_BACKEND`` environment variable; by default every backend in
-:data:`portable_rnn.backends.BACKEND_NAMES` is probed. A backend that is not
-installed, or has no device, appears as a skip whose reason says why.
+``PORTABLE_RNN_BACKEND`` environment variable; by default every name in
+:data:`MATRIX` is probed. A backend that is not installed, or has no device,
+appears as a skip whose reason says why.
+
+The matrix is :data:`portable_rnn.backends.BACKEND_NAMES` plus ``jax:jit``: the
+JAX backend whose :meth:`tests.helpers.MatrixBackend.run` calls the function
+under test through ``jax.jit``. A test opts in to it with ``@pytest.mark.jit``
+and calls the code under test as ``backend.run(fn, *arrays, **static)``; on
+every other backend ``run`` is a plain call. A ``jit`` test that never calls
+``backend.run`` fails on ``jax:jit``: it would only repeat the ``jax`` test.
+
+Tests of an identity of the mathematics carry ``@pytest.mark.backends("numpy",
+"array_api_strict")``: NumPy runs the NumPy fast path, array-api-strict the
+portable path, and every other backend is held to equality with them (or with
+a float64 reference) by the tests that run on the whole matrix.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
+from portable_rnn import backends
 from portable_rnn.backends import BACKEND_NAMES, discover
+
+from tests.helpers import JIT, MatrixBackend
+
+#: Every backend id of the test matrix, in the order tables and tests use.
+MATRIX = tuple(n for name in BACKEND_NAMES for n in ((name, JIT) if name == "jax" else (name,)))
 
 #: Tolerances fitted to each dtype for comparisons with documented numbers.
 TOLERANCES = {
@@ -24,28 +46,101 @@ TOLERANCES = {
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--backend", action="append", default=None, choices=BACKEND_NAMES,
+        "--backend", action="append", default=None, choices=MATRIX,
         help="run only this backend (repeatable); default: all, or PORTABLE_RNN_BACKEND",
     )
     parser.addoption("--soak", action="store_true", default=False, help="run the soak tests")
 
 
+def _selected(config) -> list[str]:
+    names = config.getoption("--backend")
+    if names is None:
+        env = os.environ.get("PORTABLE_RNN_BACKEND", "").strip()
+        names = [n.strip() for n in env.split(",") if n.strip()] if env else MATRIX
+    unknown = [n for n in names if n not in MATRIX]
+    if unknown:
+        raise pytest.UsageError(f"unknown backend(s) {unknown}; expected some of {list(MATRIX)}")
+    return list(dict.fromkeys(names))
+
+
+def _discover(names):
+    """``discover`` for the matrix: ``jax:jit`` is the ``jax`` backend whose ``run`` jits."""
+    library_names = [n for n in names if n != JIT]
+    if JIT in names and "jax" not in library_names:
+        library_names.append("jax")
+    found, missing = discover(library_names)
+    available, unavailable = {}, {}
+    for name in names:
+        library_name = "jax" if name == JIT else name
+        if library_name in found:
+            available[name] = MatrixBackend(found[library_name], name=name, jit=name == JIT)
+        else:
+            unavailable[name] = missing[library_name]
+    return available, unavailable
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "soak: long-running soak test, run with --soak")
-    available, unavailable = discover(config.getoption("--backend"))
-    config._prnn_backends = (available, unavailable)
+    config.addinivalue_line(
+        "markers", "jit: calls the code under test through backend.run, so it also runs on jax:jit")
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
+                   "on the reference backends; the others are held to equality with them elsewhere)")
+    # The test program opts in to float64 on JAX for the whole session (the library never
+    # switches it): references and the float64 half of the matrix need it.
+    stack = contextlib.ExitStack()
+    stack.enter_context(backends.jax_float64())
+    # Hypothesis keeps a cache under ./.hypothesis: send it to a temporary folder, so the
+    # suite writes nothing into the working directory.
+    try:
+        import hypothesis.configuration
+    except ImportError:
+        pass
+    else:
+        home = tempfile.mkdtemp(prefix="portable-rnn-hypothesis-")
+        hypothesis.configuration.set_hypothesis_home_dir(home)
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        stack.callback(hypothesis.configuration.set_hypothesis_home_dir, None)
+    config._prnn_stack = stack
+    config._prnn_backends = _discover(_selected(config))
+
+
+def pytest_unconfigure(config):
+    stack = getattr(config, "_prnn_stack", None)
+    if stack is not None:
+        stack.close()
 
 
 def pytest_generate_tests(metafunc):
     if "backend" not in metafunc.fixturenames:
         return
     available, unavailable = metafunc.config._prnn_backends
-    params = [pytest.param(b, id=name) for name, b in available.items()]
-    params += [
-        pytest.param(None, id=name, marks=pytest.mark.skip(reason=reason))
-        for name, reason in unavailable.items()
-    ]
-    metafunc.parametrize("backend", params)
+    only = metafunc.definition.get_closest_marker("backends")
+    jit = metafunc.definition.get_closest_marker("jit") is not None
+    params = []
+    for name in MATRIX:
+        if (name == JIT and not jit) or (only is not None and name not in only.args):
+            continue
+        if name in available:
+            params.append(pytest.param(available[name], id=name))
+        elif name in unavailable:
+            params.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason=unavailable[name])))
+    if not params:
+        wanted = ", ".join(only.args)
+        params.append(pytest.param(None, id="no-backend", marks=pytest.mark.skip(
+            reason=f"runs on {wanted} only (an identity proven there); none of them is selected")))
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """The backend under test: a fresh :class:`~tests.helpers.MatrixBackend` per test."""
+    chosen = request.param
+    fresh = MatrixBackend(chosen.backend, name=chosen.name, jit=chosen.jit)
+    yield fresh
+    if fresh.jit and fresh.runs == 0:
+        pytest.fail(f"{request.node.name} is marked jit but never called backend.run: "
+                    "on jax:jit it only repeats the jax test", pytrace=False)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,7 +154,7 @@ def _backend_of(nodeid: str) -> str:
     """The backend named in a test id's parameters (works under pytest-xdist too)."""
     if "[" in nodeid:
         for part in nodeid[nodeid.index("[") + 1 : -1].split("-"):
-            if part in BACKEND_NAMES:
+            if part in MATRIX:
                 return part
     return "(backend-independent)"
 
@@ -68,6 +163,8 @@ def pytest_runtest_logreport(report):
     counts = _COUNTS
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         counts[_backend_of(report.nodeid)][report.outcome] += 1
+    elif report.when == "teardown" and report.outcome == "failed":
+        counts[_backend_of(report.nodeid)]["failed"] += 1
 
 
 _COUNTS = collections.defaultdict(collections.Counter)

@@ -1,5 +1,7 @@
+"""``python -m portable_rnn``: the ``portable-rnn`` command line."""
+
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -1,9 +1,60 @@
-"""Assertions shared by the test modules."""
+"""The backend of the test matrix, and assertions shared by the test modules."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from array_api_compat import array_namespace, device
+
+#: The matrix id of JAX under ``jax.jit`` (a test-matrix id, not a backend of the library).
+JIT = "jax:jit"
+
+
+class MatrixBackend:
+    """A :class:`portable_rnn.backends.Backend` of the test matrix, and how a test calls the code under test.
+
+    Attributes are those of the wrapped backend (``xp``, ``device``, ``library``,
+    ``asarray``, ``to_numpy``), except ``name``, the matrix id: ``jax:jit`` wraps
+    the ``jax`` backend with ``jit=True``.
+    """
+
+    def __init__(self, backend, name: str | None = None, jit: bool = False):
+        self.backend = backend
+        self.name = name or backend.name
+        self.jit = jit
+        self.runs = 0
+
+    def __getattr__(self, attr):
+        return getattr(self.backend, attr)
+
+    def __repr__(self):
+        return f"MatrixBackend({self.name!r})"
+
+    def run(self, fn, *args, **static):
+        """``fn(*args, **static)``; on ``jax:jit`` compiled by ``jax.jit``.
+
+        ``args`` are pytrees of arrays (traced under jit); ``static`` are the
+        Python values the function is specialised on (``truncate=2``), bound
+        before compiling.
+        """
+        self.runs += 1
+        if not self.jit:
+            return fn(*args, **static)
+        key = tuple(sorted(static.items()))
+        try:
+            hash(key)
+        except TypeError:  # an unhashable static value: compile for this call only
+            return _jitted.__wrapped__(fn, key)(*args)
+        return _jitted(fn, key)(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted(fn, static):
+    """One compiled function per (function, static arguments), shared by the tests that call it."""
+    import jax
+
+    return jax.jit(functools.partial(fn, **dict(static)))
 
 
 def assert_on_backend(backend, result, dtype: str, shape=None):
