@@ -381,17 +381,17 @@ def resolve_namespace(xp):
 
 
 def resolve_dtype(xp, dtype):
-    """A real floating dtype of ``xp`` from a dtype object or a name like ``"float32"``."""
+    """float32 or float64 of ``xp``, from a dtype object or its name (see :data:`DTYPES`)."""
     if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
+        if dtype not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         dtype = getattr(xp, dtype)
     try:
-        ok = xp.isdtype(dtype, "real floating")
+        ok = xp.isdtype(dtype, "real floating") and f"float{xp.finfo(dtype).bits}" in DTYPES
     except Exception:
         ok = False
     if not ok:
-        raise TypeError(f"dtype must be a real floating dtype (float32 or float64), got {dtype!r}")
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     return dtype
 
 

@@ -42,6 +42,7 @@ from ._validation import (
 )
 from .activations import log_softmax
 from .cells import LSTMCell, RNNCell
+from .interop.courses import from_cs231n_layout, to_cs231n_layout
 
 __all__ = [
     "rnn_step_forward",
@@ -165,23 +166,19 @@ def _time_major(a, xp):
     return xp.permute_dims(a, (1, 0, 2))
 
 
-def _swap_og(a, H: int, xp):
-    """Swap the last two H-wide blocks of the last axis: i,f,o,g <-> i,f,g,o."""
-    return xp.concat([a[..., : 2 * H], a[..., 3 * H :], a[..., 2 * H : 3 * H]], axis=-1)
-
-
 def _rnn_engine_weights(Wx, Wh):
-    return Wx.mT, Wh.mT
+    """CS231n (D, H), (H, H) -> engine W_ih (H, D), W_hh (H, H) (transposed views)."""
+    return from_cs231n_layout(Wx, "rnn"), from_cs231n_layout(Wh, "rnn")
 
 
 def _lstm_engine_weights(Wx, Wh, b, H: int, xp):
     """CS231n (D, 4H), (H, 4H), (4H,) in i,f,o,g -> engine (4H, D), (4H, H), (4H,) in i,f,g,o."""
-    return _swap_og(Wx, H, xp).mT, _swap_og(Wh, H, xp).mT, _swap_og(b, H, xp)
+    return tuple(from_cs231n_layout(a, "lstm", xp=xp) for a in (Wx, Wh, b))
 
 
-def _lstm_param_grads(g, H: int, xp):
-    """Engine gradients (rows i,f,g,o) -> dWx (D, 4H), dWh (H, 4H), db (4H,) in i,f,o,g."""
-    return _swap_og(g.dW_ih.mT, H, xp), _swap_og(g.dW_hh.mT, H, xp), _swap_og(g.db_ih, H, xp)
+def _param_grads(g, mode: str, xp):
+    """Engine gradients (G*H rows) -> dWx (D, G*H), dWh (H, G*H), db (G*H,) in the CS231n layout."""
+    return tuple(to_cs231n_layout(a, mode, xp=xp) for a in (g.dW_ih, g.dW_hh, g.db_ih))
 
 
 def _check_upstream(xp, name: str, value, tape_x, expected: tuple, meaning: str) -> None:
@@ -276,7 +273,7 @@ def rnn_step_backward(dnext_h, cache):
     _check_upstream(xp, "dnext_h", dnext_h, tape.x, tuple(tape.state0[0].shape),
                     "(N, H), the shape of next_h")
     g = sequence.backward(_RNN, tape, None, (dnext_h,), W_ih, W_hh, xp=xp)
-    return g.dx[0, ...], g.dstate0[0], g.dW_ih.mT, g.dW_hh.mT, g.db_ih
+    return (g.dx[0, ...], g.dstate0[0], *_param_grads(g, "rnn", xp))
 
 
 def rnn_forward(x, h0, Wx, Wh, b):
@@ -340,7 +337,7 @@ def rnn_backward(dh, cache):
     T, N, _ = tape.x.shape
     _check_upstream(xp, "dh", dh, tape.x, (N, T, W_hh.shape[0]), "(N, T, H), the shape of h")
     g = sequence.backward(_RNN, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
-    return _time_major(g.dx, xp), g.dstate0[0], g.dW_ih.mT, g.dW_hh.mT, g.db_ih
+    return (_time_major(g.dx, xp), g.dstate0[0], *_param_grads(g, "rnn", xp))
 
 
 # --------------------------------------------------------------------------- LSTM
@@ -419,7 +416,7 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     _check_upstream(xp, "dnext_h", dnext_h, tape.x, shape, "(N, H), the shape of next_h")
     _check_upstream(xp, "dnext_c", dnext_c, tape.x, shape, "(N, H), the shape of next_c")
     g = sequence.backward(_LSTM, tape, None, (dnext_h, dnext_c), W_ih, W_hh, xp=xp)
-    dWx, dWh, db = _lstm_param_grads(g, shape[1], xp)
+    dWx, dWh, db = _param_grads(g, "lstm", xp)
     return g.dx[0, ...], g.dstate0[0], g.dstate0[1], dWx, dWh, db
 
 
@@ -490,7 +487,7 @@ def lstm_backward(dh, cache):
     H = W_hh.shape[1]
     _check_upstream(xp, "dh", dh, tape.x, (N, T, H), "(N, T, H), the shape of h")
     g = sequence.backward(_LSTM, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
-    dWx, dWh, db = _lstm_param_grads(g, H, xp)
+    dWx, dWh, db = _param_grads(g, "lstm", xp)
     return _time_major(g.dx, xp), g.dstate0[0], dWx, dWh, db
 
 

@@ -1,64 +1,89 @@
-r"""Save and load a layer spec with its parameters: ``.npz`` and ``.safetensors``.
+r"""Save and load a layer spec with its parameters, and the archive format every portable_rnn file uses.
 
-A file holds one :mod:`portable_rnn.layers` spec and its parameters (PyTorch's
-``state_dict`` names)::
+A model file holds one :mod:`portable_rnn.layers` spec and its parameters
+(PyTorch's ``state_dict`` names)::
 
     save("model.npz", spec, params)            # or "model.safetensors"
     spec, params = load("model.npz", like=x)   # arrays on x's backend and device
 
-Formats
--------
+Archives
+--------
+An *archive* (:func:`write_archive`, :func:`read_archive`) is a ``.npz``: a
+zip of ``.npy`` members, one per array (``name.npy``; names may contain
+``/``), plus the metadata member ``__spec__.npy``, a 1-D ``uint8`` array
+holding UTF-8 JSON. Plain ``numpy.load(path, allow_pickle=False)`` reads it.
+Model files are archives, and so are the training checkpoints
+(:mod:`portable_rnn.app.checkpoint`): one format, one reader.
+
+Formats of :func:`save`
+-----------------------
 ``.npz``
-    A zip of ``.npy`` members written by :func:`numpy.savez` from host copies:
-    one per parameter, plus ``__spec__``, a 1-D ``uint8`` array holding the
-    UTF-8 JSON metadata.
+    An archive with one member per parameter; its metadata is ``{"format":
+    "portable_rnn", "version": 1, "spec": {...}, "writer": "portable_rnn
+    <version>"}`` where ``spec`` is :func:`spec_to_dict` (``{"mode": "lstm",
+    "input_size": 5, ...}``). A reader refuses a newer ``version``.
 ``.safetensors``
     Needs the ``safetensors`` package. The tensors are the parameters; the
-    JSON metadata is the ``"portable_rnn"`` entry of the header's
+    same JSON metadata is the ``"portable_rnn"`` entry of the header's
     ``__metadata__``.
-
-The metadata is ``{"format": "portable_rnn", "version": 1, "spec": {...},
-"writer": "portable_rnn <version>"}`` where ``spec`` is :func:`spec_to_dict`
-(``{"mode": "lstm", "input_size": 5, ...}``). A reader refuses a newer
-``version``.
 
 Safety
 ------
-- Writes are atomic: a temporary file in the target directory, ``fsync``,
-  then :func:`os.replace`; a failed save leaves any previous file intact.
-- Nothing is ever unpickled (``allow_pickle=False`` throughout): an entry that
-  holds an object array is refused.
-- The whole file is read once and checked before anything is returned:
-  corrupt, truncated or foreign files, unknown or missing entries, shapes
-  that do not fit the spec, dtypes other than float32/float64, or entries
-  larger than their shape needs raise ``ValueError`` naming the file and what
-  is wrong. Nothing is half-loaded.
+- Writes are atomic (:func:`atomic_write`): a temporary file in the target
+  directory, ``fsync``, then :func:`os.replace`; a failed write leaves any
+  previous file intact.
+- Nothing is ever pickled or unpickled: object arrays are refused on both
+  sides.
+- A reader parses the metadata first, derives from it the name, shape and
+  dtype of every member there must be, and checks each member's declared
+  size and ``.npy`` header against that *before* it reads the member's data:
+  a member that claims gigabytes is refused without being read. Corrupt,
+  truncated or foreign files, unknown or missing members, wrong shapes or
+  dtypes raise ``ValueError`` whose message starts with the path. Nothing is
+  half-loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io as _io
 import json
+import math
+import numbers
 import os
 import secrets
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from .interop import _SPECS, _check_names, _check_spec, _convert, _host_params
+from .backends import DTYPES
+from .interop._common import check_spec, host_dtype, host_params, to_target
+from .layers import LAYERS
 
-__all__ = ["save", "load", "spec_to_dict", "spec_from_dict", "FORMAT_VERSION"]
+__all__ = [
+    "save",
+    "load",
+    "spec_to_dict",
+    "spec_from_dict",
+    "write_archive",
+    "read_archive",
+    "atomic_write",
+    "FORMAT_VERSION",
+]
 
-#: Version of the metadata this module writes (and the newest it reads).
+#: Version of the model metadata this module writes (and the newest it reads).
 FORMAT_VERSION = 1
 _FORMAT = "portable_rnn"
-_SPEC_KEY = "__spec__"
+#: The archive member holding the metadata (the name model files carry).
+_META = "__spec__"
 _SAFETENSORS_KEY = "portable_rnn"
-_MAX_META_BYTES = 1 << 20  # the JSON is a few hundred bytes
-_NPY_HEADER_SLACK = 1 << 16  # .npy header (v1 caps it at 64 KiB)
+#: Largest metadata accepted: model metadata is a few hundred bytes, a training
+#: checkpoint's (with its loss history) a few megabytes.
+_MAX_META_BYTES = 64 << 20
+#: Room for a .npy header (NumPy refuses headers over 10,000 bytes).
+_NPY_HEADER_SLACK = 1 << 16
 
 
 # --------------------------------------------------------------------------- spec <-> dict
@@ -79,7 +104,7 @@ def spec_to_dict(spec) -> dict:
         "bias": bool}`` plus ``"nonlinearity"`` for RNN (every field of the
         dataclass, so fields added later round-trip too).
     """
-    _check_spec(spec)
+    check_spec(spec)
     out = {"mode": spec.mode}
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
@@ -113,9 +138,9 @@ def spec_from_dict(data: Mapping):
     if not isinstance(data, Mapping):
         raise TypeError(f"spec data must be a dict, got {type(data).__name__}")
     mode = data.get("mode")
-    if mode not in _SPECS:
-        raise ValueError(f"spec 'mode' must be one of {list(_SPECS)}, got {mode!r}")
-    cls = _SPECS[mode]
+    if mode not in LAYERS:
+        raise ValueError(f"spec 'mode' must be one of {list(LAYERS)}, got {mode!r}")
+    cls = LAYERS[mode]
     fields = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k != "mode" and k not in fields]
     if unknown:
@@ -127,7 +152,7 @@ def spec_from_dict(data: Mapping):
         raise ValueError(f"spec data does not describe a {cls.__name__}: {error}") from None
 
 
-# --------------------------------------------------------------------------- save
+# --------------------------------------------------------------------------- files
 
 
 def _format_of(path: str, format):
@@ -159,8 +184,16 @@ def _safetensors():
 def atomic_write(path, write) -> None:
     """Write through ``write(fileobj)`` to a temporary sibling, fsync, then replace ``path``.
 
-    Missing parent folders are created. Used by :func:`save` and by the
-    training checkpoints, history and plots.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Missing parent folders are created.
+    write : callable
+        ``write(f)`` writes the whole content to the binary file ``f``. If
+        it raises, the temporary file is removed and ``path`` is untouched.
+
+    Used by :func:`write_archive` and :func:`save`, and by the training
+    program for its history and plots.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -186,14 +219,320 @@ def atomic_write(path, write) -> None:
             os.close(dir_fd)
 
 
-def _metadata(spec) -> str:
+# --------------------------------------------------------------------------- archives
+
+
+class _Bad(Exception):
+    """What is wrong with a file; re-raised as ``ValueError`` starting with the path."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_member_name(name) -> None:
+    """A member name that every zip tool stores and extracts safely: relative, no ``..``, no backslash."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if not parts or name == _META or "\\" in name or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"archive member name {name!r} is not allowed: use non-empty '/'-separated parts "
+            f"without '.', '..', backslashes or NUL, other than {_META!r}"
+        )
+
+
+def write_archive(path, arrays: Mapping[str, np.ndarray], metadata: Mapping) -> None:
+    """Write host arrays and JSON metadata to an ``.npz`` archive, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    arrays : mapping of str to numpy.ndarray
+        One ``.npy`` member per entry, any shape and non-object dtype, stored
+        bit for bit. Names are '/'-separated relative paths (``"params/embed"``).
+    metadata : mapping
+        JSON-serialisable (``json.dumps``, keys sorted; NaN and infinities as
+        Python writes them). Whatever the reader needs to know which members
+        to expect, e.g. which optional groups were written, belongs here.
+
+    Raises
+    ------
+    TypeError
+        An array that is not a host ``numpy.ndarray`` or holds objects, or
+        metadata that is not a JSON-serialisable mapping.
+    ValueError
+        A member name that is not allowed, or metadata over 64 MiB.
+    """
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"arrays must be a mapping of names to numpy arrays, got {type(arrays).__name__}")
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    for name, a in arrays.items():
+        _check_member_name(name)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(
+                f"arrays[{name!r}] must be a numpy.ndarray, got {type(a).__name__}; copy it to the host "
+                "first (portable_rnn.backends.to_host)"
+            )
+        if a.dtype.hasobject:
+            raise TypeError(f"arrays[{name!r}] has dtype {a.dtype}: object arrays would need pickles")
+    try:
+        text = json.dumps(dict(metadata), sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"metadata is not JSON-serialisable ({_one_line(error)})") from None
+    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if raw.size > _MAX_META_BYTES:
+        raise ValueError(f"metadata is {raw.size} bytes of JSON, more than the {_MAX_META_BYTES} a reader accepts")
+    members = {_META: raw, **arrays}
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, a in members.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+def read_archive(path, expected: Callable[[dict], Mapping]) -> tuple[dict[str, np.ndarray], dict]:
+    """Read an archive written by :func:`write_archive`, checking every member before reading it.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    expected : callable
+        ``expected(metadata) -> {member name: (shape, dtype names)}``, e.g.
+        ``{"params/embed": ((65, 32), ("float32", "float64"))}``: the members
+        the file must hold, given its metadata. It may raise ``ValueError``,
+        ``KeyError`` or ``TypeError`` for metadata it cannot use.
+
+    Returns
+    -------
+    arrays : dict of str to numpy.ndarray
+        In the order of ``expected``'s result; fresh, writable, C-contiguous,
+        native byte order.
+    metadata : dict
+        The parsed JSON.
+
+    Raises
+    ------
+    ValueError
+        One line, starting with the path: not a zip, corrupt or truncated,
+        duplicate or non-``.npy`` members, no or invalid metadata (not a
+        1-D ``uint8`` member of UTF-8 JSON holding an object, or over 64 MiB),
+        an error raised by ``expected``, an unknown or a missing member, a
+        member whose declared size, shape or dtype is not what ``expected``
+        says (checked from the zip directory and the ``.npy`` header before
+        its data is read), or a pickled object array.
+    OSError
+        The file cannot be opened (e.g. ``FileNotFoundError``).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.npz")
+    >>> write_archive(path, {"w": np.eye(2)}, {"rows": 2})
+    >>> arrays, meta = read_archive(path, lambda m: {"w": ((m["rows"], 2), ("float64",))})
+    >>> arrays["w"].shape, meta
+    ((2, 2), {'rows': 2})
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        try:
+            return _read_zip(f, expected)
+        except _Bad as error:
+            raise ValueError(f"{os.fsdecode(path)}: {error}") from None
+
+
+def _read_zip(f, expected) -> tuple[dict, dict]:
+    """:func:`read_archive` on an open file, raising :class:`_Bad`."""
+    if not f.read(1):
+        raise _Bad("is empty")
+    f.seek(0)
+    try:
+        zf = zipfile.ZipFile(f)
+        infos = zf.infolist()
+    except Exception as error:  # BadZipFile, truncated directories, bad offsets
+        raise _Bad(f"is not a readable .npz (zip) file ({type(error).__name__}: {_one_line(error)})") from None
+    with zf:
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            raise _Bad("has duplicate zip members")
+        bad = [n for n in names if not n.endswith(".npy")]
+        if bad:
+            raise _Bad(f"has zip members that are not .npy arrays: {bad}")
+        found = {n[: -len(".npy")]: info for n, info in zip(names, infos)}
+        if _META not in found:
+            raise _Bad(f"has no {_META!r} member (metadata): it was not written by portable_rnn")
+        meta = _corrupt_guard(_read_metadata, zf, found[_META])
+        members = _expected_members(expected, meta)
+        _check_member_names(found, members)
+        arrays = {
+            name: _corrupt_guard(_read_npy, zf, found[name], name, _member_check(name, *spec), _limit(*spec))
+            for name, spec in members.items()
+        }
+    return arrays, meta
+
+
+def _corrupt_guard(read, *args):
+    """``read(*args)``, with zip-level failures (CRC, truncation, compression) as :class:`_Bad`."""
+    try:
+        return read(*args)
+    except _Bad:
+        raise
+    except Exception as error:
+        raise _Bad(f"is corrupt ({type(error).__name__}: {_one_line(error)})") from None
+
+
+def _parse_json(raw: bytes, where: str) -> dict:
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise _Bad(f"{where} is not UTF-8 JSON ({_one_line(error)})") from None
+    if not isinstance(meta, dict):
+        raise _Bad(f"{where} is not a JSON object")
+    return meta
+
+
+def _read_metadata(zf, info) -> dict:
+    def check(shape, dtype_name):
+        if dtype_name != "uint8" or len(shape) != 1:
+            raise _Bad(f"member {_META!r} must be a 1-D uint8 array, got {dtype_name} {shape}")
+
+    raw = _read_npy(zf, info, _META, check, _MAX_META_BYTES + _NPY_HEADER_SLACK)
+    return _parse_json(raw.tobytes(), f"member {_META!r}")
+
+
+def _expectation(name, value) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """``(shape, dtype names)`` of one entry of ``expected(metadata)``, checked."""
+    _check_member_name(name)
+    shape, dtypes = value
+    shape, dtypes = tuple(shape), tuple(dtypes)
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError("the shape must hold non-negative ints")
+    if not dtypes or not all(isinstance(t, str) and not np.dtype(t).hasobject for t in dtypes):
+        raise ValueError("the dtypes must be NumPy dtype names of arrays without objects")
+    return tuple(int(d) for d in shape), dtypes
+
+
+def _expected_members(expected, meta) -> dict:
+    """Call ``expected(meta)`` and check what it returns; its complaints become :class:`_Bad`."""
+    try:
+        members = expected(meta)
+    except ValueError as error:
+        raise _Bad(_one_line(error)) from None
+    except (KeyError, TypeError) as error:
+        raise _Bad(f"has unusable metadata ({type(error).__name__}: {_one_line(error)})") from None
+    if not isinstance(members, Mapping):
+        raise _Bad(f"has metadata that gives no member list ({type(members).__name__})")
+    out = {}
+    for name, value in members.items():
+        try:
+            out[name] = _expectation(name, value)
+        except (TypeError, ValueError) as error:
+            raise _Bad(f"has metadata that asks for member {name!r} as {value!r} ({_one_line(error)})") from None
+    return out
+
+
+def _check_member_names(found, members: dict) -> None:
+    extra = [n for n in found if n != _META and n not in members]
+    if extra:
+        raise _Bad(f"has unexpected member(s) {extra}; its metadata lists {list(members)}")
+    missing = [n for n in members if n not in found]
+    if missing:
+        raise _Bad(f"is missing member(s) {missing}")
+
+
+def _member_check(name, shape, dtypes):
+    """``check(shape, dtype name)`` refusing anything but ``shape`` and one of ``dtypes``."""
+
+    def check(got_shape, dtype_name):
+        if dtype_name not in dtypes:
+            raise _Bad(f"member {name!r} has dtype {dtype_name}; expected {' or '.join(dtypes)}")
+        if got_shape != shape:
+            raise _Bad(f"member {name!r} has shape {got_shape}; expected {shape}")
+
+    return check
+
+
+def _limit(shape, dtypes) -> int:
+    """The most bytes a member of ``shape`` and one of ``dtypes`` can need, header included."""
+    return _NPY_HEADER_SLACK + math.prod(shape) * max(np.dtype(t).itemsize for t in dtypes)
+
+
+class _Counted:
+    """A read-only stream that counts the bytes read through it (the .npy header's length)."""
+
+    def __init__(self, stream):
+        self.stream, self.count = stream, 0
+
+    def read(self, n=-1):
+        data = self.stream.read(n)
+        self.count += len(data)
+        return data
+
+
+def _npy_header(fp, name):
+    """Shape, Fortran order and dtype from a .npy header, read without touching the data."""
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise _Bad(f"member {name!r} is a .npy version {version} array; expected version 1.0 or 2.0")
+    except (_Bad, zipfile.BadZipFile, zlib.error, EOFError):
+        raise  # a damaged zip, not a bad header: the caller says "corrupt"
+    except Exception as error:
+        raise _Bad(f"member {name!r} is not a valid .npy array ({type(error).__name__}: {_one_line(error)})") from None
+    if dtype.hasobject:
+        raise _Bad(
+            f"member {name!r} holds a pickled object array (dtype {dtype}); portable_rnn never "
+            "unpickles, refusing to read it"
+        )
+    return tuple(shape), fortran, dtype
+
+
+def _read_npy(zf, info, name, check, limit) -> np.ndarray:
+    """One member, read only after its declared size and ``check(shape, dtype name)`` of its header pass."""
+    if info.file_size > limit:
+        raise _Bad(f"member {name!r} declares {info.file_size} bytes, more than it can need ({limit})")
+    with zf.open(info) as stream:
+        counted = _Counted(stream)
+        shape, fortran, dtype = _npy_header(counted, name)
+        check(shape, dtype.name)
+        n_data = math.prod(shape) * dtype.itemsize
+        if info.file_size != counted.count + n_data:
+            raise _Bad(f"member {name!r} is {info.file_size} bytes; its .npy header declares {counted.count + n_data}")
+        data = bytearray(n_data)
+        view, got = memoryview(data), 0
+        while got < n_data:
+            n = stream.readinto(view[got:])
+            if not n:
+                raise _Bad(f"member {name!r} is truncated")
+            got += n
+        stream.read(1)  # reaching the end makes zipfile check the CRC
+    a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return _native(a)
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in native byte order, C-contiguous and writable (a copy where needed)."""
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = np.array(a, order="C", copy=True)  # not ascontiguousarray: it makes 0-d arrays 1-d
+    return a
+
+
+# --------------------------------------------------------------------------- save and load
+
+
+def _metadata(spec) -> dict:
     from . import __version__
 
-    return json.dumps(
-        {"format": _FORMAT, "version": FORMAT_VERSION, "spec": spec_to_dict(spec),
-         "writer": f"portable_rnn {__version__}"},
-        sort_keys=True,
-    )
+    return {"format": _FORMAT, "version": FORMAT_VERSION, "spec": spec_to_dict(spec),
+            "writer": f"portable_rnn {__version__}"}
 
 
 def save(path, spec, params, *, format=None) -> None:
@@ -222,168 +561,69 @@ def save(path, spec, params, *, format=None) -> None:
     if not isinstance(path, str):
         path = os.fsdecode(path)
     fmt = _format_of(path, format)
-    host, _ = _host_params(spec, params)
+    host, _ = host_params(spec, params)
     meta = _metadata(spec)
     if fmt == "npz":
-        entries = {_SPEC_KEY: np.frombuffer(meta.encode("utf-8"), dtype=np.uint8).copy(), **host}
-        atomic_write(path, lambda f: np.savez(f, **entries))
+        write_archive(path, host, meta)
     else:
         st = _safetensors()
-        blob = st.save(host, metadata={_SAFETENSORS_KEY: meta})
+        blob = st.save(host, metadata={_SAFETENSORS_KEY: json.dumps(meta, sort_keys=True)})
         atomic_write(path, lambda f: f.write(blob))
 
 
-# --------------------------------------------------------------------------- load
-
-
-class _Bad(Exception):
-    """Internal: what is wrong with a file (re-raised as ValueError naming the file)."""
-
-
-def _parse_metadata(raw: bytes, where: str):
-    if len(raw) > _MAX_META_BYTES:
-        raise _Bad(f"{where} is {len(raw)} bytes, larger than any portable_rnn metadata")
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise _Bad(f"{where} is not UTF-8 JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise _Bad(f"{where} is not portable_rnn metadata (no \"format\": \"{_FORMAT}\")")
+def _model_spec(meta: dict):
+    """The spec described by model metadata; ``ValueError`` for anything else."""
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"is not portable_rnn metadata (no \"format\": \"{_FORMAT}\")")
     version = meta.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _Bad(f"{where} has an invalid format version {version!r}")
+        raise ValueError(f"has an invalid format version {version!r}")
     if version > FORMAT_VERSION:
-        raise _Bad(
+        raise ValueError(
             f"was written by a newer portable_rnn (format version {version}); "
             f"this version reads up to {FORMAT_VERSION}"
         )
     try:
         return spec_from_dict(meta.get("spec"))
     except (TypeError, ValueError) as error:
-        raise _Bad(f"{where} has an invalid spec: {error}") from None
+        raise ValueError(f"has an invalid spec: {error}") from None
 
 
-def _check_entries(spec, arrays: dict) -> tuple[dict, str]:
-    """Names, shapes and dtypes of the loaded host arrays against ``spec``."""
-    shapes = spec.param_shapes()
-    _check_names(f"entries do not fit {spec!r}", arrays, shapes, error=_Bad)
-    out, dtype = {}, None
-    for key, shape in shapes.items():
-        a = arrays[key]
-        if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
-            what = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-            raise _Bad(f"entry {key!r} has dtype {what}; expected float32 or float64")
-        if tuple(a.shape) != tuple(shape):
-            raise _Bad(f"entry {key!r} has shape {tuple(a.shape)}; {spec!r} needs {tuple(shape)}")
-        a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=False))
-        if dtype is None:
-            dtype = a.dtype
-        elif a.dtype != dtype:
-            raise _Bad(f"entry {key!r} has dtype {a.dtype} but the others have {dtype}")
-        out[key] = a
-    return out, ("float64" if dtype == np.float64 else "float32")
+def _model_members(meta: dict) -> dict:
+    """``expected`` of a model file: the spec's parameters, float32 or float64."""
+    return {k: (shape, DTYPES) for k, shape in _model_spec(meta).param_shapes().items()}
 
 
-def _npy_header(raw: bytes, key: str):
-    """Shape and dtype from a .npy header, read without touching the data (or any pickle)."""
-    fp = _io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-        else:
-            shape, _, dtype = np.lib.format._read_array_header(fp, version)
-    except Exception as error:
-        raise _Bad(f"entry {key!r} is not a valid .npy array ({type(error).__name__}: {error})") from None
-    if dtype.hasobject:
-        raise _Bad(
-            f"entry {key!r} holds a pickled object array (dtype {dtype}); portable_rnn never "
-            "unpickles, refusing to load it"
-        )
-    return tuple(shape), dtype
+#: safetensors dtype codes of floating tensors, as NumPy names.
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 
-def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, check):
-    """Read one member after ``check(shape, dtype)`` has approved its header."""
-    raw = zf.read(info)
-    shape, dtype = _npy_header(raw, key)
-    check(shape, dtype)
-    try:
-        return np.lib.format.read_array(_io.BytesIO(raw), allow_pickle=False)
-    except Exception as error:
-        raise _Bad(f"entry {key!r} is not a valid .npy array ({type(error).__name__}: {error})") from None
-
-
-def _check_size(info: zipfile.ZipInfo, key: str, limit: int):
-    if info.file_size > limit:
-        raise _Bad(f"entry {key!r} declares {info.file_size} bytes, more than it can need ({limit})")
-
-
-def _load_npz(data: bytes):
-    try:
-        zf = zipfile.ZipFile(_io.BytesIO(data))
-        infos = zf.infolist()
-    except Exception as error:
-        raise _Bad(f"is not a readable .npz (zip) file ({type(error).__name__}: {error})") from None
-    names = [i.filename for i in infos]
-    if len(set(names)) != len(names):
-        raise _Bad("has duplicate zip members")
-    bad = [n for n in names if not n.endswith(".npy")]
-    if bad:
-        raise _Bad(f"has zip members that are not .npy arrays: {bad}")
-    by_key = {n[: -len(".npy")]: i for n, i in zip(names, infos)}
-    if _SPEC_KEY not in by_key:
-        raise _Bad(f"has no {_SPEC_KEY!r} entry: it was not written by portable_rnn.io.save")
-    try:
-        def spec_entry(shape, dtype):
-            if dtype != np.uint8 or len(shape) != 1:
-                raise _Bad(f"entry {_SPEC_KEY!r} must be a 1-D uint8 array, got {dtype} {shape}")
-
-        _check_size(by_key[_SPEC_KEY], _SPEC_KEY, _MAX_META_BYTES + _NPY_HEADER_SLACK)
-        raw = _read_npy(zf, by_key[_SPEC_KEY], _SPEC_KEY, spec_entry)
-        spec = _parse_metadata(raw.tobytes(), f"entry {_SPEC_KEY!r}")
-        shapes = spec.param_shapes()
-        _check_names(f"entries do not fit {spec!r}", [k for k in by_key if k != _SPEC_KEY], shapes, error=_Bad)
-        arrays = {}
-        for key, expected in shapes.items():
-
-            def param_entry(shape, dtype, key=key, expected=expected):
-                if dtype.kind != "f" or dtype.itemsize not in (4, 8):
-                    raise _Bad(f"entry {key!r} has dtype {dtype}; expected float32 or float64")
-                if shape != tuple(expected):
-                    raise _Bad(f"entry {key!r} has shape {shape}; {spec!r} needs {tuple(expected)}")
-
-            _check_size(by_key[key], key, int(np.prod(expected, dtype=np.int64)) * 8 + _NPY_HEADER_SLACK)
-            arrays[key] = _read_npy(zf, by_key[key], key, param_entry)
-    except _Bad:
-        raise
-    except Exception as error:  # CRC errors, truncated members, bad compression
-        raise _Bad(f"is corrupt ({type(error).__name__}: {error})") from None
-    return spec, arrays
-
-
-def _load_safetensors(data: bytes):
+def _read_safetensors(data: bytes, expected) -> tuple[dict, dict]:
+    """Check the header (metadata, names, shapes, dtypes) against ``expected``, then load the tensors."""
     n = int.from_bytes(data[:8], "little")
     if n > len(data) - 8:
         raise _Bad(f"is truncated: its header claims {n} bytes but only {len(data) - 8} follow")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise _Bad(f"has a header that is not UTF-8 JSON ({error})") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or _SAFETENSORS_KEY not in meta:
+    header = _parse_json(data[8 : 8 + n], "its header")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not isinstance(meta.get(_SAFETENSORS_KEY), str):
         raise _Bad(f"has no {_SAFETENSORS_KEY!r} metadata: it was not written by portable_rnn.io.save")
-    if not isinstance(meta[_SAFETENSORS_KEY], str):
-        raise _Bad(f"has non-string {_SAFETENSORS_KEY!r} metadata")
-    spec = _parse_metadata(meta[_SAFETENSORS_KEY].encode("utf-8"), "the metadata")
+    meta = _parse_json(meta[_SAFETENSORS_KEY].encode("utf-8"), "its metadata")
+    members = _expected_members(expected, meta)
+    declared = {k: v for k, v in header.items() if k != "__metadata__"}
+    _check_member_names(declared, members)
+    for name, (shape, dtypes) in members.items():
+        entry = declared[name]
+        got = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(got, list) or not all(isinstance(d, int) for d in got):
+            raise _Bad(f"member {name!r} has no valid shape in the header")
+        code = entry.get("dtype")
+        _member_check(name, shape, dtypes)(tuple(got), _SAFETENSORS_DTYPES.get(code, str(code)))
     st = _safetensors()
     try:
-        arrays = st.load(data)
+        tensors = st.load(data)
     except Exception as error:  # safetensors' own SafetensorError and friends
-        raise _Bad(f"is corrupt ({type(error).__name__}: {error})") from None
-    return spec, arrays
+        raise _Bad(f"is corrupt ({type(error).__name__}: {_one_line(error)})") from None
+    return {name: _native(np.asarray(tensors[name])) for name in members}, meta
 
 
 def load(path, *, like=None, xp=None, dtype=None, device=None):
@@ -414,7 +654,7 @@ def load(path, *, like=None, xp=None, dtype=None, device=None):
     ValueError
         The file is truncated, corrupt, not a portable_rnn file, holds a
         pickled object array, was written by a newer format version, or its
-        entries do not fit its spec. The message starts with the path.
+        members do not fit its spec. The message starts with the path.
     OSError
         The file cannot be read (e.g. ``FileNotFoundError``).
     ImportError
@@ -422,17 +662,21 @@ def load(path, *, like=None, xp=None, dtype=None, device=None):
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-            spec, arrays = _load_npz(data)
-        elif len(data) >= 9 and data[8:9] == b"{":
-            spec, arrays = _load_safetensors(data)
-        elif not data:
-            raise _Bad("is empty")
-        else:
-            raise _Bad("is neither a .npz (zip) nor a .safetensors file")
-        host, source_dtype = _check_entries(spec, arrays)
-    except _Bad as error:
-        raise ValueError(f"{os.fsdecode(path)}: {error}") from None
-    return spec, _convert(host, like, xp, dtype, device, source_dtype=source_dtype)
+        head = f.read(9)
+        f.seek(0)
+        try:
+            if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+                host, meta = _read_zip(f, _model_members)
+            elif len(head) >= 9 and head[8:9] == b"{":
+                host, meta = _read_safetensors(f.read(), _model_members)
+            elif not head:
+                raise _Bad("is empty")
+            else:
+                raise _Bad("is neither a .npz (zip) nor a .safetensors file")
+            try:
+                source_dtype = host_dtype(host, "members")
+            except TypeError as error:
+                raise _Bad(str(error)) from None
+        except _Bad as error:
+            raise ValueError(f"{os.fsdecode(path)}: {error}") from None
+    return _model_spec(meta), to_target(host, like, xp, dtype, device, source_dtype=source_dtype)

@@ -28,6 +28,13 @@ from ._validation import (
 )
 from .activations import softmax
 from .cells import LSTMCell, LSTMTape, RNNCell
+from .interop.courses import (
+    STEPBYSTEP_GATES,
+    STEPBYSTEP_KEYS,
+    STEPBYSTEP_OUTPUT,
+    from_stepbystep_layout,
+    to_stepbystep_layout,
+)
 
 __all__ = [
     "rnn_cell_forward",
@@ -40,9 +47,10 @@ __all__ = [
     "lstm_backward",
 ]
 
-RNN_KEYS = ("Wax", "Waa", "Wya", "ba", "by")
-LSTM_KEYS = ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo", "Wy", "by")
-LSTM_GATES = ("i", "f", "c", "o")  # the engine's order (PyTorch's i, f, g, o)
+#: The exercise's parameter keys: the recurrent layer's, then the output layer's.
+RNN_KEYS = STEPBYSTEP_KEYS["rnn"] + STEPBYSTEP_OUTPUT["rnn"]
+LSTM_KEYS = STEPBYSTEP_KEYS["lstm"] + STEPBYSTEP_OUTPUT["lstm"]
+LSTM_GATES = STEPBYSTEP_GATES  # the engine's order (PyTorch's i, f, g, o)
 
 
 # --------------------------------------------------------------------------- checks
@@ -95,27 +103,19 @@ def _one_step(a, xp):
 
 
 def _rnn_weights(parameters, xp):
-    n_a = parameters["Waa"].shape[0]
-    return parameters["Wax"], parameters["Waa"], xp.reshape(parameters["ba"], (n_a,))
+    """Engine W_ih (n_a, n_x), W_hh (n_a, n_a), b (n_a,) of the exercise's RNN parameters."""
+    return from_stepbystep_layout(parameters, "rnn", xp=xp)
 
 
 def _lstm_weights(parameters, xp):
     """Stack the four (n_a, n_a + n_x) gate weights into W_ih, W_hh, b (order i, f, g, o)."""
-    n_a = parameters["Wf"].shape[0]
-    W = xp.concat([parameters[f"W{g}"] for g in LSTM_GATES], axis=0)
-    b = xp.concat([parameters[f"b{g}"] for g in LSTM_GATES], axis=0)
-    return W[:, n_a:], W[:, :n_a], xp.reshape(b, (4 * n_a,))
+    return from_stepbystep_layout(parameters, "lstm", xp=xp)
 
 
-def _lstm_gradients(grads, n_a, xp):
-    """Split the engine's stacked gradients back into the exercise's per-gate keys."""
-    dW = xp.concat([grads.dW_hh, grads.dW_ih], axis=1)
-    out = {}
-    for k, gate in enumerate(LSTM_GATES):
-        rows = slice(k * n_a, (k + 1) * n_a)
-        out[f"dW{gate}"] = dW[rows, :]
-        out[f"db{gate}"] = xp.reshape(grads.db_ih[rows], (n_a, 1))
-    return out
+def _param_gradients(grads, mode: str, xp):
+    """The engine's gradients under the exercise's keys (``dWax, dWaa, dba`` or ``dWf, dbf, ...``)."""
+    per_key = to_stepbystep_layout(grads.dW_ih, grads.dW_hh, grads.db_ih, mode, xp=xp)
+    return {f"d{key}": value for key, value in per_key.items()}
 
 
 # --------------------------------------------------------------------------- RNN
@@ -250,9 +250,7 @@ def rnn_cell_backward(da_next, cache, *, nonlinearity="tanh"):
     return {
         "dxt": g.dx[0, ...].mT,
         "da_prev": g.dstate0[0].mT,
-        "dWax": g.dW_ih,
-        "dWaa": g.dW_hh,
-        "dba": xp.reshape(g.db_ih, (-1, 1)),
+        **_param_gradients(g, "rnn", xp),
     }
 
 
@@ -308,9 +306,7 @@ def rnn_backward(da, caches, truncate=None, *, nonlinearity="tanh"):
     return {
         "dx": _feature_major(g.dx, xp),
         "da0": g.dstate0[0].mT,
-        "dWax": g.dW_ih,
-        "dWaa": g.dW_hh,
-        "dba": xp.reshape(g.db_ih, (-1, 1)),
+        **_param_gradients(g, "rnn", xp),
     }
 
 
@@ -447,12 +443,11 @@ def lstm_cell_backward(da_next, dc_next, cache):
     xp = _checked({"da_next": da_next, "dc_next": dc_next, "a_next": a_next}, parameters, LSTM_KEYS)
     check_shape("da_next", da_next, tuple(a_next.shape), "(n_a, m), the shape of a_next")
     check_shape("dc_next", dc_next, tuple(c_next.shape), "(n_a, m), the shape of c_next")
-    n_a = a_next.shape[0]
     W_ih, W_hh, _ = _lstm_weights(parameters, xp)
     tape = _lstm_tape([cache], xp.expand_dims(xt, axis=2), xp)
     g = sequence.backward(LSTMCell(), tape, None, (da_next.mT, dc_next.mT), W_ih, W_hh, xp=xp)
     grads = {"dxt": g.dx[0, ...].mT, "da_prev": g.dstate0[0].mT, "dc_prev": g.dstate0[1].mT}
-    grads.update(_lstm_gradients(g, n_a, xp))
+    grads.update(_param_gradients(g, "lstm", xp))
     return grads
 
 
@@ -492,5 +487,5 @@ def lstm_backward(da, caches, truncate=None):
         LSTMCell(), tape, _batch_major(da, xp), None, W_ih, W_hh, xp=xp, truncate=truncate
     )
     grads = {"dx": _feature_major(g.dx, xp), "da0": g.dstate0[0].mT, "dc0": g.dstate0[1].mT}
-    grads.update(_lstm_gradients(g, n_a, xp))
+    grads.update(_param_gradients(g, "lstm", xp))
     return grads

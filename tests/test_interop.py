@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from portable_rnn import cs231n, interop, stepbystep
+from portable_rnn.interop import courses
 from portable_rnn.layers import GRU, LSTM, RNN
 
 from .helpers import assert_on_backend
@@ -32,7 +33,7 @@ except ImportError:  # pragma: no cover - torch is in every test environment
 try:
     import jax
 
-    jax.config.update("jax_enable_x64", True)  # as the jax backend of conftest does
+    jax.config.update("jax_enable_x64", True)  # float64 weights on JAX; the library never switches it on
 except ImportError:
     jax = None
 
@@ -720,3 +721,57 @@ def test_course_converters_never_write_into_or_alias_their_inputs():
         _, again = interop.from_stepbystep(sbs, mode)
         for a in (*sbs.values(), *again.values()):
             assert not any(np.shares_memory(a, p) for p in params.values())
+
+
+@pytest.mark.parametrize("mode", ["rnn", "lstm"])
+def test_course_layout_maps_invert_each_other_exactly_in_the_input_namespace(backend, mode):
+    """The one source of the course layouts: engine <-> course and back is the identity, bit for
+    bit, on the device of the input, without leaving its namespace (so also under jax.jit)."""
+    G = 4 if mode == "lstm" else 1
+    rng = _rng(23)
+    cs = {k: backend.asarray(rng.standard_normal(s), "float64") for k, s in
+          {"Wx": (D, G * H), "Wh": (H, G * H), "b": (G * H,)}.items()}
+    engine = {k: courses.from_cs231n_layout(a, mode, xp=backend.xp) for k, a in cs.items()}
+    assert [tuple(a.shape) for a in engine.values()] == [(G * H, D), (G * H, H), (G * H,)]
+    for k, a in cs.items():
+        back = courses.to_cs231n_layout(engine[k], mode)  # namespace taken from the array
+        assert_on_backend(backend, back, "float64", tuple(a.shape))
+        assert _bits(backend.to_numpy(back)) == _bits(backend.to_numpy(a)), k
+    if mode == "lstm":  # gate blocks i, f, o, g -> i, f, g, o
+        np.testing.assert_array_equal(backend.to_numpy(engine["b"])[2 * H : 3 * H],
+                                      backend.to_numpy(cs["b"])[3 * H :])
+    sbs = _stepbystep_params(backend, "float64", mode, output=False)
+    W_ih, W_hh, b = courses.from_stepbystep_layout(sbs, mode, xp=backend.xp)
+    assert (tuple(W_ih.shape), tuple(W_hh.shape), tuple(b.shape)) == ((G * NA, NX), (G * NA, NA), (G * NA,))
+    again = courses.to_stepbystep_layout(W_ih, W_hh, b, mode)
+    assert list(again) == list(courses.STEPBYSTEP_KEYS[mode])
+    assert_same_params(again, {k: sbs[k] for k in again}, backend, backend)
+    with pytest.raises(ValueError, match="mode"):
+        courses.from_cs231n_layout(cs["b"], "gru")
+
+
+@pytest.mark.skipif(jax is None, reason="jax: not installed")
+def test_course_layout_maps_trace_under_jit():
+    import jax.numpy as jnp
+
+    rng = _rng(24)
+    Wx, Wh, b = (jnp.asarray(rng.standard_normal(s)) for s in ((D, 4 * H), (H, 4 * H), (4 * H,)))
+    to_engine = jax.jit(lambda *a: tuple(courses.from_cs231n_layout(x, "lstm") for x in a))
+    back = jax.jit(lambda *a: tuple(courses.to_cs231n_layout(x, "lstm") for x in a))(*to_engine(Wx, Wh, b))
+    for got, ref in zip(back, (Wx, Wh, b)):
+        assert _bits(np.asarray(got)) == _bits(np.asarray(ref))
+
+
+def test_every_format_module_is_reachable_from_the_package():
+    import importlib
+
+    for fmt in ("torch", "keras", "flax", "courses"):
+        module = importlib.import_module(f"portable_rnn.interop.{fmt}")
+        assert module.__name__ == f"portable_rnn.interop.{fmt}"
+        for name in set(module.__all__) & set(interop.__all__):
+            assert getattr(interop, name) is getattr(module, name), name
+    covered = set().union(*(importlib.import_module(f"portable_rnn.interop.{f}").__all__
+                            for f in ("torch", "keras", "flax", "courses")))
+    assert set(interop.__all__) <= covered
+    if torch is not None:  # the submodule named torch does not shadow the library
+        assert torch.__name__ == "torch" and hasattr(torch, "nn")

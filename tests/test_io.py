@@ -7,6 +7,7 @@ KeyError or pickle error), and nothing may be returned half-loaded.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
@@ -180,10 +181,11 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path, spec, params = _saved(tmp_path, "npz")
     before = path.read_bytes()
 
-    def broken(*args, **kwargs):
+    def broken(fp, array, **kwargs):  # fails half-way through the first member
+        fp.write(b"\x93NUMPY partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", broken)
+    monkeypatch.setattr(np.lib.format, "write_array", broken)
     with pytest.raises(OSError, match="disk full"):
         prnn_io.save(path, GRU(2, 3), GRU(2, 3).init())
     assert path.read_bytes() == before  # the old file is intact
@@ -236,7 +238,7 @@ def test_foreign_and_inconsistent_files_are_refused(tmp_path):
     params = spec.init(seed=0)
     path = tmp_path / "f.npz"
     cases = [
-        ({**params}, "no '__spec__' entry"),
+        ({**params}, "no '__spec__' member"),
         ({"__spec__": _spec_entry(spec, format="other"), **params}, "not portable_rnn metadata"),
         ({"__spec__": _spec_entry(spec, version=2), **params}, "newer portable_rnn"),
         ({"__spec__": _spec_entry(spec, version="1"), **params}, "invalid format version"),
@@ -351,3 +353,191 @@ def test_safetensors_without_the_package_is_a_clear_import_error(tmp_path, monke
     with pytest.raises(ImportError, match="pip install safetensors"):
         prnn_io.save(tmp_path / "m.safetensors", spec, spec.init())
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- archives (write_archive / read_archive)
+
+
+def _archive_arrays():
+    rng = np.random.default_rng(5)
+    return {
+        "params/w": rng.standard_normal((3, 4)).astype(np.float32),
+        "params/w_fortran": np.asfortranarray(rng.standard_normal((2, 5))),
+        "big_endian": rng.standard_normal(4).astype(">f8"),
+        "opt/step": np.asarray(7, dtype=np.int32),
+        "flags": np.array([True, False]),
+        "empty": np.zeros((0, 3), dtype=np.float64),
+    }
+
+
+def _expect_all(arrays):
+    """An ``expected`` callback listing exactly ``arrays`` (dtype names in native order)."""
+    return lambda meta: {k: (a.shape, (a.dtype.newbyteorder("=").name,)) for k, a in arrays.items()}
+
+
+def _zip_bytes(members: dict, compression=zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, raw in members.items():
+            zf.writestr(name, raw)
+    return buf.getvalue()
+
+
+def _meta_member(meta) -> bytes:
+    return _npz_member(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+
+def _read_refused(path, expected, match):
+    with pytest.raises(ValueError, match=match) as info:
+        prnn_io.read_archive(path, expected)
+    message = str(info.value)
+    assert message.startswith(os.fsdecode(path)) and "\n" not in message, message
+    return message
+
+
+def test_archive_round_trip_is_exact_and_fresh(tmp_path):
+    arrays = _archive_arrays()
+    meta = {"format": "test", "groups": ["opt"], "nested": {"a": [1, 2.5, None]}, "text": "héllo"}
+    path = tmp_path / "sub" / "a.npz"  # missing folders are created
+    prnn_io.write_archive(path, arrays, meta)
+    seen = []
+
+    def expected(m):
+        seen.append(m)
+        return dict(reversed(list(_expect_all(arrays)(m).items())))
+
+    got, got_meta = prnn_io.read_archive(path, expected)
+    assert got_meta == meta and seen == [meta]
+    assert list(got) == list(reversed(list(arrays)))  # the order of expected()
+    for k, a in arrays.items():
+        assert got[k].dtype.isnative and got[k].flags.c_contiguous and got[k].flags.writeable, k
+        assert got[k].shape == a.shape and got[k].dtype == a.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(got[k], a)
+    assert _bits(got["params/w"]) == _bits(arrays["params/w"])
+    # a plain .npz: NumPy reads it without pickles
+    with np.load(path, allow_pickle=False) as npz:
+        assert sorted(npz.files) == sorted([*arrays, "__spec__"])
+        np.testing.assert_array_equal(npz["params/w_fortran"], arrays["params/w_fortran"])
+    assert sorted(os.listdir(path.parent)) == ["a.npz"]
+
+
+def test_write_archive_refuses_what_it_cannot_store(tmp_path):
+    path = tmp_path / "a.npz"
+    ok = {"w": np.zeros(2)}
+    cases = [
+        (TypeError, "numpy.ndarray", {"w": [1.0, 2.0]}, {}),
+        (TypeError, "object", {"w": np.array([{}], dtype=object)}, {}),
+        (TypeError, "JSON", ok, {"f": object()}),
+        (TypeError, "mapping", ok, [("a", 1)]),
+        (TypeError, "mapping", [("w", np.zeros(2))], {}),
+    ] + [(ValueError, "not allowed", {name: np.zeros(2)}, {}) for name in
+         ("", "/abs", "a/../b", "a//b", "a\\b", "__spec__", "./a", 3)]
+    for error, match, arrays, meta in cases:
+        with pytest.raises(error, match=match):
+            prnn_io.write_archive(path, arrays, meta)
+    assert os.listdir(tmp_path) == []  # nothing was written, not even a temporary file
+
+
+def test_read_archive_refuses_members_that_do_not_fit(tmp_path):
+    path = tmp_path / "a.npz"
+    arrays = {"w": np.ones((2, 3)), "b": np.ones(3)}
+    prnn_io.write_archive(path, arrays, {"n": 3})
+    f64 = ("float64",)
+    _read_refused(path, lambda m: {"w": ((2, 3), f64)}, r"unexpected member\(s\) \['b'\]")
+    _read_refused(path, lambda m: {"w": ((2, 3), f64), "b": ((3,), f64), "c": ((1,), f64)},
+                  r"missing member\(s\) \['c'\]")
+    _read_refused(path, lambda m: {"w": ((3, 2), f64), "b": ((3,), f64)}, r"'w' has shape \(2, 3\); expected \(3, 2\)")
+    _read_refused(path, lambda m: {"w": ((2, 3), ("float32",)), "b": ((3,), f64)}, "'w' has dtype float64")
+    _read_refused(path, lambda m: {"w": ((2, -3), f64), "b": ((3,), f64)}, "non-negative")
+    _read_refused(path, lambda m: {"w": ((2, 3), ("object",)), "b": ((3,), f64)}, "without objects")
+    _read_refused(path, lambda m: [("w", ((2, 3), f64))], "no member list")
+    got, meta = prnn_io.read_archive(
+        path, lambda m: {"w": ((2, m["n"]), f64), "b": ((m["n"],), ("float32", "float64"))}
+    )
+    assert meta == {"n": 3} and got["w"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("error", [ValueError("bad format\nsecond line"), KeyError("groups"), TypeError("not a dict")])
+def test_read_archive_turns_metadata_complaints_into_one_line(tmp_path, error):
+    path = tmp_path / "a.npz"
+    prnn_io.write_archive(path, {"w": np.ones(2)}, {"format": "other"})
+
+    def expected(meta):
+        raise error
+
+    message = _read_refused(path, expected, "bad format second line" if isinstance(error, ValueError) else "metadata")
+    assert type(error).__name__ in message or isinstance(error, ValueError)
+
+
+def test_read_archive_refuses_bad_metadata(tmp_path):
+    path = tmp_path / "a.npz"
+    expect = {"w": ((2,), ("float64",))}
+    w = _npz_member(np.ones(2))
+    for members, match in [
+        ({"w.npy": w}, "no '__spec__' member"),
+        ({"__spec__.npy": _npz_member(np.frombuffer(b"\xff{", np.uint8)), "w.npy": w}, "not UTF-8 JSON"),
+        ({"__spec__.npy": _npz_member(np.frombuffer(b"[" * 5000 + b"]" * 5000, np.uint8)), "w.npy": w}, "JSON"),
+        ({"__spec__.npy": _meta_member([1, 2]), "w.npy": w}, "not a JSON object"),
+        ({"__spec__.npy": _npz_member(np.zeros((2, 2), np.uint8)), "w.npy": w}, "1-D uint8"),
+        ({"__spec__.npy": b"not a npy", "w.npy": w}, "not a valid .npy"),
+        ({"__spec__.npy": _meta_member({}), "w.npy": w, "w.pkl": b""}, "not .npy"),
+    ]:
+        path.write_bytes(_zip_bytes(members))
+        _read_refused(path, lambda m: expect, match)
+
+
+def test_read_archive_refuses_corrupt_and_truncated_files(tmp_path):
+    path = tmp_path / "a.npz"
+    prnn_io.write_archive(path, {"w": np.arange(64.0)}, {})
+    data = path.read_bytes()
+    expect = {"w": ((64,), ("float64",))}
+    at = data.index(np.arange(64.0).tobytes())  # the stored data of member w
+    path.write_bytes(data[:at] + b"\x01" + data[at + 1 :])
+    _read_refused(path, lambda m: expect, "corrupt")  # the CRC catches the flipped byte
+    for n in (0, 3, at, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:n])
+        _read_refused(path, lambda m: expect, "empty|readable|corrupt|truncated")
+    # a member with a few bytes more than its header declares
+    path.write_bytes(_zip_bytes({"__spec__.npy": _meta_member({}), "w.npy": _npz_member(np.ones(2)) + b"\0" * 8}))
+    _read_refused(path, lambda m: {"w": ((2,), ("float64",))}, "its .npy header declares")
+    with pytest.raises(FileNotFoundError):
+        prnn_io.read_archive(tmp_path / "missing.npz", lambda m: expect)
+
+
+def _count_member_reads(monkeypatch) -> dict:
+    """Bytes read from each zip member through zipfile, by member name."""
+    counts = collections.Counter()
+    read, readinto = zipfile.ZipExtFile.read, zipfile.ZipExtFile.readinto
+
+    def counted_read(self, n=-1):
+        data = read(self, n)
+        counts[self.name] += len(data)
+        return data
+
+    def counted_readinto(self, b):
+        n = readinto(self, b)
+        counts[self.name] += n
+        return n
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counted_read)
+    monkeypatch.setattr(zipfile.ZipExtFile, "readinto", counted_readinto)
+    return counts
+
+
+def test_a_member_larger_than_expected_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.npz"
+    expect = {"w": ((3,), ("float64",))}
+    counts = _count_member_reads(monkeypatch)
+    # 1. the zip directory declares 16 MiB (deflated zeros: a few KiB in the file)
+    bomb = _npz_member(np.zeros(2 << 20))
+    path.write_bytes(_zip_bytes({"__spec__.npy": _meta_member({}), "w.npy": bomb}, zipfile.ZIP_DEFLATED))
+    assert path.stat().st_size < 100_000
+    _read_refused(path, lambda m: expect, "declares 16777344 bytes, more than it can need")
+    assert counts["w.npy"] == 0
+    # 2. a small member whose .npy header declares 16 GiB
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2 << 30,)})
+    liar = header.getvalue() + np.zeros(3).tobytes()
+    path.write_bytes(_zip_bytes({"__spec__.npy": _meta_member({}), "w.npy": liar}))
+    _read_refused(path, lambda m: expect, r"'w' has shape \(2147483648,\); expected \(3,\)")
+    assert 0 < counts["w.npy"] <= len(header.getvalue())  # the header, not one byte of data

@@ -1,0 +1,175 @@
+"""What the format modules of :mod:`portable_rnn.interop` and :mod:`portable_rnn.io` share.
+
+Checks of specs and parameter dicts, checked host copies of a spec's
+parameters, and the conversion of host arrays to the arrays a caller asked
+for (``like=`` or ``xp=``/``dtype=``/``device=``). Host side: NumPy is used
+on host copies only.
+
+The layer spec classes are looked up when a function runs, never at import:
+:mod:`portable_rnn.stepbystep` and :mod:`portable_rnn.cs231n` import
+:mod:`portable_rnn.interop.courses`, which loads this package, and the
+package must not pull :mod:`portable_rnn.layers` in behind them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import array_api_compat.numpy as _np_xp
+
+from ..backends import DTYPES, resolve_target, to_host, to_namespace
+from .._validation import check_floating, check_params
+
+__all__ = [
+    "require",
+    "spec_classes",
+    "spec_class",
+    "check_spec",
+    "single_layer",
+    "overrides",
+    "check_names",
+    "dtype_name",
+    "host_dtype",
+    "check_spec_params",
+    "host_params",
+    "to_target",
+]
+
+
+def require(module_name: str, what: str):
+    """Import an optional library, or raise ``ImportError`` saying what needs it."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise ImportError(
+            f"{what} needs {module_name.split('.')[0]}, which could not be imported "
+            f"({type(error).__name__}: {error})"
+        ) from None
+
+
+def spec_classes() -> dict:
+    """:data:`portable_rnn.layers.LAYERS`: ``mode -> spec class``."""
+    from ..layers import LAYERS  # on call: see the module docstring
+
+    return LAYERS
+
+
+def spec_class(mode: str):
+    """The :mod:`portable_rnn.layers` spec class of ``mode`` ("rnn", "lstm" or "gru")."""
+    return spec_classes()[mode]
+
+
+def check_spec(spec, name: str = "spec"):
+    """``spec`` itself if it is an RNN, LSTM or GRU spec, else ``TypeError`` naming ``name``."""
+    if not isinstance(spec, tuple(spec_classes().values())):
+        raise TypeError(
+            f"{name} must be a portable_rnn.layers RNN, LSTM or GRU spec, got {type(spec).__name__}"
+        )
+    return spec
+
+
+def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
+    """Refuse a spec that ``target`` cannot hold: another mode, or more than one unidirectional layer."""
+    check_spec(spec)
+    if spec.mode not in modes:
+        raise ValueError(f"{target} has no {type(spec).__name__}; supported: {[m.upper() for m in modes]}")
+    if spec.num_layers != 1 or spec.bidirectional:
+        raise ValueError(
+            f"{target} holds one unidirectional layer; got num_layers={spec.num_layers}, "
+            f"bidirectional={spec.bidirectional}"
+        )
+
+
+def overrides(obj, base, method: str) -> bool:
+    """Whether ``type(obj)`` replaces ``base.method`` (then we cannot know what it computes)."""
+    return getattr(type(obj), method) is not getattr(base, method)
+
+
+def check_names(what: str, got, expected, hint: str = "") -> None:
+    """``ValueError`` naming the missing and unexpected names of ``got`` (a mapping of a foreign format)."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if missing or extra:
+        raise ValueError(f"{what}: missing {missing}, unexpected {extra}{hint}")
+
+
+def dtype_name(xp, dtype, what: str = "dtype") -> str:
+    """``"float32"`` or ``"float64"`` for a dtype of ``xp``; ``TypeError`` for any other."""
+    try:
+        name = f"float{xp.finfo(dtype).bits}"
+    except Exception:  # not a floating dtype of xp
+        name = None
+    if name not in DTYPES:
+        raise TypeError(f"{what} is {dtype}; expected one of {list(DTYPES)}")
+    return name
+
+
+def host_dtype(host: dict, what: str) -> str:
+    """The one dtype name (``"float32"``/``"float64"``) of the host arrays of ``host``."""
+    dtype = check_floating(_np_xp, **{f"{what}[{k!r}]": a for k, a in host.items()})
+    return dtype_name(_np_xp, dtype, what)
+
+
+def check_spec_params(spec, params, name: str = "params"):
+    """Check ``params`` against ``spec``: exact keys and shapes, one library, dtype and device.
+
+    Returns
+    -------
+    xp : namespace
+    dtype : dtype
+        float32 or float64.
+    """
+    check_spec(spec)
+    return check_params(name, params, spec.param_shapes(), spec)
+
+
+def host_params(spec, params, name: str = "params") -> tuple[dict, str]:
+    """Checked host copies of a spec's parameters.
+
+    Parameters
+    ----------
+    spec : RNN, LSTM or GRU
+    params : dict of str to array
+        Exactly ``spec.param_shapes()``, one library, one float32/float64
+        dtype, one device.
+    name : str
+        What to call ``params`` in messages.
+
+    Returns
+    -------
+    host : dict of str to numpy.ndarray
+        Fresh C-contiguous copies, in ``spec.param_shapes()`` order.
+    dtype : {"float32", "float64"}
+    """
+    xp, dtype = check_spec_params(spec, params, name)
+    host = {k: to_host(params[k], f"{name}[{k!r}]") for k in spec.param_shapes()}
+    return host, dtype_name(xp, dtype, name)
+
+
+def to_target(host: dict, like=None, xp=None, dtype=None, device=None, *, source_dtype: str) -> dict:
+    """Host arrays as arrays of the requested namespace, dtype and device (same keys, same order).
+
+    Parameters
+    ----------
+    host : dict of str to numpy.ndarray
+    like : array, optional
+        Take namespace, dtype and device from it.
+    xp : module, optional
+        Target library; default NumPy.
+    dtype : dtype or {"float32", "float64"}, optional
+        Default: ``source_dtype`` (or the dtype of ``like``).
+    device : device, optional
+        Default: the library's default device (or the device of ``like``).
+    source_dtype : {"float32", "float64"}
+        The dtype of the host arrays.
+
+    Raises
+    ------
+    TypeError
+        A target dtype other than float32/float64, or ``like=`` with ``xp=``.
+    portable_rnn.backends.BackendError
+        The library made another dtype than the one asked for (JAX float64
+        outside :func:`portable_rnn.backends.jax_float64`).
+    """
+    xp, dtype, device = resolve_target(like, xp, dtype, device, default_dtype=source_dtype)
+    return to_namespace(host, xp, dtype, device)
