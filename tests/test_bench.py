@@ -1,4 +1,4 @@
-"""``python -m portable_rnn.bench --quick`` runs and writes the documented JSON.
+"""``portable-rnn bench --quick`` runs and writes the documented JSON.
 
 No timing is asserted: the numbers depend on the machine and its load.
 """
@@ -8,11 +8,19 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from portable_rnn import bench
+from portable_rnn.app import cli
+from portable_rnn.app.bench import machine, timing
+from portable_rnn.app.bench.cases import BENCH_CELLS
+from portable_rnn.app.bench.contenders import Contender
+from portable_rnn.app.bench.run import SCHEMA, run
+from portable_rnn.app.bench.targets import targets
+from portable_rnn.cells import CELLS
 
 CONTENDER_FIELDS = {
     "kind", "device", "group", "median_s", "times_s", "gflops", "compile_s", "peak_bytes",
@@ -25,10 +33,10 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 
 def _quick(tmp_path, *flags):
     path = tmp_path / "bench.json"
-    status = bench.main(["--quick", "--json", str(path), "--no-compile-study", *flags])
+    status = cli.main(["bench", "--quick", "--json", str(path), "--no-compile-study", *flags])
     assert status == 0
     report = json.loads(path.read_text())
-    assert report["schema"] == bench.SCHEMA
+    assert report["schema"] == SCHEMA
     assert set(report) == {"schema", "machine", "settings", "results", "compile_vs_T", "targets"}
     machine = report["machine"]
     for key in ("cpu", "cores", "threads", "platform", "python", "versions", "blas", "env",
@@ -45,7 +53,7 @@ def _quick(tmp_path, *flags):
 def _check_result(result, cell, expect):
     assert RESULT_FIELDS <= set(result)
     assert result["cell"] == cell
-    G = bench.GATES[cell]
+    G = CELLS[cell].n_gates
     N, T, D, H = result["N"], result["T"], result["D"], result["H"]
     assert result["flops"] == 6 * T * N * G * H * (D + H)
     for name in expect:
@@ -62,7 +70,7 @@ def _check_result(result, cell, expect):
 
 def test_quick_numpy_writes_the_documented_json(tmp_path):
     report = _quick(tmp_path, "--backends", "numpy")
-    assert [r["cell"] for r in report["results"]] == list(bench.CELLS)
+    assert [r["cell"] for r in report["results"]] == list(BENCH_CELLS)
     expect = ["numpy", "gemm"] + (["torch.nn"] if HAS_TORCH else [])
     for result in report["results"]:
         _check_result(result, result["cell"], expect)
@@ -72,7 +80,7 @@ def test_quick_numpy_writes_the_documented_json(tmp_path):
         if HAS_TORCH:
             assert "numpy/torch.nn" in result["ratios"]
             assert numpy["err"] < 1e-4  # same function as torch.nn, float32
-    assert report["targets"] == []  # targets are stated for the issue's configurations only
+    assert report["targets"] == []  # targets are stated for the reference configurations only
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch: not installed")
@@ -97,36 +105,45 @@ def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
     assert "jax/jax.grad" in result["ratios"]
 
 
-def test_targets_are_computed_for_issue_configurations():
+def test_targets_are_computed_for_the_reference_configurations():
     """The target table, from a made-up result (no timing involved)."""
     result = {"cell": "lstm", "N": 64, "T": 100, "D": 128, "H": 256, "dtype": "float32",
               "ratios": {"numpy/torch.nn": 0.9, "numpy/gemm": 1.3, "jax/jax.grad": 0.8, "torch/torch.nn": 1.1},
               "contenders": {"numpy": {"peak_over_tape": 1.5, "peak_over_tape_and_grads": 1.1}}}
-    targets = {t["name"].split(" ")[0] + " " + t["name"].split(" ")[1]: t
-               for t in bench._targets([result], [{"T": 10, "ours": 1.0}, {"T": 1000, "ours": 1.2}])}
-    assert targets["numpy/torch.nn lstm"]["met"] is True
-    assert targets["numpy/gemm lstm"]["met"] is False
-    assert targets["jax/jax.grad lstm"]["met"] is True
-    assert targets["torch/torch.nn lstm"]["met"] is True
-    assert targets["numpy peak/(tape+grads)"]["met"] is True
-    assert targets["jax compile"]["met"] is True
+    met = {t["name"].split(" ")[0] + " " + t["name"].split(" ")[1]: t["met"]
+           for t in targets([result], [{"T": 10, "ours": 1.0}, {"T": 1000, "ours": 1.2}])}
+    assert met["numpy/torch.nn lstm"] is True
+    assert met["numpy/gemm lstm"] is False
+    assert met["jax/jax.grad lstm"] is True
+    assert met["torch/torch.nn lstm"] is True
+    assert met["numpy peak/(tape+grads)"] is True
+    assert met["jax compile"] is True
 
 
 def test_bad_flags_exit_with_status_2(capsys):
-    assert bench.main(["--quick", "--cells", "transformer"]) == 2
+    assert cli.main(["bench", "--quick", "--cells", "transformer"]) == 2
     assert "unknown cell" in capsys.readouterr().err
-    assert bench.main(["--quick", "--backends", "tpu"]) == 2
-    with pytest.raises(SystemExit) as info:
-        bench.main(["--configs", "64x100"])
-    assert info.value.code == 2
+    assert cli.main(["bench", "--quick", "--backends", "tpu"]) == 2
+    assert "unknown backend" in capsys.readouterr().err
+    assert cli.main(["bench", "--configs", "64x100"]) == 2
+    assert "bad config" in capsys.readouterr().err
+    assert cli.main(["bench", "--repeats", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "portable_rnn.app.bench", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "portable-rnn bench" in result.stdout
 
 
 def test_run_returns_the_report_and_restores_thread_settings():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
     out = io.StringIO()
-    report = bench.run(configs=[(2, 3, 2, 3, "float64")], cells=["rnn"], backends=["numpy"], repeats=5,
-                       threads=1, quick=True, out=out)
+    report = run(configs=[(2, 3, 2, 3, "float64")], cells=["rnn"], backend_names=["numpy"], repeats=5,
+                 threads=1, quick=True, out=out)
     after = [d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"]
     assert before == after
     assert report["results"][0]["contenders"]["numpy"]["median_s"] > 0
@@ -135,11 +152,11 @@ def test_run_returns_the_report_and_restores_thread_settings():
 
 def test_cuda_contenders_skip_with_a_reason_without_a_gpu():
     """The CUDA path is the same code as the CPU one; without a GPU it reports why it did not run."""
-    cuda = bench._cuda_info()
+    cuda = machine.cuda_info()
     if cuda is not None:
         pytest.skip("a CUDA device is present: the quick bench covers it")
-    report = bench.run(configs=[(2, 3, 2, 3, "float32")], cells=["lstm"],
-                       backends=["torch:cuda", "cupy", "jax:gpu"], repeats=5, quick=True, out=False)
+    report = run(configs=[(2, 3, 2, 3, "float32")], cells=["lstm"],
+                 backend_names=["torch:cuda", "cupy", "jax:gpu"], repeats=5, quick=True, out=False)
     (result,) = report["results"]
     assert result["contenders"] == {}
     for name in ("torch:cuda", "cupy", "jax:gpu", "torch.nn:cuda", "gemm:torch:cuda"):
@@ -152,9 +169,9 @@ def test_cuda_contenders_skip_with_a_reason_without_a_gpu():
 def test_short_runs_get_more_rounds():
     """Rounds triple when every contender's first timed run is under SHORT_S, not otherwise."""
     def contender(name, seconds):
-        return bench.Contender(name, "ours", "cpu", lambda: time.sleep(seconds))
+        return Contender(name, "ours", "cpu", lambda: time.sleep(seconds))
 
-    times, _ = bench._time_all([contender("a", 0), contender("b", 0)], repeats=5)
+    times, _ = timing.time_all([contender("a", 0), contender("b", 0)], repeats=5)
     assert {k: len(v) for k, v in times.items()} == {"a": 15, "b": 15}
-    times, _ = bench._time_all([contender("a", 0), contender("slow", bench.SHORT_S)], repeats=5)
+    times, _ = timing.time_all([contender("a", 0), contender("slow", timing.SHORT_S)], repeats=5)
     assert {k: len(v) for k, v in times.items()} == {"a": 5, "slow": 5}

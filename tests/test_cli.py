@@ -1,8 +1,10 @@
 """The ``portable-rnn`` command line: train, resume, sample, gradients, check, and bad input.
 
 Every run here is tiny (hidden 8, windows of 8 characters, a few steps) and
-goes through :func:`portable_rnn.cli.main`, the function behind the console
-script and ``python -m portable_rnn``.
+goes through :func:`portable_rnn.app.cli.main`, the function behind the
+console script and ``python -m portable_rnn``. Every test runs in an empty
+folder of its own, and passes explicit paths under it: the commands' default
+paths (``runs/...``) never reach the checkout.
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 
-from portable_rnn import cli, train as train_mod
-from portable_rnn.train import CHECKPOINT, HISTORY, PLOT, SAMPLES, load_checkpoint
+from portable_rnn.app import cli, corpus
+from portable_rnn.io import write_archive
+from portable_rnn.app.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from portable_rnn.app.train import HISTORY, PLOT, SAMPLES
+from portable_rnn.testing.fixtures import FIXTURES
+
 
 def _installed(name):
     try:
@@ -44,6 +51,12 @@ def _history(out):
     return json.loads((out / HISTORY).read_text())
 
 
+@pytest.fixture(autouse=True)
+def _in_an_empty_folder(tmp_path_factory, monkeypatch):
+    """Run each test in a fresh empty working directory, so no default path reaches the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 # --------------------------------------------------------------------------- help and check
 
 
@@ -63,6 +76,14 @@ def test_python_dash_m_without_arguments_exits_0_with_help():
 def test_check_still_works(capsys):
     assert cli.main(["check", "--backend", "numpy"]) == 0
     assert "all documented numbers reproduced" in capsys.readouterr().out
+
+
+def test_drawing_the_fixtures_leaves_numpys_global_generator_alone():
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    for fixture in FIXTURES:
+        fixture.draw()
+    assert np.array_equal(np.random.get_state()[1], before)
 
 
 # --------------------------------------------------------------------------- train, resume, sample
@@ -86,7 +107,7 @@ def test_train_writes_checkpoint_history_plot_and_samples(capsys, tmp_path):
     assert "done: steps 0->6" in stdout
     ckpt = load_checkpoint(out)
     assert ckpt.meta["step"] == 6 and ckpt.meta["history"]["loss"] == history["loss"]
-    assert ckpt.model.hidden_size == 8 and ckpt.model.cell == "lstm"
+    assert ckpt.model.hidden_size == 8 and ckpt.model.mode == "lstm"
     assert [f for f in os.listdir(out) if f.endswith(".tmp")] == []
 
 
@@ -105,18 +126,18 @@ def test_resume_continues_the_same_loss_curve(capsys, tmp_path):
 def test_interrupted_run_keeps_a_checkpoint_and_resumes_exactly(capsys, tmp_path, monkeypatch):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert _train(capsys, straight, steps=8)[0] == 0
-    original = train_mod.BatchSchedule.__call__
+    original = corpus.BatchSchedule.__call__
 
     def interrupt_at_5(self, step):
         if step == 5:
             raise KeyboardInterrupt
         return original(self, step)
 
-    monkeypatch.setattr(train_mod.BatchSchedule, "__call__", interrupt_at_5)
+    monkeypatch.setattr(corpus.BatchSchedule, "__call__", interrupt_at_5)
     rc, stdout, _ = _train(capsys, broken, steps=8)
     assert rc == 130 and "interrupted at step 5" in stdout
     assert load_checkpoint(broken).meta["step"] == 5
-    monkeypatch.setattr(train_mod.BatchSchedule, "__call__", original)
+    monkeypatch.setattr(corpus.BatchSchedule, "__call__", original)
     assert _train(capsys, broken, "--resume", steps=None)[0] == 0  # the checkpoint remembers --steps 8
     assert _history(broken) == _history(straight)
 
@@ -126,13 +147,15 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(capsys, tmp_path, 
     assert _train(capsys, out, steps=2)[0] == 0
     before = (out / CHECKPOINT).read_bytes()
 
-    def broken_savez(f, **arrays):
-        f.write(b"PK\x03\x04 half a file")
+    ckpt = load_checkpoint(out)
+    ckpt.meta["step"] = 99
+
+    def disk_full(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_mod.np, "savez", broken_savez)
+    monkeypatch.setattr(os, "fsync", disk_full)  # the new file is written, then cannot be made durable
     with pytest.raises(OSError, match="disk full"):
-        train_mod.save_checkpoint(out / CHECKPOINT, load_checkpoint(out))
+        save_checkpoint(out / CHECKPOINT, ckpt)
     assert (out / CHECKPOINT).read_bytes() == before
     assert [f for f in os.listdir(out) if f.endswith(".tmp")] == []
 
@@ -222,11 +245,17 @@ def files(tmp_path_factory):
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, weights=np.ones(3))
     other = tmp_path / "other.npz"
-    np.savez(other, meta=np.frombuffer(json.dumps({"format": "someone.else", "version": 3}).encode(), np.uint8))
-    pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, meta=np.array([{"format": "portable_rnn.CharModel"}], dtype=object))
+    write_archive(other, {"weights": np.ones(3)}, {"format": "someone.else", "version": 3})
     good = tmp_path / "good"
     assert cli.main(["train", *TINY, "--steps", "2", "--progress", "none", "--out", str(good)]) == 0
+    pickled = tmp_path / "pickled.npz"  # the good checkpoint with one member a pickled object array
+    with zipfile.ZipFile(good / CHECKPOINT) as src, zipfile.ZipFile(pickled, "w") as dst:
+        for info in src.infolist():
+            if info.filename == "params/decoder.bias.npy":
+                with dst.open(info.filename, "w") as member:
+                    np.lib.format.write_array(member, np.array([{"not": "numbers"}], dtype=object))
+            else:
+                dst.writestr(info, src.read(info))
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes((good / CHECKPOINT).read_bytes()[:300])
     corrupt_dir = tmp_path / "corrupt"
@@ -238,28 +267,31 @@ def files(tmp_path_factory):
 
 
 BAD = {
-    "missing text": (["train", "--text", "{tmp}/nope.txt"], "does not exist"),
-    "empty text": (["train", "--text", "{empty}"], "is empty"),
-    "non-UTF-8 text": (["train", "--text", "{latin1}"], "is not UTF-8"),
-    "text is a folder": (["train", "--text", "{tmp}"], "is a directory"),
-    "seq-len longer than the text": (["train", "--text", "{short}", "--seq-len", "50"], "not shorter than the text"),
-    "batch too large for the text": (["train", "--text", "{short}", "--seq-len", "4", "--batch", "8"], "lower --batch"),
+    "missing text": (["train", "--text", "{tmp}/nope.txt", "--out", "{tmp}/c"], "does not exist"),
+    "empty text": (["train", "--text", "{empty}", "--out", "{tmp}/c"], "is empty"),
+    "non-UTF-8 text": (["train", "--text", "{latin1}", "--out", "{tmp}/c"], "is not UTF-8"),
+    "text is a folder": (["train", "--text", "{tmp}", "--out", "{tmp}/c"], "is a directory"),
+    "seq-len longer than the text": (["train", "--text", "{short}", "--seq-len", "50", "--out", "{tmp}/c"],
+                                     "not shorter than the text"),
+    "batch too large for the text": (["train", "--text", "{short}", "--seq-len", "4", "--batch", "8",
+                                      "--out", "{tmp}/c"], "lower --batch"),
     "cupy not installed or no such GPU": (["train", "--backend", "cupy", "--device", "999", "--out", "{tmp}/c"],
                                          "cupy"),
     "torch device missing": (["train", "--backend", "torch", "--device", "cuda:999", "--out", "{tmp}/c"],
-                             "not available"),
-    "jax device missing": (["train", "--backend", "jax", "--device", "tpu", "--out", "{tmp}/c"], "not available"),
+                             "cannot use device 'cuda:999'"),
+    "jax device missing": (["train", "--backend", "jax", "--device", "tpu", "--out", "{tmp}/c"],
+                           "cannot use device 'tpu'"),
     "numpy on a GPU": (["train", "--device", "cuda", "--out", "{tmp}/c"], "CPU only"),
     "strict device missing": (["train", "--backend", "array_api_strict", "--device", "nowhere", "--out", "{tmp}/c"],
-                              "not available"),
-    "negative hidden": (["train", "--hidden", "-4"], "positive integer"),
-    "zero layers": (["train", "--layers", "0"], "positive integer"),
-    "negative lr": (["train", "--lr", "-0.1"], "positive number"),
-    "nan lr": (["train", "--lr", "nan"], "positive number"),
-    "text steps": (["train", "--steps", "many"], "positive integer"),
-    "unknown cell": (["train", "--cell", "transformer"], "invalid choice"),
-    "unknown backend": (["train", "--backend", "tensorflow"], "invalid choice"),
-    "unknown flag": (["train", "--hiden", "4"], "unrecognized arguments"),
+                              "cannot use device 'nowhere'"),
+    "negative hidden": (["train", "--hidden", "-4", "--out", "{tmp}/c"], "positive integer"),
+    "zero layers": (["train", "--layers", "0", "--out", "{tmp}/c"], "positive integer"),
+    "negative lr": (["train", "--lr", "-0.1", "--out", "{tmp}/c"], "positive number"),
+    "nan lr": (["train", "--lr", "nan", "--out", "{tmp}/c"], "positive number"),
+    "text steps": (["train", "--steps", "many", "--out", "{tmp}/c"], "positive integer"),
+    "unknown cell": (["train", "--cell", "transformer", "--out", "{tmp}/c"], "invalid choice"),
+    "unknown backend": (["train", "--backend", "tensorflow", "--out", "{tmp}/c"], "invalid choice"),
+    "unknown flag": (["train", "--hiden", "4", "--out", "{tmp}/c"], "unrecognized arguments"),
     "unknown command": (["fly"], "invalid choice"),
     "resume without checkpoint": (["train", "--resume", "--out", "{tmp}/none"], "nothing to resume"),
     "resume a corrupt checkpoint": (["train", "--resume", "--out", "{corrupt_dir}"], "checkpoint"),
@@ -267,22 +299,22 @@ BAD = {
     "resume on another text": (["train", "--resume", "--out", "{good}", "--text", "{latin1}"], "UTF-8"),
     "existing checkpoint": (["train", "--out", "{good}"], "already exists"),
     "sample missing checkpoint": (["sample", "{tmp}/none.npz"], "does not exist"),
-    "sample garbage": (["sample", "{garbage}"], "not an .npz"),
-    "sample foreign npz": (["sample", "{foreign}"], "not a portable-rnn checkpoint"),
-    "sample another format": (["sample", "{other}"], "format 'someone.else'"),
-    "sample pickled npz": (["sample", "{pickled}"], "not a readable portable-rnn checkpoint"),
+    "sample garbage": (["sample", "{garbage}"], "is not a readable .npz"),
+    "sample foreign npz": (["sample", "{foreign}"], "not written by portable_rnn"),
+    "sample another format": (["sample", "{other}"], "not a portable-rnn checkpoint (format 'someone.else')"),
+    "sample pickled npz": (["sample", "{pickled}"], "'params/decoder.bias' holds a pickled object array"),
     "sample truncated": (["sample", "{truncated}"], "checkpoint"),
     "sample unknown prime": (["sample", "{good}", "--prime", "\u00e9t\u00e9"], "never saw"),
     "sample negative length": (["sample", "{good}", "--length", "-1"], "non-negative integer"),
     "sample bad top-k": (["sample", "{good}", "--top-k", "0"], "positive integer"),
     "sample torch on missing device": (["sample", "{good}", "--backend", "torch", "--device", "cuda:999"],
-                                       "not available"),
-    "gradients too short": (["gradients", "--steps", "1"], "at least 2"),
+                                       "cannot use device 'cuda:999'"),
+    "gradients too short": (["gradients", "--steps", "1", "--out", "{tmp}/g"], "at least 2"),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_on_stderr_and_exit_2(case, files, capsys):
+def _run_bad(case, files, capsys):
+    """Run a ``BAD`` case; check its one line on stderr and exit status 2."""
     argv, expected = BAD[case]
     argv = [a.format(**files) for a in argv]
     if "--backend" in argv:  # without the library the message says how to install it instead
@@ -299,10 +331,26 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(case, files, capsys):
     assert "Traceback" not in captured.err + captured.out
 
 
-@pytest.mark.parametrize("library, hint", [("jax", "pip install 'portable-rnn[jax]'"), ("torch", "pip install torch")])
-def test_a_missing_backend_names_what_to_install(library, hint, monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_on_stderr_and_exit_2(case, files, capsys):
+    _run_bad(case, files, capsys)
+
+
+def test_a_run_left_in_the_working_directory_changes_no_outcome(files, capsys, monkeypatch, tmp_path):
+    """After ``portable-rnn train`` in a folder (it writes runs/char-model/), the CLI tests still pass there."""
+    left = tmp_path / "runs" / "char-model"
+    left.mkdir(parents=True)
+    (left / CHECKPOINT).write_bytes((files["good"] / CHECKPOINT).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    for case in BAD:
+        _run_bad(case, files, capsys)
+    assert os.listdir(tmp_path) == ["runs"] and os.listdir(left) == [CHECKPOINT]
+
+
+@pytest.mark.parametrize("library", ["jax", "torch"])
+def test_a_missing_backend_names_what_to_install(library, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, library, None)  # makes `import library` fail as if not installed
     rc = cli.main(["train", "--backend", library, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
-    assert f"backend '{library}' is not installed: {hint}" in err
+    assert f"{library} is not installed (pip install 'portable-rnn[{library}]')" in err

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from portable_rnn.train import TrainConfig, train
+from portable_rnn.app.train import TrainConfig, train
 
 pytestmark = pytest.mark.soak
 

@@ -1,10 +1,13 @@
 """The documented fixtures of the two classic exercises, on any backend.
 
-Every input is drawn on the host exactly as the exercises did
-(``np.random.seed(1)`` then ``np.random.randn`` in a fixed order, float64),
-then converted by the caller's ``convert`` function. Each fixture maps labels
-such as ``"a_next[4]"`` to the printed reference numbers. Used by
-``portable-rnn check`` and by the test suite.
+Every input is drawn on the host as the exercises drew it: a generator seeded
+with 1, then ``randn`` in a fixed order, float64. The generator is a local
+:class:`numpy.random.RandomState` (the legacy generator behind
+``np.random.seed``/``np.random.randn``, so the numbers are the exercises'),
+never NumPy's global one, so drawing a fixture changes no other random
+stream. The caller's ``convert`` function then puts each input on its backend.
+Each fixture maps labels such as ``"a_next[4]"`` to the printed reference
+numbers. Used by ``portable-rnn check`` and by the test suite.
 
 ``lstm_backward`` carries a known erratum: the printed numbers are truncated
 BPTT with one-step windows; the full-BPTT numbers (which autodiff confirms)
@@ -19,69 +22,65 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import stepbystep as sbs
+from .. import stepbystep as sbs
 
 __all__ = ["Fixture", "FIXTURES"]
 
 
 def _draws(*named_shapes):
-    """Seed 1, then one ``randn`` per (name, shape), in order."""
-    np.random.seed(1)
-    return {name: np.random.randn(*shape) for name, shape in named_shapes}
+    """A generator seeded with 1, then one ``randn`` per (name, shape), in order."""
+    rng = np.random.RandomState(1)
+    return {name: rng.randn(*shape) for name, shape in named_shapes}
+
+
+_RNN_WEIGHT_DRAWS = (("Waa", (5, 5)), ("Wax", (5, 3)), ("Wya", (2, 5)), ("ba", (5, 1)), ("by", (2, 1)))
+_LSTM_WEIGHT_DRAWS = (("Wf", (5, 8)), ("bf", (5, 1)), ("Wi", (5, 8)), ("bi", (5, 1)),
+                      ("Wo", (5, 8)), ("bo", (5, 1)), ("Wc", (5, 8)), ("bc", (5, 1)))
+_LSTM_CELL_DRAWS = (("xt", (3, 10)), ("a_prev", (5, 10)), ("c_prev", (5, 10)),
+                    *_LSTM_WEIGHT_DRAWS, ("Wy", (2, 5)), ("by", (2, 1)))
 
 
 def _rnn_inputs(with_sequence: bool):
     first = ("x", (3, 10, 4)) if with_sequence else ("xt", (3, 10))
-    d = _draws(first, ("a0" if with_sequence else "a_prev", (5, 10)), ("Waa", (5, 5)),
-               ("Wax", (5, 3)), ("Wya", (2, 5)), ("ba", (5, 1)), ("by", (2, 1)))
-    return d
+    return _draws(first, ("a0" if with_sequence else "a_prev", (5, 10)), *_RNN_WEIGHT_DRAWS)
 
 
 def _lstm_params(d):
     return {k: d[k] for k in ("Wf", "bf", "Wi", "bi", "Wo", "bo", "Wc", "bc", "Wy", "by")}
 
 
-_LSTM_WEIGHT_DRAWS = (("Wf", (5, 8)), ("bf", (5, 1)), ("Wi", (5, 8)), ("bi", (5, 1)),
-                      ("Wo", (5, 8)), ("bo", (5, 1)), ("Wc", (5, 8)), ("bc", (5, 1)))
-
-
 def _lstm_cell_inputs():
-    return _draws(("xt", (3, 10)), ("a_prev", (5, 10)), ("c_prev", (5, 10)),
-                  *_LSTM_WEIGHT_DRAWS, ("Wy", (2, 5)), ("by", (2, 1)))
+    return _draws(*_LSTM_CELL_DRAWS)
+
+
+def _lstm_forward_inputs():
+    return _draws(("x", (3, 10, 7)), ("a0", (5, 10)), *_LSTM_WEIGHT_DRAWS, ("Wy", (2, 5)), ("by", (2, 1)))
 
 
 def _rnn_cell_backward_inputs():
-    # Quirk of the exercise: its parameters carry the `ba` left over from the
-    # rnn_forward fixture, not the `b` drawn here.
-    ba = _rnn_inputs(with_sequence=True)["ba"]
+    # Quirk of the exercise: its parameters carry the `ba` of the rnn_forward
+    # fixture, not the `b` drawn here.
     d = _draws(("xt", (3, 10)), ("a_prev", (5, 10)), ("Wax", (5, 3)), ("Waa", (5, 5)),
-               ("Wya", (2, 5)), ("b", (5, 1)), ("by", (2, 1)))
-    d["ba"] = ba
-    d["da_next"] = np.random.randn(5, 10)
+               ("Wya", (2, 5)), ("b", (5, 1)), ("by", (2, 1)), ("da_next", (5, 10)))
+    d["ba"] = _rnn_inputs(with_sequence=True)["ba"]
     return d
 
 
 def _rnn_backward_inputs():
-    d = _draws(("x", (3, 10, 4)), ("a0", (5, 10)), ("Wax", (5, 3)), ("Waa", (5, 5)),
-               ("Wya", (2, 5)), ("ba", (5, 1)), ("by", (2, 1)))
-    d["da"] = np.random.randn(5, 10, 4)
-    return d
+    return _draws(("x", (3, 10, 4)), ("a0", (5, 10)), ("Wax", (5, 3)), ("Waa", (5, 5)),
+                  ("Wya", (2, 5)), ("ba", (5, 1)), ("by", (2, 1)), ("da", (5, 10, 4)))
 
 
 def _lstm_cell_backward_inputs():
-    d = _lstm_cell_inputs()
-    d["da_next"] = np.random.randn(5, 10)
-    d["dc_next"] = np.random.randn(5, 10)
-    return d
+    return _draws(*_LSTM_CELL_DRAWS, ("da_next", (5, 10)), ("dc_next", (5, 10)))
 
 
 def _lstm_backward_inputs():
-    # Wy and by are those of the lstm_cell_backward fixture (not drawn here);
-    # they do not reach the gradients. Draw them first: _draws reseeds.
+    # Quirk of the exercise: Wy and by are those of the lstm_cell_backward
+    # fixture, not drawn here; they do not reach the gradients.
+    d = _draws(("x", (3, 10, 7)), ("a0", (5, 10)), *_LSTM_WEIGHT_DRAWS, ("da", (5, 10, 4)))
     cell = _lstm_cell_inputs()
-    d = _draws(("x", (3, 10, 7)), ("a0", (5, 10)), *_LSTM_WEIGHT_DRAWS)
     d["Wy"], d["by"] = cell["Wy"], cell["by"]
-    d["da"] = np.random.randn(5, 10, 4)
     return d
 
 
@@ -227,9 +226,7 @@ FIXTURES = (
         {"a_next": (5, 10), "c_next": (5, 10), "yt": (2, 10)},
     ),
     Fixture(
-        "lstm_forward", lambda: {**_draws(("x", (3, 10, 7)), ("a0", (5, 10)), *_LSTM_WEIGHT_DRAWS,
-                                          ("Wy", (2, 5)), ("by", (2, 1)))},
-        _run_lstm_forward,
+        "lstm_forward", _lstm_forward_inputs, _run_lstm_forward,
         {
             "a[4][3][6]": ("a", (4, 3, 6), 0.17211776753291672),
             "y[1][4][3]": ("y", (1, 4, 3), 0.9508734618501101),

@@ -1,0 +1,70 @@
+"""``portable-rnn check``: the documented numbers of the two exercises on every backend and dtype."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .. import backends
+from ..testing.fixtures import FIXTURES
+
+__all__ = ["TOLERANCES", "run_check"]
+
+#: ``dtype -> (rtol, atol)`` against the printed numbers (8 significant digits).
+TOLERANCES = {"float64": (1e-7, 1e-8), "float32": (1e-4, 1e-5)}
+
+
+def _failures(backend: backends.Backend, dtype: str) -> list[str]:
+    """Every fixture on ``backend`` in ``dtype``: one line per mismatch or error."""
+    rtol, atol = TOLERANCES[dtype]
+    failures = []
+    for fixture in FIXTURES:
+        try:
+            results = fixture.run(fixture.draw(), lambda a: backend.asarray(a, dtype), **fixture.options)
+            failures += [f"{fixture.name}: {p}" for p in fixture.mismatches(results, backend.to_numpy, rtol, atol)]
+        except Exception as error:  # report every backend, never stop at the first
+            failures.append(f"{fixture.name}: {type(error).__name__}: {error}")
+    return failures
+
+
+def run_check(backend_names=None, out=None) -> bool:
+    """Run every documented fixture on every backend and dtype; print a table.
+
+    JAX runs with float64 enabled (:func:`portable_rnn.backends.jax_float64`)
+    for the duration of the call.
+
+    Parameters
+    ----------
+    backend_names : list of str, optional
+        Names from :data:`portable_rnn.backends.BACKEND_NAMES`; default every one.
+    out : file, optional
+        Where the table goes (default ``sys.stdout`` at call time).
+
+    Returns
+    -------
+    bool
+        True when every fixture passed on every available backend.
+    """
+    out = sys.stdout if out is None else out
+    header = f"{'backend':26s} {'dtype':8s} {'fixtures':>9s} {'time':>9s}  result"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    all_ok = True
+    with backends.jax_float64():
+        available, unavailable = backends.discover(backend_names)
+        for name, backend in available.items():
+            for dtype in backends.DTYPES:
+                start = time.perf_counter()
+                failures = _failures(backend, dtype)
+                elapsed = time.perf_counter() - start
+                passed = len(FIXTURES) - len({f.split(":")[0] for f in failures})
+                all_ok &= not failures
+                print(f"{name:26s} {dtype:8s} {passed:>4d}/{len(FIXTURES):<4d} {elapsed * 1e3:7.1f}ms  "
+                      f"{'FAIL' if failures else 'PASS'}", file=out)
+                for failure in failures:
+                    print(f"    {failure}", file=out)
+    for name, reason in unavailable.items():
+        print(f"{name:26s} {'-':8s} {'-':>9s} {'-':>9s}  skipped: {reason}", file=out)
+    print(f"\n{'all documented numbers reproduced' if all_ok else 'SOME FIXTURES FAILED'} "
+          f"on {len(available)} backend(s)", file=out)
+    return all_ok

@@ -1,0 +1,283 @@
+"""The ``portable-rnn`` command line (also ``python -m portable_rnn``): argument parsing and dispatch.
+
+``portable-rnn check``
+    Run the documented fixtures on every installed backend and device and
+    print a pass/fail table with timings: the first thing to run after
+    installing (:mod:`portable_rnn.app.check`).
+``portable-rnn train``
+    Train a character language model (default: an LSTM on a selection of
+    Shakespeare's Sonnets shipped with the package, about a minute on two CPU
+    cores); see :mod:`portable_rnn.app.train`.
+``portable-rnn sample CHECKPOINT``
+    Generate text from a checkpoint written by ``train``.
+``portable-rnn gradients``
+    The vanishing-gradient picture (:mod:`portable_rnn.app.gradients`).
+``portable-rnn bench``
+    Forward + backward timings against torch.nn, jax.grad and the GEMM bound
+    (:mod:`portable_rnn.app.bench`).
+
+With no command it prints this help. Bad input (files, flags, backends,
+devices, checkpoints) gives one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..backends import BACKEND_NAMES, BackendError
+from ..layers import LAYERS
+from .bench.cases import BENCH_BACKENDS, BENCH_CELLS
+from .bench.run import run as run_bench
+from .bench.run import write_json
+from .bench.timing import SETTLE_S
+from .check import run_check
+from .errors import UsageError
+from .gradients import run_gradients
+from .sample import sample_text
+from .checkpoint import DEFAULTS
+from .train import DEFAULT_STEPS, TrainConfig, train
+
+__all__ = ["main"]
+
+PROG = "portable-rnn"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, minimum, strict, what):
+    """An argparse type: a finite ``kind`` >= ``minimum`` (> with ``strict``)."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_POS_INT = _number(int, 0, True, "a positive integer")
+_NONNEG_INT = _number(int, 0, False, "a non-negative integer")
+_POS_FLOAT = _number(float, 0.0, True, "a positive number")
+_NONNEG_FLOAT = _number(float, 0.0, False, "a non-negative number")
+
+
+def _names(choices, what):
+    """An argparse type: a comma-separated list of names from ``choices``."""
+
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        for name in names:
+            if name not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {what} {name!r}; expected one of {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def _bench_config(text):
+    """An argparse type: ``NxTxDxH[:float32|float64]`` -> ``(N, T, D, H, dtype)``."""
+    try:
+        shape, _, dtype = text.partition(":")
+        N, T, D, H = (int(v) for v in shape.lower().split("x"))
+        dtype = dtype or "float32"
+        if dtype not in ("float32", "float64") or min(N, T, D, H) < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad config {text!r}: expected NxTxDxH[:float32|float64], e.g. 64x100x128x256:float32"
+        ) from None
+    return (N, T, D, H, dtype)
+
+
+def _backend_flags(p, default="numpy"):
+    p.add_argument("--backend", choices=BACKEND_NAMES, default=default, help=f"array backend (default {default})")
+    p.add_argument("--device", help="device, e.g. cpu, cuda:0 (torch), gpu (jax), 0 (cupy)")
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train", help="train a character language model (default: LSTM on Shakespeare's Sonnets)",
+        description="Train a character language model with truncated BPTT, Adam and gradient clipping. "
+                    "Without --text it trains on a selection of Shakespeare's Sonnets shipped with the package.",
+    )
+    d = DEFAULTS
+    p.add_argument("--text", metavar="FILE", help="UTF-8 text file (default: the embedded sonnets)")
+    p.add_argument("--cell", choices=tuple(LAYERS), help=f"recurrent cell (default {d['cell']})")
+    _backend_flags(p)
+    p.add_argument("--hidden", type=_POS_INT, metavar="H", help=f"hidden size (default {d['hidden']})")
+    p.add_argument("--layers", type=_POS_INT, metavar="L", help=f"stacked layers (default {d['layers']})")
+    p.add_argument("--embed", type=_POS_INT, metavar="E", help=f"embedding size (default {d['embed']})")
+    p.add_argument("--seq-len", type=_POS_INT, metavar="T", help=f"characters per window (default {d['seq_len']})")
+    p.add_argument("--batch", type=_POS_INT, metavar="N", help=f"windows per step (default {d['batch']})")
+    p.add_argument("--steps", type=_POS_INT, metavar="S",
+                   help=f"total optimiser steps (default {DEFAULT_STEPS}; with --resume, the checkpoint's)")
+    p.add_argument("--truncate", type=_POS_INT, metavar="K",
+                   help="truncated BPTT window inside a sequence (default: full BPTT over --seq-len)")
+    p.add_argument("--lr", type=_POS_FLOAT, help=f"Adam learning rate (default {d['lr']})")
+    p.add_argument("--clip", type=_POS_FLOAT, help=f"global gradient-norm clip (default {d['clip']})")
+    p.add_argument("--seed", type=_NONNEG_INT, help=f"initialisation and batch seed (default {d['seed']})")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default float32)")
+    p.add_argument("--out", metavar="DIR", default="runs/char-model",
+                   help="folder for checkpoint.npz, history.json, loss.png, samples.txt (default runs/char-model)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true", help="start again even if DIR holds a checkpoint")
+    p.add_argument("--sample-every", type=_NONNEG_INT, default=250, metavar="S",
+                   help="print a sample every S steps (0: only at the end; default 250)")
+    p.add_argument("--checkpoint-every", type=_NONNEG_INT, default=100, metavar="S",
+                   help="save a checkpoint every S steps (0: only at the end; default 100)")
+    p.add_argument("--log-every", type=_POS_INT, default=100, metavar="S",
+                   help="progress line every S steps when not on a terminal (default 100)")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="tqdm bar on a terminal, plain lines otherwise (default auto)")
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.npz, or the --out folder of train")
+    p.add_argument("--prime", help="text to start from (default: a newline)")
+    p.add_argument("--length", type=_NONNEG_INT, default=500, help="characters to generate (default 500)")
+    p.add_argument("--temperature", type=_NONNEG_FLOAT, default=0.8,
+                   help="softmax temperature; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=_POS_INT, metavar="K", help="draw among the K most likely characters only")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="sampling seed (default 0)")
+    _backend_flags(p)
+
+
+def _add_gradients(sub):
+    p = sub.add_parser("gradients", help="plot the vanishing gradient of a vanilla RNN against an LSTM")
+    p.add_argument("--steps", type=_POS_INT, default=100, metavar="T", help="sequence length (default 100)")
+    p.add_argument("--hidden", type=_POS_INT, default=32, metavar="H", help="hidden size (default 32)")
+    p.add_argument("--inputs", type=_POS_INT, default=8, metavar="D", help="input size (default 8)")
+    p.add_argument("--forget-bias", type=float, default=1.0, help="LSTM forget-gate bias (default 1.0)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=0, help="seed (default 0)")
+    p.add_argument("--out", metavar="DIR", default="runs/gradients", help="folder for gradients.png")
+    _backend_flags(p)
+
+
+def _add_bench(sub):
+    p = sub.add_parser(
+        "bench", help="time forward+backward against torch.nn, jax.grad(lax.scan) and the GEMM bound",
+        description="Time forward+backward of RNN/LSTM/GRU layers on every backend against torch.nn, "
+                    "jax.grad(lax.scan) and the pure-GEMM bound.")
+    p.add_argument("--quick", action="store_true", help="tiny configurations for CI (a few seconds)")
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--backends", type=_names(BENCH_BACKENDS, "backend"),
+                   help=f"comma-separated, from {', '.join(BENCH_BACKENDS)} (default: all that work here)")
+    p.add_argument("--cells", type=_names(BENCH_CELLS, "cell"), default=list(BENCH_CELLS),
+                   help=f"comma-separated from {', '.join(BENCH_CELLS)}")
+    p.add_argument("--configs", type=lambda s: [_bench_config(c) for c in s.split(",") if c.strip()],
+                   help="comma-separated NxTxDxH[:dtype], e.g. 64x100x128x256:float32")
+    p.add_argument("--repeats", type=_POS_INT, default=5, help="timed rounds, median reported (default 5)")
+    p.add_argument("--threads", type=_POS_INT, help="threads for torch and BLAS (default: usable CPUs)")
+    p.add_argument("--portable", action="store_true", help="also time the NumPy portable path")
+    p.add_argument("--no-check", action="store_true", help="skip the gradient check against torch.nn")
+    p.add_argument("--no-compile-study", action="store_true", help="skip JAX compile time against T")
+    p.add_argument("--settle", type=_NONNEG_FLOAT, metavar="S",
+                   help=f"seconds of pause before every timed run (default {SETTLE_S}; 0 with --quick)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Recurrent networks with hand-written BPTT on any Array API backend.",
+        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    check = sub.add_parser("check", help="run the documented fixtures on every installed backend")
+    check.add_argument("--backend", action="append", choices=BACKEND_NAMES,
+                       help="only this backend (repeatable); default: every one installed")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_gradients(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _train(args) -> int:
+    fields = ("text", "out", "resume", "overwrite", "backend", "device", "steps", "cell", "hidden", "layers",
+              "embed", "seq_len", "batch", "truncate", "lr", "clip", "seed", "dtype", "sample_every",
+              "checkpoint_every", "log_every", "progress")
+    return train(TrainConfig(**{k: getattr(args, k) for k in fields})).status
+
+
+def _sample(args) -> int:
+    print(sample_text(args.checkpoint, prime=args.prime, length=args.length, temperature=args.temperature,
+                      top_k=args.top_k, seed=args.seed, backend=args.backend, device=args.device))
+    return 0
+
+
+def _gradients(args) -> int:
+    if args.steps < 2:
+        raise UsageError("--steps must be at least 2")
+    run_gradients(steps=args.steps, hidden=args.hidden, inputs=args.inputs, seed=args.seed,
+                  forget_bias=args.forget_bias, backend=args.backend, device=args.device, out_dir=args.out)
+    return 0
+
+
+def _check(args) -> int:
+    return 0 if run_check(args.backend) else 1
+
+
+def _bench(args) -> int:
+    report = run_bench(configs=args.configs, cells=args.cells, backend_names=args.backends, repeats=args.repeats,
+                       threads=args.threads, quick=args.quick, portable=args.portable,
+                       check=not args.no_check,
+                       compile_study=False if args.no_compile_study else None, settle=args.settle)
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+_COMMANDS = {"train": _train, "sample": _sample, "gradients": _gradients, "check": _check, "bench": _bench}
+
+
+def main(argv=None) -> int:
+    """Entry point of ``portable-rnn`` and ``python -m portable_rnn``; returns the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success; 1 when ``check`` finds a mismatch; 2 for bad input
+        (one line on stderr); 130 after Ctrl-C; 141 when stdout closed early.
+    """
+    parser, args = _parser(), None
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return _COMMANDS[args.command](args)
+    except SystemExit as stop:  # argparse: --help (0) and usage errors (2)
+        return stop.code if isinstance(stop.code, int) else 2
+    except (UsageError, BackendError) as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `portable-rnn sample ... | head`: stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (captured)
+            pass
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""The error the programs raise for bad user input: the CLI prints it as one line and exits 2."""
+
+from __future__ import annotations
+
+__all__ = ["UsageError"]
+
+
+class UsageError(Exception):
+    """A problem with the user's input (a file, a flag, a checkpoint), said in one line.
+
+    Backend and device problems arrive as :class:`portable_rnn.backends.BackendError`,
+    which the CLI reports the same way.
+    """

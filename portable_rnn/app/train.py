@@ -1,0 +1,480 @@
+r"""``portable-rnn train``: train (or resume) a :class:`~portable_rnn.model.CharModel` on a text.
+
+What a run does
+---------------
+The text (:mod:`~portable_rnn.app.corpus`) is cut into ``batch`` parallel
+streams; step ``k`` of an epoch feeds each stream's next ``seq_len``
+characters and the recurrent state is carried from one step to the next
+(truncated BPTT: no gradient crosses a batch boundary, and ``--truncate K``
+also cuts inside the batch). The batch of step ``s`` is a pure function of
+``(text, seed, s)`` (:class:`~portable_rnn.app.corpus.BatchSchedule`), so a
+resumed run sees exactly the batches an uninterrupted one would.
+
+Each step is :meth:`CharModel.loss_and_grads`, :func:`clip_by_global_norm`
+and :func:`adam`, as one function; on JAX that function is ``jax.jit``-
+compiled. Parameters are initialised on the host (:meth:`CharModel.init`) and
+batches are drawn on the host, so the same seed gives the same loss curve on
+every backend, up to float32 rounding. Loss values stay on the device and are
+copied to the host every :data:`SYNC_EVERY` steps, so the device never waits
+for the progress display.
+
+What a run writes into ``out``
+------------------------------
+``checkpoint.npz``
+    Parameters, Adam state, the carried recurrent state and the metadata
+    (:mod:`~portable_rnn.app.checkpoint`), written every ``checkpoint_every``
+    steps, at the end and on Ctrl-C. Writes are atomic: an interrupted
+    write leaves the previous checkpoint intact.
+``history.json``
+    ``{"step": [...], "loss": [...]}``, one entry per step (atomic too).
+``loss.png``
+    The loss curve (needs matplotlib; skipped with a message otherwise). Its
+    regular spikes are the first step of each epoch, which starts from a zero
+    state and so predicts its first characters without context.
+``samples.txt``
+    The samples printed during training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import backends
+from ..model import CharModel
+from ..optim import adam, clip_by_global_norm
+from .checkpoint import CHECKPOINT, DEFAULTS, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .corpus import BatchSchedule, Vocabulary, default_corpus, read_text
+from .errors import UsageError
+from .report import Progress, append_sample, plot_curves, smooth, write_history
+
+__all__ = ["TrainConfig", "TrainResult", "DEFAULT_STEPS", "train", "HISTORY", "PLOT", "SAMPLES"]
+
+#: Loss values are copied to the host every this many steps.
+SYNC_EVERY = 10
+#: Total steps of a new run without ``--steps``.
+DEFAULT_STEPS = 1000
+HISTORY, PLOT, SAMPLES = "history.json", "loss.png", "samples.txt"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``portable-rnn train``.
+
+    Settings a checkpoint remembers (:data:`~portable_rnn.app.checkpoint.DEFAULTS`:
+    ``cell``, ``hidden``, ``layers``, ``embed``, ``seq_len``, ``batch``, ``truncate``, ``lr``,
+    ``clip``, ``seed``, ``dtype``) default to ``None``, meaning "the default"
+    for a new run and "the checkpoint's" with ``resume``; giving a value that
+    differs from the checkpoint's is an error. ``steps`` is the total step
+    count of the run (default :data:`DEFAULT_STEPS`, or the checkpoint's).
+    """
+
+    text: str | None = None
+    out: str = "runs/char-model"
+    resume: bool = False
+    overwrite: bool = False
+    backend: str = "numpy"
+    device: str | None = None
+    steps: int | None = None
+    cell: str | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    embed: int | None = None
+    seq_len: int | None = None
+    batch: int | None = None
+    truncate: int | None = None
+    lr: float | None = None
+    clip: float | None = None
+    seed: int | None = None
+    dtype: str | None = None
+    log_every: int = 100
+    sample_every: int = 250
+    sample_length: int = 200
+    temperature: float = 0.8
+    checkpoint_every: int = 100
+    progress: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the loss history and where things were written."""
+
+    steps: list
+    losses: list
+    wall_s: float
+    out: Path
+    status: int = 0
+
+
+@dataclass
+class _Run:
+    """One run in progress: what the loop reads, and the state it updates (on the device)."""
+
+    config: TrainConfig
+    settings: dict
+    steps: int
+    model: CharModel
+    runtime: backends.Backend
+    vocab: Vocabulary
+    schedule: BatchSchedule
+    meta: dict
+    params: dict
+    opt_state: dict
+    carry: object
+    start: int
+    wall_before: float
+    history_steps: list
+    history_losses: list
+    step: int = 0
+    pending: list = field(default_factory=list)  # (step, loss on the device), not yet on the host
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out)
+
+
+# --------------------------------------------------------------------------- setting up
+
+
+def _checkpoint_to_resume(config: TrainConfig, out_dir: Path) -> Checkpoint | None:
+    """The checkpoint ``--resume`` continues, or ``None``; refuses to overwrite one by accident."""
+    path = out_dir / CHECKPOINT
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {str(out_dir)!r} exists and is not a folder")
+    if config.resume:
+        if not path.exists():
+            raise UsageError(f"nothing to resume: {str(path)!r} does not exist")
+        ckpt = load_checkpoint(path)
+        if ckpt.opt_state is None:
+            raise CheckpointError(f"{str(path)!r} has no optimiser state; it cannot be resumed")
+        return ckpt
+    if path.exists() and not config.overwrite:
+        raise UsageError(
+            f"{str(path)!r} already exists: pass --resume to continue it, --overwrite to "
+            "start again, or choose another --out"
+        )
+    return None
+
+
+def _settings(config: TrainConfig, ckpt: Checkpoint | None) -> dict:
+    """Every setting of :data:`DEFAULTS`: the flag, else the checkpoint's, else the default."""
+    settings = {}
+    for key, default in DEFAULTS.items():
+        given = getattr(config, key)
+        if ckpt is None:
+            settings[key] = default if given is None else given
+            continue
+        stored = ckpt.meta["train"][key]
+        if given is not None and given != stored:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(
+                f"the checkpoint was trained with {flag} {stored}, not {given}: drop {flag} "
+                "to resume, or train into a new --out"
+            )
+        settings[key] = stored
+    return settings
+
+
+def _text_for(config: TrainConfig, ckpt: Checkpoint | None) -> tuple[str, str]:
+    """``(text, source)``: the file's text and its absolute path, or the default corpus and ``"default"``."""
+    source = config.text
+    if source is None and ckpt is not None:
+        source = ckpt.meta["text"]["source"]
+    if source is None or source == "default":
+        return default_corpus(), "default"
+    return read_text(source), str(Path(source).resolve())
+
+
+def _vocabulary(text: str, source: str, digest: str, ckpt: Checkpoint | None) -> Vocabulary:
+    """The text's vocabulary, or the checkpoint's after checking the text is the one it was trained on."""
+    if ckpt is None:
+        vocab = Vocabulary.of(text)
+    elif digest != ckpt.meta["text"]["sha256"]:
+        raise UsageError(
+            f"the text ({'default corpus' if source == 'default' else source}) is not the one "
+            "the checkpoint was trained on (its SHA-256 differs)"
+        )
+    else:
+        vocab = ckpt.vocab
+    if len(vocab) < 2:
+        raise UsageError("the text has a single distinct character; there is nothing to learn")
+    return vocab
+
+
+def _tree_to_device(runtime, tree, dtype):
+    """A host tree (dicts, tuples of NumPy arrays) on the backend; floating leaves cast to ``dtype``."""
+    if isinstance(tree, dict):
+        return {k: _tree_to_device(runtime, v, dtype) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return tuple(_tree_to_device(runtime, v, dtype) for v in tree)
+    a = np.asarray(tree)
+    return runtime.asarray(a, dtype if a.dtype.kind == "f" else None)
+
+
+def _tree_to_host(tree):
+    """A backend tree (dicts, tuples of arrays) as NumPy arrays on the host."""
+    if isinstance(tree, dict):
+        return {k: _tree_to_host(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return tuple(_tree_to_host(v) for v in tree)
+    return backends.to_host(tree)
+
+
+def _state_parts(model: CharModel, state) -> tuple:
+    """The layer's state as one array per state of the cell: ``(h,)`` or ``(h, c)``."""
+    return tuple(state) if model.cell.n_states > 1 else (state,)
+
+
+def _state_value(model: CharModel, parts):
+    """The inverse of :func:`_state_parts`."""
+    return tuple(parts) if model.cell.n_states > 1 else parts[0]
+
+
+def _metadata(model, vocab, settings, steps, source, digest, text) -> dict:
+    """The checkpoint metadata that stays fixed for the run."""
+    return {
+        "model": dataclasses.asdict(model),
+        "vocab": vocab.chars,
+        "train": dict(settings, steps=steps),
+        "text": {"source": source, "sha256": digest, "chars": len(text)},
+        "prime": "\n" if "\n" in vocab.chars else text[0],
+    }
+
+
+def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
+    """Check the input, resolve the backend and build the starting state of the run.
+
+    Enters :func:`portable_rnn.backends.jax_float64` on ``stack`` for a float64 run on JAX.
+    """
+    out_dir = Path(config.out)
+    ckpt = _checkpoint_to_resume(config, out_dir)
+    s = _settings(config, ckpt)
+    steps = config.steps if config.steps is not None else (
+        ckpt.meta["train"]["steps"] if ckpt is not None else DEFAULT_STEPS)
+    text, source = _text_for(config, ckpt)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    vocab = _vocabulary(text, source, digest, ckpt)
+    data = vocab.encode(text)
+    if s["seq_len"] >= len(data):
+        raise UsageError(f"--seq-len {s['seq_len']} is not shorter than the text ({len(data)} characters)")
+    schedule = BatchSchedule(data, s["batch"], s["seq_len"], s["seed"])
+    runtime = backends.resolve(config.backend, config.device)
+    if runtime.library == "jax" and s["dtype"] == "float64":
+        stack.enter_context(backends.jax_float64())
+    model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"])
+    if ckpt is None:
+        params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
+        opt_state, carry = adam(s["lr"]).init(params), model.init_state(params, s["batch"])
+        start, history, wall_before = 0, {"step": [], "loss": []}, 0.0
+    else:
+        params = _tree_to_device(runtime, ckpt.params, s["dtype"])
+        opt_state = _tree_to_device(runtime, ckpt.opt_state, s["dtype"])
+        carry = (model.init_state(params, s["batch"]) if ckpt.carry is None
+                 else _state_value(model, _tree_to_device(runtime, ckpt.carry, s["dtype"])))
+        start, history = int(ckpt.meta["step"]), ckpt.meta["history"]
+        wall_before = float(ckpt.meta.get("wall_s", 0.0))
+    meta = _metadata(model, vocab, s, steps, source, digest, text)
+    return _Run(config, s, steps, model, runtime, vocab, schedule, meta, params, opt_state, carry, start,
+                wall_before, list(history["step"]), list(history["loss"]), step=start)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _step_function(run: _Run):
+    """``(params, opt_state, state, tokens, targets) -> (params, opt_state, state, loss)``; jitted on JAX."""
+    model, truncate, clip = run.model, run.settings["truncate"], run.settings["clip"]
+    opt = adam(run.settings["lr"])
+
+    def train_step(params, opt_state, state, tokens, targets):
+        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate)
+        grads, _ = clip_by_global_norm(grads, clip)
+        params, opt_state = opt.update(grads, opt_state, params)
+        return params, opt_state, state, loss
+
+    if run.runtime.library == "jax":
+        import jax
+
+        return jax.jit(train_step)
+    return train_step
+
+
+def _flush(run: _Run) -> list:
+    """Copy the pending losses to the host (one sync), record them and return them."""
+    values = [float(run.runtime.to_numpy(loss)) for _, loss in run.pending]
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"the loss is not finite at steps {run.pending[0][0]}..{run.pending[-1][0]}; lower --lr")
+    run.history_steps.extend(k for k, _ in run.pending)
+    run.history_losses.extend(values)
+    run.pending = []
+    return values
+
+
+def _save(run: _Run, wall: float) -> None:
+    """Write the checkpoint and ``history.json`` at the current step."""
+    history = {"step": run.history_steps, "loss": run.history_losses}
+    meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=history)
+    carry = _tree_to_host(_state_parts(run.model, run.carry))
+    save_checkpoint(run.out_dir / CHECKPOINT,
+                    Checkpoint(_tree_to_host(run.params), _tree_to_host(run.opt_state), carry, meta))
+    write_history(run.out_dir / HISTORY, run.history_steps, run.history_losses)
+
+
+def _show_sample(run: _Run, progress: Progress) -> None:
+    """Print a sample of the model at the current step and append it to ``samples.txt``."""
+    config, prime = run.config, run.meta["prime"]
+    tokens = run.model.sample(run.params, run.vocab.encode(prime), config.sample_length,
+                              temperature=config.temperature, seed=run.settings["seed"] + run.step)
+    text = prime + run.vocab.decode(tokens)
+    block = f"----- sample at step {run.step} (temperature {config.temperature}) -----\n{text.strip()}\n"
+    progress.write(block)
+    append_sample(run.out_dir / SAMPLES, block)
+
+
+def _banner(run: _Run) -> str:
+    model, s, source, runtime = run.model, run.settings, run.meta["text"]["source"], run.runtime
+    n_params = sum(int(np.prod(v)) for v in model.param_shapes().values())
+    return (
+        f"training {model.mode.upper()} (hidden {model.hidden_size}, layers {model.num_layers}, "
+        f"embed {model.embed_size}, {n_params:,} parameters) on "
+        f"{'the default corpus' if source == 'default' else source} "
+        f"({run.meta['text']['chars']:,} characters, vocabulary {len(run.vocab)}) with {runtime.name} on "
+        f"{runtime.device}; steps {run.start}->{run.steps}, batch {s['batch']} x seq-len {s['seq_len']}"
+    )
+
+
+def _blas_single_thread():
+    """Limit NumPy's BLAS to one thread while training, when threadpoolctl is installed.
+
+    The matrices of a character model are small (N x H times H x 4H per
+    step): a second BLAS thread gains little on an idle machine, and on a
+    busy one OpenBLAS's spinning threads slow every step down several-fold.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _loop(run: _Run, progress: Progress) -> None:
+    """Train from ``run.step`` to ``run.steps``, sampling and checkpointing on schedule."""
+    config, steps, t0 = run.config, run.steps, time.perf_counter()
+    train_step, zeros = _step_function(run), run.model.init_state(run.params, run.settings["batch"])
+    while run.step < steps:
+        inputs, targets, reset = run.schedule(run.step)
+        run.params, run.opt_state, run.carry, loss = train_step(
+            run.params, run.opt_state, zeros if reset else run.carry,
+            run.runtime.asarray(inputs), run.runtime.asarray(targets))
+        run.step += 1
+        run.pending.append((run.step, loss))
+        if run.step % SYNC_EVERY == 0 or run.step == steps:
+            progress.update(run.step, steps, _flush(run))
+        if config.sample_every and run.step % config.sample_every == 0 and run.step < steps:
+            _show_sample(run, progress)
+        if config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < steps:
+            progress.update(run.step, steps, _flush(run))  # the history stays in step with the checkpoint
+            _save(run, run.wall_before + time.perf_counter() - t0)
+
+
+def _run_steps(run: _Run, progress: Progress) -> tuple[int, float]:
+    """Run the loop; returns ``(status, seconds)``: status 130 after Ctrl-C, with the history flushed."""
+    limit = _blas_single_thread() if run.runtime.library == "numpy" else contextlib.nullcontext()
+    with limit:
+        progress.write(_banner(run))
+        t0 = time.perf_counter()
+        try:
+            _loop(run, progress)
+        except KeyboardInterrupt:
+            _flush(run)
+            return 130, time.perf_counter() - t0
+        return 0, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def _plot_loss(run: _Run) -> str | None:
+    """Write ``loss.png``; ``None``, or why it was skipped."""
+    if not run.history_losses:
+        return "no steps yet"
+    model = run.model
+    return plot_curves(
+        run.out_dir / PLOT,
+        {"loss": (run.history_steps, run.history_losses),
+         "exponential moving average (0.95)": (run.history_steps, smooth(run.history_losses))},
+        title=f"{model.mode.upper()} H={model.hidden_size} L={model.num_layers} on {run.runtime.name}",
+        xlabel="step", ylabel="cross-entropy (nats per character)",
+    )
+
+
+def _summary(run: _Run, wall: float, skipped_plot: str | None, out) -> None:
+    """Print the closing lines: speed and loss, and the files written."""
+    ran, losses = run.step - run.start, run.history_losses
+    if ran:
+        last = losses[-min(len(losses), 50):]
+        tokens = run.settings["batch"] * run.settings["seq_len"] * ran
+        print(
+            f"done: steps {run.start}->{run.step} in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tok/s); "
+            f"loss {losses[-1]:.4f} at step {run.step} (mean of the last {len(last)} steps: {np.mean(last):.4f})",
+            file=out,
+        )
+    written = [CHECKPOINT, HISTORY, SAMPLES] + ([] if skipped_plot else [PLOT])
+    print(f"wrote {', '.join(str(run.out_dir / w) for w in written)}", file=out)
+    if skipped_plot:
+        print(f"skipped {run.out_dir / PLOT}: {skipped_plot}", file=out)
+
+
+def train(config: TrainConfig, out=None) -> TrainResult:
+    """Train (or resume) a character model; see the module docstring.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    out : file, optional
+        Where progress lines and samples go (default ``sys.stdout``); the
+        tqdm bar, when used, goes to ``sys.stderr``.
+
+    Returns
+    -------
+    TrainResult
+        ``status`` is 0, or 130 when the run was interrupted (Ctrl-C) after
+        saving a checkpoint.
+
+    Raises
+    ------
+    UsageError
+        Bad input: text, flags or checkpoint.
+    portable_rnn.backends.BackendError
+        A backend that is not installed, or a device that is not there.
+    """
+    out = sys.stdout if out is None else out
+    with contextlib.ExitStack() as stack:
+        run = _prepare(config, stack)
+        if run.start >= run.steps:
+            print(f"the checkpoint is already at step {run.start} of {run.steps}; pass --steps > {run.start} "
+                  "to train further", file=out)
+            return TrainResult(run.history_steps, run.history_losses, run.wall_before, run.out_dir)
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if not config.resume:  # a new run, a new log
+            (run.out_dir / SAMPLES).unlink(missing_ok=True)
+        s = run.settings
+        progress = stack.enter_context(Progress(
+            config.progress, run.steps, run.start, out, config.log_every, s["batch"] * s["seq_len"]))
+        status, wall = _run_steps(run, progress)
+        progress.close()  # the bar's last line comes before the closing lines
+        _save(run, run.wall_before + wall)
+        if status:
+            print(f"interrupted at step {run.step}: checkpoint saved; continue with --resume", file=out)
+        else:
+            _show_sample(run, progress)
+        _summary(run, wall, _plot_loss(run), out)
+    return TrainResult(run.history_steps, run.history_losses, run.wall_before + wall, run.out_dir, status)

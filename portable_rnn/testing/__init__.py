@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite and ``portable-rnn check``: documented fixtures, finite differences."""
