@@ -11,6 +11,8 @@ under test through ``jax.jit``. A test opts in to it with ``@pytest.mark.jit``
 and calls the code under test as ``backend.run(fn, *arrays, **static)``; on
 every other backend ``run`` is a plain call. A ``jit`` test that never calls
 ``backend.run`` fails on ``jax:jit``: it would only repeat the ``jax`` test.
+``jax:jit`` runs float64 only, and ``@pytest.mark.jit(name=[...])`` limits it to
+some values of a parameter: each compile costs a second or more.
 
 Tests of an identity of the mathematics carry ``@pytest.mark.backends("numpy",
 "array_api_strict")``: NumPy runs the NumPy fast path, array-api-strict the
@@ -36,6 +38,9 @@ from tests.helpers import JIT, MatrixBackend
 
 #: Every backend id of the test matrix, in the order tables and tests use.
 MATRIX = tuple(n for name in BACKEND_NAMES for n in ((name, JIT) if name == "jax" else (name,)))
+
+#: The floating dtypes of the matrix.
+DTYPES = ("float64", "float32")
 
 #: Tolerances fitted to each dtype for comparisons with documented numbers.
 TOLERANCES = {
@@ -82,7 +87,8 @@ def _discover(names):
 def pytest_configure(config):
     config.addinivalue_line("markers", "soak: long-running soak test, run with --soak")
     config.addinivalue_line(
-        "markers", "jit: calls the code under test through backend.run, so it also runs on jax:jit")
+        "markers", "jit(**subset): calls the code under test through backend.run, so it also runs on "
+                   "jax:jit (float64; only for the parameter values in subset, when given)")
     config.addinivalue_line(
         "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
                    "on the reference backends; the others are held to equality with them elsewhere)")
@@ -112,24 +118,36 @@ def pytest_unconfigure(config):
 
 
 def pytest_generate_tests(metafunc):
+    """Parametrize ``backend`` (and ``dtype``) over the selected matrix."""
+    uses_dtype = "dtype" in metafunc.fixturenames
     if "backend" not in metafunc.fixturenames:
+        if uses_dtype:
+            metafunc.parametrize("dtype", DTYPES)
         return
     available, unavailable = metafunc.config._prnn_backends
     only = metafunc.definition.get_closest_marker("backends")
     jit = metafunc.definition.get_closest_marker("jit") is not None
-    params = []
+    params = []  # (id, MatrixBackend or None, marks)
     for name in MATRIX:
         if (name == JIT and not jit) or (only is not None and name not in only.args):
             continue
         if name in available:
-            params.append(pytest.param(available[name], id=name))
+            params.append((name, available[name], ()))
         elif name in unavailable:
-            params.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason=unavailable[name])))
+            params.append((name, None, (pytest.mark.skip(reason=unavailable[name]),)))
     if not params:
-        wanted = ", ".join(only.args)
-        params.append(pytest.param(None, id="no-backend", marks=pytest.mark.skip(
-            reason=f"runs on {wanted} only (an identity proven there); none of them is selected")))
-    metafunc.parametrize("backend", params, indirect=True)
+        reason = f"runs on {', '.join(only.args)} only (an identity proven there); none of them is selected"
+        params.append(("no-backend", None, (pytest.mark.skip(reason=reason),)))
+    if not uses_dtype:
+        metafunc.parametrize("backend", [pytest.param(value, id=name, marks=marks) for name, value, marks in params],
+                             indirect=True)
+        return
+    # jax:jit runs the float64 half: its compiled program is the one eager JAX runs in
+    # float32 too, and each compile costs about a second.
+    metafunc.parametrize(["dtype", "backend"], [
+        pytest.param(dtype, value, id=f"{dtype}-{name}", marks=marks)
+        for dtype in DTYPES for name, value, marks in params if not (name == JIT and dtype != "float64")
+    ], indirect=["backend"])
 
 
 @pytest.fixture
@@ -143,11 +161,30 @@ def backend(request):
                     "on jax:jit it only repeats the jax test", pytrace=False)
 
 
+def _jit_excluded(item) -> bool:
+    """A ``jax:jit`` item outside its ``jit`` marker's ``param=[values]`` subset.
+
+    Each compile costs seconds: a test may name the parameter values worth
+    compiling (``@pytest.mark.jit(name=["lstm-2l-bi-lengths"])``).
+    """
+    callspec = getattr(item, "callspec", None)
+    marker = item.get_closest_marker("jit")
+    if callspec is None or marker is None or not marker.kwargs:
+        return False
+    if getattr(callspec.params.get("backend"), "name", None) != JIT:
+        return False
+    return any(callspec.params[param] not in values for param, values in marker.kwargs.items())
+
+
 def pytest_collection_modifyitems(config, items):
     skip_soak = pytest.mark.skip(reason="soak test: opt in with --soak")
     for item in items:
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
+    excluded = [item for item in items if _jit_excluded(item)]
+    if excluded:
+        config.hook.pytest_deselected(items=excluded)
+        items[:] = [item for item in items if not _jit_excluded(item)]
 
 
 def _backend_of(nodeid: str) -> str:
@@ -181,9 +218,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         )
 
 
-@pytest.fixture(params=["float64", "float32"])
+@pytest.fixture
 def dtype(request):
-    """Floating dtype name under test."""
+    """Floating dtype name under test (parametrized by ``pytest_generate_tests``)."""
     return request.param
 
 

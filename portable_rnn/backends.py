@@ -286,6 +286,12 @@ def _split(name: str, device: str | None) -> tuple[str, str | None]:
     return library, (device if device is not None else named_device or None)
 
 
+def _install_hint(library: str) -> str:
+    if library == "torch":  # the extra's bare `torch` can pull a multi-GB CUDA build
+        return "pip install torch, the build for your machine from pytorch.org"
+    return f"pip install 'portable-rnn[{EXTRAS.get(library, library)}]'"
+
+
 def resolve(name: str, device: str | None = None) -> Backend:
     """Import a backend, find its device and probe that it works.
 
@@ -312,8 +318,7 @@ def resolve(name: str, device: str | None = None) -> Backend:
     except BackendError:
         raise
     except ImportError:
-        extra = EXTRAS.get(library, library)
-        raise BackendError(f"{library} is not installed (pip install 'portable-rnn[{extra}]')") from None
+        raise BackendError(f"{library} is not installed ({_install_hint(library)})") from None
     except Exception as error:  # bad strings, no driver, no such index
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         where = f"device {device!r}" if device is not None else "its default device"

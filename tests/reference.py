@@ -1,13 +1,15 @@
 """Independent autodiff references, written straight from the textbook equations.
 
-Nothing here calls portable_rnn: each model is re-written in JAX and in
-PyTorch, and their autodiff gradients are the references the hand-written
-backward passes are compared with.
+Nothing here calls portable_rnn's maths (only its JAX float64 switch): each
+model is re-written in JAX and in PyTorch, and their autodiff gradients are
+the references the hand-written backward passes are compared with.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from portable_rnn.backends import jax_float64
 
 
 def _ops(lib):
@@ -15,7 +17,6 @@ def _ops(lib):
         import jax
         import jax.numpy as jnp
 
-        jax.config.update("jax_enable_x64", True)  # references are float64
         return {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
                 "concat": lambda a, axis: jnp.concatenate(a, axis=axis),
                 "stack": lambda a, axis: jnp.stack(a, axis=axis),
@@ -60,15 +61,19 @@ def lstm_sequence(ops, x, a0, p, c0=None, truncate=None):
 
 
 def autodiff(lib: str, loss_of, inputs: dict) -> dict:
-    """Gradient of ``loss_of(ops, arrays)`` w.r.t. every float64 input, as NumPy."""
+    """Gradient of ``loss_of(ops, arrays)`` w.r.t. every float64 input, as NumPy.
+
+    Tests cache the result per configuration: it does not depend on the backend under test.
+    """
     ops = _ops(lib)
     if lib == "jax":
         import jax
         import jax.numpy as jnp
 
-        arrays = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in inputs.items()}
-        grads = jax.grad(lambda d: loss_of(ops, d))(arrays)
-        return {k: np.asarray(v) for k, v in grads.items()}
+        with jax_float64():  # references are float64
+            arrays = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in inputs.items()}
+            grads = jax.grad(lambda d: loss_of(ops, d))(arrays)
+            return {k: np.asarray(v) for k, v in grads.items()}
     import torch
 
     arrays = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in inputs.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -15,6 +16,7 @@ from portable_rnn.loop import scan
 from .helpers import assert_on_backend, rel_error
 
 CELLS = [RNNCell("tanh"), RNNCell("relu"), LSTMCell(), GRUCell()]
+CELL_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
 
 def _layer_inputs(rng, cell, T=4, N=3, D=2, H=3):
@@ -29,26 +31,30 @@ def _layer_inputs(rng, cell, T=4, N=3, D=2, H=3):
     }
 
 
-def _run(cell, d, xp, cv, use_lax=None, truncate=None, mask=None):
-    """Forward and backward of loss = sum(G * out) + sum(G_final * h_T)."""
-    x, W_ih, W_hh, b_ih, b_hh = (cv(d[k]) for k in ("x", "W_ih", "W_hh", "b_ih", "b_hh"))
-    state0 = tuple(cv(s) for s in d["state0"])
+def _engine(x, state0, W_ih, W_hh, b_ih, b_hh, G, G_final, mask=None, *, cell, xp, truncate=None):
+    """Forward and backward of loss = sum(G * out) + sum(G_final * h_T), on arrays of one backend."""
     out, final, tape = sequence.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp=xp)
-    d_final = (cv(d["G_final"]),) + (None,) * (cell.n_states - 1)
-    grads = sequence.backward(cell, tape, cv(d["G"]), d_final, W_ih, W_hh, xp=xp, truncate=truncate)
+    d_final = (G_final,) + (None,) * (cell.n_states - 1)
+    grads = sequence.backward(cell, tape, G, d_final, W_ih, W_hh, xp=xp, truncate=truncate)
     return out, final, grads
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: type(c).__name__ + getattr(c, "nonlinearity", ""))
-def test_cells_match_torch_autograd(backend, cell):
-    """Every cell through the engine against torch.nn.RNN/LSTM/GRU autograd, float64."""
+def _run(backend, cell, d, truncate=None, mask=None):
+    """:func:`_engine` on ``backend`` (compiled on jax:jit) from the host inputs ``d``."""
+    cv = lambda a: backend.asarray(a, "float64")  # noqa: E731
+    args = [cv(d[k]) for k in ("x",)] + [tuple(cv(s) for s in d["state0"])]
+    args += [cv(d[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh", "G", "G_final")] + [mask]
+    return backend.run(_engine, *args, cell=cell, xp=backend.xp, truncate=truncate)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_reference(cell):
+    """Inputs and torch.nn.RNN/LSTM/GRU float64 autograd for ``cell``: computed once per cell."""
     torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
     rng = np.random.default_rng(1)
     d = _layer_inputs(rng, cell)
     d["G"] = rng.normal(size=(4, 3, 3))
     d["G_final"] = rng.normal(size=(3, 3))
-    out, final, grads = _run(cell, d, backend.xp, backend.asarray)
-
     kind = {RNNCell: "RNN", LSTMCell: "LSTM", GRUCell: "GRU"}[type(cell)]
     kw = {"nonlinearity": cell.nonlinearity} if kind == "RNN" else {}
     module = getattr(torch.nn, kind)(2, 3, **kw).double()
@@ -62,45 +68,49 @@ def test_cells_match_torch_autograd(backend, cell):
     h_n = t_state[0] if kind == "LSTM" else t_state
     loss = (t_out * torch.from_numpy(d["G"])).sum() + (h_n[0] * torch.from_numpy(d["G_final"])).sum()
     loss.backward()
-
-    assert rel_error(backend.to_numpy(out), t_out.detach().numpy()) < 1e-12
-    assert rel_error(backend.to_numpy(final[0]), h_n[0].detach().numpy()) < 1e-12
     expected = {
-        "dx": x.grad, "dW_ih": module.weight_ih_l0.grad, "dW_hh": module.weight_hh_l0.grad,
-        "db_ih": module.bias_ih_l0.grad, "db_hh": module.bias_hh_l0.grad, "dh0": s0[0].grad[0],
+        "out": t_out, "h_n": h_n[0], "dx": x.grad, "dW_ih": module.weight_ih_l0.grad,
+        "dW_hh": module.weight_hh_l0.grad, "db_ih": module.bias_ih_l0.grad, "db_hh": module.bias_hh_l0.grad,
+        "dh0": s0[0].grad[0],
     }
+    if kind == "LSTM":
+        expected["dc0"] = s0[1].grad[0]
+    return d, {k: v.detach().numpy() for k, v in expected.items()}
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_cells_match_torch_autograd(backend, cell):
+    """Every cell through the engine against torch.nn.RNN/LSTM/GRU autograd, float64."""
+    d, expected = _torch_reference(cell)
+    out, final, grads = _run(backend, cell, d)
+    assert rel_error(backend.to_numpy(out), expected["out"]) < 1e-12
+    assert rel_error(backend.to_numpy(final[0]), expected["h_n"]) < 1e-12
     got = {"dx": grads.dx, "dW_ih": grads.dW_ih, "dW_hh": grads.dW_hh,
            "db_ih": grads.db_ih, "db_hh": grads.db_hh, "dh0": grads.dstate0[0]}
+    if isinstance(cell, LSTMCell):
+        got["dc0"] = grads.dstate0[1]
     for k, v in got.items():
-        assert_on_backend(backend, v, "float64", tuple(expected[k].shape))
-        err = rel_error(backend.to_numpy(v), expected[k].numpy())
-        assert err < 1e-10, f"{kind} {k}: relative error {err:.2e}"
-    if kind == "LSTM":
-        assert rel_error(backend.to_numpy(grads.dstate0[1]), s0[1].grad[0].numpy()) < 1e-10
+        assert_on_backend(backend, v, "float64", expected[k].shape)
+        err = rel_error(backend.to_numpy(v), expected[k])
+        assert err < 1e-10, f"{type(cell).__name__} {k}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=lambda c: type(c).__name__ + getattr(c, "nonlinearity", ""))
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("truncate", [None, 2])
-def test_lax_scan_and_python_loop_agree(cell, truncate):
+def test_jit_runs_forward_and_backward_through_lax_scan(cell, truncate):
+    """Under tracing the engine takes ``lax.scan`` (an unrolled loop compiles for minutes at T=100).
+
+    Its numbers are the matrix's business: ``jax:jit`` runs the engine tests compiled.
+    """
     jax = pytest.importorskip("jax", reason="jax: not installed (pip install 'portable-rnn[jax]')")
-    jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    rng = np.random.default_rng(2)
-    d = _layer_inputs(rng, cell)
-    d["G"] = rng.normal(size=(4, 3, 3))
-    d["G_final"] = rng.normal(size=(3, 3))
-    mask = jnp.asarray((np.arange(4)[:, None] < np.array([4, 2, 1])[None, :])[..., None], dtype=jnp.float64)
-
-    def run(dd, mask):
-        return _run(cell, dd, jnp, lambda a: a, truncate=truncate, mask=mask)
-
-    args = jax.tree.map(jnp.asarray, d)
-    eager = run(args, mask)  # concrete arrays: the Python loop
-    jitted = jax.jit(run)(args, mask)  # tracers: lax.scan
-    for e, j in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
-        np.testing.assert_allclose(np.asarray(j), np.asarray(e), rtol=1e-12, atol=1e-14)
-    jaxpr = str(jax.make_jaxpr(run)(args, mask))
+    d = _layer_inputs(np.random.default_rng(2), cell)
+    args = [jnp.asarray(d["x"]), tuple(map(jnp.asarray, d["state0"]))]
+    args += [jnp.asarray(d[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh")]
+    args += [jnp.ones((4, 3, 3)), jnp.ones((3, 3)), jnp.ones((4, 3, 1))]
+    jaxpr = str(jax.make_jaxpr(lambda *a: _engine(*a, cell=cell, xp=jnp, truncate=truncate))(*args))
     assert jaxpr.count("scan[") >= 2, "forward and backward must each run through lax.scan"
 
 
@@ -118,20 +128,6 @@ def test_scan_paths_on_a_toy_step():
         lax = scan(step, jnp.zeros(2), xs, xp=jnp, reverse=reverse, use_lax=True)
         for a, b in zip(jax.tree.leaves(loop), jax.tree.leaves(lax)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_truncate_at_least_T_is_full_bptt(backend):
-    rng = np.random.default_rng(4)
-    cell = LSTMCell()
-    d = _layer_inputs(rng, cell)
-    d["G"], d["G_final"] = rng.normal(size=(4, 3, 3)), rng.normal(size=(3, 3))
-    full = _run(cell, d, backend.xp, backend.asarray)[2]
-    for k in (4, 10):
-        cut = _run(cell, d, backend.xp, backend.asarray, truncate=k)[2]
-        for a, b in zip(full, cut):
-            if isinstance(a, tuple):
-                a, b = a[0], b[0]
-            np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
 
 
 def test_cell_for():
@@ -166,6 +162,7 @@ def test_activations_finite_and_correct_for_extreme_inputs(backend, dtype, fn):
     np.testing.assert_allclose(y, expected, rtol=rtol, atol=np.finfo(dtype).tiny)
 
 
+@pytest.mark.jit
 def test_truncation_with_padding_cuts_only_between_valid_steps(backend):
     """A short sequence's final-state gradient crosses its padding whole.
 
@@ -177,11 +174,11 @@ def test_truncation_with_padding_cuts_only_between_valid_steps(backend):
     cell = LSTMCell()
     d = _layer_inputs(rng, cell, T=5, N=2)
     d["G"], d["G_final"] = np.zeros((5, 2, 3)), rng.normal(size=(2, 3))
-    mask = backend.asarray((np.arange(5)[:, None] < np.array([5, 2]))[..., None].astype(float))
-    _, _, padded = _run(cell, d, backend.xp, backend.asarray, truncate=2, mask=mask)
+    mask = backend.asarray((np.arange(5)[:, None] < np.array([5, 2]))[..., None].astype(np.float64))
+    _, _, padded = _run(backend, cell, d, truncate=2, mask=mask)
     short = dict(d, x=d["x"][:2, 1:], G=d["G"][:2, 1:], G_final=d["G_final"][1:],
                  state0=tuple(s[1:] for s in d["state0"]))
-    _, _, alone = _run(cell, short, backend.xp, backend.asarray)
+    _, _, alone = _run(backend, cell, short)
     np.testing.assert_allclose(backend.to_numpy(padded.dx)[:2, 1], backend.to_numpy(alone.dx)[:, 0], rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(padded.dx)[2:, 1], 0.0)
     for a, b in zip(padded.dstate0, alone.dstate0):

@@ -6,22 +6,31 @@ import numpy as np
 import pytest
 
 import portable_rnn as prnn
-from portable_rnn.fixtures import FIXTURES
+from portable_rnn.testing.fixtures import FIXTURES
 
 from .helpers import assert_on_backend
 
 
-def _check_fixture(backend, dtype, tol, fixture, convert):
-    results = fixture.run(fixture.draw(), convert, **fixture.options)
+BY_NAME = {f.name: f for f in FIXTURES}
+
+
+def _run_fixture(inputs, *, name):
+    """The documented fixture ``name`` on inputs already on the backend."""
+    fixture = BY_NAME[name]
+    return fixture.run(inputs, lambda a: a, **fixture.options)
+
+
+# the sequence functions under jax.jit; the cell functions are their steps
+@pytest.mark.jit(name=["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "lstm_backward[truncate=1]"])
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_documented_numbers(backend, dtype, tol, name):
+    fixture = BY_NAME[name]
+    inputs = {k: backend.asarray(v, dtype) for k, v in fixture.draw().items()}
+    results = backend.run(_run_fixture, inputs, name=name)
     assert fixture.mismatches(results, backend.to_numpy, **tol) == []
     for key, value in results.items():
         if not key.startswith("len("):
             assert_on_backend(backend, value, dtype, fixture.shapes.get(key))
-
-
-@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
-def test_documented_numbers(backend, dtype, tol, fixture):
-    _check_fixture(backend, dtype, tol, fixture, lambda a: backend.asarray(a, dtype))
 
 
 def test_lstm_backward_default_is_full_bptt_not_the_printed_numbers():
@@ -49,57 +58,6 @@ def test_inputs_are_never_mutated(fixture):
     fixture.run(inputs, read_only, **fixture.options)
     for k, v in snapshot.items():
         np.testing.assert_array_equal(inputs[k], v)
-
-
-# ---------------------------------------------------------------- jax.jit
-
-
-def _jit_pairs():
-    """(name, function of numpy inputs -> pytree, fixture) for the sequence functions."""
-    by_name = {f.name: f for f in FIXTURES}
-
-    def rnn_fwd(d):
-        p = {k: d[k] for k in ("Wax", "Waa", "Wya", "ba", "by")}
-        return lambda x, a0, p: prnn.rnn_forward(x, a0, p)[:2], (d["x"], d["a0"], p)
-
-    def rnn_bwd(d):
-        p = {k: d[k] for k in ("Wax", "Waa", "Wya", "ba", "by")}
-        return (lambda x, a0, p, da: prnn.rnn_backward(da, prnn.rnn_forward(x, a0, p)[2]),
-                (d["x"], d["a0"], p, d["da"]))
-
-    def lstm_fwd(d):
-        p = {k: d[k] for k in ("Wf", "bf", "Wi", "bi", "Wo", "bo", "Wc", "bc", "Wy", "by")}
-        return lambda x, a0, p: prnn.lstm_forward(x, a0, p)[:3], (d["x"], d["a0"], p)
-
-    def lstm_bwd(d, truncate=None):
-        p = {k: d[k] for k in ("Wf", "bf", "Wi", "bi", "Wo", "bo", "Wc", "bc", "Wy", "by")}
-        T = d["da"].shape[2]
-        return (lambda x, a0, p, da: prnn.lstm_backward(da, prnn.lstm_forward(x, a0, p)[3], truncate),
-                (d["x"][:, :, :T], d["a0"], p, d["da"]))
-
-    return [
-        ("rnn_forward", rnn_fwd, by_name["rnn_forward"]),
-        ("rnn_backward", rnn_bwd, by_name["rnn_backward"]),
-        ("lstm_forward", lstm_fwd, by_name["lstm_forward"]),
-        ("lstm_backward", lstm_bwd, by_name["lstm_backward"]),
-        ("lstm_backward[truncate=2]", lambda d: lstm_bwd(d, 2), by_name["lstm_backward"]),
-    ]
-
-
-@pytest.mark.parametrize("name,build,fixture", _jit_pairs(), ids=lambda v: v if isinstance(v, str) else "")
-def test_sequence_functions_under_jax_jit(name, build, fixture):
-    jax = pytest.importorskip("jax", reason="jax: not installed (pip install 'portable-rnn[jax]')")
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    fn, args = build(fixture.draw())
-    args = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.float64), args)
-    eager = fn(*args)
-    jitted = jax.jit(fn)(*args)
-    leaves_e, leaves_j = jax.tree.leaves(eager), jax.tree.leaves(jitted)
-    assert len(leaves_e) == len(leaves_j) > 0
-    for e, j in zip(leaves_e, leaves_j):
-        np.testing.assert_allclose(np.asarray(j), np.asarray(e), rtol=1e-12, atol=1e-14)
 
 
 # ---------------------------------------------------------------- relu and options
