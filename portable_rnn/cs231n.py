@@ -665,12 +665,14 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     N, T, V = x.shape
     check_shape("y", y, (N, T), "(N, T) with N, T those of x")
     check_shape("mask", mask, (N, T), "(N, T) with N, T those of x")
+    # Selects, not products with the mask: masked steps may hold NaN or inf.
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    x = xp.where(xp.expand_dims(mask, axis=-1), x, zero)
     log_p = log_softmax(x, axis=-1)
     onehot = _one_hot(y, V, x.dtype, xp)
-    m = xp.astype(mask, x.dtype)
-    loss = -xp.sum(m * xp.sum(onehot * log_p, axis=-1)) / N
+    loss = -xp.sum(xp.where(mask, xp.sum(onehot * log_p, axis=-1), zero)) / N
     loss = xp.asarray(loss, dtype=x.dtype, device=device(x))  # NumPy sums give scalars
-    dx = (xp.exp(log_p) - onehot) * xp.expand_dims(m, axis=-1) / N
+    dx = xp.where(xp.expand_dims(mask, axis=-1), (xp.exp(log_p) - onehot) / N, zero)
     if verbose:
         print("dx_flat: ", (N * T, V))
     return loss, dx

@@ -55,9 +55,20 @@ def _mask_weights(xp, mask, shape, dtype, dev, meaning):
     return mask
 
 
+def _weighted(xp, values, weights):
+    """``values * weights``, and exactly 0 where the weight is 0 whatever ``values`` holds there.
+
+    A select, not a product: masked-out entries may hold NaN or inf (padding),
+    and ``0 * NaN`` is NaN. Applied to the logits before any arithmetic, so
+    padding raises no floating-point warnings either.
+    """
+    zero = xp.zeros((), dtype=values.dtype, device=device(values))
+    return xp.where(weights != 0, values, zero) * weights
+
+
 def _reduce(xp, per_step, weights, reduction, dtype, dev):
     """Weighted loss (0-d array) and the normaliser dividing the gradient."""
-    total = xp.sum(per_step * weights)
+    total = xp.sum(_weighted(xp, per_step, weights))
     if reduction == "sum":
         return xp.asarray(total, dtype=dtype, device=dev), None
     one = xp.asarray(1, dtype=dtype, device=dev)
@@ -146,6 +157,7 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction: str = "mean"):
     check_shape("targets", targets, lead, meaning)
     dev = device(logits)
     weights = _mask_weights(xp, mask, lead, dtype, dev, meaning)
+    logits = _weighted(xp, logits, xp.expand_dims(xp.astype(weights != 0, dtype), axis=-1))
 
     log_p = log_softmax(logits, axis=-1)
     classes = xp.arange(V, device=dev)  # default integer dtype: any V fits
@@ -154,7 +166,7 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction: str = "mean"):
     per_step = -xp.sum(xp.where(hot, log_p, zero), axis=-1)
     loss, normaliser = _reduce(xp, per_step, weights, reduction, dtype, dev)
 
-    dlogits = (xp.exp(log_p) - xp.astype(hot, dtype)) * xp.expand_dims(weights, axis=-1)
+    dlogits = _weighted(xp, xp.exp(log_p) - xp.astype(hot, dtype), xp.expand_dims(weights, axis=-1))
     if normaliser is not None:
         dlogits = dlogits / normaliser
     return loss, dlogits
@@ -245,14 +257,15 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction: str = "m
             xp, mask, shape, dtype, dev, "(the shape of logits, or it without its last axis)"
         )
 
-    z = logits
+    keep = xp.astype(weights != 0, dtype)
+    z, y = _weighted(xp, logits, keep), _weighted(xp, y, keep)
     per_element = (
         xp.maximum(z, xp.zeros((), dtype=dtype, device=dev))
         - z * y
         + xp.log1p(xp.exp(-xp.abs(z)))
     )
     loss, normaliser = _reduce(xp, per_element, weights, reduction, dtype, dev)
-    dlogits = (sigmoid(z) - y) * weights
+    dlogits = _weighted(xp, sigmoid(z) - y, weights)
     if normaliser is not None:
         dlogits = dlogits / normaliser
     return loss, dlogits

@@ -94,6 +94,9 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
     b_ih, b_hh : array (G*H,) or None
     mask : array (T, N, 1) or None
         Steps where the mask is 0 leave the state unchanged and output zeros.
+        Whatever ``x`` holds there (NaN, inf) never reaches a result: it is
+        replaced by zeros first, so the masked blend below only ever
+        multiplies finite numbers (``0 * NaN`` would be NaN).
     xp : namespace
 
     Returns
@@ -104,6 +107,7 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
         The state after the last valid step of each sequence.
     tape : Tape
     """
+    x = _zero_padding(x, mask, xp)
     if _eager_fast.accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
@@ -124,6 +128,13 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
                                       unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
     return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
+
+
+def _zero_padding(a, mask, xp):
+    """``a`` (T, N, F) with zeros at masked steps: a select, so NaN or inf there cannot leak."""
+    if a is None or mask is None:
+        return a
+    return xp.where(mask > 0, a, xp.zeros((), dtype=a.dtype, device=device(a)))
 
 
 def window_keep(n_steps: int, truncate: int | None, mask=None, *, dtype, device, xp):
@@ -168,7 +179,8 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         The cell used in :func:`forward`.
     tape : Tape
     d_out : array (T, N, H) or None
-        Gradient of the loss with respect to ``out``.
+        Gradient of the loss with respect to ``out``; ignored (read as zero)
+        at masked steps.
     d_final : tuple of arrays (N, H), entries may be None
         Gradient with respect to the final state.
     W_ih, W_hh : arrays
@@ -187,6 +199,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     x, state0, states, cell_tape, mask = tape
     n_steps = x.shape[0]
     dtype, dev = x.dtype, device(x)
+    d_out = _zero_padding(d_out, mask, xp)
     if _eager_fast.accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
         keep = window_keep(n_steps, truncate, mask, dtype=dtype, device=dev, xp=xp)
         return Grads(*_eager_fast.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))

@@ -1,0 +1,111 @@
+"""Padding never leaks: whatever sits at padded steps, every result equals the one for zeros there.
+
+Torch's packed sequences never read padded entries; here they are read and
+must be selected away, not multiplied by 0 (``0 * NaN`` is NaN). Each test
+builds inputs once with zeros and once with garbage (NaN, +-inf, 1e30) at the
+padded positions and asks for bit-identical results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from portable_rnn import cs231n, losses
+from portable_rnn.layers import LAYERS
+
+GARBAGE = np.array([np.nan, np.inf, -np.inf, 1e30])
+
+
+def _poison(a: np.ndarray, padded: np.ndarray, rng) -> np.ndarray:
+    """A copy of ``a`` with garbage wherever ``padded`` (broadcast to ``a``) is true."""
+    out = a.copy()
+    where = np.broadcast_to(padded, a.shape)
+    out[where] = rng.choice(GARBAGE, size=int(where.sum())).astype(a.dtype)
+    return out
+
+
+def _layer_results(backend, spec, params, x, lengths, d_out):
+    def fwd_bwd(params, x, lengths, d_out):
+        out, state, tape = spec.forward(params, x, lengths=lengths)
+        grads, dx, dstate0 = spec.backward(params, tape, d_out, state)
+        return out, state, grads, dx, dstate0
+
+    result = backend.run(fwd_bwd, params, x, lengths, d_out)
+    leaves = []
+
+    def collect(tree):
+        if isinstance(tree, dict):
+            for key in sorted(tree):
+                collect(tree[key])
+        elif isinstance(tree, (tuple, list)):
+            for leaf in tree:
+                collect(leaf)
+        else:
+            leaves.append(backend.to_numpy(tree))
+
+    collect(result)
+    return leaves
+
+
+@pytest.mark.jit(mode=["lstm"])
+@pytest.mark.parametrize("mode", list(LAYERS))
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_garbage_at_padded_steps_of_x_and_d_out_changes_nothing(backend, mode, batch_first):
+    rng = np.random.default_rng(7)
+    T, N, D, H = 5, 3, 2, 4
+    spec = LAYERS[mode](D, H, 2, bidirectional=True, batch_first=batch_first)
+    lengths = np.array([5, 2, 1])
+    padded = np.arange(T)[:, None] >= lengths[None, :]  # (T, N)
+    padded = (padded.T if batch_first else padded)[..., None]
+    shape = (N, T) if batch_first else (T, N)
+    x = rng.normal(size=(*shape, D)) * (~padded)
+    d_out = rng.normal(size=(*shape, 2 * H)) * (~padded)
+    dtype = "float64"
+    params = spec.init(seed=1, xp=backend.xp, dtype=dtype, device=backend.device)
+    length_arr = backend.asarray(lengths)
+    clean = _layer_results(backend, spec, params, backend.asarray(x, dtype), length_arr,
+                           backend.asarray(d_out, dtype))
+    dirty = _layer_results(backend, spec, params, backend.asarray(_poison(x, padded, rng), dtype),
+                           length_arr, backend.asarray(_poison(d_out, padded, rng), dtype))
+    assert len(clean) == len(dirty)
+    for a, b in zip(clean, dirty):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.backends("numpy", "array_api_strict", "torch", "jax")
+def test_masked_losses_ignore_garbage_under_the_mask(backend):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 6, 5))
+    targets = rng.integers(0, 5, size=(4, 6))
+    mask = rng.random((4, 6)) < 0.6
+    masked = ~mask[..., None]
+    for weights in (mask, mask.astype(np.float64)):
+        results = []
+        for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
+            loss, dlogits = backend.run(losses.softmax_cross_entropy, backend.asarray(lg, "float64"),
+                                        backend.asarray(targets), backend.asarray(weights))
+            results.append((backend.to_numpy(loss), backend.to_numpy(dlogits)))
+        for a, b in zip(*results):
+            assert np.all(np.isfinite(a))
+            np.testing.assert_array_equal(a, b)
+
+    y = (rng.random((4, 6, 5)) < 0.5).astype(np.float64)
+    results = []
+    for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
+        loss, dlogits = backend.run(losses.sigmoid_binary_cross_entropy, backend.asarray(lg, "float64"),
+                                    backend.asarray(y, "float64"), backend.asarray(mask))
+        results.append((backend.to_numpy(loss), backend.to_numpy(dlogits)))
+    for a, b in zip(*results):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
+
+    results = []
+    for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
+        loss, dx = backend.run(cs231n.temporal_softmax_loss, backend.asarray(lg, "float64"),
+                               backend.asarray(targets), backend.asarray(mask))
+        results.append((backend.to_numpy(loss), backend.to_numpy(dx)))
+    for a, b in zip(*results):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_array_equal(a, b)
