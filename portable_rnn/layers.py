@@ -49,6 +49,7 @@ same map, since :math:`\pi_n` is its own inverse. Without lengths it is
 
 from __future__ import annotations
 
+import functools
 import numbers
 from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar, NamedTuple
@@ -90,6 +91,17 @@ class RecurrentTape(NamedTuple):
 
     layers: tuple
     index: object = None
+
+    #: The spec whose :meth:`~LSTM.forward` made the tape. It lives on a
+    #: per-spec subclass, not in a field, so that the tape stays a pytree of
+    #: arrays under ``jax.jit`` and still knows its maker.
+    spec = None
+
+
+@functools.lru_cache(maxsize=256)
+def _tape_type(spec):
+    """The :class:`RecurrentTape` subclass that remembers ``spec`` (one per spec)."""
+    return type("RecurrentTape", (RecurrentTape,), {"__slots__": (), "spec": spec})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -368,9 +380,14 @@ class _Recurrent:
             layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
             tapes.append(tuple(layer_tapes))
 
+        if self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
+            # Here the output is the tape's own state array: hand back a copy, so that
+            # writing into ``out`` cannot change what backward() computes. (JAX arrays
+            # are immutable; with a mask or two directions ``out`` is already new.)
+            layer_in = xp.asarray(layer_in, copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
-        return out, self._state_value(final), RecurrentTape(tuple(tapes), index)
+        return out, self._state_value(final), _tape_type(self)(tuple(tapes), index)
 
     def _check_forward(self, params, x, state, lengths):
         """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None)``."""
@@ -487,14 +504,14 @@ class _Recurrent:
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""
         self._check_params(params)
         L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
-        if not (
-            isinstance(tape, tuple) and len(tape) == 2 and isinstance(tape[0], tuple)
-            and len(tape[0]) == L and all(isinstance(t, tuple) and len(t) == dirs for t in tape[0])
-        ):
+        made_by = getattr(tape, "spec", None)
+        if not (isinstance(tape, RecurrentTape) and made_by is not None):
             raise TypeError(
                 f"tape must be the RecurrentTape returned by forward() of this spec "
                 f"({L} layer(s) x {dirs} direction(s)), got {type(tape).__name__}"
             )
+        if made_by != self:
+            raise ValueError(f"tape was made by {made_by!r}, not by this spec {self!r}")
         x0 = tape[0][0][0].x
         T, N = x0.shape[0], x0.shape[1]
         ds_parts = None if d_state is None else self._state_parts(d_state, "d_state", allow_none=True)
