@@ -57,6 +57,12 @@ def namespace_of(**arrays):
                 f"{name} must be an array (numpy, cupy, jax, torch or array_api_strict), "
                 f"got {type(value).__name__}"
             )
+        if type(value).__module__.startswith("numpy.ma"):
+            # Its mask would be silently ignored by the array maths.
+            raise TypeError(
+                f"{name} is a NumPy masked array; pass plain arrays (x.filled(0)) and give "
+                "padding as lengths= (layers) or mask= (losses)"
+            )
         xp = array_namespace(value)
         if first_xp is None:
             first_name, first_xp = name, xp
@@ -80,6 +86,12 @@ def check_floating(xp, **arrays):
     for name, value in arrays.items():
         if value is None:
             continue
+        byteorder = getattr(value.dtype, "byteorder", "=")
+        if byteorder not in ("=", "|") and value.dtype.newbyteorder("=") != value.dtype:
+            raise TypeError(
+                f"{name} has dtype {value.dtype.str}, a non-native byte order; convert it "
+                f"first, e.g. {name}.astype({name}.dtype.newbyteorder('='))"
+            )
         if not xp.isdtype(value.dtype, "real floating"):
             raise TypeError(
                 f"{name} has dtype {value.dtype}; expected a real floating dtype "
@@ -217,9 +229,9 @@ def check_params(name: str, params: Mapping, shapes: Mapping[str, Sequence], own
     if extra:
         whose = f" for {owner!r}" if owner is not None else ""
         raise ValueError(f"{name} has unexpected key(s) {extra}{whose}; expected keys {list(shapes)}")
+    xp, dtype, _ = check_arrays(**{f"{name}['{k}']": params[k] for k in shapes})
     for key, shape in shapes.items():
         check_shape(f"{name}['{key}']", params[key], shape)
-    xp, dtype, _ = check_arrays(**{f"{name}['{k}']": params[k] for k in shapes})
     return xp, dtype
 
 
