@@ -1,0 +1,167 @@
+r"""Drop-in ``torch.nn`` modules whose autograd backward is the hand-written BPTT.
+
+:class:`RNN`, :class:`LSTM` and :class:`GRU` take ``torch.nn``'s constructor
+arguments and defaults, register the same parameters under the same names
+(a ``torch.nn`` ``state_dict`` loads with ``strict=True`` both ways), draw the
+same initial numbers from torch's generator, and keep ``torch.nn``'s forward
+contract: ``(input, hx)`` to ``(output, h_n)`` (``(output, (h_n, c_n))`` for
+LSTM), 2-D unbatched input, and ``PackedSequence`` in and out. Gradients reach
+the parameters, the input and ``hx`` through a ``torch.autograd.Function``
+whose backward is :meth:`portable_rnn.LSTM.backward` (on CPU, the NumPy fast
+path), so ``torch.optim``, LR schedulers, gradient hooks and
+``DistributedDataParallel`` work unchanged::
+
+    from portable_rnn.torch import LSTM
+
+    model = LSTM(16, 64, num_layers=2, batch_first=True)
+    out, (h_n, c_n) = model(x)
+    out.sum().backward()
+
+Not supported yet, and refused with a ``ValueError`` when asked for:
+``dropout > 0`` and ``proj_size > 0``. The backward is not itself
+differentiable: ``create_graph=True`` (double backward) raises a
+``RuntimeError`` that says so. Importing this module needs
+torch; the rest of the package does not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .layers import LAYERS
+
+__all__ = ["RNN", "LSTM", "GRU"]
+
+
+class _HandWrittenBPTT(torch.autograd.Function):
+    """``spec.forward`` with ``spec.backward`` as its gradient (parameters passed flat, in state_dict order)."""
+
+    @staticmethod
+    def forward(ctx, spec, lengths, has_state, n_state_parts, *tensors):
+        state_parts, flat = tensors[:n_state_parts], tensors[n_state_parts:]
+        x, *flat = flat
+        # Detached views: the fast path takes tensors that do not require grad.
+        params = {k: p.detach() for k, p in zip(spec.param_shapes(), flat)}
+        state = None
+        if has_state:
+            parts = tuple(s.detach() for s in state_parts)
+            state = parts if len(parts) > 1 else parts[0]
+        out, final, tape = spec.forward(params, x.detach(), state, lengths)
+        ctx.spec, ctx.params, ctx.tape, ctx.has_state = spec, params, tape, has_state
+        ctx.n_state_parts = n_state_parts
+        finals = final if isinstance(final, tuple) else (final,)
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_finals):
+        if torch.is_grad_enabled():  # create_graph=True: a graph of this backward is asked for
+            raise RuntimeError(
+                "portable_rnn.torch: the hand-written backward is not itself differentiable; "
+                "double backward (create_graph=True) is not supported"
+            )
+        spec = ctx.spec
+        d_final = d_finals if len(d_finals) > 1 else d_finals[0]
+        grads, dx, dstate0 = spec.backward(ctx.params, ctx.tape, d_out, d_final)
+        d_state = (dstate0 if isinstance(dstate0, tuple) else (dstate0,)) if ctx.has_state else \
+            (None,) * ctx.n_state_parts
+        return (None, None, None, None, *d_state, dx, *(grads[k] for k in spec.param_shapes()))
+
+
+class _Recurrent(torch.nn.Module):
+    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share (``torch.nn.RNNBase``'s role)."""
+
+    mode = ""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, **options):
+        super().__init__()
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if dropout > 0:
+            raise ValueError("dropout > 0 between layers is not supported yet; use dropout=0.0")
+        if proj_size:
+            raise ValueError("proj_size > 0 (LSTM projections) is not supported yet; use proj_size=0")
+        self.spec = LAYERS[self.mode](input_size, hidden_size, num_layers, bidirectional=bidirectional,
+                                      batch_first=batch_first, bias=bias, **options)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout, self.proj_size = float(dropout), proj_size
+        for name, shape in self.spec.param_shapes().items():
+            self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``torch.nn``'s initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in order."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return repr(self.spec)
+
+    def forward(self, input, hx=None):
+        """``torch.nn``'s contract: see the module docstring."""
+        packed = isinstance(input, PackedSequence)
+        lengths = None
+        if packed:
+            input, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
+            lengths = lengths.to(input.device)
+        unbatched = input.dim() == 2
+        if unbatched:
+            input = input.unsqueeze(1 if not self.batch_first else 0)
+        parts = self._state_parts(hx, unbatched)
+        n_parts = self.spec.cell.n_states
+        tensors = parts if parts is not None else (None,) * n_parts
+        out, *finals = _HandWrittenBPTT.apply(self.spec, lengths, parts is not None, n_parts,
+                                              *tensors, input, *self.parameters())
+        if unbatched:
+            out = out.squeeze(1 if not self.batch_first else 0)
+            finals = [f.squeeze(1) for f in finals]
+        if packed:
+            out = pack_padded_sequence(out, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
+        return out, (tuple(finals) if n_parts > 1 else finals[0])
+
+    def _state_parts(self, hx, unbatched):
+        if hx is None:
+            return None
+        parts = tuple(hx) if self.spec.cell.n_states > 1 else (hx,)
+        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
+
+
+class RNN(_Recurrent):
+    """``torch.nn.RNN`` with the hand-written backward: ``RNN(input_size, hidden_size, num_layers=1,
+    nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
+    dtype=None)``."""
+
+    mode = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype, nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(_Recurrent):
+    """``torch.nn.LSTM`` with the hand-written backward (same signature; ``proj_size`` must be 0)."""
+
+    mode = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device=device, dtype=dtype)
+
+
+class GRU(_Recurrent):
+    """``torch.nn.GRU`` with the hand-written backward (same signature)."""
+
+    mode = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)

@@ -1,0 +1,189 @@
+"""portable_rnn.torch: drop-in torch.nn modules whose autograd backward is the hand-written BPTT."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+import portable_rnn.torch as prt  # noqa: E402
+
+MODES = {"rnn": (prt.RNN, torch.nn.RNN), "lstm": (prt.LSTM, torch.nn.LSTM), "gru": (prt.GRU, torch.nn.GRU)}
+COMBOS = [  # (layers, bidirectional, batch_first, bias)
+    (1, False, False, True), (2, True, True, True), (3, False, True, False), (2, True, False, False),
+]
+
+
+def _pair(mode, layers, bidirectional, batch_first, bias, **extra):
+    ours_cls, ref_cls = MODES[mode]
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias,
+                  dtype=torch.float64, **extra)
+    torch.manual_seed(0)
+    ref = ref_cls(3, 4, **kwargs)
+    torch.manual_seed(0)
+    ours = ours_cls(3, 4, **kwargs)
+    return ours, ref
+
+
+def _grads(module):
+    return {k: p.grad.clone() for k, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "L{}-bi{:d}-bf{:d}-bias{:d}".format(*c))
+@pytest.mark.parametrize("given_hx", [False, True])
+def test_same_init_outputs_states_and_gradients_as_torch_nn(mode, combo, given_hx):
+    layers, bidirectional, batch_first, bias = combo
+    ours, ref = _pair(mode, *combo)
+    for (k1, p1), (k2, p2) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert k1 == k2 and torch.equal(p1, p2)  # same names, order and numbers from torch's RNG
+    rng = np.random.default_rng(1)
+    T, N, dirs = 5, 2, 2 if bidirectional else 1
+    shape = (N, T, 3) if batch_first else (T, N, 3)
+    x1 = torch.tensor(rng.normal(size=shape), requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    hx1 = hx2 = None
+    if given_hx:
+        h = torch.tensor(rng.normal(size=(layers * dirs, N, 4)))
+        parts = (h, 0.5 * h) if mode == "lstm" else (h,)
+        hx1 = tuple(p.clone().requires_grad_(True) for p in parts)
+        hx2 = tuple(p.clone().requires_grad_(True) for p in parts)
+        hx1, hx2 = (hx1, hx2) if mode == "lstm" else (hx1[0], hx2[0])
+    out1, s1 = ours(x1, hx1)
+    out2, s2 = ref(x2, hx2)
+    torch.testing.assert_close(out1, out2, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s1 if mode == "lstm" else (s1,), s2 if mode == "lstm" else (s2,)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    w = torch.tensor(rng.normal(size=tuple(out1.shape)))
+    h_last = s1[0] if mode == "lstm" else s1
+    h_ref = s2[0] if mode == "lstm" else s2
+    ((out1 * w).sum() + h_last.square().sum()).backward()
+    ((out2 * w).sum() + h_ref.square().sum()).backward()
+    g1, g2 = _grads(ours), _grads(ref)
+    for key in g2:
+        torch.testing.assert_close(g1[key], g2[key], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    if given_hx:
+        for a, b in zip(hx1 if mode == "lstm" else (hx1,), hx2 if mode == "lstm" else (hx2,)):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_packed_and_unbatched_inputs(mode):
+    ours, ref = _pair(mode, 2, True, False, True)
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.normal(size=(6, 3, 3)))
+    lengths = torch.tensor([6, 2, 4])
+    outs = []
+    for module in (ours, ref):
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, state = module(packed)
+        padded, out_lengths = pad_packed_sequence(out)
+        padded.sum().backward()
+        outs.append((padded, out_lengths, state, _grads(module)))
+    (p1, l1, s1, g1), (p2, l2, s2, g2) = outs
+    torch.testing.assert_close(p1, p2, rtol=1e-10, atol=1e-12)
+    assert torch.equal(l1, l2)
+    for a, b in zip(s1 if mode == "lstm" else (s1,), s2 if mode == "lstm" else (s2,)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for key in g2:
+        torch.testing.assert_close(g1[key], g2[key], rtol=1e-10, atol=1e-12)
+    single = torch.tensor(rng.normal(size=(6, 3)))
+    o1, st1 = ours(single)
+    o2, st2 = ref(single)
+    torch.testing.assert_close(o1, o2, rtol=1e-10, atol=1e-12)
+    assert o1.shape == o2.shape and (st1[0] if mode == "lstm" else st1).shape == (st2[0] if mode == "lstm" else st2).shape
+
+
+def test_state_dicts_load_strictly_both_ways():
+    for mode, (ours_cls, ref_cls) in MODES.items():
+        ours, ref = ours_cls(3, 4, 2, bidirectional=True), ref_cls(3, 4, 2, bidirectional=True)
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        ref.load_state_dict(ours.state_dict(), strict=True)
+        assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_torch_optim_trains_it_and_double_backward_is_refused():
+    torch.manual_seed(0)
+    model = prt.GRU(3, 8, batch_first=True)
+    head = torch.nn.Linear(8, 1)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=0.05)
+    x, y = torch.randn(16, 7, 3), torch.randn(16, 1)
+
+    def loss():
+        out, h = model(x)
+        return torch.nn.functional.mse_loss(head(out[:, -1]), y)
+
+    first = loss().item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.5 * first
+    out, _ = model(x)
+    with pytest.raises(RuntimeError, match="not itself differentiable; double backward"):
+        torch.autograd.grad(out.sum(), [model.weight_hh_l0], create_graph=True)
+
+
+def test_unsupported_options_are_refused_clearly():
+    with pytest.raises(ValueError, match="dropout > 0 between layers is not supported yet"):
+        prt.LSTM(3, 4, 2, dropout=0.5)
+    with pytest.raises(ValueError, match="proj_size > 0"):
+        prt.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="dropout must be a number in"):
+        prt.GRU(3, 4, dropout=2.0)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    import portable_rnn.torch as prt
+
+    def run(rank, world, port, out):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        torch.manual_seed(0)
+        model = prt.LSTM(3, 4, batch_first=True, dtype=torch.float64)
+        x = torch.arange(8 * 5 * 3, dtype=torch.float64).reshape(8, 5, 3).sin()
+        if rank == 0:  # the single-process reference on the global batch
+            ref = prt.LSTM(3, 4, batch_first=True, dtype=torch.float64)
+            ref.load_state_dict(model.state_dict())
+            ref(x)[0].square().mean().backward()
+            torch.save({k: p.grad for k, p in ref.named_parameters()}, out + ".ref")
+        ddp = DistributedDataParallel(model)
+        shard = x[rank * 4:(rank + 1) * 4]
+        ddp(shard)[0].square().mean().backward()
+        if rank == 0:
+            torch.save({k: p.grad for k, p in model.named_parameters()}, out + ".ddp")
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        port, out = int(sys.argv[1]), sys.argv[2]
+        torch.multiprocessing.spawn(run, args=(2, port, out), nprocs=2, join=True)
+""")
+
+
+def test_distributed_data_parallel_gives_the_single_process_gradients(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "grads")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, str(script), str(port), out], env=env, timeout=120,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ref, ddp = torch.load(out + ".ref"), torch.load(out + ".ddp")
+    for key in ref:
+        torch.testing.assert_close(ddp[key], ref[key], rtol=1e-10, atol=1e-12)
