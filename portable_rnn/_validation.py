@@ -10,7 +10,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping, Sequence
 
-from array_api_compat import array_namespace, device, is_array_api_obj
+from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_array
 
 __all__ = [
     "namespace_of",
@@ -18,6 +18,7 @@ __all__ = [
     "check_shape",
     "check_keys",
     "check_same_device",
+    "placement",
     "library_name",
     "check_time_steps",
     "check_int",
@@ -114,29 +115,87 @@ def check_floating(xp, **arrays):
     return dtype
 
 
-def check_same_device(**arrays):
-    """Check that the named arrays live on one device; return it.
+def _device_key(value):
+    """What "same device" compares for ``value``; ``None`` where it is unknown (JAX tracers).
 
-    Under ``jax.jit`` devices are unknown (``None``) and the check is skipped.
+    A JAX array sharded or replicated over several devices has a sharding, not
+    a device, and arrays over the same devices combine whatever their
+    partitioning: for JAX arrays the key is the set of devices. Elsewhere it
+    is the array's device.
     """
-    first_name, first_device = None, None
+    if is_jax_array(value):
+        try:
+            return frozenset(value.devices())
+        except Exception:  # tracers: jit decides where they live
+            return None
+    try:
+        return device(value)
+    except Exception:  # tracers without a committed device
+        return None
+
+
+def _describe(key) -> str:
+    """``device cuda:0``, or ``devices [cpu:0, cpu:1, ...]`` for a JAX device set."""
+    if isinstance(key, frozenset):
+        if len(key) == 1:
+            return f"device {next(iter(key))}"
+        return f"devices [{', '.join(str(d) for d in sorted(key, key=lambda d: d.id))}]"
+    return f"device {key}"
+
+
+def placement(value):
+    """Where new arrays "like" ``value`` go: the ``device=`` creation functions take.
+
+    The device of an array on one device; for a JAX array over several
+    devices, a sharding that replicates over the same devices (parameters,
+    zero states and masks are whole on every device that holds a slice of
+    the batch, so no op has to gather them). ``None`` where it is unknown
+    (JAX tracers: jit places what they create).
+    """
+    if not is_jax_array(value):
+        try:
+            return device(value)
+        except Exception:
+            return None
+    try:
+        sharding = value.sharding
+        devices = sharding.device_set
+    except Exception:  # tracers
+        return None
+    if len(devices) == 1:
+        return next(iter(devices))
+    if sharding.is_fully_replicated:
+        return sharding
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = getattr(sharding, "mesh", None)
+    if not isinstance(mesh, Mesh):  # shardings without a mesh: one axis over their devices
+        mesh = Mesh(tuple(sorted(devices, key=lambda d: d.id)), ("devices",))
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_same_device(**arrays):
+    """Check that the named arrays live on one device (JAX: one set of devices); return where.
+
+    ``None`` values are ignored. Returns :func:`placement` of the first array
+    whose device is known, ``None`` when none is (under ``jax.jit`` devices
+    are unknown and the check is skipped).
+    """
+    first_name, first_key, first_value = None, None, None
     for name, value in arrays.items():
         if value is None:
             continue
-        try:
-            dev = device(value)
-        except Exception:  # tracers without a committed device
-            dev = None
-        if dev is None:
+        key = _device_key(value)
+        if key is None:
             continue
-        if first_device is None:
-            first_name, first_device = name, dev
-        elif dev != first_device:
+        if first_key is None:
+            first_name, first_key, first_value = name, key, value
+        elif key != first_key:
             raise ValueError(
-                f"{name} is on device {dev} but {first_name} is on device "
-                f"{first_device}; move them to one device"
+                f"{name} is on {_describe(key)} but {first_name} is on {_describe(first_key)}; "
+                "move them to one device"
             )
-    return first_device
+    return None if first_value is None else placement(first_value)
 
 
 def _format_shape(expected: Sequence) -> str:

@@ -20,6 +20,16 @@ Dtype policy
     its duration, and :meth:`Backend.asarray` refuses to hand back an array
     of another dtype than the one asked for.
 
+Matmul precision policy
+    NVIDIA GPUs from Ampere on can multiply float32 matrices in TF32 (10
+    mantissa bits instead of 23, a relative rounding of about 5e-4 per
+    operand). JAX does so by default on those GPUs, CuPy with
+    ``CUPY_TF32=1``, torch with ``torch.backends.cuda.matmul.allow_tf32`` or
+    ``torch.set_float32_matmul_precision("high")``. The library leaves the
+    choice to the user; ``portable-rnn check`` and the test suite run inside
+    :func:`full_precision_matmuls`, and :func:`matmul_precision` says what a
+    backend runs with.
+
 Availability
     A backend is available when it imports *and* an allocation on its device
     works: CuPy imports on machines without a GPU and fails only at its first
@@ -34,10 +44,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from array_api_compat import array_namespace
-from array_api_compat import device as device_of
 
 from ._validation import library_name as _library_name
-from ._validation import namespace_of
+from ._validation import namespace_of, placement
 
 __all__ = [
     "BACKEND_NAMES",
@@ -50,6 +59,8 @@ __all__ = [
     "discover",
     "to_host",
     "jax_float64",
+    "full_precision_matmuls",
+    "matmul_precision",
     "resolve_namespace",
     "resolve_dtype",
     "resolve_target",
@@ -127,6 +138,19 @@ class Backend:
     def to_numpy(self, a) -> np.ndarray:
         """An array of this backend -> a fresh NumPy array on the host (see :func:`to_host`)."""
         return to_host(a)
+
+    def context(self):
+        """A context manager that makes :attr:`device` the current device where the library has one.
+
+        CuPy creates some arrays on its *current* device whatever ``device=``
+        says (array-api-compat drops it for ``zeros``, ``ones``, ``arange``,
+        ``zeros_like``), so a program on a CuPy GPU other than the current
+        one runs inside ``with backend.context():`` (``cupy.cuda.Device(i)``).
+        Every other library honours ``device=``: a null context.
+        """
+        if self.library == "cupy":
+            return self.device
+        return contextlib.nullcontext()
 
 
 def _dtype_name(dtype) -> str:
@@ -212,7 +236,7 @@ def _torch_from_host(host, backend):
 def _cupy_from_host(host, backend):
     import cupy
 
-    with backend.device:  # array-api-compat ignores device= for some CuPy creation functions
+    with backend.context():
         return cupy.asarray(host)
 
 
@@ -406,7 +430,10 @@ def resolve_target(like=None, xp=None, dtype=None, device=None, *, default_dtype
     ``like=x`` takes all three from ``x`` (``dtype``/``device`` given too
     override it); otherwise ``xp`` (a library module, ``None`` for NumPy),
     ``dtype`` (default ``default_dtype``) and ``device`` (default: the
-    library's default device).
+    library's default device). The device of a JAX array sharded over
+    several devices is a sharding that replicates over the same devices
+    (:func:`portable_rnn._validation.placement`): parameters made like a
+    batch-sharded input are whole on each of its devices.
     """
     if like is not None:
         if xp is not None:
@@ -414,10 +441,7 @@ def resolve_target(like=None, xp=None, dtype=None, device=None, *, default_dtype
         xp = namespace_of(like=like)
         dtype = like.dtype if dtype is None else dtype
         if device is None:
-            try:
-                device = device_of(like)
-            except Exception:  # JAX tracers have no committed device
-                device = None
+            device = placement(like)  # replicated over the devices of a sharded JAX array
     else:
         xp = resolve_namespace(xp)
         dtype = default_dtype if dtype is None else dtype
@@ -461,3 +485,68 @@ def jax_float64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+# --------------------------------------------------------------------------- matmul precision
+
+
+@contextlib.contextmanager
+def full_precision_matmuls():
+    """Run float32 matmuls in full float32 (TF32 off) inside the ``with`` block; restore after.
+
+    JAX: ``jax_default_matmul_precision="highest"``; torch: float32 matmul
+    precision ``"highest"`` and ``allow_tf32`` off. Both are process-wide, so
+    only programs and the test session enter this, never library functions.
+    CuPy reads ``CUPY_TF32`` from the environment itself (off unless > 0):
+    :func:`matmul_precision` reports it. Libraries not installed are skipped.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            import jax
+        except ImportError:
+            pass
+        else:  # the config option, not the thread-local context: every thread of the program
+            previous = jax.config.jax_default_matmul_precision
+            jax.config.update("jax_default_matmul_precision", "highest")
+            stack.callback(jax.config.update, "jax_default_matmul_precision", previous)
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            matmul, before = torch.backends.cuda.matmul, torch.get_float32_matmul_precision()
+            allowed = matmul.allow_tf32
+            torch.set_float32_matmul_precision("highest")
+            matmul.allow_tf32 = False
+            stack.callback(setattr, matmul, "allow_tf32", allowed)
+            stack.callback(torch.set_float32_matmul_precision, before)
+        yield
+
+
+def matmul_precision(backend: Backend) -> str:
+    """How ``backend`` runs float32 matmuls now, as one line ending in whether TF32 is on.
+
+    Reads the library's settings: ``jax_default_matmul_precision`` (JAX),
+    ``allow_tf32`` and ``get_float32_matmul_precision()`` (torch),
+    ``CUPY_TF32`` (CuPy). NumPy and array-api-strict multiply on the host in
+    full float32.
+    """
+    if backend.library == "jax":
+        import jax
+
+        setting = jax.config.jax_default_matmul_precision
+        full = str(setting).lower() in ("highest", "float32")
+        tf32 = "TF32 off" if full else "TF32 on NVIDIA GPUs from Ampere on"
+        return f"jax_default_matmul_precision={setting!r} ({tf32})"
+    if backend.library == "torch":
+        import torch
+
+        allowed, precision = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+        full = not allowed and precision == "highest"
+        tf32 = "TF32 off" if full else "TF32 on for CUDA matmuls"
+        return f"allow_tf32={allowed}, float32_matmul_precision={precision!r} ({tf32})"
+    if backend.library == "cupy":
+        setting = os.environ.get("CUPY_TF32", "0")
+        on = setting.strip().isdigit() and int(setting) > 0  # as CuPy reads it at its first float32 matmul
+        return f"CUPY_TF32={setting!r} ({'TF32 on' if on else 'TF32 off'})"
+    return "full float32 on the host (TF32 off)"

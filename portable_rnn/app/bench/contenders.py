@@ -63,10 +63,13 @@ def device_backend(name: str) -> backends.Backend:
 
 
 def torch_sync(dev):
-    """A function that waits for ``dev``'s queued work (nothing to wait for on the CPU)."""
+    """A function that waits for ``dev``'s queued work (nothing to wait for on the CPU).
+
+    ``dev`` is named: a bare ``synchronize()`` waits for the *current* GPU only.
+    """
     import torch
 
-    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
 
 def fwd_bwd(spec, params, x, loss_grad):
@@ -150,7 +153,7 @@ def ours_jax(case, spec, params, x, name="jax"):
 
 
 def ours_cupy(case, spec, params, x):
-    """Our layer on CuPy, synchronised on the current stream after every run."""
+    """Our layer on CuPy, inside its device's context, synchronised on that device's stream after every run."""
     backend = device_backend("cupy")
     import cupy
 
@@ -158,8 +161,9 @@ def ours_cupy(case, spec, params, x):
     xc = backend.asarray(x)
 
     def run():
-        r = fwd_bwd(spec, p, xc, cupy.ones_like)
-        cupy.cuda.get_current_stream().synchronize()
+        with backend.context():  # CuPy makes some arrays on the current device whatever device= says
+            r = fwd_bwd(spec, p, xc, cupy.ones_like)
+            cupy.cuda.get_current_stream().synchronize()
         return r
 
     return Contender("cupy", "ours", "cuda", run, group="cuda", grads=_grads_of_ours)

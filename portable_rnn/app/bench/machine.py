@@ -1,4 +1,4 @@
-"""Facts about the machine that move the bench's numbers: CPU, cores, load, versions, BLAS, SIMD, CUDA."""
+"""Facts about the machine that move the bench's numbers: CPU, cores, load, versions, BLAS, SIMD, CUDA, precision."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import time
 
 import numpy as np
 
-__all__ = ["cores", "load", "cuda_info", "elementwise_costs", "machine_info"]
+from ... import backends
+
+__all__ = ["cores", "load", "cuda_info", "elementwise_costs", "machine_info", "matmul_precisions"]
 
 
 def _cpu_model() -> str:
@@ -123,5 +125,11 @@ def machine_info(backend_names, threads):
         "versions": _versions(backend_names), "blas": _blas_info(), "env": env,
         "numpy_simd": _simd_found(), "elementwise": elementwise_costs(),
         "xla_threads": "not settable after import; XLA_FLAGS=" + repr(env["XLA_FLAGS"]),
-        "cuda": cuda_info(),
+        "cuda": cuda_info(), "matmul_precision": matmul_precisions(backend_names),
     }
+
+
+def matmul_precisions(backend_names) -> dict:
+    """``backend -> how it runs float32 matmuls now`` (:func:`portable_rnn.backends.matmul_precision`)."""
+    available, _ = backends.discover(backend_names)
+    return {name: backends.matmul_precision(b) for name, b in available.items()}

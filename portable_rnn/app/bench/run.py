@@ -12,7 +12,10 @@ JSON (``--json FILE``)
     ``numpy_simd`` (the SIMD extensions NumPy found), ``elementwise`` (dtype ->
     ``tanh_ns``, ``exp_ns``, ``multiply_ns``: NumPy's cost per element on one
     thread, see :func:`~portable_rnn.app.bench.machine.elementwise_costs`),
-    ``load_before``/``load_after`` (1-minute load average), ``cuda``.
+    ``load_before``/``load_after`` (1-minute load average), ``cuda``,
+    ``matmul_precision`` (backend -> how it ran float32 matmuls: the bench
+    runs inside :func:`portable_rnn.backends.full_precision_matmuls`, TF32 off,
+    like ``torch.nn``'s default, so every contender does the same arithmetic).
 ``settings``
     ``quick``, ``repeats``, ``threads``, ``settle_s``, ``backends``, ``cells``, ``configs``.
 ``results``
@@ -21,7 +24,10 @@ JSON (``--json FILE``)
     "reference" | "bound", "device", "group", "median_s", "times_s", "gflops",
     "compile_s", "peak_bytes", "tape_bytes", "peak_over_tape",
     "peak_over_tape_and_grads", "err"}`` (unknown fields are ``null``),
-    ``ratios``: ``"A/B"`` -> median ratio, and ``skipped``: name -> reason.
+    ``ratios``: ``"A/B"`` -> median ratio, ``skipped``: name -> reason, and
+    ``kernels_per_step``: contender (``torch``, ``torch.nn``, ``jax``,
+    ``jax.grad``) -> ``{"forward", "backward", "unit"}``, the ops one time step
+    launches (:mod:`~portable_rnn.app.bench.kernels`; counted on the CPU).
 ``compile_vs_T``
     JAX compile times (``jax.jit(...).lower().compile()``) of our LSTM
     forward + backward and of the ``jax.grad`` reference at (1, T, 32, 64),
@@ -50,6 +56,7 @@ from . import contenders as ours
 from . import references as refs
 from .cases import BENCH_BACKENDS, BENCH_CELLS, CONFIGS, QUICK_CONFIGS, Case, host_inputs
 from .contenders import Skip, fwd_bwd
+from .kernels import kernels_per_step
 from .machine import cores, load, machine_info
 from .targets import targets
 from .timing import SETTLE_S, pin_threads, time_all
@@ -147,7 +154,8 @@ def measure(case, backend_names, repeats, portable, check, settle) -> dict:
         ref = next((c.grads(warm[c.name]) for c in contenders
                     if c.name.startswith("torch.nn") and c.grads is not None), None)
     entry = {"cell": case.cell, "N": case.N, "T": case.T, "D": case.D, "H": case.H,
-             "dtype": case.dtype, "flops": case.flops, "contenders": {}, "ratios": {}, "skipped": skipped}
+             "dtype": case.dtype, "flops": case.flops, "contenders": {}, "ratios": {}, "skipped": skipped,
+             "kernels_per_step": kernels_per_step(case.cell, backend_names)}
     for c in contenders:
         med = statistics.median(times[c.name])
         info = {"kind": c.kind, "device": c.device, "group": c.group, "median_s": med,
@@ -236,6 +244,7 @@ def run(*, configs=None, cells=BENCH_CELLS, backend_names=None, repeats=5, threa
     with contextlib.ExitStack() as stack:
         if any(b.startswith("jax") for b in backend_names) and any(c[4] == "float64" for c in configs):
             stack.enter_context(backends.jax_float64())
+        stack.enter_context(backends.full_precision_matmuls())
         stack.callback(pin_threads(threads))
         return _report(settings, portable, check, compile_study, say)
 
@@ -251,6 +260,7 @@ def _say_machine(m, threads, say) -> None:
         + "; ".join(f"{dt} " + " ".join(f"{k[:-3]} {v:.2f}" for k, v in c.items())
                     for dt, c in m["elementwise"].items()))
     say(f"XLA CPU threads: {m['xla_threads']}")
+    say("float32 matmuls: " + "; ".join(f"{k} {v}" for k, v in m["matmul_precision"].items()))
 
 
 def _fmt_bytes(n):
@@ -270,6 +280,9 @@ def _say_entry(entry, say) -> None:
             f"{_fmt_bytes(c['peak_bytes']):>8s} {pt:>9s} {err:>8s}")
     if entry["ratios"]:
         say("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in entry["ratios"].items()))
+    if entry["kernels_per_step"]:
+        say("  kernels per step (forward/backward): " + ", ".join(
+            f"{k} {v['forward']:g}/{v['backward']:g}" for k, v in entry["kernels_per_step"].items()))
     for name, why in entry["skipped"].items():
         say(f"  skipped {name}: {why}")
 
