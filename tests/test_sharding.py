@@ -117,9 +117,6 @@ def test_jit_gives_the_unsharded_numbers_and_keeps_the_batch_sharded(report):
         assert s["replicated"] and s["devices"] == 4, (name, s)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sequence.py makes arrays at array_api_compat.device(x), which for a sharded x is its rank-3 "
-    "sharding; it needs _validation.placement(x) (issue 14 item 7)"))
 def test_eager_gives_the_unsharded_numbers_and_keeps_the_batch_sharded(report):
     assert report["eager_error"] is None, report["eager_error"]
     eager = report["eager"]
