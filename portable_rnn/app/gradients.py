@@ -123,7 +123,8 @@ def run_gradients(*, steps=100, hidden=32, inputs=8, seed=0, forget_bias=1.0, ba
     rng = np.random.default_rng(seed)
     x, v = rng.standard_normal((steps, 1, inputs)), rng.standard_normal((1, hidden))
     norms = {}
-    with backends.jax_float64() if runtime.library == "jax" else contextlib.nullcontext():
+    x64 = backends.jax_float64() if runtime.library == "jax" else contextlib.nullcontext()
+    with runtime.context(), x64:
         x, v = runtime.asarray(x), runtime.asarray(v / np.linalg.norm(v))
         for name, spec, extra in (("rnn", RNN(inputs, hidden), {}),
                                   ("lstm", LSTM(inputs, hidden), {"forget_bias": forget_bias})):
