@@ -4,9 +4,19 @@ r"""Fast path of the sequence engine for NumPy, and torch on CPU (behind the por
 hand their work to this module when every array is a plain ``numpy.ndarray``,
 or every array is a plain CPU ``torch.Tensor`` that does not require grad, of
 one dtype (float32 or float64) with the documented shapes, and the cell is one
-of the three built-in cells. Anything else (JAX, CuPy, torch on CUDA, a
-subclassed cell, mixed dtypes, broadcasting shapes, autograd) takes the
-portable path, which stays the definition of the maths.
+of the three built-in cells. Anything else (JAX, CuPy, torch on CUDA or on the
+``meta`` device, a subclassed cell, mixed dtypes, broadcasting shapes,
+autograd, the ``torch.func`` transforms) takes the portable path, which stays
+the definition of the maths.
+
+Which torch tensors count as plain (:func:`_plain_torch`): an exact
+``torch.Tensor``, or a ``torch.nn.Parameter`` that does not require grad (a
+frozen weight: the same memory and the same numbers; one that requires grad
+is autograd's, like any tensor that does). Tensors wrapped by ``torch.func``
+(``vmap``'s batched tensors, ``grad``'s and ``jacrev``'s grad-tracking ones,
+``functionalize``'s) do not: they look like plain CPU tensors but have no
+memory NumPy could view, or must record what is done to them, so they run
+the portable code, which those transforms trace op by op.
 ``tests/test_fastpath.py`` checks that both paths give the same numbers
 (float64 to ~1e-12, float32 to ~1e-6) and that this one really runs
 (:data:`calls` counts every run; :func:`portable_only` switches it off).
@@ -111,12 +121,40 @@ def _plain_numpy(a) -> bool:
     return type(a) is np.ndarray and a.dtype in _FLOATS_NP
 
 
-def _plain_torch(a) -> bool:
+@functools.lru_cache(maxsize=1)
+def _torch_plain_types() -> tuple:
+    """``torch.Tensor`` and ``torch.nn.Parameter``: the tensor types whose memory NumPy can view."""
     import torch
 
-    return (type(a) is torch.Tensor and a.dtype in (torch.float32, torch.float64)
+    return (torch.Tensor, torch.nn.Parameter)
+
+
+@functools.lru_cache(maxsize=1)
+def _functorch_wrapped():
+    """``is_functorch_wrapped_tensor``, or a function that is always false where torch has none."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:  # a torch without functorch has no wrapped tensors either
+        return lambda a: False
+    return is_functorch_wrapped_tensor
+
+
+def _plain_torch(a) -> bool:
+    """A CPU tensor with values in its own strided memory, outside autograd and ``torch.func``.
+
+    Checked on every tensor, since each refusal has its reason: a subclass
+    (fake, functional or distributed tensors) may have no memory of its own;
+    a meta or CUDA tensor has none on the host; autograd (``requires_grad``,
+    which also marks ``torch.func.grad``'s tensors) must see the portable
+    path's operations; and a ``torch.func.vmap`` or ``functionalize`` wrapper
+    has the type, device and flags of a plain tensor but no memory NumPy can
+    view (``.numpy()`` fails with "Cannot access data pointer").
+    """
+    import torch
+
+    return (type(a) in _torch_plain_types() and a.dtype in (torch.float32, torch.float64)
             and a.device.type == "cpu" and not a.requires_grad and a.layout == torch.strided
-            and not a.is_conj() and not a.is_neg())
+            and not a.is_conj() and not a.is_neg() and not _functorch_wrapped()(a))
 
 
 def _common_dtype(library, arrays):

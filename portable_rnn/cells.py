@@ -89,7 +89,7 @@ class RNNCell:
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         (h_prev,) = state
-        z = xw + h_prev @ W_hh.mT
+        z = xw + h_prev @ xp.matrix_transpose(W_hh)
         h = xp.tanh(z) if self.nonlinearity == "tanh" else xp.maximum(z, xp.zeros_like(z))
         return (h,), None
 
@@ -130,7 +130,7 @@ class LSTMCell:
     def step(self, xw, state, W_hh, b_hh, *, xp):
         h_prev, c_prev = state
         H = h_prev.shape[-1]
-        z = xw + h_prev @ W_hh.mT
+        z = xw + h_prev @ xp.matrix_transpose(W_hh)
         s = sigmoid_gate(z, xp=xp)  # one call over the whole block; the g slice is unused
         i, f, o = s[..., :H], s[..., H : 2 * H], s[..., 3 * H :]
         g = xp.tanh(z[..., 2 * H : 3 * H])
@@ -181,7 +181,7 @@ class GRUCell:
     def step(self, xw, state, W_hh, b_hh, *, xp):
         (h_prev,) = state
         H = h_prev.shape[-1]
-        hw = h_prev @ W_hh.mT
+        hw = h_prev @ xp.matrix_transpose(W_hh)
         if b_hh is not None:
             hw = hw + b_hh
         rz = sigmoid_gate(xw[..., : 2 * H] + hw[..., : 2 * H], xp=xp)

@@ -563,7 +563,7 @@ def word_embedding_backward(dout, cache):
     V, D = W.shape
     check_shape("dout", dout, (N, T, D), "(N, T, D), the shape of out")
     onehot = _one_hot(xp.reshape(x, (N * T,)), V, dout.dtype, xp)  # (N*T, V)
-    return onehot.mT @ xp.reshape(dout, (N * T, D))
+    return xp.matrix_transpose(onehot) @ xp.reshape(dout, (N * T, D))
 
 
 # --------------------------------------------------------------------------- temporal affine
@@ -616,8 +616,8 @@ def temporal_affine_backward(dout, cache):
     N, T, D = x.shape
     M = w.shape[1]
     _check_upstream(xp, "dout", dout, x, (N, T, M), "(N, T, M), the shape of out")
-    dx = dout @ w.mT
-    dw = xp.reshape(x, (N * T, D)).mT @ xp.reshape(dout, (N * T, M))
+    dx = dout @ xp.matrix_transpose(w)
+    dw = xp.matrix_transpose(xp.reshape(x, (N * T, D))) @ xp.reshape(dout, (N * T, M))
     db = xp.sum(dout, axis=(0, 1))
     return dx, dw, db
 

@@ -139,13 +139,29 @@ def _length_maps(lengths, n_steps, dtype, dev, xp):
 
 
 def _check_lengths(lengths, n_steps, batch, xp):
-    """Integer lengths (N,) within [1, T]; the range only where the values are concrete."""
+    """Integer lengths (N,) within [1, T]; the range only where the values are concrete.
+
+    The range check is the one host read of a forward pass: one bool comes
+    back from the device, a sync on a GPU. JAX tracers are not read (under
+    ``jax.jit`` even a closed-over constant is a tracer here). Arrays that
+    have no values at all (torch's ``meta`` and fake tensors, ``vmap``'s
+    batched tensors) cannot be checked, and a ``TypeError`` says so.
+    """
     check_integer_dtype(xp, "lengths", lengths, "valid steps per sequence")
     check_shape("lengths", lengths, (batch,), f"(N,) with N = {batch}, the batch of x")
     in_range = xp.all((lengths >= 1) & (lengths <= n_steps))
-    # Read on the host only when concrete: under jax.jit even a closed-over
-    # constant yields a tracer here, and reading it would fail.
-    if not _is_traced(in_range) and not bool(in_range):
+    if _is_traced(in_range):
+        return
+    try:
+        ok = bool(in_range)  # the host read (a device sync)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TypeError(
+            f"lengths cannot be read on the host ({reason}): forward() checks 1 <= lengths <= T "
+            "there, one device sync. Pass lengths with values (any real device), or "
+            "lengths=None for full-length sequences"
+        ) from None
+    if not ok:
         raise ValueError(
             f"lengths must lie in [1, T] = [1, {n_steps}]; got min {int(xp.min(lengths))}, "
             f"max {int(xp.max(lengths))}"
@@ -340,7 +356,9 @@ class _Recurrent:
             The range is checked only when the values are concrete: the check
             reads them on the host, so it is skipped for JAX tracers (under
             ``jax.jit`` out-of-range lengths give unspecified results) and
-            costs one device sync on eager GPU backends.
+            costs one device sync on eager GPU backends, the only one of a
+            forward pass. Lengths without values (torch ``meta`` or fake
+            tensors, ``torch.func.vmap``'s batched tensors) raise ``TypeError``.
 
         Returns
         -------
@@ -384,7 +402,10 @@ class _Recurrent:
             # Here the output is the tape's own state array: hand back a copy, so that
             # writing into ``out`` cannot change what backward() computes. (JAX arrays
             # are immutable; with a mask or two directions ``out`` is already new.)
-            layer_in = xp.asarray(layer_in, copy=True)
+            # A reshape copy, not asarray(copy=True): torch.asarray drops requires_grad in
+            # the torch releases without the fix of pytorch/pytorch#170819, and then
+            # torch.autograd and torch.func.grad would see no graph behind ``out``.
+            layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
         return out, self._state_value(final), _tape_type(self)(tuple(tapes), index)

@@ -71,7 +71,7 @@ def _reduce(xp, per_step, weights, reduction, dtype, dev):
     total = xp.sum(_weighted(xp, per_step, weights))
     if reduction == "sum":
         return xp.asarray(total, dtype=dtype, device=dev), None
-    one = xp.asarray(1, dtype=dtype, device=dev)
+    one = xp.ones((), dtype=dtype, device=dev)  # made on the device: no host-to-device copy
     normaliser = xp.maximum(xp.asarray(xp.sum(weights), dtype=dtype, device=dev), one)
     return xp.asarray(total / normaliser, dtype=dtype, device=dev), normaliser
 

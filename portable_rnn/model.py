@@ -44,6 +44,7 @@ gives a zero embedding gradient and a zero one-hot target.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import random
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from array_api_compat import device as device_of
 from array_api_compat import is_jax_namespace
 
 from . import init as _init
-from .backends import resolve_dtype, resolve_namespace, to_host
+from .backends import resolve_dtype, resolve_namespace, to_host, to_namespace
 from ._validation import check_int, check_integer_dtype, check_params, check_same_device, check_shape, namespace_of
 from .cs231n import (
     temporal_affine_backward,
@@ -146,8 +147,10 @@ class CharModel:
     def init(self, seed=0, *, xp=None, dtype="float32", device=None):
         r"""Seeded parameters: the same numbers on every backend.
 
-        All numbers are drawn on the host, in float64, then converted with
-        ``xp.asarray(..., dtype=dtype, device=device)``. The recurrent layer
+        All numbers are drawn on the host, in float64, then converted by
+        :func:`portable_rnn.backends.to_namespace` (``xp.asarray(..., dtype=dtype,
+        device=device)``; it refuses float64 that JAX made float32 without x64,
+        with :class:`~portable_rnn.backends.BackendError`). The recurrent layer
         uses its own :meth:`~portable_rnn.layers.LSTM.init` (PyTorch's
         :math:`U(-1/\sqrt H, 1/\sqrt H)`, NumPy's PCG64 seeded with ``seed``);
         the embedding (:math:`\mathcal N(0, 1)`, as ``torch.nn.Embedding``)
@@ -178,14 +181,18 @@ class CharModel:
         V, E, H = self.vocab_size, self.embed_size, self.hidden_size
         bound = 1.0 / H**0.5
 
-        def host(shape, draw):
-            flat = [draw() for _ in range(shape[0] * (shape[1] if len(shape) > 1 else 1))]
-            return xp.reshape(xp.asarray(flat, dtype=dtype, device=device), shape)
-
-        params = {_EMBED: host((V, E), lambda: rng.gauss(0.0, 1.0))}
+        shapes = {_EMBED: (V, E), _W: (V, H), _B: (V,)}
+        draws = {  # in this order: the embedding, then the decoder
+            _EMBED: lambda: rng.gauss(0.0, 1.0),
+            _W: lambda: rng.uniform(-bound, bound),
+            _B: lambda: rng.uniform(-bound, bound),
+        }
+        host = {k: [draw() for _ in range(math.prod(shapes[k]))] for k, draw in draws.items()}
+        made = to_namespace(host, xp, dtype, device)  # refuses a dtype the library did not make
+        params = {_EMBED: xp.reshape(made[_EMBED], shapes[_EMBED])}
         params.update({_RNN + k: v for k, v in rnn.items()})
-        params[_W] = host((V, H), lambda: rng.uniform(-bound, bound))
-        params[_B] = host((V,), lambda: rng.uniform(-bound, bound))
+        params[_W] = xp.reshape(made[_W], shapes[_W])
+        params[_B] = made[_B]
         return params
 
     def init_state(self, params, batch_size: int):
@@ -211,11 +218,11 @@ class CharModel:
 
     # ----------------------------------------------------------- forward / backward
 
-    def _forward(self, params, tokens_tm, state):
+    def _forward(self, params, tokens_tm, state, *, xp):
         """Time-major forward: tokens (T, N) -> logits (T, N, V), final state, caches."""
         emb, emb_cache = word_embedding_forward(tokens_tm, params[_EMBED])
         out, final, tape = self.rnn.forward(self._split(params), emb, state)
-        logits, aff_cache = temporal_affine_forward(out, params[_W].mT, params[_B])
+        logits, aff_cache = temporal_affine_forward(out, xp.matrix_transpose(params[_W]), params[_B])
         return logits, final, (emb_cache, tape, aff_cache)
 
     def forward(self, params, tokens, state=None):
@@ -239,7 +246,7 @@ class CharModel:
         xp = self._check_params(params)
         check_same_device(params=params[_W], tokens=tokens)
         _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
-        logits, final, _ = self._forward(params, xp.permute_dims(tokens, (1, 0)), state)
+        logits, final, _ = self._forward(params, xp.permute_dims(tokens, (1, 0)), state, xp=xp)
         return xp.permute_dims(logits, (1, 0, 2)), final
 
     def loss_and_grads(self, params, tokens, targets, state=None, truncate=None):
@@ -284,14 +291,14 @@ class CharModel:
         _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
         _check_tokens(xp, "targets", targets, tuple(tokens.shape), "(N, T), the shape of tokens")
         logits, final, (emb_cache, tape, aff_cache) = self._forward(
-            params, xp.permute_dims(tokens, (1, 0)), state
+            params, xp.permute_dims(tokens, (1, 0)), state, xp=xp
         )
         loss, dlogits = softmax_cross_entropy(logits, xp.permute_dims(targets, (1, 0)))
         d_out, d_wt, d_b = temporal_affine_backward(dlogits, aff_cache)
         rnn_grads, d_emb, _ = self.rnn.backward(self._split(params), tape, d_out, None, truncate)
         grads = {_EMBED: word_embedding_backward(d_emb, emb_cache)}
         grads.update({_RNN + k: v for k, v in rnn_grads.items()})
-        grads[_W], grads[_B] = d_wt.mT, d_b
+        grads[_W], grads[_B] = xp.matrix_transpose(d_wt), d_b
         return loss, grads, final
 
     def step(self, params, token, state=None):
@@ -313,7 +320,7 @@ class CharModel:
         xp = self._check_params(params)
         check_same_device(params=params[_W], token=token)
         _check_tokens(xp, "token", token, (None,), "(N,) one token per sequence")
-        logits, final, _ = self._forward(params, xp.reshape(token, (1, token.shape[0])), state)
+        logits, final, _ = self._forward(params, xp.reshape(token, (1, token.shape[0])), state, xp=xp)
         return logits[0, ...], final
 
     # ----------------------------------------------------------- sampling (host side)
@@ -323,7 +330,9 @@ class CharModel:
 
         This is a host-side driver, not core code: after every :meth:`step`
         the logits (one row of V numbers) are copied to the host, and the
-        next token is drawn there in float64 with NumPy's
+        next token is drawn there and copied to the device (two transfers per
+        token; arrays without values, such as torch ``meta`` tensors, raise
+        ``TypeError``). It is drawn in float64 with NumPy's
         :class:`numpy.random.Generator` (PCG64) seeded with ``seed``, by
         inverting the cumulative distribution at one uniform number per
         token. The same seed therefore gives the same tokens on every run,

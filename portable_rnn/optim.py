@@ -362,7 +362,8 @@ def _adam(lr, b1, b2, eps, weight_decay, decoupled: bool) -> Optimizer:
             v = b2 * v + (1 - b2) * (g * g)
             bc1 = _bias_correction(xp, log_b1, t)
             bc2 = _bias_correction(xp, log_b2, t)
-            denom = xp.sqrt(v) / xp.sqrt(bc2) + eps
+            root_bc2 = 1.0 if log_b2 is None else xp.sqrt(bc2)  # b2 = 0: a float, not an array
+            denom = xp.sqrt(v) / root_bc2 + eps
             new_p = p - (lr / bc1) * (m / denom)
             return tuple(_array(xp, a, p, dev) for a in (new_p, m, v))
 
@@ -499,6 +500,6 @@ def clip_by_global_norm(grads, max_norm: float):
     for s in squares[1:]:
         total = total + s
     norm = xp.asarray(xp.sqrt(total), dtype=dtype, device=dev)
-    one = xp.asarray(1.0, dtype=dtype, device=dev)
+    one = xp.ones((), dtype=dtype, device=dev)  # made on the device: no host-to-device copy
     scale = xp.minimum(max_norm / (norm + 1e-6), one)
     return tree_map(lambda g: _array(xp, g * scale, g, dev), grads), norm

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from array_api_compat import device
-
 from . import _eager_fast
+from ._validation import placement as device
 from .loop import scan
 
 __all__ = ["Tape", "Grads", "forward", "backward", "window_keep"]
@@ -112,7 +111,7 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
     b_x, b_h = _folded_biases(cell, b_ih, b_hh)
-    xw = x @ W_ih.mT
+    xw = x @ xp.matrix_transpose(W_ih)
     if b_x is not None:
         xw = xw + b_x
 
@@ -151,11 +150,18 @@ def window_keep(n_steps: int, truncate: int | None, mask=None, *, dtype, device,
     array (T,) or (T, N, 1), or None
         ``None`` means full BPTT (nothing dropped); (T, N, 1) when ``mask``
         is given.
+
+    Notes
+    -----
+    The factors are computed on ``device`` from ``arange`` and comparisons:
+    an array built from a host list would be a blocking host-to-device copy
+    on every backward of every layer and direction on a GPU.
     """
     if truncate is None or truncate >= n_steps:
         return None
-    keep = [0.0 if (t + 1) % truncate == 0 and t + 1 < n_steps else 1.0 for t in range(n_steps)]
-    keep = xp.asarray(keep, dtype=dtype, device=device)
+    starts = xp.arange(1, n_steps + 1, device=device)  # t + 1, for t = 0 .. T-1
+    cut = (starts % truncate == 0) & (starts < n_steps)
+    keep = xp.astype(xp.logical_not(cut), dtype)
     if mask is None:
         return keep
     next_valid = xp.concat([mask[1:, ...], xp.zeros_like(mask[:1, ...])], axis=0)
@@ -234,8 +240,8 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         return xp.reshape(a, (-1, a.shape[-1]))
 
     dx = d_xw @ W_ih
-    dW_ih = flat(d_xw).mT @ flat(x)
-    dW_hh = flat(d_hw).mT @ flat(prev_states[0])
+    dW_ih = xp.matrix_transpose(flat(d_xw)) @ flat(x)
+    dW_hh = xp.matrix_transpose(flat(d_hw)) @ flat(prev_states[0])
     db_ih = db_hh = None
     if bias:
         db_ih = xp.sum(d_xw, axis=(0, 1))

@@ -91,7 +91,7 @@ def _check_lstm_parameters(parameters, n_x):
 
 def _batch_major(a, xp):
     """(n, m) -> (m, n), or (n, m, T) -> (T, m, n)."""
-    return a.mT if a.ndim == 2 else xp.permute_dims(a, (2, 1, 0))
+    return xp.matrix_transpose(a) if a.ndim == 2 else xp.permute_dims(a, (2, 1, 0))
 
 
 _feature_major = _batch_major  # the same axis swap undoes itself
@@ -99,7 +99,7 @@ _feature_major = _batch_major  # the same axis swap undoes itself
 
 def _one_step(a, xp):
     """(n, m) feature-major -> (1, m, n) engine sequence of one step."""
-    return xp.expand_dims(a.mT, axis=0)
+    return xp.expand_dims(xp.matrix_transpose(a), axis=0)
 
 
 def _rnn_weights(parameters, xp):
@@ -163,9 +163,9 @@ def rnn_cell_forward(xt, a_prev, parameters, *, nonlinearity="tanh"):
     check_shape("a_prev", a_prev, (n_a, xt.shape[1]), "(n_a, m) with m the batch of xt")
     W_ih, W_hh, b = _rnn_weights(parameters, xp)
     _, (h,), _ = sequence.forward(
-        RNNCell(nonlinearity), _one_step(xt, xp), (a_prev.mT,), W_ih, W_hh, b, xp=xp
+        RNNCell(nonlinearity), _one_step(xt, xp), (_batch_major(a_prev, xp),), W_ih, W_hh, b, xp=xp
     )
-    a_next = h.mT
+    a_next = _feature_major(h, xp)
     yt_pred = softmax(parameters["Wya"] @ a_next + parameters["by"], axis=0)
     return a_next, yt_pred, (a_next, a_prev, xt, parameters)
 
@@ -196,8 +196,10 @@ def rnn_forward(x, a0, parameters, *, nonlinearity="tanh"):
     n_a = _check_rnn_parameters(parameters, x.shape[0])
     check_shape("a0", a0, (n_a, x.shape[1]), "(n_a, m) with m the batch of x")
     W_ih, W_hh, b = _rnn_weights(parameters, xp)
-    hs, _, _ = sequence.forward(RNNCell(nonlinearity), _batch_major(x, xp), (a0.mT,), W_ih, W_hh, b, xp=xp)
-    logits = hs @ parameters["Wya"].mT + parameters["by"].mT
+    hs, _, _ = sequence.forward(
+        RNNCell(nonlinearity), _batch_major(x, xp), (_batch_major(a0, xp),), W_ih, W_hh, b, xp=xp
+    )
+    logits = hs @ xp.matrix_transpose(parameters["Wya"]) + xp.matrix_transpose(parameters["by"])
     a = _feature_major(hs, xp)
     y_pred = _feature_major(softmax(logits, axis=-1), xp)
     steps = [a[:, :, t] for t in range(x.shape[2])]
@@ -212,7 +214,7 @@ def _rnn_tape(a_next_steps, a_prev0, x_steps, xp):
     """Engine tape from feature-major pieces: (n_a, m, T), (n_a, m), (n_x, m, T)."""
     return sequence.Tape(
         x=_batch_major(x_steps, xp),
-        state0=(a_prev0.mT,),
+        state0=(_batch_major(a_prev0, xp),),
         states=(_batch_major(a_next_steps, xp),),
         cell_tape=None,
     )
@@ -246,10 +248,11 @@ def rnn_cell_backward(da_next, cache, *, nonlinearity="tanh"):
     check_shape("da_next", da_next, tuple(a_next.shape), "(n_a, m), the shape of a_next")
     W_ih, W_hh, _ = _rnn_weights(parameters, xp)
     tape = _rnn_tape(xp.expand_dims(a_next, axis=2), a_prev, xp.expand_dims(xt, axis=2), xp)
-    g = sequence.backward(RNNCell(nonlinearity), tape, None, (da_next.mT,), W_ih, W_hh, xp=xp)
+    d_final = (_batch_major(da_next, xp),)
+    g = sequence.backward(RNNCell(nonlinearity), tape, None, d_final, W_ih, W_hh, xp=xp)
     return {
-        "dxt": g.dx[0, ...].mT,
-        "da_prev": g.dstate0[0].mT,
+        "dxt": _feature_major(g.dx[0, ...], xp),
+        "da_prev": _feature_major(g.dstate0[0], xp),
         **_param_gradients(g, "rnn", xp),
     }
 
@@ -305,7 +308,7 @@ def rnn_backward(da, caches, truncate=None, *, nonlinearity="tanh"):
     )
     return {
         "dx": _feature_major(g.dx, xp),
-        "da0": g.dstate0[0].mT,
+        "da0": _feature_major(g.dstate0[0], xp),
         **_param_gradients(g, "rnn", xp),
     }
 
@@ -349,10 +352,11 @@ def lstm_cell_forward(xt, a_prev, c_prev, parameters):
     check_shape("c_prev", c_prev, (n_a, m), "(n_a, m) with m the batch of xt")
     W_ih, W_hh, b = _lstm_weights(parameters, xp)
     _, (h, c), tape = sequence.forward(
-        LSTMCell(), _one_step(xt, xp), (a_prev.mT, c_prev.mT), W_ih, W_hh, b, xp=xp
+        LSTMCell(), _one_step(xt, xp), (_batch_major(a_prev, xp), _batch_major(c_prev, xp)),
+        W_ih, W_hh, b, xp=xp,
     )
-    it, ft, cct, ot, _ = (v[0, ...].mT for v in tape.cell_tape)
-    a_next, c_next = h.mT, c.mT
+    it, ft, cct, ot, _ = (_feature_major(v[0, ...], xp) for v in tape.cell_tape)
+    a_next, c_next = _feature_major(h, xp), _feature_major(c, xp)
     yt_pred = softmax(parameters["Wy"] @ a_next + parameters["by"], axis=0)
     cache = (a_next, c_next, a_prev, c_prev, ft, it, cct, ot, xt, parameters)
     return a_next, c_next, yt_pred, cache
@@ -382,14 +386,15 @@ def lstm_forward(x, a0, parameters):
     n_a = _check_lstm_parameters(parameters, x.shape[0])
     check_shape("a0", a0, (n_a, x.shape[1]), "(n_a, m) with m the batch of x")
     W_ih, W_hh, b = _lstm_weights(parameters, xp)
-    h0 = a0.mT
+    h0 = _batch_major(a0, xp)
     c0 = xp.zeros(h0.shape, dtype=h0.dtype, device=device(h0))
     hs, _, tape = sequence.forward(LSTMCell(), _batch_major(x, xp), (h0, c0), W_ih, W_hh, b, xp=xp)
     a = _feature_major(hs, xp)
     c = _feature_major(tape.states[1], xp)
-    y = _feature_major(softmax(hs @ parameters["Wy"].mT + parameters["by"].mT, axis=-1), xp)
+    logits = hs @ xp.matrix_transpose(parameters["Wy"]) + xp.matrix_transpose(parameters["by"])
+    y = _feature_major(softmax(logits, axis=-1), xp)
     it, ft, cct, ot, _ = (_feature_major(v, xp) for v in tape.cell_tape)
-    c_start = c0.mT
+    c_start = _feature_major(c0, xp)
     caches = []
     for t in range(x.shape[2]):
         a_prev = a0 if t == 0 else a[:, :, t - 1]
@@ -411,7 +416,7 @@ def _lstm_tape(cell_caches, x, xp):
     c = steps(1)
     return sequence.Tape(
         x=_batch_major(x, xp),
-        state0=(a_prev0.mT, c_prev0.mT),
+        state0=(_batch_major(a_prev0, xp), _batch_major(c_prev0, xp)),
         states=(steps(0), c),
         cell_tape=LSTMTape(i=steps(5), f=steps(4), g=steps(6), o=steps(7), tanh_c=xp.tanh(c)),
     )
@@ -445,8 +450,13 @@ def lstm_cell_backward(da_next, dc_next, cache):
     check_shape("dc_next", dc_next, tuple(c_next.shape), "(n_a, m), the shape of c_next")
     W_ih, W_hh, _ = _lstm_weights(parameters, xp)
     tape = _lstm_tape([cache], xp.expand_dims(xt, axis=2), xp)
-    g = sequence.backward(LSTMCell(), tape, None, (da_next.mT, dc_next.mT), W_ih, W_hh, xp=xp)
-    grads = {"dxt": g.dx[0, ...].mT, "da_prev": g.dstate0[0].mT, "dc_prev": g.dstate0[1].mT}
+    d_final = (_batch_major(da_next, xp), _batch_major(dc_next, xp))
+    g = sequence.backward(LSTMCell(), tape, None, d_final, W_ih, W_hh, xp=xp)
+    grads = {
+        "dxt": _feature_major(g.dx[0, ...], xp),
+        "da_prev": _feature_major(g.dstate0[0], xp),
+        "dc_prev": _feature_major(g.dstate0[1], xp),
+    }
     grads.update(_param_gradients(g, "lstm", xp))
     return grads
 
@@ -486,6 +496,10 @@ def lstm_backward(da, caches, truncate=None):
     g = sequence.backward(
         LSTMCell(), tape, _batch_major(da, xp), None, W_ih, W_hh, xp=xp, truncate=truncate
     )
-    grads = {"dx": _feature_major(g.dx, xp), "da0": g.dstate0[0].mT, "dc0": g.dstate0[1].mT}
+    grads = {
+        "dx": _feature_major(g.dx, xp),
+        "da0": _feature_major(g.dstate0[0], xp),
+        "dc0": _feature_major(g.dstate0[1], xp),
+    }
     grads.update(_param_gradients(g, "lstm", xp))
     return grads
