@@ -538,8 +538,8 @@ def word_embedding_backward(dout, cache):
              = (\mathrm{onehot}(x)^T\, dout)_v
 
     The Array API has no scatter-add (NumPy's ``np.add.at``) and no item
-    assignment, so the sum is one matmul with the (N*T, V) one-hot matrix of
-    the indices. That costs :math:`O(NTV)` memory and :math:`O(NTVD)` flops,
+    assignment, so the sum is one contraction of the (N, T, V) one-hot array
+    of the indices with ``dout`` over batch and time. That costs :math:`O(NTV)` memory and :math:`O(NTVD)` flops,
     against :math:`O(NTD)` for a scatter-add: negligible for the assignment's
     sizes (V ~ 1000), worth knowing for very large vocabularies.
 
@@ -562,8 +562,8 @@ def word_embedding_backward(dout, cache):
     N, T = x.shape
     V, D = W.shape
     check_shape("dout", dout, (N, T, D), "(N, T, D), the shape of out")
-    onehot = _one_hot(xp.reshape(x, (N * T,)), V, dout.dtype, xp)  # (N*T, V)
-    return xp.matrix_transpose(onehot) @ xp.reshape(dout, (N * T, D))
+    onehot = _one_hot(x, V, dout.dtype, xp)  # (N, T, V)
+    return xp.tensordot(onehot, dout, axes=([0, 1], [0, 1]))  # no reshape merging N with T
 
 
 # --------------------------------------------------------------------------- temporal affine
@@ -617,7 +617,7 @@ def temporal_affine_backward(dout, cache):
     M = w.shape[1]
     _check_upstream(xp, "dout", dout, x, (N, T, M), "(N, T, M), the shape of out")
     dx = dout @ xp.matrix_transpose(w)
-    dw = xp.matrix_transpose(xp.reshape(x, (N * T, D))) @ xp.reshape(dout, (N * T, M))
+    dw = xp.tensordot(x, dout, axes=([0, 1], [0, 1]))  # no reshape merging N with T
     db = xp.sum(dout, axis=(0, 1))
     return dx, dw, db
 

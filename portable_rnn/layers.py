@@ -378,7 +378,9 @@ class _Recurrent:
         if lengths is not None:
             mask, index = _length_maps(lengths, T, dtype, dev, xp)
         if parts is None:
-            zero = xp.zeros((N, H), dtype=dtype, device=dev)
+            # Made from x, so it has x's placement: under jax.shard_map a state made
+            # with zeros((N, H)) would be unsharded and break the scan's carry types.
+            zero = xp.zeros_like(x[0, :, :1]) + xp.zeros((1, H), dtype=dtype, device=dev)
             states0 = [(zero,) * self.cell.n_states] * (self.num_layers * self.num_directions)
         else:
             states0 = [tuple(s[i, ...] for s in parts) for i in range(parts[0].shape[0])]

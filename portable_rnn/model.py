@@ -218,10 +218,14 @@ class CharModel:
 
     # ----------------------------------------------------------- forward / backward
 
-    def _forward(self, params, tokens_tm, state, *, xp):
-        """Time-major forward: tokens (T, N) -> logits (T, N, V), final state, caches."""
-        emb, emb_cache = word_embedding_forward(tokens_tm, params[_EMBED])
-        out, final, tape = self.rnn.forward(self._split(params), emb, state)
+    def _forward(self, params, tokens, state, *, xp):
+        """Tokens (N, T) -> time-major logits (T, N, V), final state, caches.
+
+        The lookup runs on the batch-major tokens: its flattening then keeps
+        the batch axis major, so a batch-sharded input needs no gather.
+        """
+        emb, emb_cache = word_embedding_forward(tokens, params[_EMBED])
+        out, final, tape = self.rnn.forward(self._split(params), xp.permute_dims(emb, (1, 0, 2)), state)
         logits, aff_cache = temporal_affine_forward(out, xp.matrix_transpose(params[_W]), params[_B])
         return logits, final, (emb_cache, tape, aff_cache)
 
@@ -246,7 +250,7 @@ class CharModel:
         xp = self._check_params(params)
         check_same_device(params=params[_W], tokens=tokens)
         _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
-        logits, final, _ = self._forward(params, xp.permute_dims(tokens, (1, 0)), state, xp=xp)
+        logits, final, _ = self._forward(params, tokens, state, xp=xp)
         return xp.permute_dims(logits, (1, 0, 2)), final
 
     def loss_and_grads(self, params, tokens, targets, state=None, truncate=None):
@@ -290,13 +294,11 @@ class CharModel:
         check_same_device(params=params[_W], tokens=tokens, targets=targets)
         _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
         _check_tokens(xp, "targets", targets, tuple(tokens.shape), "(N, T), the shape of tokens")
-        logits, final, (emb_cache, tape, aff_cache) = self._forward(
-            params, xp.permute_dims(tokens, (1, 0)), state, xp=xp
-        )
+        logits, final, (emb_cache, tape, aff_cache) = self._forward(params, tokens, state, xp=xp)
         loss, dlogits = softmax_cross_entropy(logits, xp.permute_dims(targets, (1, 0)))
         d_out, d_wt, d_b = temporal_affine_backward(dlogits, aff_cache)
         rnn_grads, d_emb, _ = self.rnn.backward(self._split(params), tape, d_out, None, truncate)
-        grads = {_EMBED: word_embedding_backward(d_emb, emb_cache)}
+        grads = {_EMBED: word_embedding_backward(xp.permute_dims(d_emb, (1, 0, 2)), emb_cache)}
         grads.update({_RNN + k: v for k, v in rnn_grads.items()})
         grads[_W], grads[_B] = xp.matrix_transpose(d_wt), d_b
         return loss, grads, final
@@ -320,7 +322,7 @@ class CharModel:
         xp = self._check_params(params)
         check_same_device(params=params[_W], token=token)
         _check_tokens(xp, "token", token, (None,), "(N,) one token per sequence")
-        logits, final, _ = self._forward(params, xp.reshape(token, (1, token.shape[0])), state, xp=xp)
+        logits, final, _ = self._forward(params, xp.reshape(token, (token.shape[0], 1)), state, xp=xp)
         return logits[0, ...], final
 
     # ----------------------------------------------------------- sampling (host side)

@@ -236,12 +236,13 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     if d_hw is None:
         d_hw = d_xw
 
-    def flat(a):
-        return xp.reshape(a, (-1, a.shape[-1]))
-
+    # Weight gradients contract over time and batch together. A reshape to
+    # (T*N, F) would merge time with the batch axis, which XLA can only do for a
+    # batch-sharded x by gathering the whole batch on every device.
+    steps_and_batch = ([0, 1], [0, 1])
     dx = d_xw @ W_ih
-    dW_ih = xp.matrix_transpose(flat(d_xw)) @ flat(x)
-    dW_hh = xp.matrix_transpose(flat(d_hw)) @ flat(prev_states[0])
+    dW_ih = xp.tensordot(d_xw, x, axes=steps_and_batch)
+    dW_hh = xp.tensordot(d_hw, prev_states[0], axes=steps_and_batch)
     db_ih = db_hh = None
     if bias:
         db_ih = xp.sum(d_xw, axis=(0, 1))
