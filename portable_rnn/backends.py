@@ -165,7 +165,8 @@ def _check_made(array, dtype_name: str, library: str) -> None:
     """Refuse an array of another dtype than the one asked for (JAX float64 without x64)."""
     made = _dtype_name(array.dtype)
     if made != dtype_name:
-        hint = " (enter portable_rnn.backends.jax_float64() for float64 on JAX)" if made == "float32" else ""
+        hint = (" (JAX makes float64 only with x64 enabled: jax.config.update('jax_enable_x64', True), "
+                "or inside `with portable_rnn.backends.jax_float64():`)") if made == "float32" else ""
         raise BackendError(f"{library} made a {made} array when {dtype_name} was asked for{hint}")
 
 
@@ -313,6 +314,8 @@ def _split(name: str, device: str | None) -> tuple[str, str | None]:
 def _install_hint(library: str) -> str:
     if library == "torch":  # the extra's bare `torch` can pull a multi-GB CUDA build
         return "pip install torch, the build for your machine from pytorch.org"
+    if library == "cupy":
+        return "pip install 'portable-rnn[cupy]' for CUDA 12 or 'portable-rnn[cupy13]' for CUDA 13"
     return f"pip install 'portable-rnn[{EXTRAS.get(library, library)}]'"
 
 
