@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import pytest
 
 from portable_rnn import backends
@@ -91,11 +90,13 @@ def pytest_configure(config):
                    "jax:jit (float64; only for the parameter values in subset, when given)")
     config.addinivalue_line(
         "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
-                   "on the reference backends; the others are held to equality with them elsewhere)")
+                   "on the reference backends, or code that serves only these)")
     # The test program opts in to float64 on JAX for the whole session (the library never
-    # switches it): references and the float64 half of the matrix need it.
+    # switches it): references and the float64 half of the matrix need it. float32 matmuls
+    # run at full precision (no TF32 on GPUs), which the float32 tolerances assume.
     stack = contextlib.ExitStack()
     stack.enter_context(backends.jax_float64())
+    stack.enter_context(backends.full_precision_matmuls())
     # Hypothesis keeps a cache under ./.hypothesis: send it to a temporary folder, so the
     # suite writes nothing into the working directory.
     try:
@@ -117,9 +118,17 @@ def pytest_unconfigure(config):
         stack.close()
 
 
+def _parametrized_by_the_test(metafunc, name: str) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc):
-    """Parametrize ``backend`` (and ``dtype``) over the selected matrix."""
-    uses_dtype = "dtype" in metafunc.fixturenames
+    """Parametrize ``backend`` (and ``dtype``, unless the test does) over the selected matrix."""
+    uses_dtype = "dtype" in metafunc.fixturenames and not _parametrized_by_the_test(metafunc, "dtype")
     if "backend" not in metafunc.fixturenames:
         if uses_dtype:
             metafunc.parametrize("dtype", DTYPES)
@@ -136,14 +145,17 @@ def pytest_generate_tests(metafunc):
         elif name in unavailable:
             params.append((name, None, (pytest.mark.skip(reason=unavailable[name]),)))
     if not params:
-        reason = f"runs on {', '.join(only.args)} only (an identity proven there); none of them is selected"
+        if only is not None:
+            reason = f"runs on {', '.join(only.args)} only, and none of them is selected"
+        else:
+            reason = "jax:jit, the only backend selected, runs only the tests marked jit"
         params.append(("no-backend", None, (pytest.mark.skip(reason=reason),)))
     if not uses_dtype:
         metafunc.parametrize("backend", [pytest.param(value, id=name, marks=marks) for name, value, marks in params],
                              indirect=True)
         return
-    # jax:jit runs the float64 half: its compiled program is the one eager JAX runs in
-    # float32 too, and each compile costs about a second.
+    # jax:jit runs the float64 half: what jax.jit changes (tracing, lax.scan, pytrees) does
+    # not depend on the dtype, float32 numerics are eager JAX's, and a compile costs seconds.
     metafunc.parametrize(["dtype", "backend"], [
         pytest.param(dtype, value, id=f"{dtype}-{name}", marks=marks)
         for dtype in DTYPES for name, value, marks in params if not (name == JIT and dtype != "float64")
@@ -185,6 +197,7 @@ def pytest_collection_modifyitems(config, items):
     if excluded:
         config.hook.pytest_deselected(items=excluded)
         items[:] = [item for item in items if not _jit_excluded(item)]
+    config._prnn_jit_deselected = len(excluded)
 
 
 def _backend_of(nodeid: str) -> str:
@@ -216,6 +229,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"{backend:28s} passed {c['passed']:5d}  failed {c['failed']:3d}  skipped {c['skipped']:3d}"
         )
+    deselected = getattr(config, "_prnn_jit_deselected", 0)
+    if deselected:
+        terminalreporter.write_line(
+            f"{JIT} compiles the parameter values its tests name (@pytest.mark.jit(...)): "
+            f"{deselected} other parametrizations deselected")
 
 
 @pytest.fixture
@@ -228,8 +246,3 @@ def dtype(request):
 def tol(dtype):
     """assert_allclose keyword arguments fitted to ``dtype``."""
     return TOLERANCES[dtype]
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(20261124)

@@ -7,6 +7,8 @@ import functools
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from portable_rnn.cells import CELLS
+
 #: The matrix id of JAX under ``jax.jit`` (a test-matrix id, not a backend of the library).
 JIT = "jax:jit"
 
@@ -26,6 +28,8 @@ class MatrixBackend:
         self.runs = 0
 
     def __getattr__(self, attr):
+        if attr == "backend":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(attr)
         return getattr(self.backend, attr)
 
     def __repr__(self):
@@ -55,6 +59,20 @@ def _jitted(fn, static):
     import jax
 
     return jax.jit(functools.partial(fn, **dict(static)))
+
+
+def every_cell() -> dict:
+    """Every cell of :data:`portable_rnn.cells.CELLS` by test id; the RNN with each nonlinearity.
+
+    Tests that iterate over it cover a new cell without being edited.
+    """
+    cells = {}
+    for mode, cls in CELLS.items():
+        if mode == "rnn":
+            cells.update({f"rnn_{nl}": cls(nl) for nl in ("tanh", "relu")})
+        else:
+            cells[mode] = cls()
+    return cells
 
 
 def assert_on_backend(backend, result, dtype: str, shape=None):

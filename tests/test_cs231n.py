@@ -29,7 +29,8 @@ from .helpers import assert_on_backend, rel_error
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the autograd reference")
 
-N, T, D, H, V, M = 3, 3, 4, 3, 5, 5
+# T, N, D, H of test_layers' CONFIGS: eager JAX compiles each operation once per shape
+N, T, D, H, V, M = 3, 5, 2, 4, 5, 5
 F32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -217,7 +218,7 @@ def _lstm_case():
 
 
 def _embedding_case():
-    def draw(rng):  # N*T = 9 indices over V = 5 words: repeats are certain
+    def draw(rng):  # N*T = 15 indices over V = 5 words: repeats are certain
         return {"x": rng.integers(0, V, size=(N, T)), "W": _normal(rng, V, D), "G": _normal(rng, N, T, D)}
 
     def forward(d):
@@ -474,15 +475,18 @@ def test_inputs_are_never_mutated(name):
 
 # --------------------------------------------------------------------------- bad input
 
+# The shapes the messages below name (the layers run no maths here).
+BN, BT, BD, BH, BV, BM = 3, 3, 4, 3, 5, 5
+
 
 def _arrays(**shapes):
     rng = np.random.default_rng(3)
     return {k: rng.normal(size=s) for k, s in shapes.items()}
 
 
-R = _arrays(x=(N, D), h=(N, H), Wx=(D, H), Wh=(H, H), b=(H,), xs=(N, T, D), dh=(N, T, H))
-L = _arrays(Wx=(D, 4 * H), Wh=(H, 4 * H), b=(4 * H,))
-IDX = np.zeros((N, T), dtype=np.int64)
+R = _arrays(x=(BN, BD), h=(BN, BH), Wx=(BD, BH), Wh=(BH, BH), b=(BH,), xs=(BN, BT, BD), dh=(BN, BT, BH))
+L = _arrays(Wx=(BD, 4 * BH), Wh=(BH, 4 * BH), b=(4 * BH,))
+IDX = np.zeros((BN, BT), dtype=np.int64)
 
 
 def _bad_inputs():
@@ -490,8 +494,8 @@ def _bad_inputs():
     rnn_cache = cs231n.rnn_forward(R["xs"], h, Wx, Wh, b)[1]
     step_cache = cs231n.rnn_step_forward(x, h, Wx, Wh, b)[1]
     lstm_step_cache = cs231n.lstm_step_forward(x, h, h, L["Wx"], L["Wh"], L["b"])[2]
-    emb_cache = cs231n.word_embedding_forward(IDX, np.ones((V, D)))[1]
-    aff_cache = cs231n.temporal_affine_forward(R["xs"], np.ones((D, M)), np.ones(M))[1]
+    emb_cache = cs231n.word_embedding_forward(IDX, np.ones((BV, BD)))[1]
+    aff_cache = cs231n.temporal_affine_forward(R["xs"], np.ones((BD, BM)), np.ones(BM))[1]
     return [
         ("int x", lambda: cs231n.rnn_step_forward(x.astype(np.int64), h, Wx, Wh, b),
          TypeError, r"x has dtype int64; expected a real floating dtype"),
@@ -535,33 +539,33 @@ def _bad_inputs():
          TypeError, r"dnext_c has dtype float32 but x \(from cache\) has dtype float64"),
         ("lstm cache", lambda: cs231n.lstm_backward(R["dh"], rnn_cache),
          TypeError, r"cache must be the cache returned by lstm_forward"),
-        ("float indices", lambda: cs231n.word_embedding_forward(IDX.astype(np.float64), np.ones((V, D))),
+        ("float indices", lambda: cs231n.word_embedding_forward(IDX.astype(np.float64), np.ones((BV, BD))),
          TypeError, r"x has dtype float64; expected an integer dtype"),
-        ("int W", lambda: cs231n.word_embedding_forward(IDX, np.ones((V, D), dtype=np.int64)),
+        ("int W", lambda: cs231n.word_embedding_forward(IDX, np.ones((BV, BD), dtype=np.int64)),
          TypeError, r"W has dtype int64; expected a real floating dtype"),
-        ("1-d indices", lambda: cs231n.word_embedding_forward(IDX[0], np.ones((V, D))),
+        ("1-d indices", lambda: cs231n.word_embedding_forward(IDX[0], np.ones((BV, BD))),
          ValueError, r"x has shape \(3,\); expected \(\*, \*\) \(N, T\)"),
-        ("dout", lambda: cs231n.word_embedding_backward(np.ones((N, T, D + 1)), emb_cache),
+        ("dout", lambda: cs231n.word_embedding_backward(np.ones((BN, BT, BD + 1)), emb_cache),
          ValueError, r"dout has shape \(3, 3, 5\); expected \(3, 3, 4\)"),
-        ("dout dtype", lambda: cs231n.word_embedding_backward(np.ones((N, T, D), dtype=np.float32), emb_cache),
+        ("dout dtype", lambda: cs231n.word_embedding_backward(np.ones((BN, BT, BD), dtype=np.float32), emb_cache),
          TypeError, r"dout has dtype float32 but W \(from cache\) has dtype float64"),
-        ("not a cache", lambda: cs231n.word_embedding_backward(np.ones((N, T, D)), (IDX, np.ones((V, D)))),
+        ("not a cache", lambda: cs231n.word_embedding_backward(np.ones((BN, BT, BD)), (IDX, np.ones((BV, BD)))),
          TypeError, r"cache must be the cache returned by word_embedding_forward, got tuple"),
-        ("affine w", lambda: cs231n.temporal_affine_forward(R["xs"], np.ones((D + 1, M)), np.ones(M)),
+        ("affine w", lambda: cs231n.temporal_affine_forward(R["xs"], np.ones((BD + 1, BM)), np.ones(BM)),
          ValueError, r"w has shape \(5, 5\); expected \(4, \*\)"),
-        ("affine b", lambda: cs231n.temporal_affine_forward(R["xs"], np.ones((D, M)), np.ones(M + 1)),
+        ("affine b", lambda: cs231n.temporal_affine_forward(R["xs"], np.ones((BD, BM)), np.ones(BM + 1)),
          ValueError, r"b has shape \(6,\); expected \(5,\)"),
-        ("affine dout", lambda: cs231n.temporal_affine_backward(np.ones((N, T, M + 1)), aff_cache),
+        ("affine dout", lambda: cs231n.temporal_affine_backward(np.ones((BN, BT, BM + 1)), aff_cache),
          ValueError, r"dout has shape \(3, 3, 6\); expected \(3, 3, 5\)"),
-        ("float labels", lambda: cs231n.temporal_softmax_loss(np.ones((N, T, V)), IDX * 1.0, IDX == 0),
+        ("float labels", lambda: cs231n.temporal_softmax_loss(np.ones((BN, BT, BV)), IDX * 1.0, IDX == 0),
          TypeError, r"y has dtype float64; expected an integer dtype"),
-        ("int mask", lambda: cs231n.temporal_softmax_loss(np.ones((N, T, V)), IDX, IDX),
+        ("int mask", lambda: cs231n.temporal_softmax_loss(np.ones((BN, BT, BV)), IDX, IDX),
          TypeError, r"mask has dtype int64; expected bool"),
-        ("int scores", lambda: cs231n.temporal_softmax_loss(np.ones((N, T, V), dtype=np.int64), IDX, IDX == 0),
+        ("int scores", lambda: cs231n.temporal_softmax_loss(np.ones((BN, BT, BV), dtype=np.int64), IDX, IDX == 0),
          TypeError, r"x has dtype int64; expected a real floating dtype"),
-        ("labels shape", lambda: cs231n.temporal_softmax_loss(np.ones((N, T, V)), IDX[:, :2], IDX == 0),
+        ("labels shape", lambda: cs231n.temporal_softmax_loss(np.ones((BN, BT, BV)), IDX[:, :2], IDX == 0),
          ValueError, r"y has shape \(3, 2\); expected \(3, 3\)"),
-        ("mask shape", lambda: cs231n.temporal_softmax_loss(np.ones((N, T, V)), IDX, (IDX == 0)[:2]),
+        ("mask shape", lambda: cs231n.temporal_softmax_loss(np.ones((BN, BT, BV)), IDX, (IDX == 0)[:2]),
          ValueError, r"mask has shape \(2, 3\); expected \(3, 3\)"),
     ]
 
@@ -583,4 +587,4 @@ def test_arrays_on_different_devices():
         cs231n.rnn_step_forward(a["x"], a["h"], Wx, a["Wh"], a["b"])
     idx = xp.asarray(IDX, device=xp.Device("device1"))
     with pytest.raises(ValueError, match=r"W is on device .* but x is on device"):
-        cs231n.word_embedding_forward(idx, xp.ones((V, D), dtype=xp.float64))
+        cs231n.word_embedding_forward(idx, xp.ones((BV, BD), dtype=xp.float64))

@@ -13,13 +13,15 @@ from portable_rnn import sequence
 from portable_rnn.cells import GRUCell, LSTMCell, RNNCell, cell_for
 from portable_rnn.loop import scan
 
-from .helpers import assert_on_backend, rel_error
+from .helpers import assert_on_backend, every_cell, rel_error
 
-CELLS = [RNNCell("tanh"), RNNCell("relu"), LSTMCell(), GRUCell()]
-CELL_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+CELLS = list(every_cell().values())
+CELL_IDS = list(every_cell())
+# the shapes of test_layers' CONFIGS: eager JAX compiles each operation once per shape
+T, N, D, H = 5, 3, 2, 4
 
 
-def _layer_inputs(rng, cell, T=4, N=3, D=2, H=3):
+def _layer_inputs(rng, cell, T=T, N=N, D=D, H=H):
     G = cell.n_gates
     return {
         "x": rng.normal(size=(T, N, D)),
@@ -53,11 +55,11 @@ def _torch_reference(cell):
     torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
     rng = np.random.default_rng(1)
     d = _layer_inputs(rng, cell)
-    d["G"] = rng.normal(size=(4, 3, 3))
-    d["G_final"] = rng.normal(size=(3, 3))
-    kind = {RNNCell: "RNN", LSTMCell: "LSTM", GRUCell: "GRU"}[type(cell)]
+    d["G"] = rng.normal(size=(T, N, H))
+    d["G_final"] = rng.normal(size=(N, H))
+    kind = cell.mode.upper()  # torch.nn.RNN, LSTM, GRU: a new cell needs its reference here
     kw = {"nonlinearity": cell.nonlinearity} if kind == "RNN" else {}
-    module = getattr(torch.nn, kind)(2, 3, **kw).double()
+    module = getattr(torch.nn, kind)(D, H, **kw).double()
     with torch.no_grad():
         for name in ("W_ih", "W_hh", "b_ih", "b_hh"):
             torch_name = {"W_ih": "weight_ih_l0", "W_hh": "weight_hh_l0", "b_ih": "bias_ih_l0", "b_hh": "bias_hh_l0"}[name]
@@ -109,7 +111,7 @@ def test_jit_runs_forward_and_backward_through_lax_scan(cell, truncate):
     d = _layer_inputs(np.random.default_rng(2), cell)
     args = [jnp.asarray(d["x"]), tuple(map(jnp.asarray, d["state0"]))]
     args += [jnp.asarray(d[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh")]
-    args += [jnp.ones((4, 3, 3)), jnp.ones((3, 3)), jnp.ones((4, 3, 1))]
+    args += [jnp.ones((T, N, H)), jnp.ones((N, H)), jnp.ones((T, N, 1))]
     jaxpr = str(jax.make_jaxpr(lambda *a: _engine(*a, cell=cell, xp=jnp, truncate=truncate))(*args))
     assert jaxpr.count("scan[") >= 2, "forward and backward must each run through lax.scan"
 
@@ -162,24 +164,40 @@ def test_activations_finite_and_correct_for_extreme_inputs(backend, dtype, fn):
     np.testing.assert_allclose(y, expected, rtol=rtol, atol=np.finfo(dtype).tiny)
 
 
+def _padding_case(cell):
+    """Host inputs with lengths (5, 2): d and the mask."""
+    rng = np.random.default_rng(5)
+    d = _layer_inputs(rng, cell, T=5, N=2)
+    d["G"], d["G_final"] = np.zeros((5, 2, H)), rng.normal(size=(2, H))
+    return d, (np.arange(5)[:, None] < np.array([5, 2]))[..., None].astype(np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _short_sequence_alone(cell):
+    """The short sequence run alone (T=2) with full BPTT, in float64 on NumPy: the reference."""
+    import array_api_compat.numpy as xp
+
+    d, _ = _padding_case(cell)
+    args = [d["x"][:2, 1:], tuple(s[1:] for s in d["state0"]), d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"],
+            d["G"][:2, 1:], d["G_final"][1:]]
+    _, _, grads = _engine(*args, cell=cell, xp=xp)
+    return grads
+
+
 @pytest.mark.jit
-def test_truncation_with_padding_cuts_only_between_valid_steps(backend):
-    """A short sequence's final-state gradient crosses its padding whole.
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
+def test_truncation_with_padding_cuts_only_between_valid_steps(backend, cell):
+    """A short sequence's final-state gradient crosses its padding whole (every cell, mask and
+    truncation together: compiled on jax:jit, where the engine runs lax.scan).
 
     With lengths (5, 2), T=5 and windows of 2, the short sequence's valid steps
     0 and 1 form one window, so its gradients equal those of running it alone
     (T=2) with full BPTT.
     """
-    rng = np.random.default_rng(5)
-    cell = LSTMCell()
-    d = _layer_inputs(rng, cell, T=5, N=2)
-    d["G"], d["G_final"] = np.zeros((5, 2, 3)), rng.normal(size=(2, 3))
-    mask = backend.asarray((np.arange(5)[:, None] < np.array([5, 2]))[..., None].astype(np.float64))
-    _, _, padded = _run(backend, cell, d, truncate=2, mask=mask)
-    short = dict(d, x=d["x"][:2, 1:], G=d["G"][:2, 1:], G_final=d["G_final"][1:],
-                 state0=tuple(s[1:] for s in d["state0"]))
-    _, _, alone = _run(backend, cell, short)
-    np.testing.assert_allclose(backend.to_numpy(padded.dx)[:2, 1], backend.to_numpy(alone.dx)[:, 0], rtol=1e-12)
+    d, mask = _padding_case(cell)
+    _, _, padded = _run(backend, cell, d, truncate=2, mask=backend.asarray(mask, "float64"))
+    alone = _short_sequence_alone(cell)
+    np.testing.assert_allclose(backend.to_numpy(padded.dx)[:2, 1], alone.dx[:, 0], rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(padded.dx)[2:, 1], 0.0)
     for a, b in zip(padded.dstate0, alone.dstate0):
-        np.testing.assert_allclose(backend.to_numpy(a)[1], backend.to_numpy(b)[0], rtol=1e-12)
+        np.testing.assert_allclose(backend.to_numpy(a)[1], b[0], rtol=1e-12)

@@ -27,6 +27,11 @@ KIND = {RNNCell: "rnn", LSTMCell: "lstm", GRUCell: "gru"}
 TOL = {"float64": 1e-12, "float32": 5e-6}
 
 
+#: The fast path serves NumPy and CPU torch: the tests that take ``lib`` run on those of
+#: the selected backends.
+pytestmark = pytest.mark.backends("numpy", "torch")
+
+
 class _Lib:
     """NumPy or torch (CPU): namespace and conversions."""
 
@@ -39,7 +44,7 @@ class _Lib:
             self.conv = lambda a: a
             self.back = np.asarray
         else:
-            torch = pytest.importorskip("torch", reason="torch: not installed")
+            import torch
             import array_api_compat.torch as xp
 
             self.torch = torch
@@ -49,9 +54,10 @@ class _Lib:
             self.back = lambda a: a.detach().numpy()
 
 
-@pytest.fixture(params=["numpy", "torch"])
-def lib(request):
-    return _Lib(request.param)
+@pytest.fixture
+def lib(backend):
+    """The backend under test as the fast path sees it."""
+    return _Lib(backend.name)
 
 
 def _inputs(cell, dtype, T=5, N=3, D=2, H=4, seed=0, masked=False):
@@ -318,11 +324,12 @@ def test_fast_path_with_an_empty_batch(lib, cell):
     assert fast["dx"].shape == (5, 0, 2) and not np.any(fast["dW_hh"])
 
 
+@pytest.mark.backends("torch")
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
-def test_torch_tensors_run_the_numpy_kernels_in_place(cell):
+def test_torch_tensors_run_the_numpy_kernels_in_place(backend, cell):
     """CPU torch inputs, even strided views, run the NumPy kernels with no copy either way."""
-    torch = pytest.importorskip("torch", reason="torch: not installed")
     import array_api_compat.torch as xt
+    import torch
 
     d = _inputs(cell, "float64", masked=True)
     # x as a transposed (strided) view of a batch-first tensor

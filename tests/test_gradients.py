@@ -27,8 +27,8 @@ from portable_rnn.testing.gradcheck import numerical_gradient
 from . import reference as ref
 from .helpers import assert_on_backend, rel_error
 
-SHAPES = [  # (n_x, n_a, m, T)
-    (3, 5, 4, 4),
+SHAPES = [  # (n_x, n_a, m, T); the first is the documented fixtures' (eager JAX compiles once per shape)
+    (3, 5, 10, 4),
     (1, 1, 1, 1),
     (2, 3, 1, 5),
     (4, 2, 3, 1),
@@ -45,7 +45,7 @@ class Case:
     ours: Callable  # (inputs on backend) -> dict input name -> gradient
     loss: Callable  # (ops, inputs) -> scalar, the reference loss
     wrt: tuple  # differentiated inputs
-    forward_loss: Callable  # (inputs on backend, to_numpy) -> float, our forward for FD
+    forward_loss: Callable  # (inputs, to_numpy, upstream) -> float: our forward's loss, for FD
 
 
 def _rnn_params(rng, n_x, n_a, n_y=2):

@@ -16,14 +16,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from portable_rnn import sequence
-from portable_rnn.cells import GRUCell, LSTMCell, RNNCell
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from .helpers import rel_error
+from .helpers import every_cell, rel_error
 
 pytestmark = pytest.mark.backends("numpy", "array_api_strict")
 
-CELLS = {"rnn_tanh": RNNCell("tanh"), "rnn_relu": RNNCell("relu"), "lstm": LSTMCell(), "gru": GRUCell()}
+CELLS = every_cell()
 SETTINGS = settings(
     max_examples=8, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -144,8 +144,6 @@ def test_tf32_misses_checks_float32_tolerance_on_every_fixture_and_full_precisio
 # --------------------------------------------------------------------------- the policy
 
 
-@pytest.mark.xfail(strict=True, reason="conftest.pytest_configure must enter backends.full_precision_matmuls() "
-                   "beside jax_float64() (issue 14 item 2)")
 def test_the_test_session_runs_float32_matmuls_at_full_precision():
     jax = pytest.importorskip("jax")
     assert jax.config.jax_default_matmul_precision == "highest"

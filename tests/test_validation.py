@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import portable_rnn as prnn
-from portable_rnn.fixtures import FIXTURES
+from portable_rnn.testing.fixtures import FIXTURES
 
 RNN_FWD = next(f for f in FIXTURES if f.name == "rnn_forward").draw()
 LSTM_FWD = next(f for f in FIXTURES if f.name == "lstm_forward").draw()
