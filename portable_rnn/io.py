@@ -23,9 +23,9 @@ Formats of :func:`save`
     <version>"}`` where ``spec`` is :func:`spec_to_dict` (``{"mode": "lstm",
     "input_size": 5, ...}``). A reader refuses a newer ``version``.
 ``.safetensors``
-    Needs the ``safetensors`` package. The tensors are the parameters; the
-    same JSON metadata is the ``"portable_rnn"`` entry of the header's
-    ``__metadata__``.
+    Writing needs the ``safetensors`` package; :func:`load` reads the format
+    itself. The tensors are the parameters; the same JSON metadata is the
+    ``"portable_rnn"`` entry of the header's ``__metadata__``.
 
 Safety
 ------
@@ -34,13 +34,19 @@ Safety
   previous file intact.
 - Nothing is ever pickled or unpickled: object arrays are refused on both
   sides.
-- A reader parses the metadata first, derives from it the name, shape and
-  dtype of every member there must be, and checks each member's declared
-  size and ``.npy`` header against that *before* it reads the member's data:
-  a member that claims gigabytes is refused without being read. Corrupt,
-  truncated or foreign files, unknown or missing members, wrong shapes or
-  dtypes raise ``ValueError`` whose message starts with the path. Nothing is
-  half-loaded.
+- A reader opens regular files only (a FIFO, a device such as ``/dev/zero``
+  or a directory is refused at once, without blocking), parses the metadata
+  first (at most 1 MiB of JSON nested at most 32 levels deep), checks the
+  number and the total size of the arrays it asks for against the file
+  before listing their names, and checks each member's declared size and
+  ``.npy`` header (or each safetensors header entry and its offsets)
+  against the spec *before* it allocates the member's array: a member or a
+  spec that claims gigabytes is refused without being read. Members are
+  read, or inflated in 1 MiB steps, straight into their arrays; one that
+  inflates past its declared size is refused the moment it does. Only
+  stored and deflated zip members are read. Corrupt, truncated or foreign
+  files, unknown or missing members, wrong shapes or dtypes raise a one-line
+  ``ValueError`` whose message starts with the path. Nothing is half-loaded.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ import math
 import numbers
 import os
 import secrets
+import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -59,7 +67,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from .backends import DTYPES
-from .interop._common import check_spec, host_dtype, host_params, to_target
+from .interop._common import check_spec, host_dtype, host_params, param_count, to_target
 from .layers import LAYERS
 
 __all__ = [
@@ -70,6 +78,7 @@ __all__ = [
     "write_archive",
     "read_archive",
     "atomic_write",
+    "open_regular",
     "FORMAT_VERSION",
 ]
 
@@ -79,11 +88,30 @@ _FORMAT = "portable_rnn"
 #: The archive member holding the metadata (the name model files carry).
 _META = "__spec__"
 _SAFETENSORS_KEY = "portable_rnn"
-#: Largest metadata accepted: model metadata is a few hundred bytes, a training
-#: checkpoint's (with its loss history) a few megabytes.
-_MAX_META_BYTES = 64 << 20
-#: Room for a .npy header (NumPy refuses headers over 10,000 bytes).
+#: Largest metadata (UTF-8 JSON) read or written: a model's is a few hundred
+#: bytes, a training checkpoint's (settings and vocabulary) a few kilobytes.
+#: Parsed JSON can take 25 times its size in Python objects; this bounds that.
+_MAX_META_BYTES = 1 << 20
+#: Largest safetensors header: the metadata and about 100 bytes per tensor.
+_MAX_HEADER_BYTES = 1 << 20
+#: Deepest nesting of JSON lists and objects accepted (metadata nests 2 or 3 deep).
+_MAX_DEPTH = 32
+#: Longest .npy header read (NumPy itself writes and reads at most 10,000 bytes).
 _NPY_HEADER_SLACK = 1 << 16
+#: Bytes read or inflated per step: all that streaming a member costs beside its array.
+_CHUNK = 1 << 20
+#: Deflate turns at most 2 bits into 258 bytes: no deflated member holds more than 1032 times its size.
+_DEFLATE_RATIO = 1032
+#: Longest error message about a file (metadata may quote huge values).
+_MAX_MESSAGE = 300
+#: The kinds of files that are not regular, as ``os.stat`` tells them apart.
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 # --------------------------------------------------------------------------- spec <-> dict
@@ -219,15 +247,105 @@ def atomic_write(path, write) -> None:
             os.close(dir_fd)
 
 
-# --------------------------------------------------------------------------- archives
+# --------------------------------------------------------------------------- untrusted files
 
 
 class _Bad(Exception):
     """What is wrong with a file; re-raised as ``ValueError`` starting with the path."""
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+def _one_line(error) -> str:
+    """``error``'s message on one line of at most :data:`_MAX_MESSAGE` characters (metadata may quote huge values)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _few(names) -> str:
+    """A list of names for a message: the first eight, then how many there are in all."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:8])
+    return f"[{shown}]" if len(names) <= 8 else f"[{shown}, ... ({len(names)} in all)]"
+
+
+def _is_count(value) -> bool:
+    """A non-negative int (never a bool): a size, a shape entry, an offset."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+
+
+@contextlib.contextmanager
+def open_regular(path):
+    """Open a regular file for binary reading; refuse FIFOs, devices and directories without blocking on them.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Symbolic links are followed: a link to a regular file is fine, a
+        link to ``/dev/zero`` is not.
+
+    Yields
+    ------
+    f : binary file
+    size : int
+        Its size in bytes when it was opened; the readers of this module
+        never read past it.
+
+    Raises
+    ------
+    ValueError
+        ``"<path>: is a FIFO (named pipe), not a regular file"``, or a
+        directory, a character or block device, a socket.
+    OSError
+        It cannot be opened (e.g. ``FileNotFoundError``).
+    """
+    path = os.fspath(path)
+    # O_NONBLOCK: opening a FIFO that no one writes to returns at once instead
+    # of waiting for a writer; on a regular file the flag changes nothing.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)  # of what was opened, so a swapped link cannot slip past
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), "a special file")
+            raise ValueError(f"{os.fsdecode(path)}: is {kind}, not a regular file")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f, info.st_size
+
+
+def _json_depth(value) -> int:
+    """How deeply lists and dicts nest in ``value`` (0 for a scalar), found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > _MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _parse_json(raw: bytes, where: str) -> dict:
+    """The JSON object in ``raw``: UTF-8, an object, nested at most :data:`_MAX_DEPTH` levels."""
+    nested = f"{where} nests JSON deeper than {_MAX_DEPTH} levels"
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise _Bad(nested) from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise _Bad(f"{where} is not UTF-8 JSON ({_one_line(error)})") from None
+    if not isinstance(value, dict):
+        raise _Bad(f"{where} is not a JSON object")
+    if _json_depth(value) > _MAX_DEPTH:
+        raise _Bad(nested)
+    return value
+
+
+# --------------------------------------------------------------------------- archives
 
 
 def _check_member_name(name) -> None:
@@ -248,11 +366,14 @@ def write_archive(path, arrays: Mapping[str, np.ndarray], metadata: Mapping) -> 
     path : str or os.PathLike
     arrays : mapping of str to numpy.ndarray
         One ``.npy`` member per entry, any shape and non-object dtype, stored
-        bit for bit. Names are '/'-separated relative paths (``"params/embed"``).
+        bit for bit (uncompressed). Names are '/'-separated relative paths
+        (``"params/embed"``).
     metadata : mapping
         JSON-serialisable (``json.dumps``, keys sorted; NaN and infinities as
-        Python writes them). Whatever the reader needs to know which members
-        to expect, e.g. which optional groups were written, belongs here.
+        Python writes them), at most 1 MiB of JSON nested at most 32 levels
+        deep: what :func:`read_archive` accepts. Whatever the reader needs to
+        know which members to expect, e.g. which optional groups were
+        written, belongs here; long series belong in arrays.
 
     Raises
     ------
@@ -260,7 +381,8 @@ def write_archive(path, arrays: Mapping[str, np.ndarray], metadata: Mapping) -> 
         An array that is not a host ``numpy.ndarray`` or holds objects, or
         metadata that is not a JSON-serialisable mapping.
     ValueError
-        A member name that is not allowed, or metadata over 64 MiB.
+        A member name that is not allowed, or metadata over 1 MiB or nested
+        deeper than 32 levels.
     """
     if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a mapping of names to numpy arrays, got {type(arrays).__name__}")
@@ -277,12 +399,16 @@ def write_archive(path, arrays: Mapping[str, np.ndarray], metadata: Mapping) -> 
             raise TypeError(f"arrays[{name!r}] has dtype {a.dtype}: object arrays would need pickles")
     try:
         text = json.dumps(dict(metadata), sort_keys=True)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise TypeError(f"metadata is not JSON-serialisable ({_one_line(error)})") from None
-    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    if raw.size > _MAX_META_BYTES:
-        raise ValueError(f"metadata is {raw.size} bytes of JSON, more than the {_MAX_META_BYTES} a reader accepts")
-    members = {_META: raw, **arrays}
+    raw = text.encode("utf-8")
+    if len(raw) > _MAX_META_BYTES:
+        raise ValueError(f"metadata is {len(raw)} bytes of JSON, more than the {_MAX_META_BYTES} a reader accepts")
+    try:
+        _parse_json(raw, "metadata")  # what every reader will do with it
+    except _Bad as error:
+        raise ValueError(str(error)) from None
+    members = {_META: np.frombuffer(raw, dtype=np.uint8), **arrays}
 
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -293,17 +419,26 @@ def write_archive(path, arrays: Mapping[str, np.ndarray], metadata: Mapping) -> 
     atomic_write(path, write)
 
 
-def read_archive(path, expected: Callable[[dict], Mapping]) -> tuple[dict[str, np.ndarray], dict]:
+def read_archive(path, expected: Callable[[dict], Mapping], *, count: Callable[[dict], tuple] | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict]:
     """Read an archive written by :func:`write_archive`, checking every member before reading it.
 
     Parameters
     ----------
     path : str or os.PathLike
+        A regular file (or a link to one).
     expected : callable
         ``expected(metadata) -> {member name: (shape, dtype names)}``, e.g.
         ``{"params/embed": ((65, 32), ("float32", "float64"))}``: the members
         the file must hold, given its metadata. It may raise ``ValueError``,
         ``KeyError`` or ``TypeError`` for metadata it cannot use.
+    count : callable, optional
+        ``count(metadata) -> (members, nbytes)``: how many members the
+        metadata asks for and the fewest bytes of array data they hold,
+        computed without listing them. Both are checked against the file
+        before ``expected`` is called, so metadata that claims 10**8 layers
+        is refused before 10**8 names are built. Give it whenever the
+        metadata sets how many members there are.
 
     Returns
     -------
@@ -316,15 +451,26 @@ def read_archive(path, expected: Callable[[dict], Mapping]) -> tuple[dict[str, n
     Raises
     ------
     ValueError
-        One line, starting with the path: not a zip, corrupt or truncated,
-        duplicate or non-``.npy`` members, no or invalid metadata (not a
-        1-D ``uint8`` member of UTF-8 JSON holding an object, or over 64 MiB),
-        an error raised by ``expected``, an unknown or a missing member, a
+        One line, starting with the path: not a regular file (a FIFO, a
+        device, a directory), not a zip, corrupt or truncated, duplicate or
+        non-``.npy`` members, members compressed other than by deflate, no
+        or invalid metadata (not a 1-D ``uint8`` member of UTF-8 JSON
+        holding an object, over 1 MiB or nested deeper than 32 levels), an
+        error raised by ``count`` or ``expected``, more members or bytes
+        asked for than the file holds, an unknown or a missing member, a
         member whose declared size, shape or dtype is not what ``expected``
         says (checked from the zip directory and the ``.npy`` header before
-        its data is read), or a pickled object array.
+        its data is read), a member that inflates past its declared size,
+        or a pickled object array.
     OSError
         The file cannot be opened (e.g. ``FileNotFoundError``).
+
+    Notes
+    -----
+    Memory: besides the arrays returned, the zip directory (in proportion
+    to its size in the file), the metadata and one 1 MiB chunk; a member is
+    read or inflated straight into its array, which is allocated only once
+    its size has been checked.
 
     Examples
     --------
@@ -335,46 +481,150 @@ def read_archive(path, expected: Callable[[dict], Mapping]) -> tuple[dict[str, n
     >>> arrays["w"].shape, meta
     ((2, 2), {'rows': 2})
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as (f, size):
         try:
-            return _read_zip(f, expected)
+            return _read_zip(f, size, expected, count)
         except _Bad as error:
-            raise ValueError(f"{os.fsdecode(path)}: {error}") from None
+            raise ValueError(f"{os.fsdecode(os.fspath(path))}: {_one_line(error)}") from None
 
 
-def _read_zip(f, expected) -> tuple[dict, dict]:
-    """:func:`read_archive` on an open file, raising :class:`_Bad`."""
-    if not f.read(1):
+def _read_zip(f, size: int, expected, count) -> tuple[dict, dict]:
+    """:func:`read_archive` on an open file of ``size`` bytes, raising :class:`_Bad`."""
+    if size == 0:
         raise _Bad("is empty")
-    f.seek(0)
-    try:
-        zf = zipfile.ZipFile(f)
-        infos = zf.infolist()
-    except Exception as error:  # BadZipFile, truncated directories, bad offsets
-        raise _Bad(f"is not a readable .npz (zip) file ({type(error).__name__}: {_one_line(error)})") from None
-    with zf:
-        names = [info.filename for info in infos]
-        if len(set(names)) != len(names):
-            raise _Bad("has duplicate zip members")
-        bad = [n for n in names if not n.endswith(".npy")]
-        if bad:
-            raise _Bad(f"has zip members that are not .npy arrays: {bad}")
-        found = {n[: -len(".npy")]: info for n, info in zip(names, infos)}
-        if _META not in found:
-            raise _Bad(f"has no {_META!r} member (metadata): it was not written by portable_rnn")
-        meta = _corrupt_guard(_read_metadata, zf, found[_META])
-        members = _expected_members(expected, meta)
-        _check_member_names(found, members)
-        arrays = {
-            name: _corrupt_guard(_read_npy, zf, found[name], name, _member_check(name, *spec), _limit(*spec))
-            for name, spec in members.items()
-        }
+    found = _zip_members(f, size)
+    if _META not in found:
+        raise _Bad(f"has no {_META!r} member (metadata): it was not written by portable_rnn")
+    meta = _corrupt_guard(_read_metadata, f, found[_META])
+    held = {name: info for name, info in found.items() if name != _META}
+    members = _expected_members(expected, count, meta, len(held), sum(info.file_size for info in held.values()))
+    _check_member_names(held, members)
+    arrays = {
+        name: _corrupt_guard(_read_npy, f, found[name], name, _member_check(name, *spec), _limit(*spec))
+        for name, spec in members.items()
+    }
     return arrays, meta
 
 
+def _zip_members(f, size: int) -> dict:
+    """``name without .npy -> ZipInfo``, checked from the zip directory alone: nothing is read or inflated."""
+    try:
+        infos = zipfile.ZipFile(f).infolist()  # parses the directory only; f stays open
+    except Exception as error:  # BadZipFile, truncated directories, bad offsets
+        raise _Bad(f"is not a readable .npz (zip) file ({type(error).__name__}: {_one_line(error)})") from None
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        raise _Bad("has duplicate zip members")
+    bad = [n for n in names if not n.endswith(".npy")]
+    if bad:
+        raise _Bad(f"has zip members that are not .npy arrays: {_few(bad)}")
+    for info in infos:
+        _check_zip_entry(info, size)
+    # Members sharing their bytes (a zip bomb's trick) would add up to more than the file.
+    if sum(info.compress_size for info in infos) > size:
+        raise _Bad("is corrupt (its zip members overlap)")
+    return {n[: -len(".npy")]: info for n, info in zip(names, infos)}
+
+
+def _check_zip_entry(info, size: int) -> None:
+    """One entry of the zip directory: readable in bounded steps, with sizes its bytes in the file can hold."""
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise _Bad(f"member {name!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = getattr(zipfile, "compressor_names", {}).get(info.compress_type, "unknown")
+        raise _Bad(
+            f"member {name!r} is compressed with method {info.compress_type} ({method}); "
+            "only stored and deflated members are read"
+        )
+    if info.header_offset + info.compress_size > size:
+        raise _Bad(f"is truncated (member {name!r} ends past the end of the file)")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.file_size != info.compress_size) or info.file_size > _DEFLATE_RATIO * info.compress_size:
+        raise _Bad(
+            f"member {name!r} declares {info.file_size} bytes from {info.compress_size} bytes "
+            f"{'stored' if stored else 'deflated'}, which is impossible"
+        )
+
+
+class _MemberData:
+    """The bytes of one zip member, read or inflated a chunk at a time, never past its declared size.
+
+    Stored bytes go straight from the file into the destination; deflated
+    ones are inflated at most :data:`_CHUNK` bytes per step. :meth:`finish`
+    refuses a member that goes on past its declared size and checks the CRC.
+    """
+
+    def __init__(self, f, info):
+        f.seek(info.header_offset)
+        fixed = f.read(30)
+        if len(fixed) != 30 or fixed[:4] != b"PK\x03\x04":
+            raise _Bad(f"is corrupt (member {info.filename!r} has no local header)")
+        n_name, n_extra = struct.unpack("<HH", fixed[26:30])
+        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+        if f.read(n_name).decode(encoding, "replace") != info.orig_filename:
+            raise _Bad(f"is corrupt (member {info.filename!r} has another name in its local header)")
+        f.seek(n_extra, os.SEEK_CUR)
+        self.f, self.name, self.declared = f, info.filename, info.file_size
+        self.left_in, self.left_out, self.crc, self.expected_crc = info.compress_size, info.file_size, 0, info.CRC
+        self.inflate = zlib.decompressobj(-zlib.MAX_WBITS) if info.compress_type == zipfile.ZIP_DEFLATED else None
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the declared end)."""
+        buf = bytearray(min(n, self.left_out))
+        self.readinto(buf)
+        return bytes(buf)
+
+    def readinto(self, destination) -> None:
+        """Fill ``destination`` (a writable buffer) exactly; :class:`_Bad` if the member ends first."""
+        view, got = memoryview(destination).cast("B"), 0
+        while got < len(view):
+            n = self._step(view[got : got + min(_CHUNK, self.left_out)])
+            if not n:
+                raise _Bad(f"is truncated (member {self.name!r} ends before its declared {self.declared} bytes)")
+            got += n
+
+    def _step(self, view) -> int:
+        """Read or inflate up to ``len(view)`` bytes into ``view``; how many (0: no more)."""
+        if not len(view):
+            return 0
+        if self.inflate is None:
+            n = self.f.readinto(view[: self.left_in])
+            self.left_in -= n
+        else:
+            data = self._inflate(len(view))
+            n = len(data)
+            view[:n] = data
+        self.crc = zlib.crc32(view[:n], self.crc)
+        self.left_out -= n
+        return n
+
+    def _inflate(self, most: int) -> bytes:
+        """At most ``most`` inflated bytes; empty when the deflate stream (or the member) is over."""
+        while True:
+            source = self.inflate.unconsumed_tail
+            if not source and self.left_in and not self.inflate.eof:
+                source = self.f.read(min(self.left_in, _CHUNK))
+                if not source:
+                    return b""
+                self.left_in -= len(source)
+            data = self.inflate.decompress(source, most)
+            if data or self.inflate.eof or not (self.left_in or self.inflate.unconsumed_tail):
+                return data
+
+    def finish(self) -> None:
+        """After the declared bytes: nothing may follow, and the CRC must match."""
+        if self.inflate is not None:
+            if self._inflate(1):
+                raise _Bad(f"member {self.name!r} inflates past its declared {self.declared} bytes")
+            if not self.inflate.eof or self.left_in or self.inflate.unused_data:
+                raise _Bad(f"is corrupt (the deflate stream of member {self.name!r} does not end where declared)")
+        if self.crc != self.expected_crc:
+            raise _Bad(f"is corrupt (CRC-32 mismatch in member {self.name!r})")
+
+
 def _corrupt_guard(read, *args):
-    """``read(*args)``, with zip-level failures (CRC, truncation, compression) as :class:`_Bad`."""
+    """``read(*args)``, with zip-level failures (inflating, reading) as :class:`_Bad`."""
     try:
         return read(*args)
     except _Bad:
@@ -383,22 +633,14 @@ def _corrupt_guard(read, *args):
         raise _Bad(f"is corrupt ({type(error).__name__}: {_one_line(error)})") from None
 
 
-def _parse_json(raw: bytes, where: str) -> dict:
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise _Bad(f"{where} is not UTF-8 JSON ({_one_line(error)})") from None
-    if not isinstance(meta, dict):
-        raise _Bad(f"{where} is not a JSON object")
-    return meta
-
-
-def _read_metadata(zf, info) -> dict:
+def _read_metadata(f, info) -> dict:
     def check(shape, dtype_name):
         if dtype_name != "uint8" or len(shape) != 1:
             raise _Bad(f"member {_META!r} must be a 1-D uint8 array, got {dtype_name} {shape}")
+        if shape[0] > _MAX_META_BYTES:
+            raise _Bad(f"has {shape[0]} bytes of metadata, more than the {_MAX_META_BYTES} accepted")
 
-    raw = _read_npy(zf, info, _META, check, _MAX_META_BYTES + _NPY_HEADER_SLACK)
+    raw = _read_npy(f, info, _META, check, _MAX_META_BYTES + _NPY_HEADER_SLACK)
     return _parse_json(raw.tobytes(), f"member {_META!r}")
 
 
@@ -407,21 +649,44 @@ def _expectation(name, value) -> tuple[tuple[int, ...], tuple[str, ...]]:
     _check_member_name(name)
     shape, dtypes = value
     shape, dtypes = tuple(shape), tuple(dtypes)
-    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape):
+    if not all(_is_count(d) for d in shape):
         raise ValueError("the shape must hold non-negative ints")
     if not dtypes or not all(isinstance(t, str) and not np.dtype(t).hasobject for t in dtypes):
         raise ValueError("the dtypes must be NumPy dtype names of arrays without objects")
     return tuple(int(d) for d in shape), dtypes
 
 
-def _expected_members(expected, meta) -> dict:
-    """Call ``expected(meta)`` and check what it returns; its complaints become :class:`_Bad`."""
+def _ask(hook, meta):
+    """``hook(meta)`` (``expected`` or ``count``); its complaints become :class:`_Bad`."""
     try:
-        members = expected(meta)
+        return hook(meta)
     except ValueError as error:
         raise _Bad(_one_line(error)) from None
     except (KeyError, TypeError) as error:
         raise _Bad(f"has unusable metadata ({type(error).__name__}: {_one_line(error)})") from None
+
+
+def _amount(n: int) -> str:
+    """``n`` for a message (metadata can make numbers too long for ``str``)."""
+    return f"{n:,}" if n < 10**18 else "more than 10**18"
+
+
+def _check_claim(members: int, nbytes: int, held: int, capacity: int) -> None:
+    """Refuse metadata asking for more members, or more bytes of arrays, than the file holds."""
+    if members > held:
+        raise _Bad(f"is missing member(s): its metadata asks for {_amount(members)}, the file holds {held:,}")
+    if nbytes > capacity:
+        raise _Bad(f"holds at most {capacity:,} bytes of arrays; its metadata asks for {_amount(nbytes)}")
+
+
+def _expected_members(expected, count, meta, held: int, capacity: int) -> dict:
+    """The checked result of ``expected(meta)``, after ``count(meta)`` fits ``held`` members and ``capacity`` bytes."""
+    if count is not None:
+        claim = _ask(count, meta)
+        if not (isinstance(claim, tuple) and len(claim) == 2 and all(_is_count(c) for c in claim)):
+            raise TypeError(f"count must return (members, nbytes), two non-negative ints; got {claim!r}")
+        _check_claim(*claim, held, capacity)
+    members = _ask(expected, meta)
     if not isinstance(members, Mapping):
         raise _Bad(f"has metadata that gives no member list ({type(members).__name__})")
     out = {}
@@ -430,16 +695,18 @@ def _expected_members(expected, meta) -> dict:
             out[name] = _expectation(name, value)
         except (TypeError, ValueError) as error:
             raise _Bad(f"has metadata that asks for member {name!r} as {value!r} ({_one_line(error)})") from None
+    least = sum(math.prod(shape) * min(np.dtype(t).itemsize for t in dtypes) for shape, dtypes in out.values())
+    _check_claim(0, least, held, capacity)
     return out
 
 
 def _check_member_names(found, members: dict) -> None:
-    extra = [n for n in found if n != _META and n not in members]
+    extra = [n for n in found if n not in members]
     if extra:
-        raise _Bad(f"has unexpected member(s) {extra}; its metadata lists {list(members)}")
+        raise _Bad(f"has unexpected member(s) {_few(extra)}; its metadata lists {_few(members)}")
     missing = [n for n in members if n not in found]
     if missing:
-        raise _Bad(f"is missing member(s) {missing}")
+        raise _Bad(f"is missing member(s) {_few(missing)}")
 
 
 def _member_check(name, shape, dtypes):
@@ -459,14 +726,16 @@ def _limit(shape, dtypes) -> int:
     return _NPY_HEADER_SLACK + math.prod(shape) * max(np.dtype(t).itemsize for t in dtypes)
 
 
-class _Counted:
-    """A read-only stream that counts the bytes read through it (the .npy header's length)."""
+class _Header:
+    """The start of a member's bytes as NumPy's header parser reads it: counted, and at most 64 KiB."""
 
-    def __init__(self, stream):
-        self.stream, self.count = stream, 0
+    def __init__(self, data: _MemberData, name: str):
+        self.data, self.name, self.count = data, name, 0
 
     def read(self, n=-1):
-        data = self.stream.read(n)
+        if n < 0 or self.count + n > _NPY_HEADER_SLACK:
+            raise _Bad(f"member {self.name!r} has a .npy header over {_NPY_HEADER_SLACK} bytes")
+        data = self.data.read(n)
         self.count += len(data)
         return data
 
@@ -481,7 +750,7 @@ def _npy_header(fp, name):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
         else:
             raise _Bad(f"member {name!r} is a .npy version {version} array; expected version 1.0 or 2.0")
-    except (_Bad, zipfile.BadZipFile, zlib.error, EOFError):
+    except (_Bad, zlib.error):
         raise  # a damaged zip, not a bad header: the caller says "corrupt"
     except Exception as error:
         raise _Bad(f"member {name!r} is not a valid .npy array ({type(error).__name__}: {_one_line(error)})") from None
@@ -493,27 +762,21 @@ def _npy_header(fp, name):
     return tuple(shape), fortran, dtype
 
 
-def _read_npy(zf, info, name, check, limit) -> np.ndarray:
-    """One member, read only after its declared size and ``check(shape, dtype name)`` of its header pass."""
+def _read_npy(f, info, name, check, limit) -> np.ndarray:
+    """One member, read into its array only after its declared size and ``check(shape, dtype name)`` pass."""
     if info.file_size > limit:
         raise _Bad(f"member {name!r} declares {info.file_size} bytes, more than it can need ({limit})")
-    with zf.open(info) as stream:
-        counted = _Counted(stream)
-        shape, fortran, dtype = _npy_header(counted, name)
-        check(shape, dtype.name)
-        n_data = math.prod(shape) * dtype.itemsize
-        if info.file_size != counted.count + n_data:
-            raise _Bad(f"member {name!r} is {info.file_size} bytes; its .npy header declares {counted.count + n_data}")
-        data = bytearray(n_data)
-        view, got = memoryview(data), 0
-        while got < n_data:
-            n = stream.readinto(view[got:])
-            if not n:
-                raise _Bad(f"member {name!r} is truncated")
-            got += n
-        stream.read(1)  # reaching the end makes zipfile check the CRC
-    a = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return _native(a)
+    data = _MemberData(f, info)
+    header = _Header(data, name)
+    shape, fortran, dtype = _npy_header(header, name)
+    check(shape, dtype.name)
+    n_data = math.prod(shape) * dtype.itemsize
+    if info.file_size != header.count + n_data:
+        raise _Bad(f"member {name!r} is {info.file_size} bytes; its .npy header declares {header.count + n_data}")
+    raw = np.empty(n_data, dtype=np.uint8)
+    data.readinto(raw)
+    data.finish()
+    return _native(raw.view(dtype).reshape(shape, order="F" if fortran else "C"))
 
 
 def _native(a: np.ndarray) -> np.ndarray:
@@ -594,36 +857,70 @@ def _model_members(meta: dict) -> dict:
     return {k: (shape, DTYPES) for k, shape in _model_spec(meta).param_shapes().items()}
 
 
-#: safetensors dtype codes of floating tensors, as NumPy names.
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+def _model_count(meta: dict) -> tuple[int, int]:
+    """``count`` of a model file: the spec's parameter arrays and their bytes in float32, by arithmetic."""
+    arrays, numbers = param_count(_model_spec(meta))
+    return arrays, numbers * min(np.dtype(t).itemsize for t in DTYPES)
 
 
-def _read_safetensors(data: bytes, expected) -> tuple[dict, dict]:
-    """Check the header (metadata, names, shapes, dtypes) against ``expected``, then load the tensors."""
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise _Bad(f"is truncated: its header claims {n} bytes but only {len(data) - 8} follow")
-    header = _parse_json(data[8 : 8 + n], "its header")
+#: safetensors dtype codes, as NumPy names (the data is little-endian).
+_SAFETENSORS_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "F16": "float16",
+    "BF16": "bfloat16", "U32": "uint32", "I32": "int32", "F32": "float32", "U64": "uint64", "I64": "int64",
+    "F64": "float64",
+}
+
+
+def _read_safetensors(f, size: int, expected, count) -> tuple[dict, dict]:
+    """Check the header (length, metadata, names, shapes, dtypes, offsets), then read each tensor into its array."""
+    n = int.from_bytes(f.read(8), "little")
+    if n > size - 8:
+        raise _Bad(f"is truncated: its header claims {n} bytes but only {size - 8} follow")
+    if n > _MAX_HEADER_BYTES:
+        raise _Bad(f"has a {n}-byte header, more than the {_MAX_HEADER_BYTES} accepted")
+    header = _parse_json(f.read(n), "its header")
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or not isinstance(meta.get(_SAFETENSORS_KEY), str):
         raise _Bad(f"has no {_SAFETENSORS_KEY!r} metadata: it was not written by portable_rnn.io.save")
-    meta = _parse_json(meta[_SAFETENSORS_KEY].encode("utf-8"), "its metadata")
-    members = _expected_members(expected, meta)
+    meta = _parse_json(meta[_SAFETENSORS_KEY].encode("utf-8", "surrogatepass"), "its metadata")
     declared = {k: v for k, v in header.items() if k != "__metadata__"}
+    start, length = 8 + n, size - 8 - n
+    members = _expected_members(expected, count, meta, len(declared), length)
     _check_member_names(declared, members)
+    arrays = {}
+    for name, (offset, dtype, shape) in _tensor_spans(declared, members, length).items():
+        raw = np.empty(math.prod(shape) * dtype.itemsize, dtype=np.uint8)
+        f.seek(start + offset)
+        if f.readinto(raw) != raw.size:  # a regular file gives all it has in one call
+            raise _Bad("is truncated (it changed while being read)")
+        arrays[name] = _native(raw.view(dtype).reshape(shape))
+    return arrays, meta
+
+
+def _tensor_spans(declared: dict, members: dict, length: int) -> dict:
+    """``name -> (offset, dtype, shape)`` from the header: the expected shape and dtype, offsets that tile the data."""
+    spans = {}
     for name, (shape, dtypes) in members.items():
-        entry = declared[name]
-        got = entry.get("shape") if isinstance(entry, dict) else None
-        if not isinstance(got, list) or not all(isinstance(d, int) for d in got):
+        entry = declared[name] if isinstance(declared[name], dict) else {}
+        got, code, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
+        if not isinstance(got, list) or not all(_is_count(d) for d in got):
             raise _Bad(f"member {name!r} has no valid shape in the header")
-        code = entry.get("dtype")
-        _member_check(name, shape, dtypes)(tuple(got), _SAFETENSORS_DTYPES.get(code, str(code)))
-    st = _safetensors()
-    try:
-        tensors = st.load(data)
-    except Exception as error:  # safetensors' own SafetensorError and friends
-        raise _Bad(f"is corrupt ({type(error).__name__}: {_one_line(error)})") from None
-    return {name: _native(np.asarray(tensors[name])) for name in members}, meta
+        dtype_name = _SAFETENSORS_DTYPES.get(code, str(code))
+        _member_check(name, shape, dtypes)(tuple(got), dtype_name)
+        dtype = np.dtype(dtype_name).newbyteorder("<")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+                and offsets[1] - offsets[0] == nbytes):
+            raise _Bad(f"member {name!r} has data offsets {offsets!r}; expected two ints {nbytes} apart")
+        spans[name] = (offsets[0], dtype, shape)
+    end = 0
+    for offset, dtype, shape in sorted(spans.values(), key=lambda span: span[0]):
+        if offset != end:
+            raise _Bad("has tensors whose data overlap or leave gaps")
+        end += math.prod(shape) * dtype.itemsize
+    if end != length:
+        raise _Bad(f"has {length} bytes of tensor data; its header accounts for {end}")
+    return spans
 
 
 def load(path, *, like=None, xp=None, dtype=None, device=None):
@@ -632,8 +929,9 @@ def load(path, *, like=None, xp=None, dtype=None, device=None):
     Parameters
     ----------
     path : str or os.PathLike
-        An ``.npz`` or ``.safetensors`` file; the format is recognised from
-        the content, not the name.
+        An ``.npz`` or ``.safetensors`` regular file (or a link to one); the
+        format is recognised from the content, not the name. Reading
+        ``.safetensors`` needs no package.
     like : array, optional
         Put the parameters in this array's namespace, dtype and device.
     xp : module, optional
@@ -652,25 +950,30 @@ def load(path, *, like=None, xp=None, dtype=None, device=None):
     Raises
     ------
     ValueError
-        The file is truncated, corrupt, not a portable_rnn file, holds a
-        pickled object array, was written by a newer format version, or its
-        members do not fit its spec. The message starts with the path.
+        The file is not a regular file, is truncated, corrupt, not a
+        portable_rnn file, holds a pickled object array, was written by a
+        newer format version, or its members do not fit its spec (a spec
+        asking for more arrays or bytes than the file holds is refused before
+        its parameter names are listed). One line, starting with the path.
     OSError
         The file cannot be read (e.g. ``FileNotFoundError``).
-    ImportError
-        A ``.safetensors`` file without the ``safetensors`` package.
+
+    Notes
+    -----
+    Memory: the parameters returned (twice while a Fortran-ordered or
+    big-endian member is converted), plus the limits of :func:`read_archive`;
+    see the README's Reliability section.
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as (f, size):
         head = f.read(9)
         f.seek(0)
         try:
-            if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-                host, meta = _read_zip(f, _model_members)
-            elif len(head) >= 9 and head[8:9] == b"{":
-                host, meta = _read_safetensors(f.read(), _model_members)
-            elif not head:
+            if not head:
                 raise _Bad("is empty")
+            if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+                host, meta = _read_zip(f, size, _model_members, _model_count)
+            elif len(head) >= 9 and head[8:9] == b"{":
+                host, meta = _read_safetensors(f, size, _model_members, _model_count)
             else:
                 raise _Bad("is neither a .npz (zip) nor a .safetensors file")
             try:
@@ -678,5 +981,5 @@ def load(path, *, like=None, xp=None, dtype=None, device=None):
             except TypeError as error:
                 raise _Bad(str(error)) from None
         except _Bad as error:
-            raise ValueError(f"{os.fsdecode(path)}: {error}") from None
+            raise ValueError(f"{os.fsdecode(os.fspath(path))}: {_one_line(error)}") from None
     return _model_spec(meta), to_target(host, like, xp, dtype, device, source_dtype=source_dtype)

@@ -2,8 +2,9 @@
 
 ``checkpoint.npz`` is written by :func:`portable_rnn.io.write_archive` (atomic,
 no pickles) and read by :func:`portable_rnn.io.read_archive`, which checks
-every member's name, shape and dtype against what the metadata says must be
-there before it reads any data. Members:
+how many members the metadata asks for and how many bytes they need against
+the file, then every member's name, shape and dtype, before it reads any
+data. Members:
 
 ``params/<name>``
     The :class:`~portable_rnn.model.CharModel` parameters, in the run's dtype.
@@ -12,21 +13,35 @@ there before it reads any data. Members:
 ``carry/<state>``
     The recurrent state carried into the next step, one member per state of
     the cell (``h``, and ``c`` for an LSTM), each (L, N, H) (group ``"carry"``).
+``history/step``, ``history/loss``
+    The loss history: int64 and float64, ``history_len`` entries each.
 
-The metadata (JSON) holds ``format``, ``version``, ``groups`` (which optional
-groups were written), ``model`` (the ``CharModel`` fields), ``vocab``,
-``train`` (the settings of the run), ``text`` (source, SHA-256, length),
-``prime``, ``step``, ``wall_s``, ``backend`` and the loss ``history``.
+The metadata (JSON, a few kilobytes) holds ``format``, ``version``,
+``groups`` (which optional groups were written), ``model`` (the
+``CharModel`` fields), ``vocab``, ``train`` (the settings of the run),
+``text`` (source, SHA-256, length), ``prime``, ``step``, ``wall_s``,
+``backend`` and ``history_len``. A reader checks every one of them (type,
+range, agreement with the others) before using any; other keys are ignored.
+In memory, :attr:`Checkpoint.meta` holds the history as ``"history": {"step":
+[...], "loss": [...]}`` instead of ``history_len``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_int, check_truncate
+from ..backends import DTYPES
+from ..interop._common import check_names, param_count
 from ..io import read_archive, write_archive
+from ..layers import LAYERS
 from ..model import CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
@@ -36,8 +51,11 @@ __all__ = ["CHECKPOINT", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "
 
 CHECKPOINT = "checkpoint.npz"
 FORMAT = "portable_rnn.CharModel"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _OPT_BUFFERS = ("exp_avg", "exp_avg_sq")
+_GROUPS = ("opt", "carry")
+#: ``opt/step`` is stored as an int32 or int64; it must fit the int32 Adam counts in.
+_MAX_STEP = 2**31 - 1
 
 #: The settings a checkpoint remembers under ``train`` (with ``steps``), and their defaults for a new run.
 DEFAULTS = {
@@ -53,6 +71,8 @@ DEFAULTS = {
     "seed": 0,
     "dtype": "float32",
 }
+#: The ``train`` settings that repeat a field of ``model``.
+_SAME_AS_MODEL = {"cell": "mode", "hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size"}
 
 
 class CheckpointError(UsageError):
@@ -72,7 +92,8 @@ class Checkpoint:
         The recurrent state carried into the next step, one array per state
         of the cell (``(h,)`` or ``(h, c)``), each (L, N, H).
     meta : dict
-        JSON metadata (see the module docstring).
+        JSON metadata (see the module docstring), with the loss history as
+        ``"history": {"step": [...], "loss": [...]}``.
     """
 
     params: dict
@@ -93,7 +114,11 @@ class Checkpoint:
 
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically; ``meta["groups"]`` records the optional groups written."""
+    meta = dict(ckpt.meta)
+    history = meta.pop("history", {"step": [], "loss": []})
     arrays = {f"params/{k}": np.asarray(v) for k, v in ckpt.params.items()}
+    arrays["history/step"] = np.asarray(history["step"], dtype=np.int64).reshape(-1)
+    arrays["history/loss"] = np.asarray(history["loss"], dtype=np.float64).reshape(-1)
     groups = []
     if ckpt.opt_state is not None:
         groups.append("opt")
@@ -104,12 +129,133 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         groups.append("carry")
         states = ckpt.model.cell.states
         arrays.update({f"carry/{name}": np.asarray(s) for name, s in zip(states, ckpt.carry, strict=True)})
-    write_archive(Path(path), arrays, {**ckpt.meta, "format": FORMAT, "version": FORMAT_VERSION,
-                                       "groups": groups})
+    write_archive(Path(path), arrays, {**meta, "format": FORMAT, "version": FORMAT_VERSION, "groups": groups,
+                                       "history_len": int(arrays["history/step"].shape[0])})
 
 
-def _expected(meta: dict) -> dict:
-    """The members a checkpoint with metadata ``meta`` must hold: ``name -> (shape, dtypes)``.
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The members a checkpoint's checked metadata asks for."""
+
+    model: CharModel
+    dtype: str
+    batch: int
+    groups: tuple
+    history: int
+
+    def count(self) -> tuple[int, int]:
+        """``(members, bytes of data)``, computed without listing the members (see :func:`read_archive`)."""
+        V, E, H, L = self.model.vocab_size, self.model.embed_size, self.model.hidden_size, self.model.num_layers
+        arrays, numbers = param_count(self.model.rnn)
+        arrays, numbers = arrays + 3, numbers + V * E + V * H + V
+        size = np.dtype(self.dtype).itemsize
+        members, nbytes = arrays + 2, numbers * size + self.history * 16
+        if "opt" in self.groups:
+            members, nbytes = members + 2 * arrays + 1, nbytes + 2 * numbers * size + 4
+        if "carry" in self.groups:
+            n_states = self.model.cell.n_states
+            members, nbytes = members + n_states, nbytes + n_states * L * self.batch * H * size
+        return members, nbytes
+
+    def members(self) -> dict:
+        """``name -> (shape, dtype names)`` of every member."""
+        shapes, floats = self.model.param_shapes(), (self.dtype,)
+        members = {f"params/{k}": (s, floats) for k, s in shapes.items()}
+        members["history/step"] = ((self.history,), ("int64",))
+        members["history/loss"] = ((self.history,), ("float64",))
+        if "opt" in self.groups:
+            members["opt/step"] = ((), ("int32", "int64"))
+            members.update({f"opt/{buf}/{k}": (s, floats) for buf in _OPT_BUFFERS for k, s in shapes.items()})
+        if "carry" in self.groups:
+            shape = (self.model.num_layers, self.batch, self.model.hidden_size)
+            members.update({f"carry/{name}": (shape, floats) for name in self.model.cell.states})
+        return members
+
+
+def _check_mapping(name: str, value, keys) -> dict:
+    """A JSON object with exactly the keys ``keys``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+    check_names(name, value, keys)
+    return value
+
+
+def _check_str(name: str, value) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {type(value).__name__}")
+    return value
+
+
+def _check_real(name: str, value, positive: bool = True) -> float:
+    """A finite real number (never a bool), > 0 with ``positive``, else >= 0."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < 0 or (positive and value == 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def _check_train(train, model: CharModel) -> dict:
+    """The ``train`` settings: every key of :data:`DEFAULTS` and ``steps``, each of its type and range."""
+    _check_mapping("train", train, (*DEFAULTS, "steps"))
+    if not isinstance(train["cell"], str) or train["cell"] not in LAYERS:
+        raise ValueError(f"train.cell must be one of {list(LAYERS)}, got {train['cell']!r}")
+    for key in ("hidden", "layers", "embed", "seq_len", "batch", "steps"):
+        check_int(f"train.{key}", train[key])
+    check_int("train.seed", train["seed"], minimum=0)
+    try:
+        check_truncate(train["truncate"])
+    except ValueError as error:
+        raise ValueError(f"train.{error}") from None
+    for key in ("lr", "clip"):
+        _check_real(f"train.{key}", train[key])
+    if train["dtype"] not in DTYPES:
+        raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {train['dtype']!r}")
+    for key, field in _SAME_AS_MODEL.items():
+        if train[key] != getattr(model, field):
+            raise ValueError(f"train.{key} is {train[key]!r} but model.{field} is {getattr(model, field)!r}")
+    return train
+
+
+def _check_model(meta: dict) -> tuple[CharModel, Vocabulary]:
+    """``model`` (the ``CharModel`` fields) and ``vocab`` (its characters, one per token)."""
+    fields = [f.name for f in dataclasses.fields(CharModel)]
+    model = _check_mapping("model", meta["model"], fields)
+    try:
+        model = CharModel(**model)
+    except (TypeError, ValueError) as error:  # its own checks
+        raise ValueError(f"model: {error}") from None
+    try:
+        vocab = Vocabulary(meta["vocab"])
+    except ValueError as error:
+        raise ValueError(f"vocab: {error}") from None
+    if len(vocab) != model.vocab_size:
+        raise ValueError(f"the vocabulary has {len(vocab)} characters but model.vocab_size is {model.vocab_size}")
+    return model, vocab
+
+
+def _check_run(meta: dict, vocab: Vocabulary) -> None:
+    """``text``, ``prime``, ``step``, ``wall_s``, ``backend``: what the run was and how far it got."""
+    text = _check_mapping("text", meta["text"], ("source", "sha256", "chars"))
+    _check_str("text.source", text["source"])
+    if not isinstance(text["sha256"], str) or not re.fullmatch("[0-9a-f]{64}", text["sha256"]):
+        raise ValueError("text.sha256 must be 64 lowercase hexadecimal digits")
+    check_int("text.chars", text["chars"], minimum=0)
+    prime = _check_str("prime", meta["prime"])
+    if not set(prime) <= set(vocab.chars):
+        raise ValueError("prime has characters outside the vocabulary")
+    check_int("step", meta["step"], minimum=0)
+    if "wall_s" in meta:
+        _check_real("wall_s", meta["wall_s"], positive=False)
+    if "backend" in meta:
+        _check_str("backend", meta["backend"])
+
+
+def _layout(meta) -> _Layout:
+    """Check every key of a checkpoint's metadata (type, range, agreement), then say what its members are.
 
     Raises ``ValueError`` (one line) for metadata this reader cannot use.
     """
@@ -118,30 +264,19 @@ def _expected(meta: dict) -> dict:
         raise ValueError(f"not a portable-rnn checkpoint (format {found!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint version {meta.get('version')!r}; this portable-rnn reads {FORMAT_VERSION}")
-    try:
-        ckpt = Checkpoint({}, None, None, meta)
-        model, vocab = ckpt.model, ckpt.vocab
-        train, groups = meta["train"], meta["groups"]
-        missing = [k for k in (*DEFAULTS, "steps") if k not in train]
-        missing += [f"text.{k}" for k in ("source", "sha256") if k not in meta["text"]]
-        missing += [f"history.{k}" for k in ("step", "loss") if k not in meta["history"]]
-        if missing:
-            raise ValueError(f"metadata lacks {missing}")
-        int(meta["step"])
-        floats = (train["dtype"],)
-        shape = (model.num_layers, int(train["batch"]), model.hidden_size)
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"metadata is incomplete ({type(error).__name__}: {error})") from None
-    if len(vocab) != model.vocab_size:
-        raise ValueError("vocabulary does not match the model")
-    shapes = model.param_shapes()
-    members = {f"params/{k}": (s, floats) for k, s in shapes.items()}
-    if "opt" in groups:
-        members["opt/step"] = ((), ("int32", "int64"))
-        members.update({f"opt/{buf}/{k}": (s, floats) for buf in _OPT_BUFFERS for k, s in shapes.items()})
-    if "carry" in groups:
-        members.update({f"carry/{name}": (shape, floats) for name in model.cell.states})
-    return members
+    required = ("groups", "model", "vocab", "train", "text", "prime", "step", "history_len")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"metadata lacks {missing}")
+    groups = meta["groups"]
+    if (not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
+            or len(set(groups)) != len(groups) or not set(groups) <= set(_GROUPS)):
+        raise ValueError(f"groups must be a list of distinct names from {list(_GROUPS)}")
+    model, vocab = _check_model(meta)
+    train = _check_train(meta["train"], model)
+    _check_run(meta, vocab)
+    history = check_int("history_len", meta["history_len"], minimum=0)
+    return _Layout(model, train["dtype"], train["batch"], tuple(groups), history)
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -152,8 +287,9 @@ def load_checkpoint(path) -> Checkpoint:
     Raises
     ------
     CheckpointError
-        One line saying what is wrong: missing, unreadable, truncated, not an
-        archive, foreign, a pickle, or members that do not fit the metadata.
+        One line saying what is wrong: missing, not a regular file,
+        unreadable, truncated, not an archive, foreign, a pickle, metadata
+        of the wrong type or range, or members that do not fit the metadata.
     """
     path = Path(path)
     if path.is_dir():
@@ -161,16 +297,21 @@ def load_checkpoint(path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        arrays, meta = read_archive(path, _expected)
+        arrays, meta = read_archive(path, lambda m: _layout(m).members(), count=lambda m: _layout(m).count())
     except ValueError as error:  # one line that starts with the path
         raise CheckpointError(f"checkpoint {error}") from None
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {error.strerror or error}") from None
-    shapes = CharModel(**meta["model"]).param_shapes()
-    ckpt = Checkpoint({k: arrays[f"params/{k}"] for k in shapes}, None, None, meta)
+    meta = {k: v for k, v in meta.items() if k != "history_len"}
+    meta["history"] = {"step": arrays["history/step"].tolist(), "loss": arrays["history/loss"].tolist()}
+    ckpt = Checkpoint({k: arrays[f"params/{k}"] for k in CharModel(**meta["model"]).param_shapes()}, None, None,
+                      meta)
     if "opt" in meta["groups"]:
-        ckpt.opt_state = {"step": arrays["opt/step"].astype(np.int32)}
-        ckpt.opt_state.update({buf: {k: arrays[f"opt/{buf}/{k}"] for k in shapes} for buf in _OPT_BUFFERS})
+        step = int(arrays["opt/step"])
+        if not 0 <= step <= _MAX_STEP:
+            raise CheckpointError(f"checkpoint {str(path)}: opt/step is {step}; expected 0 to {_MAX_STEP}")
+        ckpt.opt_state = {"step": np.asarray(step, dtype=np.int32)}
+        ckpt.opt_state.update({buf: {k: arrays[f"opt/{buf}/{k}"] for k in ckpt.params} for buf in _OPT_BUFFERS})
     if "carry" in meta["groups"]:
         ckpt.carry = tuple(arrays[f"carry/{name}"] for name in ckpt.model.cell.states)
     return ckpt

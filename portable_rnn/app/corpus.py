@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from ..io import open_regular
 from .errors import UsageError
 
-__all__ = ["DEFAULT_CORPUS", "default_corpus", "read_text", "Vocabulary", "BatchSchedule"]
+__all__ = ["DEFAULT_CORPUS", "MAX_TEXT_BYTES", "default_corpus", "read_text", "Vocabulary", "BatchSchedule"]
 
 DEFAULT_CORPUS = "sonnets.txt"
+#: Largest text file read: 1 GiB (enwik8, the largest usual character corpus, is 100 MB).
+MAX_TEXT_BYTES = 1 << 30
 
 
 def default_corpus() -> str:
@@ -26,32 +28,43 @@ def default_corpus() -> str:
 
 
 def read_text(path) -> str:
-    """Read a non-empty UTF-8 text file.
+    """Read a non-empty UTF-8 text file of at most :data:`MAX_TEXT_BYTES`.
+
+    Only a regular file (or a link to one) is read, and never past the size
+    it had when opened: a FIFO or a device such as ``/dev/zero`` (a
+    checkpoint names the text it was trained on) is refused at once.
 
     Raises
     ------
     UsageError
-        One line naming the file and the problem: missing, a folder,
-        unreadable, not UTF-8 (with the byte offset) or empty.
+        One line naming the file and the problem: missing, a folder or
+        another file that is not regular, too large, unreadable, not UTF-8
+        (with the byte offset) or empty.
     """
-    path = Path(path)
+    name = repr(str(path))
     try:
-        data = path.read_bytes()
+        with open_regular(path) as (f, size):
+            if size > MAX_TEXT_BYTES:
+                raise UsageError(
+                    f"text file {name} is {size:,} bytes, more than the {MAX_TEXT_BYTES:,} portable-rnn "
+                    "trains on (it holds 4 bytes per character while training)"
+                )
+            data = f.read(size)
     except FileNotFoundError:
-        raise UsageError(f"text file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"text file {str(path)!r} is a directory") from None
+        raise UsageError(f"text file {name} does not exist") from None
+    except ValueError as error:  # not a regular file: the message starts with the path
+        raise UsageError(f"text file {error}") from None
     except OSError as error:
-        raise UsageError(f"cannot read text file {str(path)!r}: {error.strerror or error}") from None
+        raise UsageError(f"cannot read text file {name}: {error.strerror or error}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UsageError(
-            f"text file {str(path)!r} is not UTF-8 (byte {error.start}: {error.reason}); "
+            f"text file {name} is not UTF-8 (byte {error.start}: {error.reason}); "
             "convert it, e.g. iconv -t utf-8"
         ) from None
     if not text:
-        raise UsageError(f"text file {str(path)!r} is empty")
+        raise UsageError(f"text file {name} is empty")
     return text
 
 
@@ -63,9 +76,24 @@ class Vocabulary:
     ----------
     chars : str
         The characters; token ``i`` is ``chars[i]``.
+
+    Raises
+    ------
+    ValueError
+        ``chars`` is not a non-empty string of distinct characters (a
+        checkpoint's vocabulary is checked with it).
     """
 
     chars: str
+
+    def __post_init__(self):
+        chars = self.chars
+        if not isinstance(chars, str) or not chars:
+            raise ValueError(f"the vocabulary must be a non-empty string of characters, got {type(chars).__name__}")
+        if len(set(chars)) != len(chars):
+            raise ValueError("the vocabulary repeats characters")
+        if any("\ud800" <= c <= "\udfff" for c in chars):  # never in a text read as UTF-8
+            raise ValueError("the vocabulary holds a lone surrogate, which is not a character")
 
     @classmethod
     def of(cls, text: str) -> "Vocabulary":

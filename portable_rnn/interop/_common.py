@@ -25,6 +25,7 @@ __all__ = [
     "spec_classes",
     "spec_class",
     "check_spec",
+    "param_count",
     "single_layer",
     "overrides",
     "check_names",
@@ -66,6 +67,32 @@ def check_spec(spec, name: str = "spec"):
             f"{name} must be a portable_rnn.layers RNN, LSTM or GRU spec, got {type(spec).__name__}"
         )
     return spec
+
+
+def param_count(spec) -> tuple[int, int]:
+    r"""How many arrays and numbers ``spec.param_shapes()`` lists, computed without listing them.
+
+    A spec read from a file may claim ``num_layers=10**8``: its size is
+    checked against the file before any name is built.
+
+    Parameters
+    ----------
+    spec : RNN, LSTM or GRU
+
+    Returns
+    -------
+    arrays : int
+        :math:`L \cdot dirs \cdot (4 \text{ with bias, else } 2)`.
+    numbers : int
+        :math:`dirs \cdot GH (D + H + 2b) + (L - 1) \, dirs \cdot GH (dirs \cdot H + H + 2b)`
+        with :math:`GH = G \cdot H` and :math:`b = 1` with bias, else 0.
+    """
+    check_spec(spec)
+    L, dirs, H, b = spec.num_layers, spec.num_directions, spec.hidden_size, int(spec.bias)
+    GH = spec.n_gates * H
+    per_direction = GH * (H + 2 * b)  # weight_hh and the two biases
+    numbers = dirs * (GH * spec.input_size + per_direction) + (L - 1) * dirs * (GH * dirs * H + per_direction)
+    return L * dirs * (2 + 2 * b), numbers
 
 
 def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
