@@ -46,7 +46,8 @@ def sample_text(checkpoint, *, prime=None, length=500, temperature=0.8, top_k=No
         raise UsageError(f"--prime has characters the model never saw: {''.join(unknown)[:20]!r}")
     dtype = ckpt.meta["train"]["dtype"]
     runtime = backends.resolve(backend, device)
-    with backends.jax_float64() if runtime.library == "jax" and dtype == "float64" else contextlib.nullcontext():
+    x64 = backends.jax_float64() if runtime.library == "jax" and dtype == "float64" else contextlib.nullcontext()
+    with runtime.context(), x64:
         params = {k: runtime.asarray(v, dtype) for k, v in ckpt.params.items()}
         tokens = model.sample(params, vocab.encode(prime), length, temperature=temperature, top_k=top_k, seed=seed)
     return prime + vocab.decode(tokens)

@@ -267,6 +267,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
         raise UsageError(f"--seq-len {s['seq_len']} is not shorter than the text ({len(data)} characters)")
     schedule = BatchSchedule(data, s["batch"], s["seq_len"], s["seed"])
     runtime = backends.resolve(config.backend, config.device)
+    stack.enter_context(runtime.context())  # CuPy creates some arrays on its current device
     if runtime.library == "jax" and s["dtype"] == "float64":
         stack.enter_context(backends.jax_float64())
     model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"])
