@@ -63,7 +63,7 @@ def _in_an_empty_folder(tmp_path_factory, monkeypatch):
 def test_no_arguments_prints_help_listing_the_commands(capsys):
     assert cli.main([]) == 0
     text = capsys.readouterr().out
-    for command in ("check", "train", "sample", "gradients"):
+    for command in ("check", "train", "sample", "eval", "gradients"):
         assert command in text
 
 
@@ -117,7 +117,12 @@ def test_resume_continues_the_same_loss_curve(capsys, tmp_path):
     assert _train(capsys, split, steps=4)[0] == 0
     rc, stdout, _ = _train(capsys, split, "--resume", steps=10)
     assert rc == 0 and "steps 4->10" in stdout
-    assert _history(split) == _history(straight)  # bit for bit: same batches, same state, same Adam state
+    resumed, whole = _history(split), _history(straight)
+    for key in ("step", "loss"):  # bit for bit: same batches, same state, same Adam state
+        assert resumed[key] == whole[key]
+    # The held-out loss is taken at the end of each run; the resumed run kept the first one.
+    assert resumed["val_step"] == [4, 10] and whole["val_step"] == [10]
+    assert resumed["val_loss"][-1] == whole["val_loss"][-1]
     # Without --steps, --resume runs to the checkpoint's planned end: nothing left to do.
     rc = cli.main(["train", "--out", str(split), "--resume", "--progress", "none"])
     assert rc == 0 and "already at step 10 of 10" in capsys.readouterr().out
@@ -258,12 +263,19 @@ def files(tmp_path_factory):
                 dst.writestr(info, src.read(info))
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes((good / CHECKPOINT).read_bytes()[:300])
+    foreign_text = tmp_path / "foreign.txt"
+    foreign_text.write_text("\u00e9t\u00e9 \u00e0 Paris", encoding="utf-8")
+    one_char = tmp_path / "one.txt"
+    one_char.write_text("a", encoding="utf-8")
+    no_split = tmp_path / "no-split"
+    assert cli.main(["train", *TINY, "--steps", "2", "--progress", "none", "--val-fraction", "0",
+                     "--out", str(no_split)]) == 0
     corrupt_dir = tmp_path / "corrupt"
     corrupt_dir.mkdir()
     (corrupt_dir / CHECKPOINT).write_bytes((good / CHECKPOINT).read_bytes()[:-50])
     return {"empty": empty, "latin1": latin1, "short": short, "garbage": garbage, "foreign": foreign,
             "pickled": pickled, "other": other, "good": good, "truncated": truncated, "corrupt_dir": corrupt_dir,
-            "tmp": tmp_path}
+            "foreign_text": foreign_text, "one_char": one_char, "no_split": no_split, "tmp": tmp_path}
 
 
 BAD = {
@@ -309,6 +321,27 @@ BAD = {
     "sample bad top-k": (["sample", "{good}", "--top-k", "0"], "positive integer"),
     "sample torch on missing device": (["sample", "{good}", "--backend", "torch", "--device", "cuda:999"],
                                        "cannot use device 'cuda:999'"),
+    "eval missing checkpoint": (["eval", "{tmp}/none.npz"], "does not exist"),
+    "eval garbage": (["eval", "{garbage}"], "is not a readable .npz"),
+    "eval another format": (["eval", "{other}"], "not a portable-rnn checkpoint (format 'someone.else')"),
+    "eval truncated": (["eval", "{truncated}"], "checkpoint"),
+    "eval missing text": (["eval", "{good}", "--text", "{tmp}/nope.txt"], "does not exist"),
+    "eval empty text": (["eval", "{good}", "--text", "{empty}"], "is empty"),
+    "eval non-UTF-8 text": (["eval", "{good}", "--text", "{latin1}"], "is not UTF-8"),
+    "eval text is a folder": (["eval", "{good}", "--text", "{tmp}"], "is a directory"),
+    "eval characters the model never saw": (["eval", "{good}", "--text", "{foreign_text}"],
+                                            "not in the model's vocabulary"),
+    "eval a one-character text": (["eval", "{good}", "--text", "{one_char}"], "needs at least 2"),
+    "eval nothing held out": (["eval", "{no_split}"], "held nothing out (--val-fraction 0); pass --text"),
+    "eval torch on missing device": (["eval", "{good}", "--backend", "torch", "--device", "cuda:999"],
+                                     "cannot use device 'cuda:999'"),
+    "val-fraction 1": (["train", "--val-fraction", "1", "--out", "{tmp}/c"], "expected a number in [0, 1)"),
+    "val-fraction negative": (["train", "--val-fraction", "-0.1", "--out", "{tmp}/c"], "non-negative number"),
+    "val-every negative": (["train", "--val-every", "-5", "--out", "{tmp}/c"], "non-negative integer"),
+    "held-out split too small": (["train", "--text", "{short}", "--seq-len", "2", "--batch", "2",
+                                  "--out", "{tmp}/c"], "evaluating needs at least 2"),
+    "resume with another val-fraction": (["train", "--resume", "--out", "{good}", "--val-fraction", "0.2"],
+                                         "--val-fraction 0.1, not 0.2"),
     "gradients too short": (["gradients", "--steps", "1", "--out", "{tmp}/g"], "at least 2"),
 }
 

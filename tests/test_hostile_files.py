@@ -472,7 +472,7 @@ HOSTILE = {
     "negative hidden size": (_set("model", "hidden_size", -8), "model: hidden_size must be an int >= 1, got -8"),
     "absurd hidden size": (_edit(lambda m: (m["model"].update(hidden_size=10**9), m["train"].update(hidden=10**9))),
                            "bytes of arrays; its metadata asks for"),
-    "10**8 layers": (_edit(_layers), "is missing member(s): its metadata asks for 1,200,000,014"),
+    "10**8 layers": (_edit(_layers), "is missing member(s): its metadata asks for 1,200,000,016"),
     "absurd batch": (_set("train", "batch", 10**12), "its metadata asks for 64,000,000,0"),
     "train and model disagree": (_set("train", "hidden", 16), "train.hidden is 16 but model.hidden_size is 8"),
     "lr infinite": (_text('"lr": 0.003', '"lr": Infinity'), "train.lr must be a finite number > 0"),

@@ -14,16 +14,29 @@ data. Members:
     The recurrent state carried into the next step, one member per state of
     the cell (``h``, and ``c`` for an LSTM), each (L, N, H) (group ``"carry"``).
 ``history/step``, ``history/loss``
-    The loss history: int64 and float64, ``history_len`` entries each.
+    The training loss history: int64 and float64, ``history_len`` entries each.
+``history/val_step``, ``history/val_loss``
+    The held-out loss history (nats per character, :mod:`~portable_rnn.app.eval`):
+    int64 and float64, ``val_history_len`` entries each; steps increasing,
+    at most ``step``, losses finite and >= 0.
 
 The metadata (JSON, a few kilobytes) holds ``format``, ``version``,
 ``groups`` (which optional groups were written), ``model`` (the
 ``CharModel`` fields), ``vocab``, ``train`` (the settings of the run),
-``text`` (source, SHA-256, length), ``prime``, ``step``, ``wall_s``,
-``backend`` and ``history_len``. A reader checks every one of them (type,
-range, agreement with the others) before using any; other keys are ignored.
-In memory, :attr:`Checkpoint.meta` holds the history as ``"history": {"step":
-[...], "loss": [...]}`` instead of ``history_len``.
+``text`` (source, SHA-256, length), ``split`` (the held-out split of
+:func:`~portable_rnn.app.corpus.split_text` with ``train.val_fraction``:
+``train_chars``, ``val_chars`` and the held-out text's ``sha256``, so that
+``eval`` and ``--resume`` rebuild it and check it), ``prime``, ``step``,
+``wall_s``, ``backend``, ``history_len`` and ``val_history_len``. A reader
+checks every one of them (type, range, agreement with the others) before
+using any; other keys are ignored. In memory, :attr:`Checkpoint.meta` holds
+the histories as ``"history": {"step": [...], "loss": [...], "val_step":
+[...], "val_loss": [...]}`` instead of the two lengths.
+
+A run writes two of these files: ``checkpoint.npz``, the latest state (what
+``--resume`` continues), and ``best.npz``, the state at the lowest held-out
+loss so far (what ``sample`` and ``eval`` use when given the run's folder:
+:func:`pick_checkpoint`).
 """
 
 from __future__ import annotations
@@ -46,12 +59,14 @@ from ..model import CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
 
-__all__ = ["CHECKPOINT", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError",
-           "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT", "BEST", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError",
+           "save_checkpoint", "load_checkpoint", "pick_checkpoint", "HISTORY_KEYS"]
 
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
 FORMAT = "portable_rnn.CharModel"
-FORMAT_VERSION = 3
+#: 4 added the held-out split (``train.val_fraction``, ``split``) and its loss history.
+FORMAT_VERSION = 4
 _OPT_BUFFERS = ("exp_avg", "exp_avg_sq")
 _GROUPS = ("opt", "carry")
 #: ``opt/step`` is stored as an int32 or int64; it must fit the int32 Adam counts in.
@@ -70,7 +85,11 @@ DEFAULTS = {
     "clip": 5.0,
     "seed": 0,
     "dtype": "float32",
+    "val_fraction": 0.1,
 }
+#: The histories: ``meta["history"]`` keys, their member dtypes, and the metadata key of their length.
+HISTORY_KEYS = {"step": ("int64", "history_len"), "loss": ("float64", "history_len"),
+                "val_step": ("int64", "val_history_len"), "val_loss": ("float64", "val_history_len")}
 #: The ``train`` settings that repeat a field of ``model``.
 _SAME_AS_MODEL = {"cell": "mode", "hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size"}
 
@@ -115,10 +134,11 @@ class Checkpoint:
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically; ``meta["groups"]`` records the optional groups written."""
     meta = dict(ckpt.meta)
-    history = meta.pop("history", {"step": [], "loss": []})
+    history = meta.pop("history", {})
     arrays = {f"params/{k}": np.asarray(v) for k, v in ckpt.params.items()}
-    arrays["history/step"] = np.asarray(history["step"], dtype=np.int64).reshape(-1)
-    arrays["history/loss"] = np.asarray(history["loss"], dtype=np.float64).reshape(-1)
+    for key, (dtype, length) in HISTORY_KEYS.items():
+        arrays[f"history/{key}"] = np.asarray(history.get(key, []), dtype=dtype).reshape(-1)
+        meta[length] = int(arrays[f"history/{key}"].shape[0])
     groups = []
     if ckpt.opt_state is not None:
         groups.append("opt")
@@ -129,8 +149,7 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         groups.append("carry")
         states = ckpt.model.cell.states
         arrays.update({f"carry/{name}": np.asarray(s) for name, s in zip(states, ckpt.carry, strict=True)})
-    write_archive(Path(path), arrays, {**meta, "format": FORMAT, "version": FORMAT_VERSION, "groups": groups,
-                                       "history_len": int(arrays["history/step"].shape[0])})
+    write_archive(Path(path), arrays, {**meta, "format": FORMAT, "version": FORMAT_VERSION, "groups": groups})
 
 
 # --------------------------------------------------------------------------- reading
@@ -144,7 +163,7 @@ class _Layout:
     dtype: str
     batch: int
     groups: tuple
-    history: int
+    history: dict  # metadata key of a history's length -> that length
 
     def count(self) -> tuple[int, int]:
         """``(members, bytes of data)``, computed without listing the members (see :func:`read_archive`)."""
@@ -152,7 +171,8 @@ class _Layout:
         arrays, numbers = param_count(self.model.rnn)
         arrays, numbers = arrays + 3, numbers + V * E + V * H + V
         size = np.dtype(self.dtype).itemsize
-        members, nbytes = arrays + 2, numbers * size + self.history * 16
+        members = arrays + len(HISTORY_KEYS)
+        nbytes = numbers * size + sum(np.dtype(d).itemsize * self.history[n] for d, n in HISTORY_KEYS.values())
         if "opt" in self.groups:
             members, nbytes = members + 2 * arrays + 1, nbytes + 2 * numbers * size + 4
         if "carry" in self.groups:
@@ -164,8 +184,8 @@ class _Layout:
         """``name -> (shape, dtype names)`` of every member."""
         shapes, floats = self.model.param_shapes(), (self.dtype,)
         members = {f"params/{k}": (s, floats) for k, s in shapes.items()}
-        members["history/step"] = ((self.history,), ("int64",))
-        members["history/loss"] = ((self.history,), ("float64",))
+        members.update({f"history/{key}": ((self.history[length],), (dtype,))
+                        for key, (dtype, length) in HISTORY_KEYS.items()})
         if "opt" in self.groups:
             members["opt/step"] = ((), ("int32", "int64"))
             members.update({f"opt/{buf}/{k}": (s, floats) for buf in _OPT_BUFFERS for k, s in shapes.items()})
@@ -212,6 +232,8 @@ def _check_train(train, model: CharModel) -> dict:
         raise ValueError(f"train.{error}") from None
     for key in ("lr", "clip"):
         _check_real(f"train.{key}", train[key])
+    if _check_real("train.val_fraction", train["val_fraction"], positive=False) >= 1:
+        raise ValueError(f"train.val_fraction must be < 1, got {train['val_fraction']!r}")
     if train["dtype"] not in DTYPES:
         raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {train['dtype']!r}")
     for key, field in _SAME_AS_MODEL.items():
@@ -237,12 +259,31 @@ def _check_model(meta: dict) -> tuple[CharModel, Vocabulary]:
     return model, vocab
 
 
+def _check_sha256(name: str, value) -> str:
+    """A SHA-256 digest as 64 lowercase hexadecimal digits."""
+    if not isinstance(value, str) or not re.fullmatch("[0-9a-f]{64}", value):
+        raise ValueError(f"{name} must be 64 lowercase hexadecimal digits")
+    return value
+
+
+def _check_split(meta: dict, fraction: float) -> None:
+    """``split``: the sizes of the two parts (adding up to ``text.chars``) and the held-out text's SHA-256."""
+    split = _check_mapping("split", meta["split"], ("train_chars", "val_chars", "sha256"))
+    train_chars = check_int("split.train_chars", split["train_chars"])
+    val_chars = check_int("split.val_chars", split["val_chars"], minimum=0)
+    _check_sha256("split.sha256", split["sha256"])
+    if train_chars + val_chars != meta["text"]["chars"]:
+        raise ValueError(f"split.train_chars + split.val_chars is {train_chars + val_chars} but text.chars is "
+                         f"{meta['text']['chars']}")
+    if (val_chars == 0) != (fraction == 0):
+        raise ValueError(f"split.val_chars is {val_chars} but train.val_fraction is {fraction}")
+
+
 def _check_run(meta: dict, vocab: Vocabulary) -> None:
     """``text``, ``prime``, ``step``, ``wall_s``, ``backend``: what the run was and how far it got."""
     text = _check_mapping("text", meta["text"], ("source", "sha256", "chars"))
     _check_str("text.source", text["source"])
-    if not isinstance(text["sha256"], str) or not re.fullmatch("[0-9a-f]{64}", text["sha256"]):
-        raise ValueError("text.sha256 must be 64 lowercase hexadecimal digits")
+    _check_sha256("text.sha256", text["sha256"])
     check_int("text.chars", text["chars"], minimum=0)
     prime = _check_str("prime", meta["prime"])
     if not set(prime) <= set(vocab.chars):
@@ -264,7 +305,8 @@ def _layout(meta) -> _Layout:
         raise ValueError(f"not a portable-rnn checkpoint (format {found!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ValueError(f"checkpoint version {meta.get('version')!r}; this portable-rnn reads {FORMAT_VERSION}")
-    required = ("groups", "model", "vocab", "train", "text", "prime", "step", "history_len")
+    required = ("groups", "model", "vocab", "train", "text", "split", "prime", "step", "history_len",
+                "val_history_len")
     missing = [k for k in required if k not in meta]
     if missing:
         raise ValueError(f"metadata lacks {missing}")
@@ -275,8 +317,31 @@ def _layout(meta) -> _Layout:
     model, vocab = _check_model(meta)
     train = _check_train(meta["train"], model)
     _check_run(meta, vocab)
-    history = check_int("history_len", meta["history_len"], minimum=0)
+    _check_split(meta, train["val_fraction"])
+    history = {n: check_int(n, meta[n], minimum=0) for _, n in HISTORY_KEYS.values()}
     return _Layout(model, train["dtype"], train["batch"], tuple(groups), history)
+
+
+def _check_val_history(path: Path, history: dict, step: int) -> None:
+    """The held-out history: steps increasing within ``[1, step]``, losses finite and >= 0."""
+    steps, losses = np.asarray(history["val_step"]), np.asarray(history["val_loss"])
+    if steps.size and (steps[0] < 1 or steps[-1] > step or np.any(np.diff(steps) <= 0)):
+        raise CheckpointError(f"checkpoint {path}: history/val_step must increase within [1, step {step}]")
+    if not np.all(np.isfinite(losses) & (losses >= 0)):
+        raise CheckpointError(f"checkpoint {path}: history/val_loss must be finite and >= 0")
+
+
+def pick_checkpoint(path) -> Path:
+    """The file ``sample`` and ``eval`` read: ``path`` itself, or in a run's folder ``best.npz`` if any.
+
+    A folder's ``best.npz`` (the lowest held-out loss) is the model to use;
+    its ``checkpoint.npz`` (the latest state, what ``--resume`` continues)
+    is taken when the run held nothing out.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return path / BEST if (path / BEST).is_file() else path / CHECKPOINT
+    return path
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -302,8 +367,9 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {error}") from None
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {error.strerror or error}") from None
-    meta = {k: v for k, v in meta.items() if k != "history_len"}
-    meta["history"] = {"step": arrays["history/step"].tolist(), "loss": arrays["history/loss"].tolist()}
+    meta = {k: v for k, v in meta.items() if k not in ("history_len", "val_history_len")}
+    meta["history"] = {key: arrays[f"history/{key}"].tolist() for key in HISTORY_KEYS}
+    _check_val_history(path, meta["history"], meta["step"])
     ckpt = Checkpoint({k: arrays[f"params/{k}"] for k in CharModel(**meta["model"]).param_shapes()}, None, None,
                       meta)
     if "opt" in meta["groups"]:

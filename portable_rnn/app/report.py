@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,12 @@ class Progress:
     def __exit__(self, *exc):
         self.close()
 
-    def update(self, step, total, losses):
-        """Record ``losses`` (host floats) up to ``step``; show them when a line or the bar is due."""
+    def update(self, step, total, losses, val=None):
+        """Record ``losses`` (host floats) up to ``step``; show them when a line or the bar is due.
+
+        ``val`` is the latest held-out loss (nats per character), shown with
+        its bits per character, or ``None`` before the first evaluation.
+        """
         if not losses:
             return
         self.losses += losses
@@ -69,11 +74,13 @@ class Progress:
         tok_s = self.tokens_per_step * (step - self.mark_step) / max(now - self.mark_time, 1e-9)
         loss = float(np.mean(self.losses))
         self.mark_time, self.mark_step, self.losses = now, step, []
+        held_out = {} if val is None else {"val": f"{val:.4f}", "val_bpc": f"{val / math.log(2):.3f}"}
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.4f}", **held_out, tok_s=f"{tok_s:,.0f}", refresh=False)
             self.bar.update(step - self.bar.n)
         else:
-            print(f"step {step:>6d}/{total}  loss {loss:.4f}  {tok_s:>9,.0f} tok/s  {now - self.start:7.1f} s",
+            shown = f"  val {held_out['val']} ({held_out['val_bpc']} bits/char)" if held_out else ""
+            print(f"step {step:>6d}/{total}  loss {loss:.4f}{shown}  {tok_s:>9,.0f} tok/s  {now - self.start:7.1f} s",
                   file=self.out, flush=True)
 
     def write(self, text):
@@ -94,6 +101,9 @@ class Progress:
 def plot_curves(path, curves: dict, *, title: str, xlabel: str, ylabel: str, log_y: bool = False) -> str | None:
     """Save ``{label: (x, y)}`` as a PNG, atomically; return ``None``, or why it was skipped.
 
+    A curve may be ``(x, y, style)``, ``style`` a dict of keyword arguments
+    of ``Axes.plot`` (``marker``, ``alpha``, ...).
+
     Uses matplotlib's object API: no pyplot state, no display needed, safe in
     a process that plots more than once.
     """
@@ -105,8 +115,8 @@ def plot_curves(path, curves: dict, *, title: str, xlabel: str, ylabel: str, log
     fig = Figure(figsize=(7, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for label, (x, y) in curves.items():
-        ax.plot(x, y, label=label, linewidth=1.2)
+    for label, (x, y, *style) in curves.items():
+        ax.plot(x, y, label=label, **{"linewidth": 1.2, **(style[0] if style else {})})
     if log_y:
         ax.set_yscale("log")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
@@ -126,9 +136,9 @@ def smooth(values, beta: float = 0.95) -> list:
     return out
 
 
-def write_history(path, steps: list, losses: list) -> None:
-    """Write ``{"step": [...], "loss": [...]}`` as JSON, atomically."""
-    atomic_write(Path(path), lambda f: f.write(json.dumps({"step": steps, "loss": losses}).encode("utf-8")))
+def write_history(path, history: dict) -> None:
+    """Write the histories (``{"step": [...], "loss": [...], ...}``) as JSON, atomically."""
+    atomic_write(Path(path), lambda f: f.write(json.dumps(history).encode("utf-8")))
 
 
 def append_sample(path, block: str) -> None:

@@ -10,6 +10,13 @@ also cuts inside the batch). The batch of step ``s`` is a pure function of
 ``(text, seed, s)`` (:class:`~portable_rnn.app.corpus.BatchSchedule`), so a
 resumed run sees exactly the batches an uninterrupted one would.
 
+The tail of the text (``--val-fraction``, default 10%; whole sonnets for
+the default corpus: :func:`~portable_rnn.app.corpus.split_text` says why)
+is held out: training never sees it. Every ``--val-every`` steps and at the
+last step the model's mean loss on the whole held-out split is computed
+(:func:`~portable_rnn.app.eval.mean_loss`, forward passes only) and shown in
+nats and bits per character.
+
 Each step is :meth:`CharModel.loss_and_grads`, :func:`clip_by_global_norm`
 and :func:`adam`, as one function; on JAX that function is ``jax.jit``-
 compiled. Parameters are initialised on the host (:meth:`CharModel.init`) and
@@ -25,12 +32,19 @@ What a run writes into ``out``
     (:mod:`~portable_rnn.app.checkpoint`), written every ``checkpoint_every``
     steps, at the end and on Ctrl-C. Writes are atomic: an interrupted
     write leaves the previous checkpoint intact.
+``best.npz``
+    The same, at the evaluation with the lowest held-out loss so far
+    (written when that loss improves; removed when a new run starts in
+    ``out``). ``sample`` and ``eval`` use it when given the folder.
 ``history.json``
-    ``{"step": [...], "loss": [...]}``, one entry per step (atomic too).
+    ``{"step": [...], "loss": [...], "val_step": [...], "val_loss": [...]}``:
+    the training loss of every step and the held-out loss of every
+    evaluation, in nats per character (atomic too).
 ``loss.png``
-    The loss curve (needs matplotlib; skipped with a message otherwise). Its
-    regular spikes are the first step of each epoch, which starts from a zero
-    state and so predicts its first characters without context.
+    The training and held-out loss curves (needs matplotlib; skipped with a
+    message otherwise). The training curve's regular spikes are the first
+    step of each epoch, which starts from a zero state and so predicts its
+    first characters without context.
 ``samples.txt``
     The samples printed during training.
 """
@@ -51,17 +65,21 @@ import numpy as np
 from .. import backends
 from ..model import CharModel
 from ..optim import adam, clip_by_global_norm
-from .checkpoint import CHECKPOINT, DEFAULTS, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .corpus import BatchSchedule, Vocabulary, default_corpus, read_text
+from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
+                         save_checkpoint)
+from .corpus import BatchSchedule, Vocabulary, load_text, split_text
 from .errors import UsageError
+from .eval import LN2, mean_loss
 from .report import Progress, append_sample, plot_curves, smooth, write_history
 
-__all__ = ["TrainConfig", "TrainResult", "DEFAULT_STEPS", "train", "HISTORY", "PLOT", "SAMPLES"]
+__all__ = ["TrainConfig", "TrainResult", "DEFAULT_STEPS", "DEFAULT_VAL_EVERY", "train", "HISTORY", "PLOT", "SAMPLES"]
 
 #: Loss values are copied to the host every this many steps.
 SYNC_EVERY = 10
 #: Total steps of a new run without ``--steps``.
 DEFAULT_STEPS = 1000
+#: Steps between held-out evaluations without ``--val-every``.
+DEFAULT_VAL_EVERY = 100
 HISTORY, PLOT, SAMPLES = "history.json", "loss.png", "samples.txt"
 
 
@@ -71,10 +89,12 @@ class TrainConfig:
 
     Settings a checkpoint remembers (:data:`~portable_rnn.app.checkpoint.DEFAULTS`:
     ``cell``, ``hidden``, ``layers``, ``embed``, ``seq_len``, ``batch``, ``truncate``, ``lr``,
-    ``clip``, ``seed``, ``dtype``) default to ``None``, meaning "the default"
+    ``clip``, ``seed``, ``dtype``, ``val_fraction``) default to ``None``, meaning "the default"
     for a new run and "the checkpoint's" with ``resume``; giving a value that
     differs from the checkpoint's is an error. ``steps`` is the total step
     count of the run (default :data:`DEFAULT_STEPS`, or the checkpoint's).
+    ``val_every`` is the steps between held-out evaluations (0: only at the
+    last step).
     """
 
     text: str | None = None
@@ -95,6 +115,8 @@ class TrainConfig:
     clip: float | None = None
     seed: int | None = None
     dtype: str | None = None
+    val_fraction: float | None = None
+    val_every: int = DEFAULT_VAL_EVERY
     log_every: int = 100
     sample_every: int = 250
     sample_length: int = 200
@@ -105,13 +127,15 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the loss history and where things were written."""
+    """What :func:`train` returns: the loss histories (nats per character) and where things were written."""
 
     steps: list
     losses: list
     wall_s: float
     out: Path
     status: int = 0
+    val_steps: list = field(default_factory=list)
+    val_losses: list = field(default_factory=list)
 
 
 @dataclass
@@ -133,8 +157,22 @@ class _Run:
     wall_before: float
     history_steps: list
     history_losses: list
+    val: np.ndarray | None  # the held-out tokens, None with --val-fraction 0
+    val_steps: list
+    val_losses: list
     step: int = 0
     pending: list = field(default_factory=list)  # (step, loss on the device), not yet on the host
+
+    @property
+    def best(self) -> float:
+        """The lowest held-out loss so far (infinity before the first evaluation)."""
+        return min(self.val_losses, default=math.inf)
+
+    @property
+    def history(self) -> dict:
+        """The four histories, as ``history.json`` and a checkpoint's metadata hold them."""
+        return {"step": self.history_steps, "loss": self.history_losses,
+                "val_step": self.val_steps, "val_loss": self.val_losses}
 
     @property
     def out_dir(self) -> Path:
@@ -184,13 +222,11 @@ def _settings(config: TrainConfig, ckpt: Checkpoint | None) -> dict:
 
 
 def _text_for(config: TrainConfig, ckpt: Checkpoint | None) -> tuple[str, str]:
-    """``(text, source)``: the file's text and its absolute path, or the default corpus and ``"default"``."""
+    """``(text, source)`` (:func:`~portable_rnn.app.corpus.load_text`) of ``--text``, else of the checkpoint's."""
     source = config.text
     if source is None and ckpt is not None:
         source = ckpt.meta["text"]["source"]
-    if source is None or source == "default":
-        return default_corpus(), "default"
-    return read_text(source), str(Path(source).resolve())
+    return load_text(source)
 
 
 def _vocabulary(text: str, source: str, digest: str, ckpt: Checkpoint | None) -> Vocabulary:
@@ -207,6 +243,29 @@ def _vocabulary(text: str, source: str, digest: str, ckpt: Checkpoint | None) ->
     if len(vocab) < 2:
         raise UsageError("the text has a single distinct character; there is nothing to learn")
     return vocab
+
+
+def _data(text: str, vocab: Vocabulary, settings: dict, ckpt: Checkpoint | None):
+    """``(schedule, held_out, split)``: the training part's batches, the held-out tokens and the split's record.
+
+    ``held_out`` is ``None`` with ``val_fraction`` 0. When resuming, the
+    record must equal the checkpoint's: the split is rebuilt, never stored.
+    """
+    s, fraction = settings, settings["val_fraction"]
+    train_text, val_text = split_text(text, fraction)
+    split = {"train_chars": len(train_text), "val_chars": len(val_text),
+             "sha256": hashlib.sha256(val_text.encode("utf-8")).hexdigest()}
+    if ckpt is not None and split != ckpt.meta["split"]:
+        raise UsageError("the text's held-out split is not the one the checkpoint records; train into a new --out")
+    data = vocab.encode(train_text)
+    if s["seq_len"] >= len(data):
+        raise UsageError(f"--seq-len {s['seq_len']} is not shorter than the text's training part "
+                         f"({len(data)} of {len(text)} characters; --val-fraction {fraction:g} holds out the rest)")
+    schedule = BatchSchedule(data, s["batch"], s["seq_len"], s["seed"])
+    if fraction and len(val_text) < 2:
+        raise UsageError(f"--val-fraction {fraction:g} holds out {len(val_text)} of the text's {len(text)} "
+                         "characters; evaluating needs at least 2: raise it, or pass 0 to hold nothing out")
+    return schedule, (vocab.encode(val_text) if fraction else None), split
 
 
 def _tree_to_device(runtime, tree, dtype):
@@ -238,13 +297,14 @@ def _state_value(model: CharModel, parts):
     return tuple(parts) if model.cell.n_states > 1 else parts[0]
 
 
-def _metadata(model, vocab, settings, steps, source, digest, text) -> dict:
+def _metadata(model, vocab, settings, steps, source, digest, text, split) -> dict:
     """The checkpoint metadata that stays fixed for the run."""
     return {
         "model": dataclasses.asdict(model),
         "vocab": vocab.chars,
         "train": dict(settings, steps=steps),
         "text": {"source": source, "sha256": digest, "chars": len(text)},
+        "split": split,
         "prime": "\n" if "\n" in vocab.chars else text[0],
     }
 
@@ -262,10 +322,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     text, source = _text_for(config, ckpt)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     vocab = _vocabulary(text, source, digest, ckpt)
-    data = vocab.encode(text)
-    if s["seq_len"] >= len(data):
-        raise UsageError(f"--seq-len {s['seq_len']} is not shorter than the text ({len(data)} characters)")
-    schedule = BatchSchedule(data, s["batch"], s["seq_len"], s["seed"])
+    schedule, val, split = _data(text, vocab, s, ckpt)
     runtime = backends.resolve(config.backend, config.device)
     stack.enter_context(runtime.context())  # CuPy creates some arrays on its current device
     if runtime.library == "jax" and s["dtype"] == "float64":
@@ -274,7 +331,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     if ckpt is None:
         params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
         opt_state, carry = adam(s["lr"]).init(params), model.init_state(params, s["batch"])
-        start, history, wall_before = 0, {"step": [], "loss": []}, 0.0
+        start, history, wall_before = 0, {key: [] for key in HISTORY_KEYS}, 0.0
     else:
         params = _tree_to_device(runtime, ckpt.params, s["dtype"])
         opt_state = _tree_to_device(runtime, ckpt.opt_state, s["dtype"])
@@ -282,9 +339,10 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
                  else _state_value(model, _tree_to_device(runtime, ckpt.carry, s["dtype"])))
         start, history = int(ckpt.meta["step"]), ckpt.meta["history"]
         wall_before = float(ckpt.meta.get("wall_s", 0.0))
-    meta = _metadata(model, vocab, s, steps, source, digest, text)
+    meta = _metadata(model, vocab, s, steps, source, digest, text, split)
     return _Run(config, s, steps, model, runtime, vocab, schedule, meta, params, opt_state, carry, start,
-                wall_before, list(history["step"]), list(history["loss"]), step=start)
+                wall_before, list(history["step"]), list(history["loss"]), val, list(history["val_step"]),
+                list(history["val_loss"]), step=start)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -319,14 +377,29 @@ def _flush(run: _Run) -> list:
     return values
 
 
-def _save(run: _Run, wall: float) -> None:
-    """Write the checkpoint and ``history.json`` at the current step."""
-    history = {"step": run.history_steps, "loss": run.history_losses}
-    meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=history)
+def _save(run: _Run, wall: float, name: str = CHECKPOINT) -> None:
+    """Write the checkpoint ``name`` (the latest, or :data:`BEST`) and ``history.json`` at the current step."""
+    meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=run.history)
     carry = _tree_to_host(_state_parts(run.model, run.carry))
-    save_checkpoint(run.out_dir / CHECKPOINT,
+    save_checkpoint(run.out_dir / name,
                     Checkpoint(_tree_to_host(run.params), _tree_to_host(run.opt_state), carry, meta))
-    write_history(run.out_dir / HISTORY, run.history_steps, run.history_losses)
+    write_history(run.out_dir / HISTORY, run.history)
+
+
+def _validate(run: _Run, wall: float) -> None:
+    """Record the held-out loss at the current step; write :data:`BEST` when it is the lowest so far.
+
+    Call after :func:`_flush`, so that ``best.npz`` holds the whole history up to its step.
+    """
+    s = run.settings
+    loss = mean_loss(run.model, run.params, run.val, batch=s["batch"], seq_len=s["seq_len"], runtime=run.runtime)
+    if not math.isfinite(loss):
+        raise UsageError(f"the held-out loss is not finite at step {run.step}; lower --lr")
+    improved = loss < run.best
+    run.val_steps.append(run.step)
+    run.val_losses.append(loss)
+    if improved:
+        _save(run, wall, BEST)
 
 
 def _show_sample(run: _Run, progress: Progress) -> None:
@@ -347,7 +420,8 @@ def _banner(run: _Run) -> str:
         f"training {model.mode.upper()} (hidden {model.hidden_size}, layers {model.num_layers}, "
         f"embed {model.embed_size}, {n_params:,} parameters) on "
         f"{'the default corpus' if source == 'default' else source} "
-        f"({run.meta['text']['chars']:,} characters, vocabulary {len(run.vocab)}) with {runtime.name} on "
+        f"({run.meta['text']['chars']:,} characters, {run.meta['split']['val_chars']:,} of them held out; "
+        f"vocabulary {len(run.vocab)}) with {runtime.name} on "
         f"{runtime.device}; steps {run.start}->{run.steps}, batch {s['batch']} x seq-len {s['seq_len']}"
     )
 
@@ -367,7 +441,7 @@ def _blas_single_thread():
 
 
 def _loop(run: _Run, progress: Progress) -> None:
-    """Train from ``run.step`` to ``run.steps``, sampling and checkpointing on schedule."""
+    """Train from ``run.step`` to ``run.steps``, evaluating, sampling and checkpointing on schedule."""
     config, steps, t0 = run.config, run.steps, time.perf_counter()
     train_step, zeros = _step_function(run), run.model.init_state(run.params, run.settings["batch"])
     while run.step < steps:
@@ -377,8 +451,13 @@ def _loop(run: _Run, progress: Progress) -> None:
             run.runtime.asarray(inputs), run.runtime.asarray(targets))
         run.step += 1
         run.pending.append((run.step, loss))
-        if run.step % SYNC_EVERY == 0 or run.step == steps:
-            progress.update(run.step, steps, _flush(run))
+        val_due = run.val is not None and (run.step == steps or (
+            config.val_every and run.step % config.val_every == 0))
+        if run.step % SYNC_EVERY == 0 or run.step == steps or val_due:
+            losses = _flush(run)
+            if val_due:
+                _validate(run, run.wall_before + time.perf_counter() - t0)
+            progress.update(run.step, steps, losses, run.val_losses[-1] if run.val_losses else None)
         if config.sample_every and run.step % config.sample_every == 0 and run.step < steps:
             _show_sample(run, progress)
         if config.checkpoint_every and run.step % config.checkpoint_every == 0 and run.step < steps:
@@ -407,11 +486,15 @@ def _plot_loss(run: _Run) -> str | None:
     """Write ``loss.png``; ``None``, or why it was skipped."""
     if not run.history_losses:
         return "no steps yet"
-    model = run.model
+    model, curves = run.model, {
+        "training loss": (run.history_steps, run.history_losses, {"alpha": 0.35}),
+        "training, moving average (0.95)": (run.history_steps, smooth(run.history_losses)),
+    }
+    if run.val_steps:
+        curves[f"held-out ({run.meta['split']['val_chars']:,} characters)"] = (
+            run.val_steps, run.val_losses, {"marker": "o", "markersize": 3})
     return plot_curves(
-        run.out_dir / PLOT,
-        {"loss": (run.history_steps, run.history_losses),
-         "exponential moving average (0.95)": (run.history_steps, smooth(run.history_losses))},
+        run.out_dir / PLOT, curves,
         title=f"{model.mode.upper()} H={model.hidden_size} L={model.num_layers} on {run.runtime.name}",
         xlabel="step", ylabel="cross-entropy (nats per character)",
     )
@@ -425,10 +508,16 @@ def _summary(run: _Run, wall: float, skipped_plot: str | None, out) -> None:
         tokens = run.settings["batch"] * run.settings["seq_len"] * ran
         print(
             f"done: steps {run.start}->{run.step} in {wall:.1f} s ({tokens / max(wall, 1e-9):,.0f} tok/s); "
-            f"loss {losses[-1]:.4f} at step {run.step} (mean of the last {len(last)} steps: {np.mean(last):.4f})",
+            f"loss {losses[-1]:.4f} at step {run.step} (mean of the last {len(last)} steps: {np.mean(last):.4f} "
+            f"nats = {np.mean(last) / LN2:.3f} bits per character)",
             file=out,
         )
-    written = [CHECKPOINT, HISTORY, SAMPLES] + ([] if skipped_plot else [PLOT])
+    if run.val_losses:
+        best = int(np.argmin(run.val_losses))
+        print(f"held-out: {run.val_losses[-1]:.4f} nats = {run.val_losses[-1] / LN2:.3f} bits per character at "
+              f"step {run.val_steps[-1]} ({run.meta['split']['val_chars'] - 1:,} predictions); best "
+              f"{run.val_losses[best] / LN2:.3f} bits per character at step {run.val_steps[best]} ({BEST})", file=out)
+    written = [CHECKPOINT] + ([BEST] if run.val_losses else []) + [HISTORY, SAMPLES] + ([] if skipped_plot else [PLOT])
     print(f"wrote {', '.join(str(run.out_dir / w) for w in written)}", file=out)
     if skipped_plot:
         print(f"skipped {run.out_dir / PLOT}: {skipped_plot}", file=out)
@@ -463,10 +552,11 @@ def train(config: TrainConfig, out=None) -> TrainResult:
         if run.start >= run.steps:
             print(f"the checkpoint is already at step {run.start} of {run.steps}; pass --steps > {run.start} "
                   "to train further", file=out)
-            return TrainResult(run.history_steps, run.history_losses, run.wall_before, run.out_dir)
+            return _result(run, run.wall_before, 0)
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        if not config.resume:  # a new run, a new log
+        if not config.resume:  # a new run: a new log, and no best model of an older run to sample from
             (run.out_dir / SAMPLES).unlink(missing_ok=True)
+            (run.out_dir / BEST).unlink(missing_ok=True)
         s = run.settings
         progress = stack.enter_context(Progress(
             config.progress, run.steps, run.start, out, config.log_every, s["batch"] * s["seq_len"]))
@@ -478,4 +568,9 @@ def train(config: TrainConfig, out=None) -> TrainResult:
         else:
             _show_sample(run, progress)
         _summary(run, wall, _plot_loss(run), out)
-    return TrainResult(run.history_steps, run.history_losses, run.wall_before + wall, run.out_dir, status)
+    return _result(run, run.wall_before + wall, status)
+
+
+def _result(run: _Run, wall: float, status: int) -> TrainResult:
+    return TrainResult(run.history_steps, run.history_losses, wall, run.out_dir, status, run.val_steps,
+                       run.val_losses)

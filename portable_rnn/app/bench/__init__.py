@@ -10,7 +10,12 @@ writes JSON with ``--json``).
 Contenders named after a backend (``numpy``, ``jax``, ``torch``,
 ``torch:cuda``, ``cupy``, ``jax:gpu``) are this package's layer on that
 backend; JAX runs under ``jax.jit`` (forward and backward in one compiled
-function, compiled before timing; the compile time is reported). On a CUDA
+function, compiled before timing; the compile time is reported). The same
+hand-written backward also runs from inside the frameworks' own
+differentiation: ``jax.apply`` (``jax.value_and_grad`` through
+:func:`portable_rnn.jax.apply`) and ``torch.module``
+(:mod:`portable_rnn.torch`'s modules through autograd), timed in the same
+rounds as ``jax.grad`` and ``torch.nn``. On a CUDA
 machine the GPU contenders are compared with ``torch.nn`` on CUDA (cuDNN) and
 synchronised after every run.
 

@@ -1,8 +1,22 @@
-"""The contenders that are this package's layer: on NumPy, torch, JAX (jitted) and CuPy.
+"""The contenders that are this package's layer: on NumPy, torch, JAX (jitted) and CuPy, and its framework faces.
 
 Each times ``loss = sum(outputs)`` -> gradients of one time-major,
-unidirectional layer through the public ``init/forward/backward``; the
-references it is compared with are in :mod:`~portable_rnn.app.bench.references`.
+unidirectional layer. ``numpy``, ``torch``, ``jax`` and ``cupy`` call the
+public ``forward/backward`` by hand; the framework faces run the same
+hand-written backward from inside the framework's own differentiation:
+
+``jax.apply``
+    ``jax.jit(jax.value_and_grad(loss))`` through :func:`portable_rnn.jax.apply`
+    (a ``jax.custom_vjp``), as a JAX training step calls it.
+``torch.module``
+    :class:`portable_rnn.torch.RNN` / ``LSTM`` / ``GRU`` (default constructor
+    arguments) with ``loss.backward()`` through autograd, exactly as the
+    ``torch.nn`` reference is run.
+
+The references they are compared with are in
+:mod:`~portable_rnn.app.bench.references`; :func:`jax_contender` and
+:func:`torch_autograd` are the harnesses both sides share, so a ratio compares
+the layers and nothing else.
 """
 
 from __future__ import annotations
@@ -15,8 +29,9 @@ import numpy as np
 from ... import _eager_fast, backends
 from .memory import cuda_memory, jax_memory, numpy_memory
 
-__all__ = ["Contender", "Skip", "device_backend", "torch_sync", "fwd_bwd", "ours_numpy", "ours_torch",
-           "ours_jax", "ours_cupy"]
+__all__ = ["Contender", "Skip", "device_backend", "suffix", "torch_sync", "fwd_bwd", "jax_contender",
+           "grads_of_value_and_grad", "torch_autograd", "ours_numpy", "ours_torch", "ours_jax", "ours_apply",
+           "ours_torch_module", "ours_cupy"]
 
 
 class Skip(Exception):
@@ -60,6 +75,12 @@ def device_backend(name: str) -> backends.Backend:
         return backends.resolve(name)
     except backends.BackendError as error:
         raise Skip(str(error)) from None
+
+
+def suffix(name: str) -> str:
+    """``""`` for a CPU backend name, else its device part with a colon (``":cuda"``, ``":gpu"``)."""
+    _, _, device = name.partition(":")
+    return f":{device}" if device else ""
 
 
 def torch_sync(dev):
@@ -129,32 +150,124 @@ def ours_torch(case, spec, params, x, name="torch"):
                      memory=cuda_memory(dev, run, sync))
 
 
-def ours_jax(case, spec, params, x, name="jax"):
-    """Our layer on JAX (``jax`` or ``jax:gpu``): forward and backward in one ``jax.jit``, compiled first."""
+def jax_contender(label, kind, fn, params, x, name="jax", grads=None):
+    """``jax.jit(fn)(params, x)`` on backend ``name`` (``jax`` or ``jax:gpu``), compiled before timing.
+
+    Parameters
+    ----------
+    label : str
+        The contender's name in the report.
+    kind : {"ours", "reference"}
+    fn : callable
+        ``fn(params, x) -> result``, traced once.
+    params, x : NumPy arrays
+        Copied to the backend's device first, so no transfer is timed.
+    name : str
+        The backend.
+    grads : callable, optional
+        ``result -> dict of NumPy arrays`` for the correctness check.
+    """
     import jax
-    import jax.numpy as jnp
 
     backend = device_backend(name)
     p = {k: backend.asarray(v) for k, v in params.items()}
     xj = backend.asarray(x)
-
-    def fwd_bwd_jax(p, x):
-        return fwd_bwd(spec, p, x, jnp.ones_like)
-
     start = time.perf_counter()
-    compiled = jax.jit(fwd_bwd_jax).lower(p, xj).compile()
+    compiled = jax.jit(fn).lower(p, xj).compile()
     compile_s = time.perf_counter() - start
 
     def run():
         return jax.block_until_ready(compiled(p, xj))
 
-    return Contender(name, "ours", str(backend.device), run, group="cpu" if name == "jax" else "cuda",
-                     compile_s=compile_s, grads=_grads_of_ours, memory=jax_memory(compiled))
+    return Contender(label, kind, str(backend.device), run, group="cpu" if name == "jax" else "cuda",
+                     compile_s=compile_s, grads=grads, memory=jax_memory(compiled))
 
 
-def ours_cupy(case, spec, params, x):
-    """Our layer on CuPy, inside its device's context, synchronised on that device's stream after every run."""
-    backend = device_backend("cupy")
+def grads_of_value_and_grad(result):
+    """The check's dict from ``jax.value_and_grad(loss, argnums=(0, 1))``'s ``(loss, (d params, dx))``."""
+    _, (gp, gx) = result
+    return {"dx": backends.to_host(gx), **{k: backends.to_host(v) for k, v in gp.items()}}
+
+
+def ours_jax(case, spec, params, x, name="jax"):
+    """Our layer on JAX (``jax`` or ``jax:gpu``): forward and backward in one ``jax.jit``, compiled first."""
+    import jax.numpy as jnp
+
+    def fwd_bwd_jax(p, x):
+        return fwd_bwd(spec, p, x, jnp.ones_like)
+
+    return jax_contender(name, "ours", fwd_bwd_jax, params, x, name, grads=_grads_of_ours)
+
+
+def ours_apply(case, spec, params, x, name="jax"):
+    """``jax.value_and_grad`` of ``sum(out)`` through :func:`portable_rnn.jax.apply`, jitted (``jax.apply``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ...jax import apply
+
+    def loss(p, x):
+        return jnp.sum(apply(spec, p, x)[0])
+
+    return jax_contender(f"jax.apply{suffix(name)}", "ours", jax.value_and_grad(loss, argnums=(0, 1)),
+                         params, x, name, grads=grads_of_value_and_grad)
+
+
+def torch_autograd(label, kind, module_class, case, params, x, name="torch"):
+    """``module_class(D, H)`` loaded with ``params``, forward + ``sum().backward()`` through autograd.
+
+    ``x`` requires grad, so ``dx`` is computed too; gradients are reset to
+    ``None`` before each run, as a training loop's ``zero_grad`` does.
+
+    Parameters
+    ----------
+    label, kind :
+        As for :func:`jax_contender`.
+    module_class : type
+        ``torch.nn.LSTM`` or :class:`portable_rnn.torch.LSTM` (and the other cells).
+    case : Case
+        Gives the sizes and the dtype the module is made with.
+    params, x : NumPy arrays
+        ``torch.nn``'s state_dict names; x is (T, N, D).
+    name : {"torch", "torch:cuda"}
+        The backend.
+    """
+    import torch
+
+    backend = device_backend(name)
+    dev, sync = backend.device, torch_sync(backend.device)
+    module = module_class(case.D, case.H).to(device=dev, dtype=getattr(torch, case.dtype))
+    module.load_state_dict({k: torch.asarray(v) for k, v in params.items()})
+    xt = backend.asarray(x).requires_grad_(True)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        xt.grad = None
+        out, _ = module(xt)
+        out.sum().backward()
+        sync()
+        return module, xt
+
+    def grads(r):
+        m, xg = r
+        g = {k: backends.to_host(v.grad) for k, v in m.named_parameters()}
+        g["dx"] = backends.to_host(xg.grad)
+        return g
+
+    return Contender(label, kind, str(dev), run, group=dev.type, grads=grads, memory=cuda_memory(dev, run, sync))
+
+
+def ours_torch_module(case, spec, params, x, name="torch"):
+    """:class:`portable_rnn.torch.<Layer>` through autograd (``torch.module``), run as ``torch.nn`` is."""
+    from ... import torch as torch_faces
+
+    return torch_autograd(f"torch.module{suffix(name)}", "ours", getattr(torch_faces, type(spec).__name__),
+                          case, params, x, name)
+
+
+def ours_cupy(case, spec, params, x, name="cupy"):
+    """Our layer on CuPy (backend ``name``), inside its device's context, synchronised on its stream after every run."""
+    backend = device_backend(name)
     import cupy
 
     p = {k: backend.asarray(v) for k, v in params.items()}

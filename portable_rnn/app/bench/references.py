@@ -5,8 +5,9 @@
     CUDA), loaded with the same weights; ``x`` requires grad, so it also
     computes ``dx``. Its gradients are the reference of the correctness check.
 ``jax.grad``
-    ``jax.jit(jax.grad(loss))`` of a ``lax.scan`` layer with the same hoisted
-    input projection (PyTorch's gate order, ``jax.nn.sigmoid``).
+    ``jax.jit(jax.value_and_grad(loss))`` of a ``lax.scan`` layer with the
+    same hoisted input projection (PyTorch's gate order, ``jax.nn.sigmoid``):
+    what JAX's autodiff makes of the layer.
 ``gemm``
     The pure-GEMM bound: exactly the matmuls of the layer, timed alone into
     preallocated outputs, with NumPy's BLAS (``gemm``) and torch's
@@ -15,49 +16,20 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from ... import backends
-from .contenders import Contender, device_backend, torch_sync
-from .memory import cuda_memory, jax_memory
+from .contenders import (Contender, device_backend, grads_of_value_and_grad, jax_contender, suffix, torch_autograd,
+                         torch_sync)
 
 __all__ = ["torch_nn", "jax_reference_forward", "jax_grad_fn", "jax_grad", "gemm_numpy", "gemm_torch"]
-
-
-def _suffix(name: str) -> str:
-    """``""`` for a CPU backend name, else its device part with a colon (``":cuda"``, ``":gpu"``)."""
-    _, _, device = name.partition(":")
-    return f":{device}" if device else ""
 
 
 def torch_nn(case, spec, params, x, name="torch"):
     """``torch.nn.<Layer>`` with autograd on backend ``name`` (``torch`` or ``torch:cuda``)."""
     import torch
 
-    backend = device_backend(name)
-    dev, sync = backend.device, torch_sync(backend.device)
-    module = getattr(torch.nn, type(spec).__name__)(case.D, case.H).to(device=dev, dtype=getattr(torch, case.dtype))
-    module.load_state_dict({k: torch.asarray(v) for k, v in params.items()})
-    xt = backend.asarray(x).requires_grad_(True)
-
-    def run():
-        module.zero_grad(set_to_none=True)
-        xt.grad = None
-        out, _ = module(xt)
-        out.sum().backward()
-        sync()
-        return module, xt
-
-    def grads(r):
-        m, xg = r
-        g = {k: backends.to_host(v.grad) for k, v in m.named_parameters()}
-        g["dx"] = backends.to_host(xg.grad)
-        return g
-
-    return Contender(f"torch.nn{_suffix(name)}", "reference", str(dev), run, group=dev.type, grads=grads,
-                     memory=cuda_memory(dev, run, sync))
+    return torch_autograd(f"torch.nn{suffix(name)}", "reference", getattr(torch.nn, type(spec).__name__),
+                          case, params, x, name)
 
 
 def jax_reference_forward(cell, p, x):
@@ -104,37 +76,25 @@ def jax_reference_forward(cell, p, x):
 
 
 def jax_grad_fn(cell):
-    """``jax.grad`` of ``sum(jax_reference_forward(...))`` with respect to the parameters and ``x``."""
+    """``jax.value_and_grad`` of ``sum(jax_reference_forward(...))`` with respect to the parameters and ``x``.
+
+    The loss comes back with the gradients, as a training step wants it and as
+    :func:`~portable_rnn.app.bench.contenders.ours_apply` returns it, so the
+    two do the same work; ``jax.grad`` is this minus the returned value.
+    """
     import jax
     import jax.numpy as jnp
 
     def loss(p, x):
         return jnp.sum(jax_reference_forward(cell, p, x))
 
-    return jax.grad(loss, argnums=(0, 1))
+    return jax.value_and_grad(loss, argnums=(0, 1))
 
 
 def jax_grad(case, spec, params, x, name="jax"):
     """The ``jax.grad`` reference on backend ``name`` (``jax`` or ``jax:gpu``), compiled before timing."""
-    import jax
-
-    backend = device_backend(name)
-    p = {k: backend.asarray(v) for k, v in params.items()}
-    xj = backend.asarray(x)
-    start = time.perf_counter()
-    compiled = jax.jit(jax_grad_fn(case.cell)).lower(p, xj).compile()
-    compile_s = time.perf_counter() - start
-
-    def run():
-        return jax.block_until_ready(compiled(p, xj))
-
-    def grads(r):
-        gp, gx = r
-        return {"dx": backends.to_host(gx), **{k: backends.to_host(v) for k, v in gp.items()}}
-
-    return Contender(f"jax.grad{_suffix(name)}", "reference", str(backend.device), run,
-                     group="cpu" if name == "jax" else "cuda", compile_s=compile_s, grads=grads,
-                     memory=jax_memory(compiled))
+    return jax_contender(f"jax.grad{suffix(name)}", "reference", jax_grad_fn(case.cell), params, x, name,
+                         grads=grads_of_value_and_grad)
 
 
 def _gemm_schedule(matmul, T, x2, W, U, h, dz, DZ, HP, empty):
@@ -192,4 +152,4 @@ def gemm_torch(case, name="torch"):
         schedule()
         sync()
 
-    return Contender(f"gemm:torch{_suffix(name)}", "bound", str(dev), run, group=dev.type)
+    return Contender(f"gemm:torch{suffix(name)}", "bound", str(dev), run, group=dev.type)

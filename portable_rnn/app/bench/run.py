@@ -23,8 +23,16 @@ JSON (``--json FILE``)
     ``dtype``, ``flops``, and ``contenders``: name -> ``{"kind": "ours" |
     "reference" | "bound", "device", "group", "median_s", "times_s", "gflops",
     "compile_s", "peak_bytes", "tape_bytes", "peak_over_tape",
-    "peak_over_tape_and_grads", "err"}`` (unknown fields are ``null``),
-    ``ratios``: ``"A/B"`` -> median ratio, ``skipped``: name -> reason, and
+    "peak_over_tape_and_grads", "err"}`` (unknown fields are ``null``).
+    Contender names: a backend (this package's layer called by hand),
+    ``jax.apply`` / ``jax.apply:gpu`` (``jax.value_and_grad`` through
+    :func:`portable_rnn.jax.apply`), ``torch.module`` / ``torch.module:cuda``
+    (:mod:`portable_rnn.torch`'s module through autograd), ``torch.nn``,
+    ``jax.grad`` (``jax.value_and_grad`` of a ``lax.scan`` layer), ``gemm``.
+    ``ratios``: ``"A/B"`` -> median ratio of each of ours against the
+    references of its group (``jax.apply/jax.grad``,
+    ``torch.module/torch.nn``, ...) and of a framework face against the layer
+    it wraps (``jax.apply/jax``, ``torch.module/torch``); ``skipped``: name -> reason, and
     ``kernels_per_step``: contender (``torch``, ``torch.nn``, ``jax``,
     ``jax.grad``) -> ``{"forward", "backward", "unit"}``, the ops one time step
     launches (:mod:`~portable_rnn.app.bench.kernels`; counted on the CPU).
@@ -44,6 +52,7 @@ Nothing here asserts a timing; the numbers are for reading.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -66,6 +75,17 @@ __all__ = ["SCHEMA", "run", "compile_vs_T", "write_json"]
 SCHEMA = "portable_rnn.bench/1"
 
 
+#: Our contenders on each non-NumPy backend, ``(label, build(case, spec, params, x, backend))``: the
+#: layer called by hand, then its framework face (``jax.apply``, ``torch.module``) on the same device.
+_OURS = {
+    "jax": [("jax", ours.ours_jax), ("jax.apply", ours.ours_apply)],
+    "torch": [("torch", ours.ours_torch), ("torch.module", ours.ours_torch_module)],
+    "torch:cuda": [("torch:cuda", ours.ours_torch), ("torch.module:cuda", ours.ours_torch_module)],
+    "cupy": [("cupy", ours.ours_cupy)],
+    "jax:gpu": [("jax:gpu", ours.ours_jax), ("jax.apply:gpu", ours.ours_apply)],
+}
+
+
 def _builders(case, want, portable):
     """``(name, build)`` of every contender for ``case`` and the backends in ``want``, in table order."""
     spec, params, x = host_inputs(case)
@@ -74,16 +94,9 @@ def _builders(case, want, portable):
         b.append(("numpy", lambda: ours.ours_numpy(case, spec, params, x)))
         if portable:
             b.append(("numpy:portable", lambda: ours.ours_numpy(case, spec, params, x, portable=True)))
-    if "jax" in want:
-        b.append(("jax", lambda: ours.ours_jax(case, spec, params, x)))
-    if "torch" in want:
-        b.append(("torch", lambda: ours.ours_torch(case, spec, params, x)))
-    if "torch:cuda" in want:
-        b.append(("torch:cuda", lambda: ours.ours_torch(case, spec, params, x, "torch:cuda")))
-    if "cupy" in want:
-        b.append(("cupy", lambda: ours.ours_cupy(case, spec, params, x)))
-    if "jax:gpu" in want:
-        b.append(("jax:gpu", lambda: ours.ours_jax(case, spec, params, x, "jax:gpu")))
+    for name in ("jax", "torch", "torch:cuda", "cupy", "jax:gpu"):
+        if name in want:
+            b += [(label, functools.partial(build, case, spec, params, x, name)) for label, build in _OURS[name]]
     if want & {"numpy", "jax", "torch"}:
         b.append(("torch.nn", lambda: refs.torch_nn(case, spec, params, x)))
         if "jax" in want:
@@ -112,21 +125,35 @@ def _lineup(case, backend_names, portable, skipped):
     return out
 
 
+#: Each framework face and the contender it wraps: their ratio is what the framework's machinery costs.
+_FACE_OF = {"jax.apply": "jax", "torch.module": "torch"}
+
+
 def _ratios(contenders: dict) -> dict:
-    """``"ours/reference" -> median ratio`` for each of our contenders against the references of its group."""
+    """``"ours/reference" -> median ratio`` for each of our contenders against the references of its group.
+
+    Every one of ours is compared with ``torch.nn`` and the GEMM bound of its
+    group; JAX contenders also with ``jax.grad``, CPU torch ones with
+    torch's GEMM bound, and a framework face (``jax.apply``,
+    ``torch.module``) with the layer it wraps called by hand.
+    """
     med = {name: v["median_s"] for name, v in contenders.items()}
     ratios = {}
     for name, v in contenders.items():
         if v["kind"] != "ours":
             continue
         g = v["group"]
-        wanted = ["torch.nn" if g == "cpu" else f"torch.nn:{g}",
-                  "jax.grad" if g == "cpu" else "jax.grad:gpu",
-                  "gemm" if g == "cpu" else f"gemm:torch:{g}"]
-        if name == "torch":
+        base, _, device = name.partition(":")
+        wanted = ["torch.nn" if g == "cpu" else f"torch.nn:{g}"]
+        if name.startswith("jax"):
+            wanted.append("jax.grad" if g == "cpu" else "jax.grad:gpu")
+        wanted.append("gemm" if g == "cpu" else f"gemm:torch:{g}")
+        if g == "cpu" and name.startswith("torch"):
             wanted.append("gemm:torch")
+        if base in _FACE_OF:
+            wanted.append(_FACE_OF[base] + (f":{device}" if device else ""))
         for r in wanted:
-            if r in med and (not r.startswith("jax.grad") or name.startswith("jax")):
+            if r in med:
                 ratios[f"{name}/{r}"] = med[name] / med[r]
     return ratios
 
@@ -270,13 +297,13 @@ def _fmt_bytes(n):
 def _say_entry(entry, say) -> None:
     say(f"\n{entry['cell'].upper()} N={entry['N']} T={entry['T']} D={entry['D']} H={entry['H']} "
         f"{entry['dtype']}  ({entry['flops'] / 1e9:.2f} GFLOP)")
-    say(f"  {'contender':16s} {'median ms':>10s} {'GFLOP/s':>8s} {'compile s':>9s} "
+    say(f"  {'contender':18s} {'median ms':>10s} {'GFLOP/s':>8s} {'compile s':>9s} "
         f"{'peak':>8s} {'peak/tape':>9s} {'err':>8s}")
     for name, c in entry["contenders"].items():
         comp = "-" if c["compile_s"] is None else f"{c['compile_s']:.2f}"
         pt = "-" if c["peak_over_tape"] is None else f"{c['peak_over_tape']:.2f}"
         err = "-" if c["err"] is None else f"{c['err']:.1e}"
-        say(f"  {name:16s} {1e3 * c['median_s']:10.2f} {c['gflops']:8.1f} {comp:>9s} "
+        say(f"  {name:18s} {1e3 * c['median_s']:10.2f} {c['gflops']:8.1f} {comp:>9s} "
             f"{_fmt_bytes(c['peak_bytes']):>8s} {pt:>9s} {err:>8s}")
     if entry["ratios"]:
         say("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in entry["ratios"].items()))
