@@ -4,10 +4,10 @@ r"""Fast path of the sequence engine for NumPy, and torch on CPU (behind the por
 hand their work to this module when every array is a plain ``numpy.ndarray``,
 or every array is a plain CPU ``torch.Tensor`` that does not require grad, of
 one dtype (float32 or float64) with the documented shapes, and the cell is one
-of the three built-in cells. Anything else (JAX, CuPy, torch on CUDA or on the
-``meta`` device, a subclassed cell, mixed dtypes, broadcasting shapes,
-autograd, the ``torch.func`` transforms) takes the portable path, which stays
-the definition of the maths.
+of the three built-in cells without a projection. Anything else (JAX, CuPy,
+torch on CUDA or on the ``meta`` device, a subclassed cell, an LSTM with
+``proj_size``, mixed dtypes, broadcasting shapes, autograd, the ``torch.func``
+transforms) takes the portable path, which stays the definition of the maths.
 
 Which torch tensors count as plain (:func:`_plain_torch`): an exact
 ``torch.Tensor``, or a ``torch.nn.Parameter`` that does not require grad (a
@@ -171,8 +171,13 @@ def _common_dtype(library, arrays):
 
 
 def _kind(cell):
-    """The cell's mode when this module has kernels for exactly that cell class, else None."""
+    """The cell's mode when this module has kernels for exactly that cell, else None.
+
+    An LSTM with a projection (``proj_size``) has no kernels here: the portable path runs it.
+    """
     mode = getattr(cell, "mode", None)
+    if getattr(cell, "proj_size", 0):
+        return None
     return mode if CELLS.get(mode) is type(cell) else None
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_bool",
     "check_truncate",
+    "check_probability",
     "check_params",
     "check_integer_dtype",
     "check_arrays",
@@ -306,6 +307,13 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_probability(name: str, value) -> float:
+    """A real number in [0, 1) (never a bool), returned as ``float``: e.g. a dropout rate."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def check_truncate(truncate) -> int | None:

@@ -20,6 +20,12 @@ The backward of a step returns
     :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``; ``None``
     in place of an entry that has no such direct path (the RNN's h).
 
+An LSTM with a projection (``LSTMCell(proj_size=P)``, ``torch.nn.LSTM``'s
+``proj_size``) takes the projection weight as the keyword ``W_hr`` (P, H) in
+both methods; its h state and ``W_hh``'s second axis have P features. The
+sequence loop forms the gradient of ``W_hr`` after the loop from the step
+gradients of h and :meth:`LSTMCell.unprojected`.
+
 Every backward line undoes one forward line and reuses post-activations:
 :math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - \tanh^2`.
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+from ._validation import check_int
 from .activations import sigmoid_gate
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "CELLS", "cell_for"]
@@ -105,7 +112,7 @@ class RNNCell:
 
 @dataclass(frozen=True)
 class LSTMCell:
-    r"""Long short-term memory cell (PyTorch gate order i, f, g, o).
+    r"""Long short-term memory cell (PyTorch gate order i, f, g, o), optionally projected.
 
     .. math::
 
@@ -114,11 +121,21 @@ class LSTMCell:
         i &= \sigma(z_i), \quad f = \sigma(z_f), \quad
         g = \tanh(z_g), \quad o = \sigma(z_o) \\
         c_t &= f \odot c_{t-1} + i \odot g \\
-        h_t &= o \odot \tanh(c_t)
+        m_t &= o \odot \tanh(c_t) \\
+        h_t &= m_t \quad\text{or, with } \texttt{proj\_size} = P > 0, \quad
+        h_t = m_t W_{hr}^T
 
-    The tape of a step is an :class:`LSTMTape` ``(i, f, g, o, tanh(c_t))``.
+    With a projection, ``W_hr`` is (P, H), h is (N, P) and ``W_hh`` is
+    (4H, P); c stays (N, H). The tape of a step is an :class:`LSTMTape`
+    ``(i, f, g, o, tanh(c_t))`` either way: :math:`m_t` is recomputed from it.
+
+    Parameters
+    ----------
+    proj_size : int, default 0
+        P, the size of h; 0 is no projection (h has H features).
     """
 
+    proj_size: int = 0
     mode: ClassVar[str] = "lstm"
     gates: ClassVar[tuple] = ("i", "f", "g", "o")
     states: ClassVar[tuple] = ("h", "c")
@@ -127,23 +144,33 @@ class LSTMCell:
     recurrent_bias_inside: ClassVar[bool] = False
     tape_type: ClassVar[type] = LSTMTape
 
-    def step(self, xw, state, W_hh, b_hh, *, xp):
+    def __post_init__(self):
+        object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
+
+    def step(self, xw, state, W_hh, b_hh, *, xp, W_hr=None):
         h_prev, c_prev = state
-        H = h_prev.shape[-1]
+        H = c_prev.shape[-1]
         z = xw + h_prev @ xp.matrix_transpose(W_hh)
         s = sigmoid_gate(z, xp=xp)  # one call over the whole block; the g slice is unused
         i, f, o = s[..., :H], s[..., H : 2 * H], s[..., 3 * H :]
         g = xp.tanh(z[..., 2 * H : 3 * H])
         c = f * c_prev + i * g
         tanh_c = xp.tanh(c)
-        h = o * tanh_c
+        m = o * tanh_c
+        h = m @ xp.matrix_transpose(W_hr) if self.proj_size else m
         return (h, c), LSTMTape(i, f, g, o, tanh_c)
 
-    def step_backward(self, d_state, state, state_prev, tape, *, xp):
+    def unprojected(self, tape):
+        r""":math:`m_t = o \odot \tanh(c_t)` (..., H) from a tape: what ``W_hr`` projects to h."""
+        return tape.o * tape.tanh_c
+
+    def step_backward(self, d_state, state, state_prev, tape, *, xp, W_hr=None):
         dh, dc_next = d_state
         _, c_prev = state_prev
         i, f, g, o, tanh_c = tape
-        do = dh * tanh_c  # h = o * tanh(c)
+        if self.proj_size:
+            dh = dh @ W_hr  # h = m W_hr^T: from here on dh is the gradient of m
+        do = dh * tanh_c  # m = o * tanh(c)
         dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
         di, df, dg = dc * g, dc * c_prev, dc * i  # c = f * c_prev + i * g
         dz = xp.concat(
@@ -207,8 +234,10 @@ class GRUCell:
 CELLS = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
 
 
-def cell_for(mode: str, nonlinearity: str = "tanh"):
-    """The cell for ``mode`` (a key of :data:`CELLS`); ``nonlinearity`` is the RNN's."""
+def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0):
+    """The cell for ``mode`` (a key of :data:`CELLS`); ``nonlinearity`` is the RNN's, ``proj_size`` the LSTM's."""
     if mode not in CELLS:
         raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
-    return CELLS[mode](nonlinearity) if mode == "rnn" else CELLS[mode]()
+    if mode == "rnn":
+        return CELLS[mode](nonlinearity)
+    return CELLS[mode](proj_size) if proj_size else CELLS[mode]()

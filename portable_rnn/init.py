@@ -23,6 +23,11 @@ Schemes (``G`` gates, hidden size ``H``, per-layer input size ``D``):
     ``torch.nn.init.orthogonal_`` does. For a square (H, H) block
     :math:`W W^T = I`; for (H, D) the rows (H <= D) or columns are orthonormal.
 
+An LSTM with a projection (``proj_size = P``) draws ``weight_hh`` as (4H, P)
+gate blocks of (H, P) and, after the biases, ``weight_hr`` (P, H) as one
+block: :math:`U(-1/\sqrt{H}, 1/\sqrt{H})` as PyTorch under ``"uniform"``,
+one Glorot or orthogonal (P, H) matrix under the other schemes.
+
 Under every scheme the biases are drawn as in ``"uniform"``; the scheme only
 changes the weights. For LSTM, ``forget_bias=b`` then sets the forget-gate
 slice ``[H:2H]`` of ``bias_ih`` to ``b`` and of ``bias_hh`` to 0, so the sum
@@ -36,7 +41,7 @@ import numpy as np
 
 from ._validation import check_int
 
-__all__ = ["SCHEMES", "param_names", "draw", "check_seed"]
+__all__ = ["SCHEMES", "param_names", "projection_name", "draw", "dropout_factors", "check_seed"]
 
 #: The weight initialisation schemes.
 SCHEMES = ("uniform", "xavier", "orthogonal")
@@ -46,6 +51,11 @@ def param_names(layer: int, direction: int) -> tuple[str, str, str, str]:
     """PyTorch's state_dict names ``(weight_ih, weight_hh, bias_ih, bias_hh)`` of one layer/direction."""
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     return (f"weight_ih{suffix}", f"weight_hh{suffix}", f"bias_ih{suffix}", f"bias_hh{suffix}")
+
+
+def projection_name(layer: int, direction: int) -> str:
+    """PyTorch's state_dict name ``weight_hr_l{layer}[_reverse]`` of an LSTM projection."""
+    return f"weight_hr_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
 def _orthogonal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -80,6 +90,7 @@ def draw(
     seed: int,
     scheme: str = "uniform",
     forget_bias: float | None = None,
+    proj_size: int = 0,
 ) -> dict[str, np.ndarray]:
     """Draw every parameter of a stacked recurrent layer on the host, in float64.
 
@@ -94,24 +105,30 @@ def draw(
     scheme : {"uniform", "xavier", "orthogonal"}
     forget_bias : float or None
         LSTM only (the caller checks): value of the forget-gate bias slice.
+    proj_size : int, default 0
+        LSTM only (the caller checks): P > 0 adds a ``weight_hr`` (P, H) per
+        layer and direction and makes h, hence ``weight_hh``'s second axis and
+        the input of layers after the first, P features wide.
 
     Returns
     -------
     dict of str to numpy.ndarray
         PyTorch's state_dict names and order: for each layer, for each
-        direction, ``weight_ih`` (G*H, D), ``weight_hh`` (G*H, H), then
-        ``bias_ih`` and ``bias_hh`` (G*H,) when ``bias``. ``D`` is
-        ``input_size`` for layer 0 and ``num_directions * hidden_size`` after.
+        direction, ``weight_ih`` (G*H, D), ``weight_hh`` (G*H, R), then
+        ``bias_ih`` and ``bias_hh`` (G*H,) when ``bias``, then ``weight_hr``
+        (P, H) when ``proj_size``. ``R`` is ``proj_size or hidden_size``;
+        ``D`` is ``input_size`` for layer 0 and ``num_directions * R`` after.
     """
     rng = np.random.default_rng(seed)
     G, H = n_gates, hidden_size
+    R = proj_size or H
     out: dict[str, np.ndarray] = {}
     for layer in range(num_layers):
-        fan_in = input_size if layer == 0 else num_directions * H
+        fan_in = input_size if layer == 0 else num_directions * R
         for direction in range(num_directions):
             w_ih, w_hh, b_ih, b_hh = param_names(layer, direction)
             out[w_ih] = _weight(rng, scheme, G, H, fan_in)
-            out[w_hh] = _weight(rng, scheme, G, H, H)
+            out[w_hh] = _weight(rng, scheme, G, H, R)
             if bias:
                 bound = 1.0 / np.sqrt(H)
                 out[b_ih] = rng.uniform(-bound, bound, size=(G * H,))
@@ -119,7 +136,28 @@ def draw(
                 if forget_bias is not None:
                     out[b_ih][H : 2 * H] = forget_bias  # host array we own: fine to assign
                     out[b_hh][H : 2 * H] = 0.0
+            if proj_size:
+                out[projection_name(layer, direction)] = _projection(rng, scheme, H, proj_size)
     return out
+
+
+def _projection(rng, scheme: str, hidden: int, proj_size: int) -> np.ndarray:
+    """An LSTM projection ``weight_hr`` (P, H): one block, PyTorch's bound 1/sqrt(H) under "uniform"."""
+    if scheme == "uniform":
+        bound = 1.0 / np.sqrt(hidden)
+        return rng.uniform(-bound, bound, size=(proj_size, hidden))
+    return _weight(rng, scheme, 1, proj_size, hidden)
+
+
+def dropout_factors(seed: int, shape: tuple, p: float, count: int) -> list[np.ndarray]:
+    """``count`` inverted-dropout factors of ``shape``, drawn on the host in float64.
+
+    Each entry is 0 with probability ``p`` and ``1 / (1 - p)`` otherwise
+    (a Bernoulli(1 - p) keep mask over ``1 - p``), so a layer output times
+    its factor keeps its expectation.
+    """
+    rng = np.random.default_rng(seed)
+    return [(rng.random(shape) < 1.0 - p) / (1.0 - p) for _ in range(count)]
 
 
 def check_seed(seed) -> int:

@@ -129,15 +129,16 @@ def spec_to_dict(spec) -> dict:
     dict
         ``{"mode": "rnn" | "lstm" | "gru", "input_size": int, "hidden_size":
         int, "num_layers": int, "bidirectional": bool, "batch_first": bool,
-        "bias": bool}`` plus ``"nonlinearity"`` for RNN (every field of the
-        dataclass, so fields added later round-trip too).
+        "bias": bool, "dropout": float}`` plus ``"nonlinearity"`` for RNN and
+        ``"proj_size"`` for LSTM (every field of the dataclass, so fields
+        added later round-trip too).
     """
     check_spec(spec)
     out = {"mode": spec.mode}
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
-        if not isinstance(value, (bool, int, str)):
-            raise TypeError(f"spec field {field.name}={value!r} is not a JSON bool, int or str")
+        if not isinstance(value, (bool, int, float, str)):
+            raise TypeError(f"spec field {field.name}={value!r} is not a JSON bool, int, float or str")
         out[field.name] = value
     return out
 

@@ -11,17 +11,18 @@ sharded inputs and optax all use it::
     from portable_rnn import LSTM
     from portable_rnn.jax import apply
 
-    spec = LSTM(16, 64, num_layers=2)
+    spec = LSTM(16, 64, num_layers=2, dropout=0.1)
 
-    def loss(params, x, y):
-        out, _ = apply(spec, params, x, truncate=20)
+    def loss(params, x, y, key):
+        out, _ = apply(spec, params, x, truncate=20, dropout_key=key)
         return ((out[..., :1] - y) ** 2).mean()
 
-    grads = jax.jit(jax.grad(loss))(params, x, y)
+    grads = jax.jit(jax.grad(loss))(params, x, y, jax.random.key(0))
 
 Gradients flow to ``params``, ``x`` and the initial ``state``; ``lengths``
-(integers) has none. Importing this module needs JAX; the rest of the package
-does not.
+(integers) and the dropout factors have none. A ``dropout_key`` is training
+mode (:func:`dropout_masks` draws the factors from it); without one there is
+no dropout. Importing this module needs JAX; the rest of the package does not.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import jax
 
 from ._validation import check_truncate
 
-__all__ = ["apply"]
+__all__ = ["apply", "dropout_masks"]
 
 
-def apply(spec, params, x, state=None, lengths=None, *, truncate=None):
+def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None):
     """Run ``spec.forward`` with the hand-written backward as its vector-Jacobian product.
 
     Parameters
@@ -52,13 +53,47 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None):
     truncate : int, optional
         Truncated BPTT window used by the backward pass (see
         :meth:`~portable_rnn.LSTM.backward`); ``None`` is full BPTT.
+    dropout_key : jax.random key, optional
+        Training mode for a spec with ``dropout > 0`` (without dropout it
+        changes nothing): the factors of :func:`dropout_masks` for this key
+        are applied between layers, in the forward pass and to the gradients.
+        ``None`` is evaluation mode.
 
     Returns
     -------
-    out : array (T, N, dirs*H), or (N, T, dirs*H) when ``batch_first``
-    final_state : array (L*dirs, N, H), or the pair ``(h_n, c_n)`` for LSTM
+    out : array (T, N, dirs*R), or (N, T, dirs*R) when ``batch_first``
+        R is the hidden size, or an LSTM's ``proj_size`` when it is > 0.
+    final_state : array (L*dirs, N, R), or the pair ``(h_n, c_n)`` for LSTM
     """
-    return _layer(spec, check_truncate(truncate), state is None)(params, x, state, lengths)
+    masks = () if dropout_key is None else dropout_masks(spec, dropout_key, x)
+    return _layer(spec, check_truncate(truncate), state is None)(params, x, state, lengths, masks)
+
+
+def dropout_masks(spec, key, x):
+    r"""The dropout factors :func:`apply` uses for ``dropout_key=key``.
+
+    Parameters
+    ----------
+    spec : portable_rnn.RNN, LSTM or GRU
+    key : jax.random key
+    x : array (T, N, D), or (N, T, D) when ``spec.batch_first``
+        The input: the factors' layout and dtype.
+
+    Returns
+    -------
+    tuple of arrays shaped like ``out``
+        One per layer but the last (``jax.random.split`` of ``key``), 0 with
+        probability ``spec.dropout`` and :math:`1/(1 - \text{dropout})`
+        otherwise; empty when ``dropout`` is 0 or there is one layer.
+    """
+    if spec.dropout == 0 or spec.num_layers == 1:
+        return ()
+    T, N = (x.shape[1], x.shape[0]) if spec.batch_first else (x.shape[0], x.shape[1])
+    F = spec.num_directions * spec.output_size
+    shape = (N, T, F) if spec.batch_first else (T, N, F)
+    keep = 1.0 - spec.dropout
+    keys = jax.random.split(key, spec.num_layers - 1)
+    return tuple(jax.random.bernoulli(k, keep, shape).astype(x.dtype) / keep for k in keys)
 
 
 @functools.lru_cache(maxsize=128)
@@ -71,19 +106,20 @@ def _layer(spec, truncate, zero_state):
     """
 
     @jax.custom_vjp
-    def layer(params, x, state, lengths):
-        out, final, _ = spec.forward(params, x, state, lengths)
+    def layer(params, x, state, lengths, masks):
+        out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks)
         return out, final
 
-    def forward(params, x, state, lengths):
-        out, final, tape = spec.forward(params, x, state, lengths)
+    def forward(params, x, state, lengths, masks):
+        out, final, tape = spec.forward(params, x, state, lengths, dropout_masks=masks)
         return (out, final), (params, tape, lengths)
 
     def backward(residuals, cotangents):
         params, tape, lengths = residuals
         d_out, d_final = cotangents
         grads, dx, dstate0 = spec.backward(params, tape, d_out, d_final, truncate=truncate)
-        return grads, dx, (None if zero_state else dstate0), _no_gradient(lengths)
+        # None: no cotangent for the dropout factors, constants drawn from a key
+        return grads, dx, (None if zero_state else dstate0), _no_gradient(lengths), None
 
     layer.defvjp(forward, backward)
     return layer

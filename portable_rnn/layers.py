@@ -11,24 +11,43 @@ consumes::
     out, (h_n, c_n), tape = spec.forward(params, x, lengths=lengths)
     grads, dx, (dh0, dc0) = spec.backward(params, tape, d_out, (dh_n, dc_n))
 
+    # training mode with dropout between layers: the same factors go into the tape
+    spec = LSTM(5, 4, num_layers=2, dropout=0.2)
+    masks = spec.dropout_masks(seed=1, x=x)
+    out, state, tape = spec.forward(params, x, dropout_masks=masks)
+
 Everything is backend-neutral (the namespace comes from the inputs) and
 ``jax.jit``-able: close over the spec or pass it as a static argument; params,
 tapes and gradients are pytrees.
 
 Layout, with ``L`` layers, ``dirs`` directions (2 if bidirectional), ``G``
-gates (RNN 1, LSTM 4 ``i, f, g, o``, GRU 3 ``r, z, n``) and hidden size ``H``:
+gates (RNN 1, LSTM 4 ``i, f, g, o``, GRU 3 ``r, z, n``), hidden size ``H``
+and ``R`` the size of h (``H``, or an LSTM's ``proj_size`` P when it is > 0):
 
 - ``x`` (T, N, D), or (N, T, D) when ``batch_first``;
-- ``out`` (T, N, dirs*H): the forward direction's outputs, then the reverse
-  direction's, along the last axis (or (N, T, dirs*H));
-- states (L*dirs, N, H), layer-major: index ``layer * dirs + direction``;
-- ``weight_ih_l{k}`` (G*H, D_k) with ``D_0 = D`` and ``D_k = dirs*H`` after,
-  ``weight_hh_l{k}`` (G*H, H), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (G*H,),
-  with the suffix ``_reverse`` for the reverse direction.
+- ``out`` (T, N, dirs*R): the forward direction's outputs, then the reverse
+  direction's, along the last axis (or (N, T, dirs*R));
+- states (L*dirs, N, R), layer-major: index ``layer * dirs + direction``
+  (an LSTM's c is (L*dirs, N, H));
+- ``weight_ih_l{k}`` (G*H, D_k) with ``D_0 = D`` and ``D_k = dirs*R`` after,
+  ``weight_hh_l{k}`` (G*H, R), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (G*H,),
+  with ``proj_size`` ``weight_hr_l{k}`` (P, H), with the suffix ``_reverse``
+  for the reverse direction.
 
 Layer ``k > 0`` reads the concatenation of both directions' outputs of layer
-``k - 1`` (there is no dropout). Per layer and direction the maths is that of
+``k - 1``. Per layer and direction the maths is that of
 :mod:`portable_rnn.cells`, run by :mod:`portable_rnn.sequence`.
+
+Dropout (``dropout=p``, as ``torch.nn``): in training mode every layer's
+output but the last's is multiplied by a factor that is 0 with probability
+``p`` and :math:`1/(1-p)` otherwise, before the next layer reads it. The
+factors are an input, ``forward(..., dropout_masks=...)``, shaped like
+``out`` (one array per layer but the last), so that every backend runs the
+same numbers and the backward applies the same factors to the gradients;
+:meth:`~_Recurrent.dropout_masks` draws them from a seed on the host,
+:func:`portable_rnn.jax.apply` from a ``jax.random`` key and
+:mod:`portable_rnn.torch` from torch's generator. Without them the layer
+computes the evaluation mode (no dropout).
 
 Variable lengths (right padding), as ``torch.nn.utils.rnn.pack_padded_sequence``:
 with ``lengths`` (N,), step ``t`` of sequence ``n`` is valid when
@@ -66,11 +85,13 @@ from ._validation import (
     check_int,
     check_integer_dtype,
     check_params,
+    check_probability,
     check_same_device,
     check_shape,
     check_time_steps,
     check_truncate,
     namespace_of,
+    placement,
 )
 from .cells import cell_for
 
@@ -87,10 +108,14 @@ class RecurrentTape(NamedTuple):
         (the reverse direction's tape holds its time-reversed input).
     index : int array (T, N) or None
         The within-length time reversal :math:`\\pi` when lengths were given.
+    dropout : tuple of arrays (T, N, dirs*R)
+        The dropout factors applied to the output of every layer but the
+        last, time-major; empty in evaluation mode.
     """
 
     layers: tuple
     index: object = None
+    dropout: tuple = ()
 
     #: The spec whose :meth:`~LSTM.forward` made the tape. It lives on a
     #: per-spec subclass, not in a field, so that the tape stays a pytree of
@@ -190,6 +215,7 @@ class _Recurrent:
     bidirectional: bool = False
     batch_first: bool = False
     bias: bool = True
+    dropout: float = 0.0
 
     mode: ClassVar[str] = ""
 
@@ -198,13 +224,16 @@ class _Recurrent:
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
         for name in ("bidirectional", "batch_first", "bias"):
             check_bool(name, getattr(self, name))
+        # 1 is refused: torch.nn's dropout=1 zeroes every layer's output but the
+        # last, which no inverted scaling 1/(1-p) can express.
+        object.__setattr__(self, "dropout", check_probability("dropout", self.dropout))
 
     # ----------------------------------------------------------- static facts
 
     @property
     def cell(self):
         """The per-step cell (:mod:`portable_rnn.cells`)."""
-        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"))
+        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0))
 
     @property
     def num_directions(self) -> int:
@@ -215,6 +244,15 @@ class _Recurrent:
         """G: 1 (RNN), 4 (LSTM), 3 (GRU)."""
         return self.cell.n_gates
 
+    @property
+    def output_size(self) -> int:
+        """R, the features of h and of each direction's output: ``proj_size`` if > 0, else H."""
+        return getattr(self, "proj_size", 0) or self.hidden_size
+
+    def _state_sizes(self) -> tuple:
+        """Features of each state: ``(R,)``, or ``(R, H)`` for LSTM's ``(h, c)``."""
+        return (self.output_size, self.hidden_size)[: self.cell.n_states]
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, in ``torch.nn`` ``state_dict`` order.
 
@@ -222,20 +260,23 @@ class _Recurrent:
         -------
         dict of str to tuple of int
             ``weight_ih_l{k}[_reverse]`` (G*H, D_k), ``weight_hh_l{k}[_reverse]``
-            (G*H, H) and, with ``bias``, ``bias_ih_l{k}[_reverse]``,
-            ``bias_hh_l{k}[_reverse]`` (G*H,).
+            (G*H, R), with ``bias`` ``bias_ih_l{k}[_reverse]`` and
+            ``bias_hh_l{k}[_reverse]`` (G*H,), and with an LSTM's
+            ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H).
         """
-        GH, H = self.n_gates * self.hidden_size, self.hidden_size
+        GH, H, R = self.n_gates * self.hidden_size, self.hidden_size, self.output_size
         shapes = {}
         for k in range(self.num_layers):
-            d_in = self.input_size if k == 0 else self.num_directions * H
+            d_in = self.input_size if k == 0 else self.num_directions * R
             for d in range(self.num_directions):
                 w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
                 shapes[w_ih] = (GH, d_in)
-                shapes[w_hh] = (GH, H)
+                shapes[w_hh] = (GH, R)
                 if self.bias:
                     shapes[b_ih] = (GH,)
                     shapes[b_hh] = (GH,)
+                if R != H:  # an LSTM with proj_size
+                    shapes[_init.projection_name(k, d)] = (R, H)
         return shapes
 
     # ----------------------------------------------------------- init
@@ -289,9 +330,39 @@ class _Recurrent:
         host = _init.draw(
             n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
             num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
-            seed=seed, scheme=init, forget_bias=forget_bias,
+            seed=seed, scheme=init, forget_bias=forget_bias, proj_size=getattr(self, "proj_size", 0),
         )
         return to_namespace(host, xp, dtype, device)
+
+    def dropout_masks(self, seed, x):
+        r"""Training-mode dropout factors for one :meth:`forward` over ``x``, drawn from a seed.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the host-side NumPy generator: the same seed gives the
+            same factors on every backend.
+        x : array (T, N, D), or (N, T, D) when ``batch_first``
+            The input the factors are for: their layout, library, dtype and device.
+
+        Returns
+        -------
+        tuple of arrays, shaped like ``out`` ((T, N, dirs*R) or (N, T, dirs*R))
+            One per layer but the last, each entry 0 with probability
+            ``dropout`` and :math:`1/(1 - \text{dropout})` otherwise; empty
+            when ``dropout`` is 0 or there is one layer. Pass them as
+            :meth:`forward`'s ``dropout_masks``.
+        """
+        seed = _init.check_seed(seed)
+        xp = namespace_of(x=x)
+        dtype = check_floating(xp, x=x)
+        time_axis = self._check_input_shape(x)
+        if self.dropout == 0 or self.num_layers == 1:
+            return ()
+        shape = self._out_shape(x.shape[time_axis], x.shape[1 - time_axis])
+        host = _init.dropout_factors(seed, shape, self.dropout, self.num_layers - 1)
+        made = to_namespace({str(k): a for k, a in enumerate(host)}, xp, dtype, placement(x))
+        return tuple(made.values())
 
     # ----------------------------------------------------------- checks
 
@@ -329,18 +400,20 @@ class _Recurrent:
         return tuple(parts) if len(parts) > 1 else parts[0]
 
     def _out_shape(self, T, N):
-        F = self.num_directions * self.hidden_size
+        F = self.num_directions * self.output_size
         return (N, T, F) if self.batch_first else (T, N, F)
 
     def _weights(self, params, k, d):
+        """``(W_ih, W_hh, b_ih, b_hh, W_hr)`` of layer ``k``, direction ``d``; ``None`` for what it lacks."""
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
+        W_hr = params[_init.projection_name(k, d)] if self.output_size != self.hidden_size else None
         if self.bias:
-            return params[w_ih], params[w_hh], params[b_ih], params[b_hh]
-        return params[w_ih], params[w_hh], None, None
+            return params[w_ih], params[w_hh], params[b_ih], params[b_hh], W_hr
+        return params[w_ih], params[w_hh], None, None, W_hr
 
     # ----------------------------------------------------------- forward
 
-    def forward(self, params, x, state=None, lengths=None):
+    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -348,9 +421,9 @@ class _Recurrent:
         params : dict of str to array
             As returned by :meth:`init` (PyTorch's ``state_dict`` names).
         x : array (T, N, D), or (N, T, D) when ``batch_first``
-        state : array (L*dirs, N, H), or a pair of them for LSTM, optional
-            Initial state ``h_0`` (``(h_0, c_0)`` for LSTM); ``None`` is zeros.
-            Index ``layer * dirs + direction``.
+        state : array (L*dirs, N, R), or a pair of them for LSTM, optional
+            Initial state ``h_0`` (``(h_0, c_0)`` for LSTM, ``c_0`` being
+            (L*dirs, N, H)); ``None`` is zeros. Index ``layer * dirs + direction``.
         lengths : integer array (N,), optional
             Valid steps of each sequence (right padding), ``1 <= lengths <= T``.
             The range is checked only when the values are concrete: the check
@@ -359,40 +432,42 @@ class _Recurrent:
             costs one device sync on eager GPU backends, the only one of a
             forward pass. Lengths without values (torch ``meta`` or fake
             tensors, ``torch.func.vmap``'s batched tensors) raise ``TypeError``.
+        dropout_masks : tuple of arrays shaped like ``out``, keyword-only, optional
+            Training mode: the factor each layer's output but the last's is
+            multiplied by before the next layer reads it (one array per layer
+            but the last, e.g. from :meth:`dropout_masks`); only for a spec
+            with ``dropout > 0``. ``None`` (or ``()``) is evaluation mode.
 
         Returns
         -------
-        out : array (T, N, dirs*H), or (N, T, dirs*H) when ``batch_first``
+        out : array (T, N, dirs*R), or (N, T, dirs*R) when ``batch_first``
             The last layer's hidden states, zero at padded steps.
-        state : array (L*dirs, N, H), or the pair ``(h_n, c_n)`` for LSTM
+        state : array (L*dirs, N, R), or the pair ``(h_n, c_n)`` for LSTM
             The state after each sequence's last valid step (for the reverse
             direction: after it has consumed step 0).
         tape : RecurrentTape
             For :meth:`backward`.
         """
-        xp, dtype, dev, parts = self._check_forward(params, x, state, lengths)
+        xp, dtype, dev, parts, masks = self._check_forward(params, x, state, lengths, dropout_masks)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
-        T, N, H = x.shape[0], x.shape[1], self.hidden_size
+            masks = tuple(xp.permute_dims(m, (1, 0, 2)) for m in masks)
         mask = index = None
         if lengths is not None:
-            mask, index = _length_maps(lengths, T, dtype, dev, xp)
-        if parts is None:
-            # Made from x, so it has x's placement: under jax.shard_map a state made
-            # with zeros((N, H)) would be unsharded and break the scan's carry types.
-            zero = xp.zeros_like(x[0, :, :1]) + xp.zeros((1, H), dtype=dtype, device=dev)
-            states0 = [(zero,) * self.cell.n_states] * (self.num_layers * self.num_directions)
-        else:
-            states0 = [tuple(s[i, ...] for s in parts) for i in range(parts[0].shape[0])]
+            mask, index = _length_maps(lengths, x.shape[0], dtype, dev, xp)
+        states0 = self._initial_states(x, parts, dtype, dev, xp)
 
         layer_in, finals, tapes = x, [], []
         for k in range(self.num_layers):
+            if k > 0 and masks:
+                layer_in = layer_in * masks[k - 1]  # dropout on layer k - 1's output
             outs, layer_tapes = [], []
             for d in range(self.num_directions):
-                W_ih, W_hh, b_ih, b_hh = self._weights(params, k, d)
+                W_ih, W_hh, b_ih, b_hh, W_hr = self._weights(params, k, d)
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
-                    self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask, xp=xp
+                    self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
+                    xp=xp, W_hr=W_hr,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -410,34 +485,70 @@ class _Recurrent:
             layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
-        return out, self._state_value(final), _tape_type(self)(tuple(tapes), index)
+        return out, self._state_value(final), _tape_type(self)(tuple(tapes), index, masks)
 
-    def _check_forward(self, params, x, state, lengths):
-        """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None)``."""
+    def _initial_states(self, x, parts, dtype, dev, xp):
+        """Per layer and direction, the initial state tuple: from ``parts`` (L*dirs, N, .), or zeros."""
+        if parts is not None:
+            return [tuple(s[i, ...] for s in parts) for i in range(parts[0].shape[0])]
+        # Made from x, so they have x's placement: under jax.shard_map a state made
+        # with zeros((N, R)) would be unsharded and break the scan's carry types.
+        base = xp.zeros_like(x[0, :, :1])
+        made = {size: base + xp.zeros((1, size), dtype=dtype, device=dev) for size in set(self._state_sizes())}
+        return [tuple(made[size] for size in self._state_sizes())] * (self.num_layers * self.num_directions)
+
+    def _check_input_shape(self, x) -> int:
+        """Check the shape of ``x`` (any T >= 1 and N, D = input_size); return its time axis."""
+        D = self.input_size
+        layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
+        check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
+        time_axis = 1 if self.batch_first else 0
+        check_time_steps("x", x, axis=time_axis)
+        return time_axis
+
+    def _mask_parts(self, masks):
+        """``dropout_masks`` as a tuple of one array per layer but the last (``()`` for ``None``)."""
+        if masks is None:
+            return ()
+        if not isinstance(masks, (tuple, list)):
+            raise TypeError(f"dropout_masks must be a tuple of arrays shaped like out, got {type(masks).__name__}")
+        if masks and self.dropout == 0:
+            raise ValueError("dropout_masks were given but this spec has dropout=0.0; make it with dropout=p")
+        if masks and len(masks) != self.num_layers - 1:
+            raise ValueError(
+                f"dropout_masks must hold num_layers - 1 = {self.num_layers - 1} array(s), one per layer "
+                f"but the last, got {len(masks)}"
+            )
+        return tuple(masks)
+
+    def _check_forward(self, params, x, state, lengths, dropout_masks):
+        """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None, masks)``."""
         self._check_params(params)
         parts = None if state is None else self._state_parts(state, "state")
+        masks = self._mask_parts(dropout_masks)
         named = {"x": x}
         named.update(self._named_params(params))
         if parts is not None:
             named.update(zip(self._state_names("state"), parts))
+        named.update({f"dropout_masks[{k}]": m for k, m in enumerate(masks)})
         xp = namespace_of(**named, lengths=lengths)
         dtype = check_floating(xp, **named)
         dev = check_same_device(**named, lengths=lengths)
         if dev is None:
             dev = _device_or_none(x)
 
-        D, H, LD = self.input_size, self.hidden_size, self.num_layers * self.num_directions
-        layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
-        check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
-        time_axis = 1 if self.batch_first else 0
-        check_time_steps("x", x, axis=time_axis)
+        LD = self.num_layers * self.num_directions
+        time_axis = self._check_input_shape(x)
         T, N = x.shape[time_axis], x.shape[1 - time_axis]
         if parts is not None:
-            for name, s in zip(self._state_names("state"), parts):
-                check_shape(name, s, (LD, N, H), f"(num_layers * dirs, N, H) = ({LD}, {N}, {H})")
+            for name, s, size in zip(self._state_names("state"), parts, self._state_sizes()):
+                what = "H" if size == self.hidden_size else "proj_size"
+                check_shape(name, s, (LD, N, size), f"(num_layers * dirs, N, {what}) = ({LD}, {N}, {size})")
+        for k, m in enumerate(masks):
+            check_shape(f"dropout_masks[{k}]", m, self._out_shape(T, N), "the shape of out")
         if lengths is not None:
             _check_lengths(lengths, T, N, xp)
-        return xp, dtype, dev, parts
+        return xp, dtype, dev, parts, masks
 
     # ----------------------------------------------------------- backward
 
@@ -449,20 +560,22 @@ class _Recurrent:
         through the same within-length reversal for the reverse direction) and
         of the final state; the input gradients of both directions add up to
         the gradient of layer ``k - 1``'s output,
-        :math:`dY_{k-1} = dX^{\rightarrow}_k + \pi(dX^{\leftarrow}_k)`.
+        :math:`dY_{k-1} = (dX^{\rightarrow}_k + \pi(dX^{\leftarrow}_k)) \odot M_{k-1}`,
+        with :math:`M_{k-1}` the dropout factors of the forward pass (1 in
+        evaluation mode).
 
         Parameters
         ----------
         params : dict of str to array
             The parameters used in :meth:`forward`.
         tape : RecurrentTape
-            From :meth:`forward`.
+            From :meth:`forward` (it holds the dropout factors, if any).
         d_out : array shaped like ``out``, or None
             Gradient of the loss with respect to ``out``; ``None`` is zero.
             Entries at padded steps are ignored (``out`` is constant there).
-        d_state : array (L*dirs, N, H), a pair of them or None for LSTM, optional
-            Gradient with respect to the final state; ``None`` (or a ``None``
-            entry of the LSTM pair) is zero.
+        d_state : array (L*dirs, N, R), a pair of them or None for LSTM, optional
+            Gradient with respect to the final state (for LSTM the c part is
+            (L*dirs, N, H)); ``None`` (or a ``None`` entry of the LSTM pair) is zero.
         truncate : int, optional
             Truncated BPTT, per layer and direction: no gradient crosses the
             recurrence between windows ``[0, k), [k, 2k), ...`` of each
@@ -478,14 +591,14 @@ class _Recurrent:
         grads : dict of str to array
             Same keys and shapes as ``params``.
         dx : array shaped like ``x``
-        dstate0 : array (L*dirs, N, H), or the pair ``(dh_0, dc_0)`` for LSTM
+        dstate0 : array (L*dirs, N, R), or the pair ``(dh_0, dc_0)`` for LSTM
             Gradient with respect to the initial state (zeros when it was
             ``None`` in the forward pass).
         """
         truncate = check_truncate(truncate)
         xp, ds_parts = self._check_backward(params, tape, d_out, d_state)
-        layers, index = tape
-        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
+        layers, index, dropout = tape
+        L, dirs, R = self.num_layers, self.num_directions, self.output_size
         d_layer_out = d_out
         if d_out is not None and self.batch_first:
             d_layer_out = xp.permute_dims(d_out, (1, 0, 2))
@@ -499,34 +612,43 @@ class _Recurrent:
         for k in reversed(range(L)):
             d_in = None
             for d in range(dirs):
-                W_ih, W_hh, _, _ = self._weights(params, k, d)
+                W_ih, W_hh, _, _, W_hr = self._weights(params, k, d)
                 d_out_d = None
                 if d_layer_out is not None:
-                    d_out_d = d_layer_out[..., d * H : (d + 1) * H] if dirs > 1 else d_layer_out
+                    d_out_d = d_layer_out[..., d * R : (d + 1) * R] if dirs > 1 else d_layer_out
                     if d == 1:
                         d_out_d = _reverse_time(d_out_d, index, xp)
                 g = sequence.backward(
                     self.cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
-                    xp=xp, truncate=truncate, bias=self.bias,
+                    xp=xp, truncate=truncate, bias=self.bias, W_hr=W_hr,
                 )
                 dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
                 d_in = dx_d if d_in is None else d_in + dx_d
-                w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
-                grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
-                if self.bias:
-                    grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
+                self._collect(grads, g, k, d)
                 dstate0[k * dirs + d] = g.dstate0
-            d_layer_out = d_in
+            d_layer_out = d_in * dropout[k - 1] if k > 0 and dropout else d_in
 
         grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
         d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(self.cell.n_states))
         return grads, dx, self._state_value(d0)
 
+    def _collect(self, grads, g, k, d):
+        """Enter the parameter gradients ``g`` of layer ``k``, direction ``d`` under their names in ``grads``.
+
+        ``g`` is a ``sequence.Grads``, or a ``sequence.ProjectedGrads`` with ``dW_hr``.
+        """
+        w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
+        grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
+        if self.bias:
+            grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
+        if isinstance(g, sequence.ProjectedGrads):
+            grads[_init.projection_name(k, d)] = g.dW_hr
+
     def _check_backward(self, params, tape, d_out, d_state):
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""
         self._check_params(params)
-        L, dirs, H = self.num_layers, self.num_directions, self.hidden_size
+        L, dirs = self.num_layers, self.num_directions
         made_by = getattr(tape, "spec", None)
         if not (isinstance(tape, RecurrentTape) and made_by is not None):
             raise TypeError(
@@ -547,9 +669,9 @@ class _Recurrent:
         check_same_device(**named)
         if d_out is not None:
             check_shape("d_out", d_out, self._out_shape(T, N), "the shape of out from forward()")
-        for name, s in zip(self._state_names("d_state"), ds_parts or ()):
+        for name, s, size in zip(self._state_names("d_state"), ds_parts or (), self._state_sizes()):
             if s is not None:
-                check_shape(name, s, (L * dirs, N, H), "the shape of the final state from forward()")
+                check_shape(name, s, (L * dirs, N, size), "the shape of the final state from forward()")
         return xp, ds_parts
 
 
@@ -570,6 +692,9 @@ class RNN(_Recurrent):
     bidirectional, batch_first, bias : bool, keyword-only
         Defaults ``False, False, True``. Keyword-only because ``torch.nn``'s
         positional order differs (``bias`` comes before ``bidirectional``).
+    dropout : float in [0, 1), keyword-only, default 0.0
+        Dropout between layers, as ``torch.nn``: applied only when
+        :meth:`forward` gets ``dropout_masks`` (see the module docstring).
     nonlinearity : {"tanh", "relu"}, keyword-only, default "tanh"
 
     See the module docstring for shapes, lengths and the reverse direction;
@@ -587,7 +712,7 @@ class RNN(_Recurrent):
 
 @dataclass(frozen=True)
 class LSTM(_Recurrent):
-    r"""Stacked LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o; no projections).
+    r"""Stacked LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o; optional projections).
 
     .. math::
 
@@ -595,17 +720,35 @@ class LSTM(_Recurrent):
         c_t &= \sigma(z_f) \odot c_{t-1} + \sigma(z_i) \odot \tanh(z_g), \qquad
         h_t = \sigma(z_o) \odot \tanh(c_t)
 
+    and with ``proj_size`` P > 0, :math:`h_t = W_{hr} (\sigma(z_o) \odot \tanh(c_t))`
+    with ``weight_hr_l{k}`` (P, H): h, the outputs and ``h_0`` have P features,
+    ``weight_hh`` is (4H, P) and layers after the first read dirs*P features.
+
     Parameters
     ----------
     input_size, hidden_size : int
     num_layers : int, default 1
     bidirectional, batch_first, bias : bool, keyword-only
+    dropout : float in [0, 1), keyword-only, default 0.0
+        Dropout between layers (see the module docstring).
+    proj_size : int, keyword-only, default 0
+        P, ``0 <= P < hidden_size``; 0 is no projection.
 
     The state is the pair ``(h, c)`` in and out of :meth:`forward` and
     :meth:`backward`; :meth:`init` takes ``forget_bias``.
     """
 
+    _: KW_ONLY
+    proj_size: int = 0
     mode: ClassVar[str] = "lstm"
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size = {self.hidden_size}, got {self.proj_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -626,6 +769,8 @@ class GRU(_Recurrent):
     input_size, hidden_size : int
     num_layers : int, default 1
     bidirectional, batch_first, bias : bool, keyword-only
+    dropout : float in [0, 1), keyword-only, default 0.0
+        Dropout between layers (see the module docstring).
     """
 
     mode: ClassVar[str] = "gru"

@@ -27,7 +27,8 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["batch_mesh", "layer_partition_specs", "model_partition_specs", "data_parallel", "shard"]
+__all__ = ["batch_mesh", "layer_partition_specs", "model_partition_specs", "data_parallel", "shard", "from_host",
+           "to_host"]
 
 
 def batch_mesh(devices=None, axis: str = "data") -> Mesh:
@@ -102,3 +103,26 @@ def data_parallel(step, mesh: Mesh, *, in_specs, out_specs, donate_argnums=()):
     """
     return jax.jit(step, in_shardings=_shardings(mesh, in_specs), out_shardings=_shardings(mesh, out_specs),
                    donate_argnums=donate_argnums)
+
+
+def from_host(mesh: Mesh, tree, partition_spec: PartitionSpec):
+    """Global arrays on ``mesh``, all placed by ``partition_spec``, from host (NumPy) arrays every process holds whole.
+
+    Unlike :func:`shard`, this also works when the mesh spans several
+    processes (after ``jax.distributed.initialize``): each process fills only
+    the shards its own devices hold, from its copy of the same host data
+    (e.g. a batch that is a pure function of the step).
+    """
+    sharding = NamedSharding(mesh, partition_spec)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree)
+
+
+def to_host(tree):
+    """Every array of ``tree`` whole, as NumPy arrays on this host (gathered across processes when needed)."""
+    import numpy as np
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), tree)
+    return jax.tree.map(lambda a: np.array(a, copy=True), tree)

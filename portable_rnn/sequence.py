@@ -1,7 +1,10 @@
 r"""The sequence engine: one recurrent layer over time, forward and backward.
 
 Time-major and batch-major per step, as PyTorch: ``x`` is (T, N, D), each
-state (N, H), weights ``W_ih`` (G*H, D) and ``W_hh`` (G*H, H).
+state (N, H), weights ``W_ih`` (G*H, D) and ``W_hh`` (G*H, H). An LSTM with a
+projection (``cell.proj_size = P``) has h states (N, P), ``W_hh`` (4H, P) and
+the projection ``W_hr`` (P, H), whose gradient is one more contraction after
+the loop, :math:`dW_{hr} = dH^T M` with :math:`m_t = o \odot \tanh(c_t)`.
 
 The work is arranged so that only what must be sequential is in the loop:
 
@@ -23,7 +26,7 @@ from . import _eager_fast
 from ._validation import placement as device
 from .loop import scan
 
-__all__ = ["Tape", "Grads", "forward", "backward", "window_keep"]
+__all__ = ["Tape", "Grads", "ProjectedGrads", "forward", "backward", "window_keep"]
 
 
 class Tape(NamedTuple):
@@ -61,6 +64,14 @@ class Grads(NamedTuple):
     db_hh: object
 
 
+ProjectedGrads = NamedTuple("ProjectedGrads", [(name, object) for name in (*Grads._fields, "dW_hr")])
+ProjectedGrads.__doc__ = """The :class:`Grads` of a layer with a projection (LSTM ``proj_size``), then ``dW_hr`` (P, H).
+
+A type of its own, so that :class:`Grads` keeps its six fields for every
+other layer (code that unpacks or slices it stays right).
+"""
+
+
 def _lax_unroll(x, W_hh) -> int:
     """``unroll`` for ``lax.scan``: 4 when a step is tiny (N*H <= 1024), else 1.
 
@@ -80,7 +91,7 @@ def _folded_biases(cell, b_ih, b_hh):
     return b_ih + b_hh, None
 
 
-def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp):
+def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None):
     """Run one layer of ``cell`` over a sequence.
 
     Parameters
@@ -88,8 +99,9 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
     cell : RNNCell, LSTMCell or GRUCell
     x : array (T, N, D)
     state0 : tuple of arrays (N, H)
+        (N, P) for the h of a projected LSTM.
     W_ih : array (G*H, D)
-    W_hh : array (G*H, H)
+    W_hh : array (G*H, H), or (4H, P) for a projected LSTM
     b_ih, b_hh : array (G*H,) or None
     mask : array (T, N, 1) or None
         Steps where the mask is 0 leave the state unchanged and output zeros.
@@ -97,15 +109,18 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
         replaced by zeros first, so the masked blend below only ever
         multiplies finite numbers (``0 * NaN`` would be NaN).
     xp : namespace
+    W_hr : array (P, H) or None
+        The projection of an LSTM cell with ``proj_size = P``; ``None`` otherwise.
 
     Returns
     -------
-    out : array (T, N, H)
+    out : array (T, N, H), or (T, N, P) with a projection
         The hidden state of every step (zero where masked).
     final : tuple of arrays (N, H)
         The state after the last valid step of each sequence.
     tape : Tape
     """
+    projection = _projection(cell, W_hr)
     x = _zero_padding(x, mask, xp)
     if _eager_fast.accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
@@ -115,9 +130,10 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
     if b_x is not None:
         xw = xw + b_x
 
+
     def step(state, inputs):
         xw_t, m_t, om_t = inputs
-        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp)
+        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp, **projection)
         if m_t is not None:
             new_state = tuple(m_t * new + om_t * old for new, old in zip(new_state, state))
         return new_state, (new_state, cell_tape)
@@ -127,6 +143,13 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp)
                                       unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
     return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
+
+
+def _projection(cell, W_hr) -> dict:
+    """The keyword a projected cell's ``step`` and ``step_backward`` take (``W_hr``); ``{}`` for the others."""
+    if bool(getattr(cell, "proj_size", 0)) != (W_hr is not None):
+        raise ValueError(f"W_hr must be given exactly when the cell has a projection; cell {cell!r}")
+    return {} if W_hr is None else {"W_hr": W_hr}
 
 
 def _zero_padding(a, mask, xp):
@@ -176,7 +199,7 @@ def _shifted(state0, states, xp):
     )
 
 
-def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True):
+def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True, W_hr=None):
     """Backpropagation through time for one layer.
 
     Parameters
@@ -196,12 +219,15 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         Truncated BPTT window (see :func:`window_keep`).
     bias : bool
         Whether to return bias gradients.
+    W_hr : array (P, H) or None
+        The projection used in :func:`forward` (projected LSTM only).
 
     Returns
     -------
-    Grads
+    Grads, or ProjectedGrads with a projection
         ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
     """
+    projection = _projection(cell, W_hr)
     x, state0, states, cell_tape, mask = tape
     n_steps = x.shape[0]
     dtype, dev = x.dtype, device(x)
@@ -224,27 +250,36 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         d_new = (d_h,) + d_state[1:]
         if m_t is not None:
             d_new = tuple(m_t * d for d in d_new)
-        d_xw, d_hw, d_direct = cell.step_backward(d_new, state_t, prev_t, tape_t, xp=xp)
+        d_xw, d_hw, d_direct = cell.step_backward(d_new, state_t, prev_t, tape_t, xp=xp, **projection)
         d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
         d_prev = (d_rec if d_direct[0] is None else d_direct[0] + d_rec,) + d_direct[1:]
         if m_t is not None:  # padded steps pass the state gradient straight through
             d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
-        return d_prev, (d_xw, d_hw)
+        # The projection's gradient needs the gradient of each step's h.
+        return d_prev, (d_xw, d_hw, d_new[0] if projection else None)
 
     xs = (d_out, states, prev_states, cell_tape, mask, keep)
-    d_state0, (d_xw, d_hw) = scan(step, d_carry, xs, xp=xp, reverse=True, unroll=_lax_unroll(x, W_hh))
+    d_state0, (d_xw, d_hw, d_h) = scan(step, d_carry, xs, xp=xp, reverse=True, unroll=_lax_unroll(x, W_hh))
+    grads = (d_xw @ W_ih, d_state0, *_weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp))
+    if not projection:
+        return Grads(*grads)
+    return ProjectedGrads(*grads, xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1])))
+
+
+def _weight_grads(d_xw, d_hw, x, h_prev, bias, xp):
+    """``(dW_ih, dW_hh, db_ih, db_hh)`` from the pre-activation gradients of every step.
+
+    Weight gradients contract over time and batch together. A reshape to
+    (T*N, F) would merge time with the batch axis, which XLA can only do for a
+    batch-sharded x by gathering the whole batch on every device.
+    """
     if d_hw is None:
         d_hw = d_xw
-
-    # Weight gradients contract over time and batch together. A reshape to
-    # (T*N, F) would merge time with the batch axis, which XLA can only do for a
-    # batch-sharded x by gathering the whole batch on every device.
     steps_and_batch = ([0, 1], [0, 1])
-    dx = d_xw @ W_ih
     dW_ih = xp.tensordot(d_xw, x, axes=steps_and_batch)
-    dW_hh = xp.tensordot(d_hw, prev_states[0], axes=steps_and_batch)
+    dW_hh = xp.tensordot(d_hw, h_prev, axes=steps_and_batch)
     db_ih = db_hh = None
     if bias:
         db_ih = xp.sum(d_xw, axis=(0, 1))
         db_hh = db_ih if d_hw is d_xw else xp.sum(d_hw, axis=(0, 1))
-    return Grads(dx, d_state0, dW_ih, dW_hh, db_ih, db_hh)
+    return dW_ih, dW_hh, db_ih, db_hh

@@ -16,6 +16,7 @@ import pytest
 
 from portable_rnn.app import cli
 from portable_rnn.app.bench import machine, timing
+from portable_rnn.app.bench import run as bench_run
 from portable_rnn.app.bench.cases import BENCH_CELLS
 from portable_rnn.app.bench.contenders import Contender
 from portable_rnn.app.bench.run import SCHEMA, run
@@ -89,20 +90,34 @@ def test_quick_torch_and_portable(tmp_path):
                     "--configs", "3x5x4x6:float64", "--repeats", "5", "--threads", "1")
     assert report["settings"]["threads"] == 1
     (result,) = report["results"]
-    _check_result(result, "gru", ["torch", "numpy", "numpy:portable", "torch.nn", "gemm", "gemm:torch"])
-    for name in ("torch", "numpy", "numpy:portable"):
+    _check_result(result, "gru", ["torch", "torch.module", "numpy", "numpy:portable", "torch.nn", "gemm",
+                                  "gemm:torch"])
+    for name in ("torch", "torch.module", "numpy", "numpy:portable"):
         assert result["contenders"][name]["err"] < 1e-12
     assert "torch/torch.nn" in result["ratios"] and "torch/gemm:torch" in result["ratios"]
+    module = result["contenders"]["torch.module"]
+    assert module["kind"] == "ours" and module["group"] == "cpu"
+    for key in ("torch.module/torch.nn", "torch.module/torch", "torch.module/gemm:torch"):
+        assert result["ratios"][key] == pytest.approx(
+            module["median_s"] / result["contenders"][key.split("/")[1]]["median_s"])
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
 def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
     report = _quick(tmp_path, "--backends", "jax", "--cells", "rnn")
     (result,) = report["results"]
-    _check_result(result, "rnn", ["jax", "jax.grad", "gemm"])
-    for name in ("jax", "jax.grad"):
+    _check_result(result, "rnn", ["jax", "jax.apply", "jax.grad", "gemm"])
+    for name in ("jax", "jax.apply", "jax.grad"):
         assert result["contenders"][name]["compile_s"] > 0
+        assert result["contenders"][name]["peak_bytes"] > 0  # XLA's memory analysis
+        if HAS_TORCH:
+            assert result["contenders"][name]["err"] < 1e-4  # same function as torch.nn, float32
     assert "jax/jax.grad" in result["ratios"]
+    apply = result["contenders"]["jax.apply"]
+    assert apply["kind"] == "ours" and apply["group"] == "cpu"
+    for key in ("jax.apply/jax.grad", "jax.apply/jax"):
+        assert result["ratios"][key] == pytest.approx(
+            apply["median_s"] / result["contenders"][key.split("/")[1]]["median_s"])
 
 
 def test_targets_are_computed_for_the_reference_configurations():
@@ -118,6 +133,38 @@ def test_targets_are_computed_for_the_reference_configurations():
     assert met["torch/torch.nn lstm"] is True
     assert met["numpy peak/(tape+grads)"] is True
     assert met["jax compile"] is True
+
+
+def test_framework_face_targets():
+    """``jax.apply`` must beat ``jax.grad`` in every cell, ``torch.module`` match ``torch.nn`` for GRU and RNN."""
+    def result(cell, ratios):
+        return {"cell": cell, "N": 32, "T": 50, "D": 64, "H": 128, "dtype": "float32", "ratios": ratios,
+                "contenders": {}}
+
+    faces = {"jax.apply/jax.grad": 0.7, "jax.apply:gpu/jax.grad:gpu": 1.1, "torch.module/torch.nn": 1.3}
+    got = {t["name"]: t["met"] for t in targets([result(cell, faces) for cell in BENCH_CELLS], [])}
+    for cell in BENCH_CELLS:
+        assert got[f"jax.apply/jax.grad {cell} (32,50,64,128) float32"] is True
+        assert got[f"jax.apply:gpu/jax.grad:gpu {cell} (32,50,64,128) float32"] is False
+    assert got["torch.module/torch.nn gru (32,50,64,128) float32"] is False
+    assert got["torch.module/torch.nn rnn (32,50,64,128) float32"] is False
+    # oneDNN fuses torch.nn.LSTM's loop: no target is set against it.
+    assert "torch.module/torch.nn lstm (32,50,64,128) float32" not in got
+
+
+def test_ratios_pair_each_face_with_its_group():
+    """The CUDA names (untimed here without a GPU) get the same ratios as the CPU ones."""
+    def c(kind, group):
+        return {"kind": kind, "group": group, "median_s": 2.0 if kind == "ours" else 4.0}
+
+    contenders = {"jax:gpu": c("ours", "cuda"), "jax.apply:gpu": c("ours", "cuda"),
+                  "torch:cuda": c("ours", "cuda"), "torch.module:cuda": c("ours", "cuda"),
+                  "torch.nn:cuda": c("reference", "cuda"), "jax.grad:gpu": c("reference", "cuda"),
+                  "gemm:torch:cuda": c("bound", "cuda"), "torch.nn": c("reference", "cpu")}
+    ratios = bench_run._ratios(contenders)
+    assert ratios["jax.apply:gpu/jax.grad:gpu"] == 0.5 and ratios["jax.apply:gpu/jax:gpu"] == 1.0
+    assert ratios["torch.module:cuda/torch.nn:cuda"] == 0.5 and ratios["torch.module:cuda/torch:cuda"] == 1.0
+    assert all(contenders[key.split("/")[1]]["group"] == "cuda" for key in ratios)  # groups never mix
 
 
 def test_bad_flags_exit_with_status_2(capsys):

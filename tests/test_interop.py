@@ -201,13 +201,15 @@ def test_from_torch_copies_and_casts_on_request():
 
 @needs_torch
 def test_from_torch_refuses_what_it_cannot_represent():
-    with pytest.raises(ValueError, match="proj_size"):
-        interop.from_torch(torch.nn.LSTM(3, 4, proj_size=2))
-    train = torch.nn.GRU(3, 4, num_layers=2, dropout=0.5)
-    with pytest.raises(ValueError, match="dropout.*training mode"):
-        interop.from_torch(train)
-    spec, _ = interop.from_torch(train.eval())  # eval mode ignores dropout: exact
-    assert spec.num_layers == 2
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+        interop.from_torch(torch.nn.GRU(3, 4, num_layers=2, dropout=1.0))
+    spec, _ = interop.from_torch(torch.nn.GRU(3, 4, num_layers=2, dropout=0.5))
+    assert spec.dropout == 0.5 and spec.num_layers == 2
+    spec, params = interop.from_torch(torch.nn.LSTM(3, 4, proj_size=2))
+    assert spec.proj_size == 2 and tuple(params["weight_hr_l0"].shape) == (2, 4)
+    for to in (interop.to_stepbystep, interop.to_cs231n):
+        with pytest.raises(ValueError, match="has no LSTM projection"):
+            to(spec, params)
 
     class Custom(torch.nn.LSTM):
         def forward(self, x, hx=None):  # pragma: no cover - never called

@@ -153,7 +153,7 @@ def test_spec_dict_round_trip_and_refusals():
     with pytest.raises(ValueError, match="mode"):
         prnn_io.spec_from_dict({"mode": "transformer", "input_size": 2, "hidden_size": 3})
     with pytest.raises(ValueError, match="unknown key"):
-        prnn_io.spec_from_dict({"mode": "lstm", "input_size": 2, "hidden_size": 3, "proj_size": 1})
+        prnn_io.spec_from_dict({"mode": "lstm", "input_size": 2, "hidden_size": 3, "peepholes": True})
     with pytest.raises(ValueError, match="unknown key"):  # only RNN has a nonlinearity
         prnn_io.spec_from_dict({"mode": "lstm", "input_size": 2, "hidden_size": 3, "nonlinearity": "relu"})
     with pytest.raises(ValueError, match="hidden_size"):

@@ -9,49 +9,53 @@ jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
 from portable_rnn import GRU, LSTM, RNN  # noqa: E402
-from portable_rnn.jax import apply  # noqa: E402
+from portable_rnn.jax import apply, dropout_masks  # noqa: E402
 
 SPECS = {
-    "lstm-2l-bi-bf": LSTM(3, 4, 2, bidirectional=True, batch_first=True),
+    "lstm-bi-bf": LSTM(3, 4, 1, bidirectional=True, batch_first=True),
     "gru": GRU(3, 4),
     "rnn-relu-2l": RNN(3, 4, 2, nonlinearity="relu"),
+    "lstm-proj-2l-bi": LSTM(3, 4, 2, bidirectional=True, proj_size=2),
+    "gru-dropout-3l-bf": GRU(3, 4, 3, batch_first=True, dropout=0.5),
 }
 
 
 def _inputs(spec, seed=0):
     rng = np.random.default_rng(seed)
-    T, N = 6, 3
+    T, N = 5, 3
     x = jnp.asarray(rng.normal(size=(N, T, 3) if spec.batch_first else (T, N, 3)))
     params = spec.init(seed=seed, like=x)
-    dirs = spec.num_directions
-    h0 = jnp.asarray(rng.normal(size=(spec.num_layers * dirs, N, 4)))
-    state = (h0, h0 * 0.5) if isinstance(spec, LSTM) else h0
-    w = jnp.asarray(rng.normal(size=(N, T, 4 * dirs) if spec.batch_first else (T, N, 4 * dirs)))
-    return params, x, state, jnp.asarray([6, 2, 4]), w
+    dirs, R = spec.num_directions, spec.output_size  # R: proj_size or the hidden size 4
+    h0 = jnp.asarray(rng.normal(size=(spec.num_layers * dirs, N, R)))
+    c0 = jnp.asarray(rng.normal(size=(spec.num_layers * dirs, N, 4)))
+    state = (h0, c0) if isinstance(spec, LSTM) else h0
+    w = jnp.asarray(rng.normal(size=(N, T, R * dirs) if spec.batch_first else (T, N, R * dirs)))
+    return params, x, state, jnp.asarray([5, 2, 4]), w
 
 
-def _loss(spec, truncate):
+def _loss(spec, truncate, key=None):
     def loss(params, x, state, lengths, w):
-        out, final = apply(spec, params, x, state, lengths, truncate=truncate)
+        out, final = apply(spec, params, x, state, lengths, truncate=truncate, dropout_key=key)
         h = final[0] if isinstance(final, tuple) else final
         return jnp.sum(out * w) + jnp.sum(jnp.tanh(h))
     return loss
 
 
-def _reference(spec, params, x, state, lengths, w, truncate):
-    """The same gradients from spec.backward called by hand."""
+def _reference(spec, params, x, state, lengths, w, truncate, key=None):
+    """The same gradients from spec.backward called by hand (with the dropout factors of ``key``)."""
     def upstream(out, final):
         h = final[0] if isinstance(final, tuple) else final
         d_h = 1 - jnp.tanh(h) ** 2
         return w, ((d_h, jnp.zeros_like(final[1])) if isinstance(final, tuple) else d_h)
 
-    out, final, tape = spec.forward(params, x, state, lengths)
+    masks = None if key is None else dropout_masks(spec, key, x)
+    out, final, tape = spec.forward(params, x, state, lengths, dropout_masks=masks)
     d_out, d_final = upstream(out, final)
     return spec.backward(params, tape, d_out, d_final, truncate=truncate)
 
 
-@pytest.mark.parametrize("truncate", [None, 2])
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name, truncate", [("lstm-bi-bf", None), ("lstm-bi-bf", 2), ("gru", 2), ("rnn-relu-2l", None),
+                                            ("lstm-proj-2l-bi", None), ("lstm-proj-2l-bi", 2)])
 def test_grad_through_apply_is_the_hand_written_backward(name, truncate):
     spec = SPECS[name]
     params, x, state, lengths, w = _inputs(spec)
@@ -64,6 +68,30 @@ def test_grad_through_apply_is_the_hand_written_backward(name, truncate):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_dropout_key_is_training_mode_with_the_same_factors_in_the_backward():
+    spec = SPECS["gru-dropout-3l-bf"]
+    params, x, state, lengths, w = _inputs(spec)
+    key = jax.random.key(3)
+
+    @jax.jit  # the factors are drawn inside the compiled function, from a traced key
+    def grad(key):
+        return jax.grad(_loss(spec, None, key), argnums=(0, 1, 2))(params, x, state, lengths, w)
+
+    grads, dx, dstate = grad(key)
+    ref_grads, ref_dx, ref_dstate = _reference(spec, params, x, state, lengths, w, None, key)
+    for name in params:
+        np.testing.assert_allclose(grads[name], ref_grads[name], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dstate, ref_dstate, rtol=1e-12, atol=1e-14)
+    masks = dropout_masks(spec, key, x)
+    assert len(masks) == 2 and all(m.shape == (3, 5, 4) for m in masks)  # batch_first, like out
+    assert set(np.unique(np.concatenate([np.ravel(m) for m in masks]))) == {0.0, 2.0}  # 0 or 1/(1-p)
+    trained, _ = apply(spec, params, x, dropout_key=key)
+    evaluated, _ = apply(spec, params, x)
+    assert not np.allclose(trained, evaluated)
+    np.testing.assert_array_equal(evaluated, spec.forward(params, x)[0])  # no key: no dropout
+
+
 def test_truncation_inside_grad_differs_from_full_bptt():
     spec = SPECS["gru"]
     params, x, state, lengths, w = _inputs(spec)
@@ -73,7 +101,7 @@ def test_truncation_inside_grad_differs_from_full_bptt():
 
 
 def test_jit_value_and_grad_and_vjp_agree_with_eager():
-    spec = SPECS["lstm-2l-bi-bf"]
+    spec = SPECS["lstm-bi-bf"]
     params, x, state, lengths, w = _inputs(spec)
     loss = _loss(spec, None)
     value, grads = jax.jit(jax.value_and_grad(loss))(params, x, state, lengths, w)

@@ -1,8 +1,12 @@
-"""portable_rnn.torch: drop-in torch.nn modules whose autograd backward is the hand-written BPTT."""
+"""portable_rnn.torch: drop-in torch.nn modules whose autograd backward is the hand-written BPTT.
+
+``lstm_proj`` is ``LSTM(..., proj_size=2)``; dropout is compared in eval mode
+and, in training mode, with torch's generator seeded alike (both modules draw
+the same factors); ``test_dropout.py`` holds the hand-stacked reference.
+"""
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -16,7 +20,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 
 import portable_rnn.torch as prt  # noqa: E402
 
-MODES = {"rnn": (prt.RNN, torch.nn.RNN), "lstm": (prt.LSTM, torch.nn.LSTM), "gru": (prt.GRU, torch.nn.GRU)}
+MODES = {"rnn": (prt.RNN, torch.nn.RNN), "lstm": (prt.LSTM, torch.nn.LSTM), "gru": (prt.GRU, torch.nn.GRU),
+         "lstm_proj": (prt.LSTM, torch.nn.LSTM)}
+PROJ = 2  # proj_size of lstm_proj (hidden size 4)
 COMBOS = [  # (layers, bidirectional, batch_first, bias)
     (1, False, False, True), (2, True, True, True), (3, False, True, False), (2, True, False, False),
 ]
@@ -24,6 +30,8 @@ COMBOS = [  # (layers, bidirectional, batch_first, bias)
 
 def _pair(mode, layers, bidirectional, batch_first, bias, **extra):
     ours_cls, ref_cls = MODES[mode]
+    if mode == "lstm_proj":
+        extra["proj_size"] = PROJ
     kwargs = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias,
                   dtype=torch.float64, **extra)
     torch.manual_seed(0)
@@ -37,48 +45,95 @@ def _grads(module):
     return {k: p.grad.clone() for k, p in module.named_parameters()}
 
 
+def _parts(mode, state):
+    """A state as a tuple: (h, c) for the LSTMs, (h,) otherwise."""
+    return tuple(state) if mode.startswith("lstm") else (state,)
+
+
+def _hx(mode, rng, layers, dirs, N):
+    """A random initial state, each part requiring grad (h has PROJ features for lstm_proj)."""
+    h = rng.normal(size=(layers * dirs, N, PROJ if mode == "lstm_proj" else 4))
+    if not mode.startswith("lstm"):
+        return torch.tensor(h, requires_grad=True)
+    c = rng.normal(size=(layers * dirs, N, 4))
+    return torch.tensor(h, requires_grad=True), torch.tensor(c, requires_grad=True)
+
+
+def _clone(hx):
+    if hx is None:
+        return None
+    if isinstance(hx, tuple):
+        return tuple(p.detach().clone().requires_grad_(True) for p in hx)
+    return hx.detach().clone().requires_grad_(True)
+
+
+def _assert_same_run(mode, ours, ref, x, hx, rng, seed=None):
+    """Outputs, final states and every gradient (parameters, input, hx) of both modules to 1e-10.
+
+    With ``seed``, torch's generator is seeded with it before each module runs.
+    """
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    hx1, hx2 = hx, _clone(hx)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out1, s1 = ours(x1, hx1)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out2, s2 = ref(x2, hx2)
+    torch.testing.assert_close(out1, out2, rtol=1e-10, atol=1e-12)
+    for a, b in zip(_parts(mode, s1), _parts(mode, s2)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    w = torch.tensor(rng.normal(size=tuple(out1.shape)))
+    ((out1 * w).sum() + _parts(mode, s1)[0].square().sum()).backward()
+    ((out2 * w).sum() + _parts(mode, s2)[0].square().sum()).backward()
+    g1, g2 = _grads(ours), _grads(ref)
+    assert list(g1) == list(g2)
+    for key in g2:
+        torch.testing.assert_close(g1[key], g2[key], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+    if hx is not None:
+        for a, b in zip(_parts(mode, hx1), _parts(mode, hx2)):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: "L{}-bi{:d}-bf{:d}-bias{:d}".format(*c))
 @pytest.mark.parametrize("given_hx", [False, True])
 def test_same_init_outputs_states_and_gradients_as_torch_nn(mode, combo, given_hx):
     layers, bidirectional, batch_first, bias = combo
     ours, ref = _pair(mode, *combo)
-    for (k1, p1), (k2, p2) in zip(ours.named_parameters(), ref.named_parameters()):
+    for (k1, p1), (k2, p2) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
         assert k1 == k2 and torch.equal(p1, p2)  # same names, order and numbers from torch's RNG
     rng = np.random.default_rng(1)
     T, N, dirs = 5, 2, 2 if bidirectional else 1
-    shape = (N, T, 3) if batch_first else (T, N, 3)
-    x1 = torch.tensor(rng.normal(size=shape), requires_grad=True)
-    x2 = x1.detach().clone().requires_grad_(True)
-    hx1 = hx2 = None
-    if given_hx:
-        h = torch.tensor(rng.normal(size=(layers * dirs, N, 4)))
-        parts = (h, 0.5 * h) if mode == "lstm" else (h,)
-        hx1 = tuple(p.clone().requires_grad_(True) for p in parts)
-        hx2 = tuple(p.clone().requires_grad_(True) for p in parts)
-        hx1, hx2 = (hx1, hx2) if mode == "lstm" else (hx1[0], hx2[0])
-    out1, s1 = ours(x1, hx1)
-    out2, s2 = ref(x2, hx2)
-    torch.testing.assert_close(out1, out2, rtol=1e-10, atol=1e-12)
-    for a, b in zip(s1 if mode == "lstm" else (s1,), s2 if mode == "lstm" else (s2,)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    w = torch.tensor(rng.normal(size=tuple(out1.shape)))
-    h_last = s1[0] if mode == "lstm" else s1
-    h_ref = s2[0] if mode == "lstm" else s2
-    ((out1 * w).sum() + h_last.square().sum()).backward()
-    ((out2 * w).sum() + h_ref.square().sum()).backward()
-    g1, g2 = _grads(ours), _grads(ref)
-    for key in g2:
-        torch.testing.assert_close(g1[key], g2[key], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
-    if given_hx:
-        for a, b in zip(hx1 if mode == "lstm" else (hx1,), hx2 if mode == "lstm" else (hx2,)):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    x = torch.tensor(rng.normal(size=(N, T, 3) if batch_first else (T, N, 3)))
+    _assert_same_run(mode, ours, ref, x, _hx(mode, rng, layers, dirs, N) if given_hx else None, rng)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("combo", COMBOS[1:3], ids=lambda c: "L{}-bi{:d}-bf{:d}-bias{:d}".format(*c))
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_dropout_as_torch_nn_in_eval_and_with_the_same_seed_in_training(mode, combo, training):
+    """In training mode both modules draw their factors from torch's generator in the same order."""
+    layers, bidirectional, batch_first, bias = combo
+    ours, ref = _pair(mode, *combo, dropout=0.4)
+    ours.train(training)
+    ref.train(training)
+    rng = np.random.default_rng(4)
+    T, N, dirs = 6, 3, 2 if bidirectional else 1
+    x = torch.tensor(rng.normal(size=(N, T, 3) if batch_first else (T, N, 3)))
+    hx = _hx(mode, rng, layers, dirs, N)
+    _assert_same_run(mode, ours, ref, x, hx, rng, seed=11)
+    first, _ = ours(x, _clone(hx))
+    second, _ = ours(x, _clone(hx))
+    assert torch.equal(first, second) is (not training)  # fresh factors per call, none in eval mode
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_packed_and_unbatched_inputs(mode):
-    ours, ref = _pair(mode, 2, True, False, True)
+    ours, ref = _pair(mode, 2, True, False, True, dropout=0.3)
+    ours.eval()
+    ref.eval()
     rng = np.random.default_rng(2)
     x = torch.tensor(rng.normal(size=(6, 3, 3)))
     lengths = torch.tensor([6, 2, 4])
@@ -92,7 +147,7 @@ def test_packed_and_unbatched_inputs(mode):
     (p1, l1, s1, g1), (p2, l2, s2, g2) = outs
     torch.testing.assert_close(p1, p2, rtol=1e-10, atol=1e-12)
     assert torch.equal(l1, l2)
-    for a, b in zip(s1 if mode == "lstm" else (s1,), s2 if mode == "lstm" else (s2,)):
+    for a, b in zip(_parts(mode, s1), _parts(mode, s2)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for key in g2:
         torch.testing.assert_close(g1[key], g2[key], rtol=1e-10, atol=1e-12)
@@ -100,15 +155,34 @@ def test_packed_and_unbatched_inputs(mode):
     o1, st1 = ours(single)
     o2, st2 = ref(single)
     torch.testing.assert_close(o1, o2, rtol=1e-10, atol=1e-12)
-    assert o1.shape == o2.shape and (st1[0] if mode == "lstm" else st1).shape == (st2[0] if mode == "lstm" else st2).shape
+    assert o1.shape == o2.shape
+    assert [s.shape for s in _parts(mode, st1)] == [s.shape for s in _parts(mode, st2)]
+
+
+def test_packed_input_in_training_mode_drops_between_layers():
+    """torch.nn drops packed data in its packed layout (other numbers): here only the mode's effect."""
+    torch.manual_seed(0)
+    model = prt.GRU(3, 4, 2, dropout=0.5, dtype=torch.float64)
+    x, lengths = torch.randn(6, 3, 3, dtype=torch.float64), torch.tensor([6, 2, 4])
+
+    def run():
+        out, _ = model(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return pad_packed_sequence(out, total_length=6)[0]
+
+    trained = run()
+    trained.square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    assert not torch.allclose(trained, run())
 
 
 def test_state_dicts_load_strictly_both_ways():
-    for mode, (ours_cls, ref_cls) in MODES.items():
-        ours, ref = ours_cls(3, 4, 2, bidirectional=True), ref_cls(3, 4, 2, bidirectional=True)
+    for mode in MODES:
+        ours, ref = _pair(mode, 2, True, False, True)
         ours.load_state_dict(ref.state_dict(), strict=True)
         ref.load_state_dict(ours.state_dict(), strict=True)
         assert list(ours.state_dict()) == list(ref.state_dict())
+        assert all(tuple(a.shape) == tuple(b.shape) for a, b in zip(ours.parameters(), ref.parameters()))
 
 
 def test_torch_optim_trains_it_and_double_backward_is_refused():
@@ -133,13 +207,18 @@ def test_torch_optim_trains_it_and_double_backward_is_refused():
         torch.autograd.grad(out.sum(), [model.weight_hh_l0], create_graph=True)
 
 
-def test_unsupported_options_are_refused_clearly():
-    with pytest.raises(ValueError, match="dropout > 0 between layers is not supported yet"):
-        prt.LSTM(3, 4, 2, dropout=0.5)
-    with pytest.raises(ValueError, match="proj_size > 0"):
-        prt.LSTM(3, 4, proj_size=2)
-    with pytest.raises(ValueError, match="dropout must be a number in"):
-        prt.GRU(3, 4, dropout=2.0)
+def test_constructor_checks_and_torch_nn_warning():
+    for bad in (2.0, 1.0, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+            prt.GRU(3, 4, 2, dropout=bad)
+    with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size"):
+        prt.LSTM(3, 4, proj_size=4)
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        model = prt.RNN(3, 4, dropout=0.5)
+    assert model.dropout == 0.5 and model.spec.dropout == 0.5
+    model = prt.LSTM(3, 4, 2, dropout=0.25, proj_size=3)
+    assert (model.dropout, model.proj_size, model.spec.proj_size) == (0.25, 3, 3)
+    assert "proj_size=3" in repr(model) and "dropout=0.25" in repr(model)
 
 
 DDP_SCRIPT = textwrap.dedent("""

@@ -13,6 +13,9 @@
 ``portable-rnn eval CHECKPOINT``
     Bits per character of a checkpoint on a text, by default its held-out
     split (:mod:`portable_rnn.app.eval`).
+``portable-rnn score CHECKPOINT FILE...``
+    Bits per character of each file and overall, in independent windows,
+    computed on a Dask cluster (:mod:`portable_rnn.app.score`).
 
 ``sample`` and ``eval`` given a run's folder use its ``best.npz`` (the
 lowest held-out loss) when there is one, else its ``checkpoint.npz``; ``eval``
@@ -45,6 +48,7 @@ from .errors import UsageError
 from .eval import run_eval
 from .gradients import run_gradients
 from .sample import sample_text
+from .score import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, run_score
 from .checkpoint import DEFAULTS, pick_checkpoint
 from .train import DEFAULT_STEPS, DEFAULT_VAL_EVERY, TrainConfig, train
 
@@ -164,6 +168,15 @@ def _add_train(sub):
                    help="progress line every S steps when not on a terminal (default 100)")
     p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="tqdm bar on a terminal, plain lines otherwise (default auto)")
+    g = p.add_argument_group("data parallel", "JAX over a device mesh (the batch split, parameters replicated); "
+                                              "torch: start with torchrun --nproc-per-node N -m portable_rnn train "
+                                              "--backend torch ... (detected from WORLD_SIZE and RANK)")
+    g.add_argument("--devices", type=_POS_INT, metavar="N",
+                   help="split each batch over N local JAX devices (--batch must be a multiple of N)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-host JAX: the address of process 0 (jax.distributed.initialize)")
+    g.add_argument("--num-processes", type=_POS_INT, metavar="P", help="multi-host JAX: processes in all")
+    g.add_argument("--process-id", type=_NONNEG_INT, metavar="I", help="multi-host JAX: this process, 0..P-1")
 
 
 def _add_sample(sub):
@@ -186,6 +199,23 @@ def _add_eval(sub):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
     p.add_argument("--text", metavar="FILE", help="UTF-8 text file (default: the held-out split of the run's text)")
     _backend_flags(p)
+
+
+def _add_score(sub):
+    p = sub.add_parser("score", help="bits per character of a checkpoint on files, on a Dask cluster",
+                       description="Bits per character of each file and overall, in independent windows of "
+                                   "--seq-len characters (each from a zero state), computed on Dask: a local "
+                                   "cluster by default, an existing one with --scheduler. Needs the extra "
+                                   "portable-rnn[dask].")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
+    p.add_argument("files", metavar="FILE", nargs="+", help="UTF-8 text files")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786 "
+                                                           "(default: start a local cluster)")
+    p.add_argument("--workers", type=_POS_INT, metavar="N",
+                   help=f"worker processes of the local cluster (default {DEFAULT_WORKERS})")
+    p.add_argument("--chunk-size", type=_POS_INT, default=DEFAULT_CHUNK_SIZE, metavar="N",
+                   help=f"windows per Dask task (default {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--seq-len", type=_POS_INT, metavar="T", help="characters per window (default: the run's)")
 
 
 def _add_gradients(sub):
@@ -234,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_score(sub)
     _add_gradients(sub)
     _add_bench(sub)
     return parser
@@ -243,7 +274,7 @@ def _train(args) -> int:
     fields = ("text", "out", "resume", "overwrite", "backend", "device", "steps", "cell", "hidden", "layers",
               "embed", "seq_len", "batch", "truncate", "lr", "clip", "seed", "dtype", "val_fraction", "val_every",
               "sample_every",
-              "checkpoint_every", "log_every", "progress")
+              "checkpoint_every", "log_every", "progress", "devices", "coordinator", "num_processes", "process_id")
     return train(TrainConfig(**{k: getattr(args, k) for k in fields})).status
 
 
@@ -259,6 +290,14 @@ def _sample(args) -> int:
 
 def _eval(args) -> int:
     run_eval(args.checkpoint, args.text, backend=args.backend, device=args.device)
+    return 0
+
+
+def _score(args) -> int:
+    if args.scheduler is not None and args.workers is not None:
+        raise UsageError("--workers sizes the local cluster; it cannot be given with --scheduler")
+    run_score(args.checkpoint, args.files, seq_len=args.seq_len, scheduler=args.scheduler,
+              workers=DEFAULT_WORKERS if args.workers is None else args.workers, chunk_size=args.chunk_size)
     return 0
 
 
@@ -284,7 +323,8 @@ def _bench(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "gradients": _gradients, "check": _check, "bench": _bench}
+_COMMANDS = {"train": _train, "sample": _sample, "eval": _eval, "score": _score, "gradients": _gradients,
+             "check": _check, "bench": _bench}
 
 
 def main(argv=None) -> int:

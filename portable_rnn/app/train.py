@@ -55,6 +55,7 @@ import contextlib
 import dataclasses
 import hashlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ class TrainConfig:
     differs from the checkpoint's is an error. ``steps`` is the total step
     count of the run (default :data:`DEFAULT_STEPS`, or the checkpoint's).
     ``val_every`` is the steps between held-out evaluations (0: only at the
-    last step).
+    last step). ``devices`` (JAX: data parallel over that many devices) and
+    ``coordinator``, ``num_processes``, ``process_id`` (JAX on several hosts)
+    are described in the section "Data parallel" of the module docstring.
     """
 
     text: str | None = None
@@ -123,6 +126,10 @@ class TrainConfig:
     temperature: float = 0.8
     checkpoint_every: int = 100
     progress: str = "auto"
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclass
@@ -162,6 +169,20 @@ class _Run:
     val_losses: list
     step: int = 0
     pending: list = field(default_factory=list)  # (step, loss on the device), not yet on the host
+    zeros: object = None  # the zero state a new epoch starts from, placed like ``carry``
+    mesh: object = None  # the JAX mesh the batch is split along, or None
+    world: object = None  # the torch.distributed group (_TorchWorld), or None
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes files and prints: the only one, or rank / process 0 of several."""
+        if self.world is not None:
+            return self.world.rank == 0
+        if self.mesh is not None:
+            import jax
+
+            return jax.process_index() == 0
+        return True
 
     @property
     def best(self) -> float:
@@ -314,6 +335,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
 
     Enters :func:`portable_rnn.backends.jax_float64` on ``stack`` for a float64 run on JAX.
     """
+    world = _check_scale_out(config)
     out_dir = Path(config.out)
     ckpt = _checkpoint_to_resume(config, out_dir)
     s = _settings(config, ckpt)
@@ -323,10 +345,16 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     vocab = _vocabulary(text, source, digest, ckpt)
     schedule, val, split = _data(text, vocab, s, ckpt)
-    runtime = backends.resolve(config.backend, config.device)
+    if config.coordinator is not None:
+        _start_jax_processes(config)
+    runtime = backends.resolve(config.backend, _torch_device(config, world))
     stack.enter_context(runtime.context())  # CuPy creates some arrays on its current device
     if runtime.library == "jax" and s["dtype"] == "float64":
         stack.enter_context(backends.jax_float64())
+    mesh = _jax_mesh(config, runtime, s["batch"])
+    if world is not None:
+        _check_split(s["batch"], world.size, f"the {world.size} torchrun processes")
+        _join_torch_world(world, runtime, stack)
     model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"])
     if ckpt is None:
         params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
@@ -340,25 +368,229 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
         start, history = int(ckpt.meta["step"]), ckpt.meta["history"]
         wall_before = float(ckpt.meta.get("wall_s", 0.0))
     meta = _metadata(model, vocab, s, steps, source, digest, text, split)
-    return _Run(config, s, steps, model, runtime, vocab, schedule, meta, params, opt_state, carry, start,
-                wall_before, list(history["step"]), list(history["loss"]), val, list(history["val_step"]),
-                list(history["val_loss"]), step=start)
+    run = _Run(config, s, steps, model, runtime, vocab, schedule, meta, params, opt_state, carry, start,
+               wall_before, list(history["step"]), list(history["loss"]), val, list(history["val_step"]),
+               list(history["val_loss"]), step=start, mesh=mesh, world=world)
+    _place(run)
+    return run
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+@dataclass(frozen=True)
+class _TorchWorld:
+    """This process's place among the ``torchrun`` processes: ``rank`` of ``size``."""
+
+    rank: int
+    size: int
+
+
+def _library(backend: str) -> str:
+    return backend.split(":", 1)[0]
+
+
+def _environment_int(name: str) -> int:
+    """An integer that ``torchrun`` sets in the environment; one line when it is not one."""
+    value = os.environ.get(name, "")
+    if not value.isdigit():
+        raise UsageError(f"the environment variable {name} is {value!r}; expected the integer torchrun sets")
+    return int(value)
+
+
+def _check_scale_out(config: TrainConfig) -> _TorchWorld | None:
+    """The data-parallel flags and environment, checked together; returns the torch world, if any.
+
+    ``--devices`` and the multi-host flags need JAX; the three multi-host
+    flags come together; a ``WORLD_SIZE`` above 1 (``torchrun``) needs torch.
+    """
+    given = [flag for flag, value in (("--devices", config.devices), ("--coordinator", config.coordinator),
+                                      ("--num-processes", config.num_processes),
+                                      ("--process-id", config.process_id)) if value is not None]
+    if given and _library(config.backend) != "jax":
+        raise UsageError(f"{given[0]} is data parallel over JAX devices: it needs --backend jax")
+    multi_host = (config.coordinator, config.num_processes, config.process_id)
+    if any(v is not None for v in multi_host) and any(v is None for v in multi_host):
+        raise UsageError("multi-host training needs --coordinator HOST:PORT, --num-processes P and "
+                         "--process-id I together")
+    if config.coordinator is not None:
+        host, _, port = config.coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--coordinator must be HOST:PORT, got {config.coordinator!r}")
+        if config.process_id >= config.num_processes:
+            raise UsageError(f"--process-id {config.process_id} is not below --num-processes {config.num_processes}")
+    if "WORLD_SIZE" not in os.environ or _environment_int("WORLD_SIZE") <= 1:
+        return None
+    if _library(config.backend) != "torch" or given:
+        raise UsageError(f"started by torchrun ({os.environ['WORLD_SIZE']} processes): data parallel over "
+                         "processes needs --backend torch, without the JAX flags")
+    return _TorchWorld(_environment_int("RANK"), _environment_int("WORLD_SIZE"))
+
+
+def _torch_device(config: TrainConfig, world: _TorchWorld | None) -> str | None:
+    """The device of this process: with torchrun on CUDA, the GPU of its ``LOCAL_RANK``."""
+    device = config.device
+    if world is not None and "cuda" in f"{config.backend}:{device}" and ":" not in (device or "cuda"):
+        return f"cuda:{_environment_int('LOCAL_RANK')}"
+    return device
+
+
+def _start_jax_processes(config: TrainConfig) -> None:
+    """``jax.distributed.initialize`` for a multi-host run (before JAX touches a device)."""
+    import jax
+
+    try:
+        jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(f"jax.distributed.initialize failed: {str(error).splitlines()[0]}") from None
+
+
+def _jax_mesh(config: TrainConfig, runtime, batch: int):
+    """The one-axis mesh of ``--devices`` (every device of every process on several hosts), or ``None``."""
+    if config.devices is None and config.coordinator is None:
+        return None
+    import jax
+
+    from .. import parallel
+
+    devices = jax.devices(runtime.device.platform)
+    n = len(devices) if config.devices is None else config.devices
+    if n > len(devices) or (config.coordinator is not None and n != len(devices)):
+        hint = f"; on CPU set XLA_FLAGS=--xla_force_host_platform_device_count={n}" if n > len(devices) else ""
+        raise UsageError(f"--devices {n}: JAX has {len(devices)} {runtime.device.platform} device(s) "
+                         f"(a multi-host run uses all of them){hint}")
+    _check_split(batch, n, f"--devices {n}")
+    return parallel.batch_mesh(devices[:n])
+
+
+def _check_split(batch: int, parts: int, what: str) -> None:
+    """The global batch divides evenly, so every part counts the same number of tokens."""
+    if batch % parts:
+        raise UsageError(f"--batch {batch} does not split evenly over {what}: choose a multiple of {parts}")
+
+
+def _join_torch_world(world: _TorchWorld, runtime, stack: contextlib.ExitStack) -> None:
+    """``torch.distributed.init_process_group`` (nccl on CUDA, gloo on CPU) from torchrun's environment."""
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if runtime.device.type == "cuda" else "gloo")
+    stack.callback(dist.destroy_process_group)
+
+
+def _rows(run: _Run, batch_size: int) -> slice:
+    """This torch process's rows of the global batch."""
+    part = batch_size // run.world.size
+    return slice(run.world.rank * part, (run.world.rank + 1) * part)
+
+
+def _place(run: _Run) -> None:
+    """Put the starting arrays where the steps run: replicated parameters, the state split like the batch."""
+    batch = run.settings["batch"]
+    if run.mesh is not None:
+        from .. import parallel
+
+        specs = parallel.model_partition_specs(run.model)
+        run.params, run.opt_state = parallel.from_host(
+            run.mesh, _tree_to_host((run.params, run.opt_state)), specs["params"])
+        run.carry = _state_value(run.model, parallel.from_host(
+            run.mesh, _tree_to_host(_state_parts(run.model, run.carry)), specs["state"]))
+        zero = np.zeros((run.model.num_layers, batch, run.model.hidden_size), run.settings["dtype"])
+        run.zeros = _state_value(run.model, parallel.from_host(
+            run.mesh, (zero,) * run.model.cell.n_states, specs["state"]))
+    elif run.world is not None:
+        rows = _rows(run, batch)
+        run.carry = _state_value(run.model, tuple(p[:, rows] for p in _state_parts(run.model, run.carry)))
+        run.zeros = run.model.init_state(run.params, batch // run.world.size)
+    else:
+        run.zeros = run.model.init_state(run.params, batch)
+
+
+def _put_batch(run: _Run, a: np.ndarray):
+    """A host batch (N, T) where the step reads it: split along the mesh, this process's rows, or whole."""
+    if run.mesh is not None:
+        from .. import parallel
+
+        return parallel.from_host(run.mesh, a, parallel.model_partition_specs(run.model)["tokens"])
+    if run.world is not None:
+        return run.runtime.asarray(a[_rows(run, a.shape[0])])
+    return run.runtime.asarray(a)
+
+
+def _host(run: _Run, tree, batch_split: bool = False):
+    """A tree of the run's arrays whole on the host; ``batch_split`` marks torch per-process state (gathered).
+
+    Collective when the run is parallel: every process calls it.
+    """
+    if run.mesh is not None:
+        from .. import parallel
+
+        return parallel.to_host(tree)
+    if run.world is not None and batch_split:
+        import torch
+        import torch.distributed as dist
+
+        def gather(a):
+            parts = [torch.empty_like(a) for _ in range(run.world.size)]
+            dist.all_gather(parts, a.contiguous())
+            return backends.to_host(torch.cat(parts, dim=1))
+
+        return tuple(gather(a) for a in tree)
+    return _tree_to_host(tree)
+
+
+def _one_device_params(run: _Run) -> dict:
+    """The parameters on the backend's one device, for evaluation and sampling."""
+    if run.mesh is None:
+        return run.params
+    return _tree_to_device(run.runtime, _host(run, run.params), run.settings["dtype"])
+
+
+def _all_reduce_mean(run: _Run, grads: dict, loss):
+    """Gradients and loss averaged over the torch processes, in one ``all_reduce``.
+
+    Every process holds the same number of tokens (the batch splits evenly),
+    so the mean of the per-process means is the mean over the global batch.
+    """
+    import torch
+    import torch.distributed as dist
+
+    names = list(grads)
+    flat = torch.cat([grads[k].reshape(-1) for k in names] + [loss.reshape(1)])
+    dist.all_reduce(flat)
+    flat = flat / run.world.size
+    sizes = [grads[k].numel() for k in names]
+    pieces = torch.split(flat[:-1], sizes)
+    return {k: p.reshape(grads[k].shape) for k, p in zip(names, pieces)}, flat[-1]
 
 
 # --------------------------------------------------------------------------- the loop
 
 
 def _step_function(run: _Run):
-    """``(params, opt_state, state, tokens, targets) -> (params, opt_state, state, loss)``; jitted on JAX."""
+    """``(params, opt_state, state, tokens, targets) -> (params, opt_state, state, loss)``; jitted on JAX.
+
+    Data parallel: on a mesh, the same step compiled with the batch split
+    (XLA adds the one all-reduce); under torchrun, the gradients and loss of
+    this process's rows averaged over the processes before clipping.
+    """
     model, truncate, clip = run.model, run.settings["truncate"], run.settings["clip"]
-    opt = adam(run.settings["lr"])
+    opt, world = adam(run.settings["lr"]), run.world
 
     def train_step(params, opt_state, state, tokens, targets):
         loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate)
+        if world is not None:
+            grads, loss = _all_reduce_mean(run, grads, loss)
         grads, _ = clip_by_global_norm(grads, clip)
         params, opt_state = opt.update(grads, opt_state, params)
         return params, opt_state, state, loss
 
+    if run.mesh is not None:
+        from .. import parallel
+
+        specs = parallel.model_partition_specs(model)
+        rep, tok, state = specs["params"], specs["tokens"], specs["state"]
+        return parallel.data_parallel(train_step, run.mesh, in_specs=(rep, rep, state, tok, tok),
+                                      out_specs=(rep, rep, state, rep))
     if run.runtime.library == "jax":
         import jax
 
@@ -368,7 +600,7 @@ def _step_function(run: _Run):
 
 def _flush(run: _Run) -> list:
     """Copy the pending losses to the host (one sync), record them and return them."""
-    values = [float(run.runtime.to_numpy(loss)) for _, loss in run.pending]
+    values = [float(v) for v in _host(run, [loss for _, loss in run.pending])]
     if not all(math.isfinite(v) for v in values):
         raise UsageError(f"the loss is not finite at steps {run.pending[0][0]}..{run.pending[-1][0]}; lower --lr")
     run.history_steps.extend(k for k, _ in run.pending)
@@ -380,9 +612,11 @@ def _flush(run: _Run) -> list:
 def _save(run: _Run, wall: float, name: str = CHECKPOINT) -> None:
     """Write the checkpoint ``name`` (the latest, or :data:`BEST`) and ``history.json`` at the current step."""
     meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=run.history)
-    carry = _tree_to_host(_state_parts(run.model, run.carry))
-    save_checkpoint(run.out_dir / name,
-                    Checkpoint(_tree_to_host(run.params), _tree_to_host(run.opt_state), carry, meta))
+    carry = _host(run, _state_parts(run.model, run.carry), batch_split=True)
+    params, opt_state = _host(run, run.params), _host(run, run.opt_state)  # collective: before the writer test
+    if not run.writer:
+        return
+    save_checkpoint(run.out_dir / name, Checkpoint(params, opt_state, carry, meta))
     write_history(run.out_dir / HISTORY, run.history)
 
 
@@ -392,7 +626,8 @@ def _validate(run: _Run, wall: float) -> None:
     Call after :func:`_flush`, so that ``best.npz`` holds the whole history up to its step.
     """
     s = run.settings
-    loss = mean_loss(run.model, run.params, run.val, batch=s["batch"], seq_len=s["seq_len"], runtime=run.runtime)
+    loss = mean_loss(run.model, _one_device_params(run), run.val, batch=s["batch"], seq_len=s["seq_len"],
+                     runtime=run.runtime)
     if not math.isfinite(loss):
         raise UsageError(f"the held-out loss is not finite at step {run.step}; lower --lr")
     improved = loss < run.best
@@ -404,8 +639,10 @@ def _validate(run: _Run, wall: float) -> None:
 
 def _show_sample(run: _Run, progress: Progress) -> None:
     """Print a sample of the model at the current step and append it to ``samples.txt``."""
+    if not run.writer:
+        return
     config, prime = run.config, run.meta["prime"]
-    tokens = run.model.sample(run.params, run.vocab.encode(prime), config.sample_length,
+    tokens = run.model.sample(_one_device_params(run), run.vocab.encode(prime), config.sample_length,
                               temperature=config.temperature, seed=run.settings["seed"] + run.step)
     text = prime + run.vocab.decode(tokens)
     block = f"----- sample at step {run.step} (temperature {config.temperature}) -----\n{text.strip()}\n"
@@ -422,8 +659,18 @@ def _banner(run: _Run) -> str:
         f"{'the default corpus' if source == 'default' else source} "
         f"({run.meta['text']['chars']:,} characters, {run.meta['split']['val_chars']:,} of them held out; "
         f"vocabulary {len(run.vocab)}) with {runtime.name} on "
-        f"{runtime.device}; steps {run.start}->{run.steps}, batch {s['batch']} x seq-len {s['seq_len']}"
+        f"{runtime.device}{_parallel_words(run)}; steps {run.start}->{run.steps}, batch {s['batch']} x "
+        f"seq-len {s['seq_len']}"
     )
+
+
+def _parallel_words(run: _Run) -> str:
+    """How the run splits its batch, for the banner: nothing, a JAX mesh, or torch processes."""
+    if run.mesh is not None:
+        return f", data parallel over {run.mesh.devices.size} devices"
+    if run.world is not None:
+        return f", data parallel over {run.world.size} torch processes"
+    return ""
 
 
 def _blas_single_thread():
@@ -443,12 +690,12 @@ def _blas_single_thread():
 def _loop(run: _Run, progress: Progress) -> None:
     """Train from ``run.step`` to ``run.steps``, evaluating, sampling and checkpointing on schedule."""
     config, steps, t0 = run.config, run.steps, time.perf_counter()
-    train_step, zeros = _step_function(run), run.model.init_state(run.params, run.settings["batch"])
+    train_step = _step_function(run)
     while run.step < steps:
         inputs, targets, reset = run.schedule(run.step)
         run.params, run.opt_state, run.carry, loss = train_step(
-            run.params, run.opt_state, zeros if reset else run.carry,
-            run.runtime.asarray(inputs), run.runtime.asarray(targets))
+            run.params, run.opt_state, run.zeros if reset else run.carry,
+            _put_batch(run, inputs), _put_batch(run, targets))
         run.step += 1
         run.pending.append((run.step, loss))
         val_due = run.val is not None and (run.step == steps or (
@@ -549,12 +796,15 @@ def train(config: TrainConfig, out=None) -> TrainResult:
     out = sys.stdout if out is None else out
     with contextlib.ExitStack() as stack:
         run = _prepare(config, stack)
+        if not run.writer:  # one process of several: the first one prints and writes
+            out, config = stack.enter_context(open(os.devnull, "w")), dataclasses.replace(config, progress="none")
         if run.start >= run.steps:
             print(f"the checkpoint is already at step {run.start} of {run.steps}; pass --steps > {run.start} "
                   "to train further", file=out)
             return _result(run, run.wall_before, 0)
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        if not config.resume:  # a new run: a new log, and no best model of an older run to sample from
+        if run.writer:
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+        if run.writer and not config.resume:  # a new run: a new log, and no best model of an older run to sample from
             (run.out_dir / SAMPLES).unlink(missing_ok=True)
             (run.out_dir / BEST).unlink(missing_ok=True)
         s = run.settings
@@ -567,7 +817,7 @@ def train(config: TrainConfig, out=None) -> TrainResult:
             print(f"interrupted at step {run.step}: checkpoint saved; continue with --resume", file=out)
         else:
             _show_sample(run, progress)
-        _summary(run, wall, _plot_loss(run), out)
+        _summary(run, wall, _plot_loss(run) if run.writer else "not the first process", out)
     return _result(run, run.wall_before + wall, status)
 
 

@@ -82,17 +82,20 @@ def param_count(spec) -> tuple[int, int]:
     Returns
     -------
     arrays : int
-        :math:`L \cdot dirs \cdot (4 \text{ with bias, else } 2)`.
+        :math:`L \cdot dirs \cdot (2 + 2b + p)`.
     numbers : int
-        :math:`dirs \cdot GH (D + H + 2b) + (L - 1) \, dirs \cdot GH (dirs \cdot H + H + 2b)`
-        with :math:`GH = G \cdot H` and :math:`b = 1` with bias, else 0.
+        :math:`dirs \cdot (GH\,D + q) + (L - 1) \, dirs \cdot (GH \cdot dirs \cdot R + q)`,
+        :math:`q = GH (R + 2b) + p R H`, with :math:`GH = G \cdot H`, :math:`b = 1` with
+        bias (else 0), :math:`R` the output size (``proj_size`` or H) and :math:`p = 1`
+        with a projection (else 0).
     """
     check_spec(spec)
     L, dirs, H, b = spec.num_layers, spec.num_directions, spec.hidden_size, int(spec.bias)
     GH = spec.n_gates * H
-    per_direction = GH * (H + 2 * b)  # weight_hh and the two biases
-    numbers = dirs * (GH * spec.input_size + per_direction) + (L - 1) * dirs * (GH * dirs * H + per_direction)
-    return L * dirs * (2 + 2 * b), numbers
+    R, p = spec.output_size, int(spec.output_size != spec.hidden_size)  # R = P with a projection
+    per_direction = GH * (R + 2 * b) + p * R * H  # weight_hh, the two biases, weight_hr
+    numbers = dirs * (GH * spec.input_size + per_direction) + (L - 1) * dirs * (GH * dirs * R + per_direction)
+    return L * dirs * (2 + 2 * b + p), numbers
 
 
 def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
@@ -100,6 +103,8 @@ def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
     check_spec(spec)
     if spec.mode not in modes:
         raise ValueError(f"{target} has no {type(spec).__name__}; supported: {[m.upper() for m in modes]}")
+    if getattr(spec, "proj_size", 0):
+        raise ValueError(f"{target} has no LSTM projection (proj_size={spec.proj_size})")
     if spec.num_layers != 1 or spec.bidirectional:
         raise ValueError(
             f"{target} holds one unidirectional layer; got num_layers={spec.num_layers}, "

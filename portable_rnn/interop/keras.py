@@ -297,6 +297,8 @@ def to_keras(spec, params, *, return_sequences=True, return_state=False):
     host, dtype_name = _common.host_params(spec, params)
     L = keras.layers
     cls = _kinds(keras)[spec.mode][0]
+    if getattr(spec, "proj_size", 0) or spec.dropout:
+        raise ValueError(f"Keras layers have no LSTM projection or between-layer dropout; got {spec!r}")
     H, dirs = spec.hidden_size, spec.num_directions
     out = []
     for k in range(spec.num_layers):

@@ -34,17 +34,10 @@ def _torch_spec(torch, module):
         )
     if module._forward_hooks or module._forward_pre_hooks:
         raise ValueError(f"{name} has forward hooks, which may change what it computes; remove them first")
+    kw = dict(bidirectional=bool(module.bidirectional), batch_first=bool(module.batch_first), bias=bool(module.bias),
+              dropout=float(module.dropout))
     if getattr(module, "proj_size", 0):
-        raise ValueError(
-            f"{name} has proj_size={module.proj_size}: LSTM projections are not supported "
-            "(portable_rnn.layers.LSTM has no weight_hr)"
-        )
-    if module.training and module.dropout > 0 and module.num_layers > 1:
-        raise ValueError(
-            f"{name} has dropout={module.dropout} between layers and is in training mode; "
-            "portable_rnn layers have no dropout. Call module.eval() to convert its inference computation"
-        )
-    kw = dict(bidirectional=bool(module.bidirectional), batch_first=bool(module.batch_first), bias=bool(module.bias))
+        kw["proj_size"] = int(module.proj_size)
     if mode == "rnn":
         if module.mode not in ("RNN_TANH", "RNN_RELU"):
             raise ValueError(f"{name} has unknown mode {module.mode!r}")
@@ -59,8 +52,9 @@ def from_torch(module, *, like=None, xp=None, dtype=None, device=None):
     Parameters
     ----------
     module : torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU
-        Any ``num_layers``, ``bidirectional``, ``batch_first``, ``bias`` and
-        RNN ``nonlinearity``, on any device, float32 or float64.
+        Any ``num_layers``, ``bidirectional``, ``batch_first``, ``bias``,
+        ``dropout`` below 1, LSTM ``proj_size`` and RNN ``nonlinearity``, on
+        any device, float32 or float64.
     like : array, optional
         Put the parameters in this array's namespace, dtype and device.
     xp : module, optional
@@ -73,7 +67,7 @@ def from_torch(module, *, like=None, xp=None, dtype=None, device=None):
     Returns
     -------
     spec : RNN, LSTM or GRU
-        With the module's sizes and flags.
+        With the module's sizes, flags, ``dropout`` and ``proj_size``.
     params : dict of str to array
         The module's ``state_dict`` (same names, shapes and order), copied.
 
@@ -82,18 +76,17 @@ def from_torch(module, *, like=None, xp=None, dtype=None, device=None):
     TypeError
         Not one of the three modules, or a dtype other than float32/float64.
     ValueError
-        What our layers do not compute: ``proj_size != 0``, ``dropout > 0``
-        between layers of a module in training mode, a subclass overriding
+        What our layers do not compute: ``dropout=1``, a subclass overriding
         ``forward``, forward hooks, or a ``state_dict`` with other names
         (e.g. weight-norm parametrizations).
 
     Notes
     -----
     The state maps one to one: ``h_0``/``h_n`` (and ``c``) are
-    ``(num_layers * dirs, N, H)`` in both, so ``module(x, (h0, c0))`` is
-    ``spec.forward(params, x, (h0, c0))``. Packed sequences correspond to
-    ``lengths=``. A module in eval mode, or with one layer, ignores
-    ``dropout``, so it is accepted.
+    ``(num_layers * dirs, N, H)`` in both (h has ``proj_size`` features when
+    it is > 0), so ``module(x, (h0, c0))`` is ``spec.forward(params, x, (h0, c0))``
+    in eval mode; in training mode ``spec.forward`` needs the dropout factors
+    (``dropout_masks=``). Packed sequences correspond to ``lengths=``.
     """
     torch = _common.require("torch", "from_torch")
     spec = _torch_spec(torch, module)
@@ -134,10 +127,11 @@ def to_torch(spec, params, *, device=None):
     Returns
     -------
     torch.nn.Module
-        ``torch.nn.RNN/LSTM/GRU`` with the spec's sizes and flags, ``dropout=0``,
-        in training mode (as torch constructs it; without dropout the mode does
-        not change what it computes). Its ``state_dict()`` equals ``params``
-        bit for bit.
+        ``torch.nn.RNN/LSTM/GRU`` with the spec's sizes, flags, ``dropout`` and
+        ``proj_size``, in training mode (as torch constructs it: with
+        ``dropout > 0`` and several layers, call ``.eval()`` for what
+        ``spec.forward`` computes without dropout factors). Its
+        ``state_dict()`` equals ``params`` bit for bit.
     """
     torch = _common.require("torch", "to_torch")
     host, dtype_name = _common.host_params(spec, params)
@@ -146,8 +140,10 @@ def to_torch(spec, params, *, device=None):
         device = first.device if isinstance(first, torch.Tensor) else "cpu"
     kw = dict(
         num_layers=spec.num_layers, bias=spec.bias, batch_first=spec.batch_first,
-        bidirectional=spec.bidirectional, dtype=getattr(torch, dtype_name), device=device,
+        bidirectional=spec.bidirectional, dropout=spec.dropout, dtype=getattr(torch, dtype_name), device=device,
     )
+    if getattr(spec, "proj_size", 0):
+        kw["proj_size"] = spec.proj_size
     if spec.mode == "rnn":
         kw["nonlinearity"] = spec.nonlinearity
     module = _torch_classes(torch)[spec.mode](spec.input_size, spec.hidden_size, **kw)

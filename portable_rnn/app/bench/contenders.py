@@ -266,7 +266,7 @@ def ours_torch_module(case, spec, params, x, name="torch"):
 
 
 def ours_cupy(case, spec, params, x, name="cupy"):
-    """Our layer on CuPy (backend ``name``), inside its device's context, synchronised on its stream after every run."""
+    """Our layer on CuPy (backend ``name``) in its device's context, synchronised on its stream after every run."""
     backend = device_backend(name)
     import cupy
 
