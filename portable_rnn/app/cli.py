@@ -249,6 +249,10 @@ def _add_bench(sub):
     p.add_argument("--no-compile-study", action="store_true", help="skip JAX compile time against T")
     p.add_argument("--settle", type=_NONNEG_FLOAT, metavar="S",
                    help=f"seconds of pause before every timed run (default {SETTLE_S}; 0 with --quick)")
+    p.add_argument("--train", action="store_true",
+                   help="instead: the whole default training job against a torch.nn + torch.optim loop")
+    p.add_argument("--train-steps", type=_POS_INT, default=200, metavar="N",
+                   help="training steps per contender with --train (default 200)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -314,6 +318,14 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.train:
+        from .bench.training import run_training_bench
+
+        report = run_training_bench(args.train_steps, args.backends)
+        if args.json:
+            write_json(args.json, {"schema": "portable_rnn.bench.train/1", "steps": args.train_steps,
+                                   "contenders": report})
+        return 0
     report = run_bench(configs=args.configs, cells=args.cells, backend_names=args.backends, repeats=args.repeats,
                        threads=args.threads, quick=args.quick, portable=args.portable,
                        check=not args.no_check,
