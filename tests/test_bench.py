@@ -206,7 +206,8 @@ def test_cuda_contenders_skip_with_a_reason_without_a_gpu():
                  backend_names=["torch:cuda", "cupy", "jax:gpu"], repeats=5, quick=True, out=False)
     (result,) = report["results"]
     assert result["contenders"] == {}
-    for name in ("torch:cuda", "cupy", "jax:gpu", "torch.nn:cuda", "gemm:torch:cuda"):
+    for name in ("torch:cuda", "torch.module:cuda", "cupy", "jax:gpu", "jax.apply:gpu", "torch.nn:cuda",
+                 "jax.grad:gpu", "gemm:torch:cuda"):
         if name.startswith(("torch", "gemm")) and not HAS_TORCH:
             continue
         assert name in result["skipped"], (name, result["skipped"])
