@@ -102,6 +102,9 @@ def _close(backend, got, ref, what):
     np.testing.assert_allclose(backend.to_numpy(got), ref, rtol=1e-10, atol=1e-12, err_msg=what)
 
 
+# Eager JAX would only repeat jax:jit's numbers here, at several seconds per case.
+@pytest.mark.backends("numpy", "array_api_strict", "array_api_strict:device1", "torch", "jax:jit",
+                      "jax:gpu", "torch:cuda", "cupy")
 @pytest.mark.jit(name=["lstm-proj-2l-default-state"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_training_mode_matches_torch_layers_stacked_by_hand_with_the_same_factors(backend, name):
