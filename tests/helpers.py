@@ -5,12 +5,18 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 from array_api_compat import array_namespace, device
 
 from portable_rnn.cells import CELLS
 
 #: The matrix id of JAX under ``jax.jit`` (a test-matrix id, not a backend of the library).
 JIT = "jax:jit"
+
+#: Every backend but eager JAX: for tests whose eager-JAX run would only repeat ``jax:jit``'s
+#: numbers, at seconds per case (eager JAX compiles each new operation shape).
+NOT_EAGER_JAX = pytest.mark.backends("numpy", "array_api_strict", "array_api_strict:device1", "torch",
+                                     JIT, "jax:gpu", "torch:cuda", "cupy")
 
 
 class MatrixBackend:

@@ -80,32 +80,17 @@ def test_masked_losses_ignore_garbage_under_the_mask(backend):
     logits = rng.normal(size=(4, 6, 5))
     targets = rng.integers(0, 5, size=(4, 6))
     mask = rng.random((4, 6)) < 0.6
-    masked = ~mask[..., None]
-    for weights in (mask, mask.astype(np.float64)):
-        results = []
-        for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
-            loss, dlogits = backend.run(losses.softmax_cross_entropy, backend.asarray(lg, "float64"),
-                                        backend.asarray(targets), backend.asarray(weights))
-            results.append((backend.to_numpy(loss), backend.to_numpy(dlogits)))
-        for a, b in zip(*results):
-            assert np.all(np.isfinite(a))
-            np.testing.assert_array_equal(a, b)
-
+    clean, dirty = logits * mask[..., None], _poison(logits, ~mask[..., None], rng)
     y = (rng.random((4, 6, 5)) < 0.5).astype(np.float64)
-    results = []
-    for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
-        loss, dlogits = backend.run(losses.sigmoid_binary_cross_entropy, backend.asarray(lg, "float64"),
-                                    backend.asarray(y, "float64"), backend.asarray(mask))
-        results.append((backend.to_numpy(loss), backend.to_numpy(dlogits)))
-    for a, b in zip(*results):
-        assert np.all(np.isfinite(a))
-        np.testing.assert_array_equal(a, b)
-
-    results = []
-    for lg in (logits * mask[..., None], _poison(logits, masked, rng)):
-        loss, dx = backend.run(cs231n.temporal_softmax_loss, backend.asarray(lg, "float64"),
-                               backend.asarray(targets), backend.asarray(mask))
-        results.append((backend.to_numpy(loss), backend.to_numpy(dx)))
-    for a, b in zip(*results):
-        assert np.all(np.isfinite(a))
-        np.testing.assert_array_equal(a, b)
+    cases = [(losses.softmax_cross_entropy, targets, mask),
+             (losses.softmax_cross_entropy, targets, mask.astype(np.float64)),  # weights, not bools
+             (losses.sigmoid_binary_cross_entropy, y, mask),
+             (cs231n.temporal_softmax_loss, targets, mask)]
+    for loss_fn, labels, weights in cases:
+        results = []
+        for lg in (clean, dirty):
+            args = (backend.asarray(lg, "float64"), backend.asarray(labels), backend.asarray(weights))
+            results.append([backend.to_numpy(r) for r in backend.run(loss_fn, *args)])
+        for a, b in zip(*results):  # the loss, then its gradient
+            assert np.all(np.isfinite(a)), loss_fn.__name__
+            np.testing.assert_array_equal(a, b, err_msg=loss_fn.__name__)

@@ -20,6 +20,7 @@ from portable_rnn.init import projection_name
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+from .helpers import NOT_EAGER_JAX  # noqa: E402
 
 D, H, P = 3, 5, 2
 # name: (spec keywords, T, N, lengths or None, initial state given)
@@ -71,9 +72,7 @@ def _close(backend, got, ref, what):
     np.testing.assert_allclose(backend.to_numpy(got), ref, rtol=1e-10, atol=1e-12, err_msg=what)
 
 
-# Eager JAX would only repeat jax:jit's numbers here, at several seconds per case.
-@pytest.mark.backends("numpy", "array_api_strict", "array_api_strict:device1", "torch", "jax:jit",
-                      "jax:gpu", "torch:cuda", "cupy")
+@NOT_EAGER_JAX
 @pytest.mark.jit(name=["bi-lengths-default-state"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_layer_matches_torch_lstm_with_proj_size(backend, name):
