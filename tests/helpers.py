@@ -98,6 +98,11 @@ def assert_close(backend, result, expected, dtype: str, rtol: float, atol: float
     np.testing.assert_allclose(backend.to_numpy(result), expected, rtol=rtol, atol=atol)
 
 
+def float64_close(backend, got, ref, what: str) -> None:
+    """``got`` (an array of ``backend``) equals the float64 reference ``ref`` to 1e-10."""
+    np.testing.assert_allclose(backend.to_numpy(got), ref, rtol=1e-10, atol=1e-12, err_msg=what)
+
+
 def rel_error(a, b, floor: float = 1e-300) -> float:
     """Largest elementwise error relative to the largest magnitude of ``b``.
 

@@ -21,7 +21,7 @@ from portable_rnn import GRU, LSTM, RNN, _eager_fast
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
-from .helpers import NOT_EAGER_JAX  # noqa: E402
+from .helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
 
 D, H = 3, 4
 # name: (spec, T, N, lengths or None, initial state given)
@@ -97,10 +97,6 @@ def _case(name):
     masks = spec.dropout_masks(0, x)
     ref = _stacked_reference(spec, params, x, state0, lengths, masks, g_out, g_state)
     return spec, params, x, (state0 if given else None), lengths, masks, g_out, g_state, ref
-
-
-def _close(backend, got, ref, what):
-    np.testing.assert_allclose(backend.to_numpy(got), ref, rtol=1e-10, atol=1e-12, err_msg=what)
 
 
 @NOT_EAGER_JAX

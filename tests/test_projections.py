@@ -20,7 +20,7 @@ from portable_rnn.init import projection_name
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
-from .helpers import NOT_EAGER_JAX  # noqa: E402
+from .helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
 
 D, H, P = 3, 5, 2
 # name: (spec keywords, T, N, lengths or None, initial state given)
@@ -66,10 +66,6 @@ def _torch_reference(spec, params, x, state0, lengths, g_out, g_state):
     grads = {k: p.grad.numpy() for k, p in module.named_parameters()}
     d0 = None if s0 is None else tuple(s.grad.numpy() for s in s0)
     return out.detach().numpy(), (h.detach().numpy(), c.detach().numpy()), grads, xt.grad.numpy(), d0
-
-
-def _close(backend, got, ref, what):
-    np.testing.assert_allclose(backend.to_numpy(got), ref, rtol=1e-10, atol=1e-12, err_msg=what)
 
 
 @NOT_EAGER_JAX
