@@ -242,7 +242,12 @@ DDP_SCRIPT = textwrap.dedent("""
         ddp(shard)[0].square().mean().backward()
         if rank == 0:
             torch.save({k: p.grad for k, p in model.named_parameters()}, out + ".ddp")
+        dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        # gloo's threads can abort the interpreter's own teardown ("terminate called without
+        # an active exception") on a loaded machine; the results are written by now.
+        os._exit(0)
 
     if __name__ == "__main__":
         port, out = int(sys.argv[1]), sys.argv[2]
