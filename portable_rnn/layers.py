@@ -373,8 +373,13 @@ class _Recurrent:
     def _named_params(self, params, name="params"):
         return {f"{name}['{k}']": v for k, v in params.items()}
 
-    def _state_parts(self, state, name, allow_none=False):
-        """``state`` as a tuple of arrays (h,) or (h, c), with a clear error on bad structure."""
+    def state_parts(self, state, name="state", allow_none=False):
+        """``state`` as a tuple with one array per state of the cell, ``(h,)`` or ``(h, c)``.
+
+        The inverse of :meth:`state_value`. A wrong structure (a pair for a
+        GRU, one array for an LSTM) is a ``TypeError`` naming ``name``;
+        ``allow_none`` admits ``None`` entries (gradients that are zero).
+        """
         if self.cell.n_states == 2:
             if not (isinstance(state, (tuple, list)) and len(state) == 2):
                 raise TypeError(
@@ -395,8 +400,8 @@ class _Recurrent:
         states = self.cell.states
         return tuple(f"{name}[{j}] ({s})" for j, s in enumerate(states)) if len(states) > 1 else (name,)
 
-    def _state_value(self, parts):
-        """The public form of a state: one array, or the tuple (h, c) for a cell with two states."""
+    def state_value(self, parts):
+        """The public form of a state: one array, or the tuple ``(h, c)`` for a cell with two states."""
         return tuple(parts) if len(parts) > 1 else parts[0]
 
     def _out_shape(self, T, N):
@@ -485,7 +490,7 @@ class _Recurrent:
             layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
-        return out, self._state_value(final), _tape_type(self)(tuple(tapes), index, masks)
+        return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks)
 
     def _initial_states(self, x, parts, dtype, dev, xp):
         """Per layer and direction, the initial state tuple: from ``parts`` (L*dirs, N, .), or zeros."""
@@ -524,7 +529,7 @@ class _Recurrent:
     def _check_forward(self, params, x, state, lengths, dropout_masks):
         """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None, masks)``."""
         self._check_params(params)
-        parts = None if state is None else self._state_parts(state, "state")
+        parts = None if state is None else self.state_parts(state, "state")
         masks = self._mask_parts(dropout_masks)
         named = {"x": x}
         named.update(self._named_params(params))
@@ -631,7 +636,7 @@ class _Recurrent:
         grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
         d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(self.cell.n_states))
-        return grads, dx, self._state_value(d0)
+        return grads, dx, self.state_value(d0)
 
     def _collect(self, grads, g, k, d):
         """Enter the parameter gradients ``g`` of layer ``k``, direction ``d`` under their names in ``grads``.
@@ -659,7 +664,7 @@ class _Recurrent:
             raise ValueError(f"tape was made by {made_by!r}, not by this spec {self!r}")
         x0 = tape[0][0][0].x
         T, N = x0.shape[0], x0.shape[1]
-        ds_parts = None if d_state is None else self._state_parts(d_state, "d_state", allow_none=True)
+        ds_parts = None if d_state is None else self.state_parts(d_state, "d_state", allow_none=True)
         named = self._named_params(params)
         named.update({"tape": x0, "d_out": d_out})
         if ds_parts is not None:

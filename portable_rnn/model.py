@@ -206,7 +206,7 @@ class CharModel:
         xp = namespace_of(**{f"params['{_W}']": params[_W]})
         shape = (self.num_layers, batch_size, self.hidden_size)
         zero = xp.zeros(shape, dtype=params[_W].dtype, device=device_of(params[_W]))
-        return self.rnn._state_value((zero,) * self.cell.n_states)
+        return self.rnn.state_value((zero,) * self.cell.n_states)
 
     # ----------------------------------------------------------- checks
 

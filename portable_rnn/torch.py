@@ -57,13 +57,11 @@ class _HandWrittenBPTT(torch.autograd.Function):
         params = {k: p.detach() for k, p in zip(spec.param_shapes(), flat)}
         state = None
         if has_state:
-            parts = tuple(s.detach() for s in state_parts)
-            state = parts if len(parts) > 1 else parts[0]
+            state = spec.state_value(tuple(s.detach() for s in state_parts))
         out, final, tape = spec.forward(params, x.detach(), state, lengths, dropout_masks=masks)
         ctx.spec, ctx.params, ctx.tape, ctx.has_state = spec, params, tape, has_state
         ctx.n_state_parts, ctx.n_masks = n_state_parts, n_masks
-        finals = final if isinstance(final, tuple) else (final,)
-        return (out, *finals)
+        return (out, *spec.state_parts(final))
 
     @staticmethod
     def backward(ctx, d_out, *d_finals):
@@ -73,10 +71,8 @@ class _HandWrittenBPTT(torch.autograd.Function):
                 "double backward (create_graph=True) is not supported"
             )
         spec = ctx.spec
-        d_final = d_finals if len(d_finals) > 1 else d_finals[0]
-        grads, dx, dstate0 = spec.backward(ctx.params, ctx.tape, d_out, d_final)
-        d_state = (dstate0 if isinstance(dstate0, tuple) else (dstate0,)) if ctx.has_state else \
-            (None,) * ctx.n_state_parts
+        grads, dx, dstate0 = spec.backward(ctx.params, ctx.tape, d_out, spec.state_value(d_finals))
+        d_state = spec.state_parts(dstate0) if ctx.has_state else (None,) * ctx.n_state_parts
         d_masks = (None,) * ctx.n_masks  # the dropout factors are constants
         return (None, None, None, None, None, *d_state, *d_masks, dx, *(grads[k] for k in spec.param_shapes()))
 
@@ -136,7 +132,7 @@ class _Recurrent(torch.nn.Module):
             finals = [f.squeeze(1) for f in finals]
         if packed:
             out = pack_padded_sequence(out, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
-        return out, (tuple(finals) if n_parts > 1 else finals[0])
+        return out, self.spec.state_value(finals)
 
     def _dropout_masks(self, input):
         """In training mode, the dropout factors of every layer but the last, from torch's generator.
@@ -157,7 +153,7 @@ class _Recurrent(torch.nn.Module):
     def _state_parts(self, hx, unbatched):
         if hx is None:
             return None
-        parts = tuple(hx) if self.spec.cell.n_states > 1 else (hx,)
+        parts = self.spec.state_parts(hx, "hx")
         return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
 
 

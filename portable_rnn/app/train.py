@@ -308,16 +308,6 @@ def _tree_to_host(tree):
     return backends.to_host(tree)
 
 
-def _state_parts(model: CharModel, state) -> tuple:
-    """The layer's state as one array per state of the cell: ``(h,)`` or ``(h, c)``."""
-    return tuple(state) if model.cell.n_states > 1 else (state,)
-
-
-def _state_value(model: CharModel, parts):
-    """The inverse of :func:`_state_parts`."""
-    return tuple(parts) if model.cell.n_states > 1 else parts[0]
-
-
 def _metadata(model, vocab, settings, steps, source, digest, text, split) -> dict:
     """The checkpoint metadata that stays fixed for the run."""
     return {
@@ -364,7 +354,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
         params = _tree_to_device(runtime, ckpt.params, s["dtype"])
         opt_state = _tree_to_device(runtime, ckpt.opt_state, s["dtype"])
         carry = (model.init_state(params, s["batch"]) if ckpt.carry is None
-                 else _state_value(model, _tree_to_device(runtime, ckpt.carry, s["dtype"])))
+                 else model.rnn.state_value(_tree_to_device(runtime, ckpt.carry, s["dtype"])))
         start, history = int(ckpt.meta["step"]), ckpt.meta["history"]
         wall_before = float(ckpt.meta.get("wall_s", 0.0))
     meta = _metadata(model, vocab, s, steps, source, digest, text, split)
@@ -492,14 +482,14 @@ def _place(run: _Run) -> None:
         specs = parallel.model_partition_specs(run.model)
         run.params, run.opt_state = parallel.from_host(
             run.mesh, _tree_to_host((run.params, run.opt_state)), specs["params"])
-        run.carry = _state_value(run.model, parallel.from_host(
-            run.mesh, _tree_to_host(_state_parts(run.model, run.carry)), specs["state"]))
+        run.carry = run.model.rnn.state_value(parallel.from_host(
+            run.mesh, _tree_to_host(run.model.rnn.state_parts(run.carry)), specs["state"]))
         zero = np.zeros((run.model.num_layers, batch, run.model.hidden_size), run.settings["dtype"])
-        run.zeros = _state_value(run.model, parallel.from_host(
+        run.zeros = run.model.rnn.state_value(parallel.from_host(
             run.mesh, (zero,) * run.model.cell.n_states, specs["state"]))
     elif run.world is not None:
         rows = _rows(run, batch)
-        run.carry = _state_value(run.model, tuple(p[:, rows] for p in _state_parts(run.model, run.carry)))
+        run.carry = run.model.rnn.state_value(tuple(p[:, rows] for p in run.model.rnn.state_parts(run.carry)))
         run.zeros = run.model.init_state(run.params, batch // run.world.size)
     else:
         run.zeros = run.model.init_state(run.params, batch)
@@ -612,7 +602,7 @@ def _flush(run: _Run) -> list:
 def _save(run: _Run, wall: float, name: str = CHECKPOINT) -> None:
     """Write the checkpoint ``name`` (the latest, or :data:`BEST`) and ``history.json`` at the current step."""
     meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=run.history)
-    carry = _host(run, _state_parts(run.model, run.carry), batch_split=True)
+    carry = _host(run, run.model.rnn.state_parts(run.carry), batch_split=True)
     params, opt_state = _host(run, run.params), _host(run, run.opt_state)  # collective: before the writer test
     if not run.writer:
         return
