@@ -25,6 +25,8 @@ divides by 1). Unmasked, ``"mean"`` equals PyTorch's ``reduction="mean"``.
 
 from __future__ import annotations
 
+import math
+
 from array_api_compat import device
 
 from ._validation import check_floating, check_same_device, check_shape, namespace_of
@@ -41,9 +43,9 @@ def _check_reduction(reduction) -> None:
 
 
 def _mask_weights(xp, mask, shape, dtype, dev, meaning):
-    """``mask`` (bool or ``dtype``) of ``shape`` as a ``dtype`` array; ``None`` -> ones."""
+    """``mask`` (bool or ``dtype``) of ``shape`` as a ``dtype`` array; ``None`` stays ``None`` (unweighted)."""
     if mask is None:
-        return xp.ones(shape, dtype=dtype, device=dev)
+        return None
     check_shape("mask", mask, shape, meaning)
     if xp.isdtype(mask.dtype, "bool"):
         return xp.astype(mask, dtype)
@@ -60,8 +62,11 @@ def _weighted(xp, values, weights):
 
     A select, not a product: masked-out entries may hold NaN or inf (padding),
     and ``0 * NaN`` is NaN. Applied to the logits before any arithmetic, so
-    padding raises no floating-point warnings either.
+    padding raises no floating-point warnings either. ``weights`` ``None``
+    (no mask) returns ``values``: no pass over them at all.
     """
+    if weights is None:
+        return values
     zero = xp.zeros((), dtype=values.dtype, device=device(values))
     return xp.where(weights != 0, values, zero) * weights
 
@@ -71,8 +76,11 @@ def _reduce(xp, per_step, weights, reduction, dtype, dev):
     total = xp.sum(_weighted(xp, per_step, weights))
     if reduction == "sum":
         return xp.asarray(total, dtype=dtype, device=dev), None
-    one = xp.ones((), dtype=dtype, device=dev)  # made on the device: no host-to-device copy
-    normaliser = xp.maximum(xp.asarray(xp.sum(weights), dtype=dtype, device=dev), one)
+    if weights is None:  # every step counts: the count is known without a pass over anything
+        normaliser = xp.full((), max(math.prod(per_step.shape), 1), dtype=dtype, device=dev)
+    else:
+        one = xp.ones((), dtype=dtype, device=dev)  # made on the device: no host-to-device copy
+        normaliser = xp.maximum(xp.asarray(xp.sum(weights), dtype=dtype, device=dev), one)
     return xp.asarray(total / normaliser, dtype=dtype, device=dev), normaliser
 
 
@@ -157,7 +165,8 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction: str = "mean"):
     check_shape("targets", targets, lead, meaning)
     dev = device(logits)
     weights = _mask_weights(xp, mask, lead, dtype, dev, meaning)
-    logits = _weighted(xp, logits, xp.expand_dims(xp.astype(weights != 0, dtype), axis=-1))
+    if weights is not None:
+        logits = _weighted(xp, logits, xp.expand_dims(xp.astype(weights != 0, dtype), axis=-1))
 
     log_p = log_softmax(logits, axis=-1)
     classes = xp.arange(V, device=dev)  # default integer dtype: any V fits
@@ -166,7 +175,9 @@ def softmax_cross_entropy(logits, targets, mask=None, reduction: str = "mean"):
     per_step = -xp.sum(xp.where(hot, log_p, zero), axis=-1)
     loss, normaliser = _reduce(xp, per_step, weights, reduction, dtype, dev)
 
-    dlogits = _weighted(xp, xp.exp(log_p) - xp.astype(hot, dtype), xp.expand_dims(weights, axis=-1))
+    dlogits = xp.exp(log_p) - xp.astype(hot, dtype)
+    if weights is not None:
+        dlogits = _weighted(xp, dlogits, xp.expand_dims(weights, axis=-1))
     if normaliser is not None:
         dlogits = dlogits / normaliser
     return loss, dlogits
@@ -257,7 +268,7 @@ def sigmoid_binary_cross_entropy(logits, targets, mask=None, reduction: str = "m
             xp, mask, shape, dtype, dev, "(the shape of logits, or it without its last axis)"
         )
 
-    keep = xp.astype(weights != 0, dtype)
+    keep = None if weights is None else xp.astype(weights != 0, dtype)
     z, y = _weighted(xp, logits, keep), _weighted(xp, y, keep)
     per_element = (
         xp.maximum(z, xp.zeros((), dtype=dtype, device=dev))
