@@ -50,6 +50,10 @@ arrays it allocated itself):
   (:data:`FACTOR_ELEMENTS`), so a step is about seven calls instead of
   twenty-five: 1.5x faster when N*H is small; ~5% slower at N*H = 16k, where
   the extra trip of the factors through memory costs more than the calls saved.
+* **Segments written in place.** A checkpointed backward's ``dx`` and a
+  segmented forward's ``out`` are copied into one preallocated (T, ...)
+  array segment by segment (:func:`over_segments`), instead of being joined
+  at the end, which would hold them twice.
 * **Chunked weight gradients.** The backward writes the pre-activation
   gradients of a chunk of steps (about :data:`CHUNK_ROWS` rows, at most an
   eighth of the sequence) into a small buffer and turns each chunk into
@@ -73,9 +77,10 @@ import numpy as np
 from array_api_compat import is_numpy_namespace, is_torch_namespace
 
 from .cells import CELLS
+from .loop import leaves, stack_trees, tree_map
 
-__all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward",
-           "forward", "backward", "CHUNK_ROWS", "FACTOR_ELEMENTS"]
+__all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward", "accepts_segments",
+           "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS"]
 
 #: How often each fast kernel ran, keyed ``(library, "forward" | "backward", cell)``,
 #: e.g. ``calls["numpy", "forward", "lstm"]`` (a spy for the tests).
@@ -255,6 +260,37 @@ def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
         and all(_shaped(s, (N, H)) for s in (*state0, *d_final))
         and all(_shaped(s, (T, N, H)) for s in (*states, *leaves))
     )
+
+
+def accepts_segments(xp, *trees) -> bool:
+    """Whether :func:`over_segments` can run: every leaf a plain NumPy array (or CPU tensor) of one dtype."""
+    library = _library(xp) if enabled() else None
+    return library is not None and _common_dtype(library, [a for t in trees for a in leaves(t)]) is not None
+
+
+def over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse):
+    """:func:`portable_rnn.sequence._over_segments`, writing each segment's per-step results in place.
+
+    The same segments (``k`` steps each, the last shorter) in the same order
+    and the same numbers; the (T, ...) results are allocated when the first
+    segment's come back and every segment's are copied into their rows and
+    dropped, so they are never held twice.
+    """
+    n_steps = next(a.shape[0] for a in leaves(step_xs))
+    starts = range(0, n_steps, k)
+    order = reversed(range(len(starts))) if reverse else range(len(starts))
+    joined, per_segment = None, [None] * len(starts)
+    for s in order:
+        t0, t1 = starts[s], min(starts[s] + k, n_steps)
+        xs = (tree_map(lambda a: a[t0:t1, ...], step_xs), tree_map(lambda a: a[s, ...], segment_xs))
+        carry, (step_ys, per_segment[s]) = fn(carry, xs)
+        if joined is None:
+            joined = tree_map(
+                lambda a: xp.empty((n_steps, *a.shape[1:]), dtype=a.dtype, device=a.device), step_ys
+            )
+        for buffer, rows in zip(leaves(joined), leaves(step_ys)):
+            buffer[t0:t1, ...] = rows
+    return carry, (joined, stack_trees(per_segment, xp))
 
 
 # --------------------------------------------------------------------------- torch tensors

@@ -325,6 +325,30 @@ def check_truncate(truncate) -> int | None:
     return int(truncate)
 
 
+def check_tape(tape, checkpoint_every, *, backward_by: str | None = None) -> tuple[str, int | None]:
+    """What a forward keeps (``"full"``, ``"checkpoint"``, ``"none"``) and its segment length, checked.
+
+    ``checkpoint_every`` (None, or an int >= 1) only means something when the
+    forward runs in segments, so it is refused with ``tape="full"``.
+    ``backward_by`` names a caller that runs the backward too, for which
+    ``"none"`` is refused.
+    """
+    from .sequence import TAPES
+
+    if not isinstance(tape, str) or tape not in TAPES:
+        raise ValueError(f"tape must be one of {', '.join(map(repr, TAPES))}, got {tape!r}")
+    if backward_by is not None and tape == "none":
+        raise ValueError(f"tape='none' keeps nothing for the backward that {backward_by} runs; "
+                         "use 'full' or 'checkpoint'")
+    if checkpoint_every is None:
+        return tape, None
+    if tape == "full":
+        raise ValueError(
+            f"checkpoint_every={checkpoint_every!r} needs tape='checkpoint' (or 'none'); the full tape has no segments"
+        )
+    return tape, check_int("checkpoint_every", checkpoint_every)
+
+
 def check_integer_dtype(xp, name: str, value, meaning: str = "indices") -> None:
     """Refuse a non-integer array where indices or tokens are expected."""
     if not xp.isdtype(value.dtype, "integral"):

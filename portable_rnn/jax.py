@@ -31,12 +31,13 @@ import functools
 
 import jax
 
-from ._validation import check_truncate
+from ._validation import check_tape, check_truncate
 
 __all__ = ["apply", "dropout_masks"]
 
 
-def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None):
+def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None, tape="full",
+          checkpoint_every=None):
     """Run ``spec.forward`` with the hand-written backward as its vector-Jacobian product.
 
     Parameters
@@ -58,6 +59,14 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         changes nothing): the factors of :func:`dropout_masks` for this key
         are applied between layers, in the forward pass and to the gradients.
         ``None`` is evaluation mode.
+    tape : {"full", "checkpoint"}
+        What the forward pass keeps for the backward (the residuals of the
+        VJP): every step (``"full"``), or the states entering segments of at
+        most ``checkpoint_every`` steps (``"checkpoint"``), which the backward
+        recomputes one segment at a time: memory like sqrt(T), one more
+        forward pass of work. Outside differentiation nothing is kept either way.
+    checkpoint_every : int, optional
+        Steps per segment at most with ``"checkpoint"``; ``None`` is ceil(sqrt(T)).
 
     Returns
     -------
@@ -65,8 +74,10 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         R is the hidden size, or an LSTM's ``proj_size`` when it is > 0.
     final_state : array (L*dirs, N, R), or the pair ``(h_n, c_n)`` for LSTM
     """
+    tape, checkpoint_every = check_tape(tape, checkpoint_every, backward_by="apply")
     masks = () if dropout_key is None else dropout_masks(spec, dropout_key, x)
-    return _layer(spec, check_truncate(truncate), state is None)(params, x, state, lengths, masks)
+    layer = _layer(spec, check_truncate(truncate), state is None, tape, checkpoint_every)
+    return layer(params, x, state, lengths, masks)
 
 
 def dropout_masks(spec, key, x):
@@ -97,8 +108,8 @@ def dropout_masks(spec, key, x):
 
 
 @functools.lru_cache(maxsize=128)
-def _layer(spec, truncate, zero_state):
-    """The ``custom_vjp`` function of one (spec, truncate, state given or not), built once.
+def _layer(spec, truncate, zero_state, tape, checkpoint_every):
+    """The ``custom_vjp`` function of one (spec, truncate, state given or not, tape), built once.
 
     One function object per key keeps ``jax.jit``'s caches warm; whether a
     state was given is part of the key because the backward must return no
@@ -106,18 +117,20 @@ def _layer(spec, truncate, zero_state):
     """
 
     @jax.custom_vjp
-    def layer(params, x, state, lengths, masks):
-        out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks)
+    def layer(params, x, state, lengths, masks):  # not differentiated: nothing to keep
+        out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks, tape="none",
+                                     checkpoint_every=checkpoint_every)
         return out, final
 
     def forward(params, x, state, lengths, masks):
-        out, final, tape = spec.forward(params, x, state, lengths, dropout_masks=masks)
-        return (out, final), (params, tape, lengths)
+        out, final, kept = spec.forward(params, x, state, lengths, dropout_masks=masks, tape=tape,
+                                        checkpoint_every=checkpoint_every)
+        return (out, final), (params, kept, lengths)
 
     def backward(residuals, cotangents):
-        params, tape, lengths = residuals
+        params, kept, lengths = residuals
         d_out, d_final = cotangents
-        grads, dx, dstate0 = spec.backward(params, tape, d_out, d_final, truncate=truncate)
+        grads, dx, dstate0 = spec.backward(params, kept, d_out, d_final, truncate=truncate)
         # None: no cotangent for the dropout factors, constants drawn from a key
         return grads, dx, (None if zero_state else dstate0), _no_gradient(lengths), None
 

@@ -83,6 +83,7 @@ from ._validation import (
     check_bool,
     check_floating,
     check_int,
+    check_tape,
     check_integer_dtype,
     check_params,
     check_probability,
@@ -103,7 +104,7 @@ class RecurrentTape(NamedTuple):
 
     Attributes
     ----------
-    layers : tuple of tuple of sequence.Tape
+    layers : tuple of tuple of sequence.Tape or sequence.CheckpointTape
         ``layers[k][d]`` is the engine tape of layer ``k``, direction ``d``
         (the reverse direction's tape holds its time-reversed input).
     index : int array (T, N) or None
@@ -418,7 +419,8 @@ class _Recurrent:
 
     # ----------------------------------------------------------- forward
 
-    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None):
+    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, tape="full",
+                checkpoint_every=None):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -442,6 +444,20 @@ class _Recurrent:
             multiplied by before the next layer reads it (one array per layer
             but the last, e.g. from :meth:`dropout_masks`); only for a spec
             with ``dropout > 0``. ``None`` (or ``()``) is evaluation mode.
+        tape : {"full", "checkpoint", "none"}, keyword-only
+            What each layer keeps for :meth:`backward`: every step's states
+            and gates (``"full"``, about 7 T N H numbers per LSTM layer and
+            direction); only the states entering segments of at most
+            ``checkpoint_every`` steps (``"checkpoint"``: the backward
+            recomputes one segment at a time, one more forward pass of work
+            for memory that grows like sqrt(T)); or nothing (``"none"``, for
+            inference: the returned tape is ``None``). Gradients from a
+            checkpointed tape equal the full tape's (see
+            :func:`portable_rnn.sequence.backward`).
+        checkpoint_every : int, keyword-only, optional
+            Steps per segment at most for ``"checkpoint"`` and ``"none"``;
+            ``None`` is ceil(sqrt(T)) for ``"checkpoint"`` and
+            :data:`portable_rnn.sequence.INFERENCE_SEGMENT` for ``"none"``.
 
         Returns
         -------
@@ -450,9 +466,10 @@ class _Recurrent:
         state : array (L*dirs, N, R), or the pair ``(h_n, c_n)`` for LSTM
             The state after each sequence's last valid step (for the reverse
             direction: after it has consumed step 0).
-        tape : RecurrentTape
-            For :meth:`backward`.
+        tape : RecurrentTape or None
+            For :meth:`backward`; ``None`` for ``tape="none"``.
         """
+        tape, checkpoint_every = check_tape(tape, checkpoint_every)
         xp, dtype, dev, parts, masks = self._check_forward(params, x, state, lengths, dropout_masks)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
@@ -472,7 +489,7 @@ class _Recurrent:
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
                     self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
-                    xp=xp, W_hr=W_hr,
+                    xp=xp, W_hr=W_hr, tape=tape, checkpoint_every=checkpoint_every,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -480,7 +497,7 @@ class _Recurrent:
             layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
             tapes.append(tuple(layer_tapes))
 
-        if self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
+        if tape == "full" and self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
             # Here the output is the tape's own state array: hand back a copy, so that
             # writing into ``out`` cannot change what backward() computes. (JAX arrays
             # are immutable; with a mask or two directions ``out`` is already new.)
@@ -490,6 +507,8 @@ class _Recurrent:
             layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
+        if tape == "none":
+            return out, self.state_value(final), None
         return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks)
 
     def _initial_states(self, x, parts, dtype, dev, xp):
@@ -654,6 +673,9 @@ class _Recurrent:
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""
         self._check_params(params)
         L, dirs = self.num_layers, self.num_directions
+        if tape is None:
+            raise TypeError("tape is None: forward(tape='none') keeps nothing to differentiate; "
+                            "run forward() with tape='full' or tape='checkpoint'")
         made_by = getattr(tape, "spec", None)
         if not (isinstance(tape, RecurrentTape) and made_by is not None):
             raise TypeError(

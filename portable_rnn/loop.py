@@ -16,13 +16,26 @@ from __future__ import annotations
 
 from array_api_compat import is_jax_namespace
 
-__all__ = ["scan"]
+__all__ = ["scan", "tree_map", "leaves", "stack_trees"]
 
 
 def _rebuild(tree, children):
     """A tuple, list or NamedTuple like ``tree`` holding ``children``."""
     children = list(children)
     return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
+
+
+def tree_map(fn, *trees):
+    """``fn`` applied leaf by leaf to trees of the same structure; ``None`` stays ``None``.
+
+    A leaf that is ``None`` in the first tree is ``None`` in the result.
+    """
+    first = trees[0]
+    if first is None:
+        return None
+    if isinstance(first, (tuple, list)):
+        return _rebuild(first, (tree_map(fn, *children) for children in zip(*trees)))
+    return fn(*trees)
 
 
 def _index(tree, t):
@@ -33,12 +46,13 @@ def _index(tree, t):
     return tree[t, ...]
 
 
-def _stack(trees, xp):
+def stack_trees(trees, xp):
+    """Trees of one structure stacked leaf by leaf along a new first axis."""
     first = trees[0]
     if first is None:
         return None
     if isinstance(first, (tuple, list)):
-        return _rebuild(first, (_stack([tree[i] for tree in trees], xp) for i in range(len(first))))
+        return _rebuild(first, (stack_trees([tree[i] for tree in trees], xp) for i in range(len(first))))
     return xp.stack(trees, axis=0)
 
 
@@ -52,10 +66,11 @@ def _length(tree):
     return None if tree is None else tree.shape[0]
 
 
-def _leaves(tree):
+def leaves(tree):
+    """The array leaves of a tree, in order (``None`` skipped)."""
     if isinstance(tree, (tuple, list)):
         for leaf in tree:
-            yield from _leaves(leaf)
+            yield from leaves(leaf)
     elif tree is not None:
         yield tree
 
@@ -64,7 +79,7 @@ def _tracing(*trees) -> bool:
     """Whether any leaf is a JAX tracer (we are inside jit, grad or vmap)."""
     from jax.core import Tracer
 
-    return any(isinstance(leaf, Tracer) for tree in trees for leaf in _leaves(tree))
+    return any(isinstance(leaf, Tracer) for tree in trees for leaf in leaves(tree))
 
 
 def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = None, unroll: int = 1):
@@ -115,4 +130,4 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
         ys.append(y)
     if reverse:
         ys.reverse()
-    return carry, _stack(ys, xp)
+    return carry, stack_trees(ys, xp)

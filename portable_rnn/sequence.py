@@ -16,17 +16,51 @@ The work is arranged so that only what must be sequential is in the loop:
 
 The loop goes through :func:`portable_rnn.loop.scan`, so it is a Python loop
 on eager backends and ``jax.lax.scan`` on JAX.
+
+What the forward keeps is chosen by ``tape``:
+
+``"full"``
+    every step's states and gate values, about :math:`(2 + 5) T N H`
+    numbers for an LSTM (:class:`Tape`);
+``"checkpoint"``
+    only the states entering each segment of at most ``checkpoint_every``
+    steps (default :math:`\lceil\sqrt T\rceil`, :class:`CheckpointTape`):
+    the backward runs segment by segment from the end, recomputing each
+    segment's :class:`Tape` from its checkpoint, so the memory of the
+    backward grows like :math:`\sqrt T` instead of :math:`T` for one more
+    forward pass of compute;
+``"none"``
+    nothing: inference. The forward runs segment by segment too
+    (:data:`INFERENCE_SEGMENT` steps), so even the hoisted input projection
+    (4 numbers per output number for an LSTM) is only ever held for one
+    segment: the memory beyond ``out`` does not grow with T.
+
+Segments are nested loops: under ``jax.jit`` a ``lax.scan`` over segments
+around the ``lax.scan`` over steps, so the compiled program stays one step's
+code whatever T is.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from . import _eager_fast
 from ._validation import placement as device
-from .loop import scan
+from .loop import leaves, scan, tree_map
 
-__all__ = ["Tape", "Grads", "ProjectedGrads", "forward", "backward", "window_keep"]
+__all__ = [
+    "TAPES", "INFERENCE_SEGMENT", "Tape", "CheckpointTape", "Grads", "ProjectedGrads",
+    "forward", "backward", "window_keep", "segment_length",
+]
+
+#: What :func:`forward` can keep for the backward (its ``tape`` argument).
+TAPES = ("full", "checkpoint", "none")
+
+#: Steps per segment of a ``tape="none"`` forward by default: a constant, so
+#: that its scratch does not grow with T; long enough that the per-segment
+#: overhead (a few small copies of the weights on the NumPy path) stays small.
+INFERENCE_SEGMENT = 128
 
 
 class Tape(NamedTuple):
@@ -51,6 +85,32 @@ class Tape(NamedTuple):
     states: tuple
     cell_tape: object
     mask: object = None
+
+
+class CheckpointTape(NamedTuple):
+    """What the checkpointed backward needs: the input and the state entering every segment.
+
+    The segments are those of :func:`segment_length` for T = ``x.shape[0]``
+    and S = the number of checkpoints, so the layout travels in the shapes
+    (static under ``jax.jit``), not in a field.
+
+    Attributes
+    ----------
+    x : array (T, N, D)
+        The layer input (zero at masked steps).
+    checkpoints : tuple of arrays (S, N, H)
+        ``checkpoints[j][s]`` is state part ``j`` entering segment ``s``;
+        segment 0's is the initial state.
+    mask : array (T, N, 1) or None
+    b_ih, b_hh : array (G*H,) or None
+        The biases the recomputation needs (the backward is given the weights).
+    """
+
+    x: object
+    checkpoints: tuple
+    mask: object
+    b_ih: object
+    b_hh: object
 
 
 class Grads(NamedTuple):
@@ -91,7 +151,8 @@ def _folded_biases(cell, b_ih, b_hh):
     return b_ih + b_hh, None
 
 
-def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None):
+def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None,
+            tape="full", checkpoint_every=None):
     """Run one layer of ``cell`` over a sequence.
 
     Parameters
@@ -111,6 +172,12 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     xp : namespace
     W_hr : array (P, H) or None
         The projection of an LSTM cell with ``proj_size = P``; ``None`` otherwise.
+    tape : {"full", "checkpoint", "none"}
+        What to keep for :func:`backward` (see the module docstring).
+    checkpoint_every : int or None
+        Steps per segment at most, for ``"checkpoint"`` and ``"none"``
+        (:func:`segment_length`); ``None`` is :math:`\\lceil\\sqrt T\\rceil`
+        for ``"checkpoint"`` and :data:`INFERENCE_SEGMENT` for ``"none"``.
 
     Returns
     -------
@@ -118,18 +185,40 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         The hidden state of every step (zero where masked).
     final : tuple of arrays (N, H)
         The state after the last valid step of each sequence.
-    tape : Tape
+    tape : Tape, CheckpointTape or None
+        ``None`` for ``tape="none"``.
     """
     projection = _projection(cell, W_hr)
     x = _zero_padding(x, mask, xp)
+    if tape == "full":
+        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection)
+    if tape not in TAPES:
+        raise ValueError(f"tape must be one of {TAPES}, got {tape!r}")
+    keep_checkpoints = tape == "checkpoint"
+
+    def segment(state, inputs):
+        (x_s, mask_s), _ = inputs
+        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection)
+        return final_s, (out_s, state if keep_checkpoints else None)
+
+    if checkpoint_every is None and not keep_checkpoints:
+        checkpoint_every = INFERENCE_SEGMENT
+    k = segment_length(x.shape[0], checkpoint_every)
+    final, (out, checkpoints) = _over_segments(segment, tuple(state0), (x, mask), None, k, xp)
+    if not keep_checkpoints:
+        return out, final, None
+    return out, final, CheckpointTape(x, checkpoints, mask, b_ih, b_hh)
+
+
+def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection):
+    """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
     if _eager_fast.accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
-        return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
+        return out, final, Tape(x, state0, states, cell_tape, mask)
     b_x, b_h = _folded_biases(cell, b_ih, b_hh)
     xw = x @ xp.matrix_transpose(W_ih)
     if b_x is not None:
         xw = xw + b_x
-
 
     def step(state, inputs):
         xw_t, m_t, om_t = inputs
@@ -139,10 +228,66 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         return new_state, (new_state, cell_tape)
 
     om = None if mask is None else 1 - mask
-    final, (states, cell_tape) = scan(step, tuple(state0), (xw, mask, om), xp=xp,
-                                      unroll=_lax_unroll(x, W_hh))
+    final, (states, cell_tape) = scan(step, state0, (xw, mask, om), xp=xp, unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
-    return out, final, Tape(x, tuple(state0), states, cell_tape, mask)
+    return out, final, Tape(x, state0, states, cell_tape, mask)
+
+
+def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
+    """Steps per segment when a sequence of ``n_steps`` is cut into segments of at most ``checkpoint_every``.
+
+    The segments are balanced: S = ceil(T / every) of them, each of
+    k = ceil(T / S) steps but the last, which holds the remaining
+    T - (S - 1) k >= 1. Given T and S, k is determined (the backward reads
+    S off the checkpoints). ``None`` is every = ceil(sqrt(T)), which
+    minimises checkpoints plus one segment's tape.
+    """
+    if checkpoint_every is None:
+        checkpoint_every = math.isqrt(n_steps - 1) + 1
+    n_segments = -(-n_steps // checkpoint_every)
+    return -(-n_steps // n_segments)
+
+
+def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False):
+    """Run ``fn`` over consecutive segments of ``k`` steps: a scan over full segments, then the short tail.
+
+    ``fn(carry, (step_xs_s, segment_xs_s)) -> (carry, (step_ys_s, segment_ys_s))``,
+    where ``step_xs`` leaves are (T, ...) and are cut into segments, and
+    ``segment_xs`` leaves are (S, ...), one entry per segment. The results
+    come back the same way: ``step_ys`` joined along time into (T, ...),
+    ``segment_ys`` stacked into (S, ...). ``reverse`` runs from the last
+    segment to the first (the tail first).
+
+    Time is split into (segments, steps) by a reshape of the time axis
+    alone; the batch axis, and a sharding along it, is untouched.
+    """
+    if _eager_fast.accepts_segments(xp, step_xs, segment_xs):
+        return _eager_fast.over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse)
+    n_steps = next(a.shape[0] for a in leaves(step_xs))
+    n_full, tail = divmod(n_steps, k)
+    head_len = n_full * k
+
+    def head(a):
+        return xp.reshape(a[:head_len, ...], (n_full, k) + tuple(a.shape[1:]))
+
+    head_xs = (tree_map(head, step_xs), tree_map(lambda a: a[:n_full, ...], segment_xs))
+
+    def run_tail(carry):
+        tail_xs = (tree_map(lambda a: a[head_len:, ...], step_xs), tree_map(lambda a: a[n_full, ...], segment_xs))
+        return fn(carry, tail_xs)
+
+    tail_ys = None
+    if tail and reverse:
+        carry, tail_ys = run_tail(carry)
+    carry, (step_ys, segment_ys) = scan(fn, carry, head_xs, xp=xp, reverse=reverse)
+    if tail and not reverse:
+        carry, tail_ys = run_tail(carry)
+    step_ys = tree_map(lambda a: xp.reshape(a, (head_len,) + tuple(a.shape[2:])), step_ys)
+    if tail_ys is not None:
+        step_ys = tree_map(lambda a, b: xp.concat([a, b], axis=0), step_ys, tail_ys[0])
+        segment_ys = tree_map(lambda a, b: xp.concat([a, xp.expand_dims(b, axis=0)], axis=0),
+                              segment_ys, tail_ys[1])
+    return carry, (step_ys, segment_ys)
 
 
 def _projection(cell, W_hr) -> dict:
@@ -206,7 +351,13 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     ----------
     cell : RNNCell, LSTMCell or GRUCell
         The cell used in :func:`forward`.
-    tape : Tape
+    tape : Tape or CheckpointTape
+        From :func:`forward`. A :class:`CheckpointTape` is consumed segment
+        by segment from the end: each segment's :class:`Tape` is recomputed
+        from its checkpoint and backpropagated with the gradient carried in
+        from the segment after it. Every per-step result is the full tape's;
+        the weight gradients are sums of per-segment contractions, equal to
+        the full tape's up to the order of the additions (a few ulps).
     d_out : array (T, N, H) or None
         Gradient of the loss with respect to ``out``; ignored (read as zero)
         at masked steps.
@@ -228,19 +379,54 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
     """
     projection = _projection(cell, W_hr)
-    x, state0, states, cell_tape, mask = tape
-    n_steps = x.shape[0]
-    dtype, dev = x.dtype, device(x)
+    checkpointed = isinstance(tape, CheckpointTape)
+    x, mask = tape.x, tape.mask
+    state0 = tuple(c[0, ...] for c in tape.checkpoints) if checkpointed else tape.state0
     d_out = _zero_padding(d_out, mask, xp)
-    if _eager_fast.accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
-        keep = window_keep(n_steps, truncate, mask, dtype=dtype, device=dev, xp=xp)
-        return Grads(*_eager_fast.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
-    d_carry = tuple(
-        xp.zeros_like(s0) if d is None else d
-        for s0, d in zip(state0, d_final if d_final is not None else (None,) * len(state0))
+    keep = window_keep(x.shape[0], truncate, mask, dtype=x.dtype, device=device(x), xp=xp)
+    if not checkpointed:
+        return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection)
+    d_carry = _zeros_for_none(d_final, state0, xp)
+    b_ih, b_hh = tape.b_ih, tape.b_hh
+    sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, projection.get("W_hr"))
+    sums = tree_map(xp.zeros_like, sums)
+
+    def segment(carry, inputs):
+        d_state, sums = carry
+        (x_s, mask_s, d_out_s, keep_s), state_s = inputs
+        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection)
+        g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, projection)
+        sums = tree_map(lambda total, part: total + part, sums, _param_grads(g))
+        return (g.dstate0, sums), (g.dx, None)
+
+    k = -(-x.shape[0] // tape.checkpoints[0].shape[0])  # ceil(T / S): see segment_length
+    (d_state0, sums), (dx, _) = _over_segments(
+        segment, (d_carry, sums), (x, mask, d_out, keep), tape.checkpoints, k, xp, reverse=True
     )
+    if projection:
+        return ProjectedGrads(dx, d_state0, *sums)
+    return Grads(dx, d_state0, *sums[:4])
+
+
+def _zeros_for_none(d_final, state0, xp):
+    """``d_final`` as a tuple of arrays: zeros like the state where it is ``None``."""
+    if d_final is None:
+        d_final = (None,) * len(state0)
+    return tuple(xp.zeros_like(s0) if d is None else d for s0, d in zip(state0, d_final))
+
+
+def _param_grads(g):
+    """``(dW_ih, dW_hh, db_ih, db_hh, dW_hr or None)`` of a :class:`Grads` or :class:`ProjectedGrads`."""
+    return (*g[2:6], g.dW_hr if isinstance(g, ProjectedGrads) else None)
+
+
+def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection):
+    """:func:`backward` of a full :class:`Tape` (``d_out`` already zero at masked steps)."""
+    x, state0, states, cell_tape, mask = tape
+    if _eager_fast.accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
+        return Grads(*_eager_fast.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
+    d_carry = _zeros_for_none(d_final, state0, xp)
     prev_states = _shifted(state0, states, xp)
-    keep = window_keep(n_steps, truncate, mask, dtype=dtype, device=dev, xp=xp)
 
     def step(d_state, inputs):
         d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs

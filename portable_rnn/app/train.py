@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backends
+from .._validation import check_tape
 from ..model import CharModel
 from ..optim import adam, clip_by_global_norm
 from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
@@ -98,6 +99,10 @@ class TrainConfig:
     last step). ``devices`` (JAX: data parallel over that many devices) and
     ``coordinator``, ``num_processes``, ``process_id`` (JAX on several hosts)
     are described in the section "Data parallel" of the module docstring.
+    ``tape`` (``"full"`` or ``"checkpoint"``) and ``tape_segment`` choose
+    what the recurrent layers keep for the backward
+    (:meth:`CharModel.loss_and_grads`); the gradients are the same, so a
+    checkpoint does not record them and a resumed run may change them.
     """
 
     text: str | None = None
@@ -130,6 +135,8 @@ class TrainConfig:
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    tape: str = "full"
+    tape_segment: int | None = None
 
 
 @dataclass
@@ -325,6 +332,12 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
 
     Enters :func:`portable_rnn.backends.jax_float64` on ``stack`` for a float64 run on JAX.
     """
+    if config.tape_segment is not None and config.tape != "checkpoint":
+        raise UsageError(f"--tape-segment {config.tape_segment} needs --tape checkpoint (the full tape has no segments)")
+    try:
+        check_tape(config.tape, config.tape_segment, backward_by="training")
+    except ValueError as error:
+        raise UsageError(f"tape / tape_segment: {error}") from None
     world = _check_scale_out(config)
     out_dir = Path(config.out)
     ckpt = _checkpoint_to_resume(config, out_dir)
@@ -565,9 +578,10 @@ def _step_function(run: _Run):
     """
     model, truncate, clip = run.model, run.settings["truncate"], run.settings["clip"]
     opt, world = adam(run.settings["lr"]), run.world
+    tape = dict(tape=run.config.tape, checkpoint_every=run.config.tape_segment)
 
     def train_step(params, opt_state, state, tokens, targets):
-        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate)
+        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate, **tape)
         if world is not None:
             grads, loss = _all_reduce_mean(run, grads, loss)
         grads, _ = clip_by_global_norm(grads, clip)

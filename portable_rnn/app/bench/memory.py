@@ -19,7 +19,7 @@ import tracemalloc
 import numpy as np
 
 from ... import _eager_fast
-from ...loop import _leaves
+from ...loop import leaves
 
 __all__ = ["numpy_memory", "jax_memory", "cuda_memory"]
 
@@ -44,7 +44,7 @@ def _tape_bytes(spec, params, x) -> int:
     _, _, tape = spec.forward(params, x)
     engine_tape = tape.layers[0][0]
     return _unique_nbytes(
-        list(_leaves(engine_tape.states)) + list(_leaves(engine_tape.cell_tape)) + [engine_tape.mask]
+        list(leaves(engine_tape.states)) + list(leaves(engine_tape.cell_tape)) + [engine_tape.mask]
     )
 
 
@@ -67,7 +67,7 @@ def numpy_memory(spec, params, x, *, portable=False):
             peak = tracemalloc.get_traced_memory()[1] - base
         finally:
             tracemalloc.stop()
-        grad_bytes = _unique_nbytes(list(grads.values()) + [dx] + list(_leaves(d0)))
+        grad_bytes = _unique_nbytes(list(grads.values()) + [dx] + list(leaves(d0)))
         return {
             "peak_bytes": int(peak),
             "tape_bytes": int(tape_bytes),

@@ -1,0 +1,287 @@
+"""Checkpointed BPTT and the tape-free forward give the full tape's numbers, in less memory.
+
+``tape="checkpoint"`` keeps the states entering each segment and recomputes
+the segment's tape in the backward; every result must equal the full tape's
+(float64, to the rounding of the weight gradients' sum over segments).
+``tape="none"`` keeps nothing and must give the same outputs and final states.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from portable_rnn import _eager_fast, sequence
+from portable_rnn.cells import LSTMCell
+from portable_rnn.layers import GRU, LSTM, RNN
+from portable_rnn.model import CharModel
+
+from .helpers import NOT_EAGER_JAX, every_cell, rel_error
+
+CELLS = {**every_cell(), "lstm_proj": LSTMCell(proj_size=3)}
+TOL = 1e-12  # float64: the checkpointed weight gradients add the same terms in another order
+
+
+def _engine_inputs(cell, T, N=3, D=4, H=5, seed=0):
+    rng = np.random.default_rng(seed)
+    G, R = cell.n_gates, getattr(cell, "proj_size", 0) or H
+    arrays = {
+        "x": rng.normal(size=(T, N, D)),
+        "W_ih": rng.normal(size=(G * H, D)) * 0.4,
+        "W_hh": rng.normal(size=(G * H, R)) * 0.4,
+        "b_ih": rng.normal(size=(G * H,)),
+        "b_hh": rng.normal(size=(G * H,)),
+        "state0": tuple(rng.normal(size=(N, R if j == 0 else H)) for j in range(cell.n_states)),
+        "d_out": rng.normal(size=(T, N, R)),
+        "d_final": tuple(rng.normal(size=(N, R if j == 0 else H)) for j in range(cell.n_states)),
+        "mask": (np.arange(T)[:, None] < np.array([T, T // 2, 1])[None, :N])[..., None].astype(float),
+    }
+    if R != H:
+        arrays["W_hr"] = rng.normal(size=(R, H)) * 0.4
+    return arrays
+
+
+def _engine_run(cell, a, tape, every, truncate, with_mask, xp):
+    mask = a["mask"] if with_mask else None
+    out, final, kept = sequence.forward(
+        cell, a["x"], a["state0"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], mask,
+        xp=xp, W_hr=a.get("W_hr"), tape=tape, checkpoint_every=every,
+    )
+    g = sequence.backward(cell, kept, a["d_out"], a["d_final"], a["W_ih"], a["W_hh"], xp=xp,
+                          truncate=truncate, W_hr=a.get("W_hr"))
+    return out, final, g
+
+
+ENGINE_CASES = {  # (T, checkpoint_every, truncate, mask)
+    "T11-every3-truncate4-mask": (11, 3, 4, True),
+    "T10-default-every": (10, None, None, False),
+    "T7-every1": (7, 1, 2, False),
+    "T6-every-T": (6, 6, None, True),
+}
+
+
+@NOT_EAGER_JAX
+@pytest.mark.jit(cell=["lstm", "gru", "lstm_proj"], case=["T11-every3-truncate4-mask"])
+@pytest.mark.parametrize("case", list(ENGINE_CASES))
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_engine_checkpoint_equals_full_tape(backend, cell, case):
+    cell = CELLS[cell]
+    T, every, truncate, with_mask = ENGINE_CASES[case]
+    a = {k: backend.asarray(v, "float64") if not isinstance(v, tuple) else tuple(backend.asarray(s, "float64") for s in v)
+         for k, v in _engine_inputs(cell, T).items()}
+
+    def run(a, tape):
+        return _engine_run(cell, a, tape, every if tape == "checkpoint" else None, truncate, with_mask, backend.xp)
+
+    full = backend.run(run, a, tape="full")
+    ckpt = backend.run(run, a, tape="checkpoint")
+    for (name, f), c in zip(_named(full), [leaf for _, leaf in _named(ckpt)]):
+        assert rel_error(backend.to_numpy(c), backend.to_numpy(f)) <= TOL, name
+
+
+def _named(result):
+    out, final, g = result
+    yield "out", out
+    for j, s in enumerate(final):
+        yield f"final[{j}]", s
+    for field, value in zip(g._fields, g):
+        for j, leaf in enumerate(value if isinstance(value, tuple) else (value,)):
+            if leaf is not None:
+                yield f"{field}[{j}]", leaf
+
+
+LAYER_SPECS = {
+    "lstm-2l-bi": LSTM(3, 4, num_layers=2, bidirectional=True),
+    "gru-bf-nobias": GRU(3, 4, batch_first=True, bias=False),
+    "rnn-relu-2l-dropout": RNN(3, 4, num_layers=2, nonlinearity="relu", dropout=0.5),
+    "lstm-proj-bi": LSTM(3, 4, bidirectional=True, proj_size=2),
+}
+
+
+def _layer_inputs(spec, T=9, N=3, seed=1):
+    rng = np.random.default_rng(seed)
+    shape = (N, T, spec.input_size) if spec.batch_first else (T, N, spec.input_size)
+    x = rng.normal(size=shape)
+    params = spec.init(seed=seed, like=x)
+    out_shape = (N, T, spec.num_directions * spec.output_size) if spec.batch_first else \
+        (T, N, spec.num_directions * spec.output_size)
+    d_out = rng.normal(size=out_shape)
+    masks = tuple(rng.choice([0.0, 2.0], size=out_shape) for _ in range(spec.num_layers - 1)) if spec.dropout else ()
+    return params, x, np.array([T, 4, 1]), d_out, masks
+
+
+@NOT_EAGER_JAX
+@pytest.mark.jit(name=["lstm-2l-bi"])
+@pytest.mark.parametrize("name", list(LAYER_SPECS))
+def test_layer_checkpoint_and_none_equal_the_full_tape(backend, name):
+    spec = LAYER_SPECS[name]
+    params, x, lengths, d_out, masks = _layer_inputs(spec)
+    params = {k: backend.asarray(v, "float64") for k, v in params.items()}
+    x, lengths, d_out = backend.asarray(x, "float64"), backend.asarray(lengths), backend.asarray(d_out, "float64")
+    masks = tuple(backend.asarray(m, "float64") for m in masks)
+
+    def run(params, x, lengths, d_out, masks, tape, every):
+        out, state, kept = spec.forward(params, x, lengths=lengths, dropout_masks=masks, tape=tape,
+                                        checkpoint_every=every)
+        if kept is None:
+            return out, state
+        return out, state, spec.backward(params, kept, d_out, state, truncate=3)
+
+    full = backend.run(run, params, x, lengths, d_out, masks, tape="full", every=None)
+    ckpt = backend.run(run, params, x, lengths, d_out, masks, tape="checkpoint", every=2)
+    none = backend.run(run, params, x, lengths, d_out, masks, tape="none", every=4)
+    flat = {name: _flat(full), "checkpoint": _flat(ckpt), "none": _flat(none)}
+    assert len(flat["checkpoint"]) == len(flat[name]) > len(flat["none"]) > 0
+    for other in ("checkpoint", "none"):
+        for i, (got, ref) in enumerate(zip(flat[other], flat[name])):
+            assert rel_error(backend.to_numpy(got), backend.to_numpy(ref)) <= TOL, (other, i)
+
+
+def _flat(tree):
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in _flat(tree[key])]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in _flat(item)]
+    return [] if tree is None else [tree]
+
+
+def test_jax_apply_with_a_checkpointed_tape_gives_the_same_gradients():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from portable_rnn.backends import jax_float64
+    from portable_rnn.jax import apply
+
+    spec = LSTM(3, 4, num_layers=2)
+    with jax_float64():
+        params, x, lengths, d_out, _ = _layer_inputs(spec)
+        params = {k: jnp.asarray(v) for k, v in params.items()}
+        x, lengths, d_out = jnp.asarray(x), jnp.asarray(lengths), jnp.asarray(d_out)
+
+        def loss(params, x, tape):
+            out, _ = apply(spec, params, x, lengths=lengths, truncate=4, tape=tape, checkpoint_every=3 if
+                           tape == "checkpoint" else None)
+            return jnp.sum(out * d_out)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+        (g_full, dx_full), (g_ckpt, dx_ckpt) = grad(params, x, "full"), grad(params, x, "checkpoint")
+        assert rel_error(dx_ckpt, dx_full) <= TOL
+        for key in g_full:
+            assert rel_error(g_ckpt[key], g_full[key]) <= TOL, key
+        with pytest.raises(ValueError, match="tape='none' keeps nothing for the backward that apply runs"):
+            apply(spec, params, x, tape="none")
+
+
+def test_charmodel_checkpointed_loss_and_grads_equal_the_full_tape():
+    model = CharModel(7, 6, num_layers=2, mode="gru")
+    params = model.init(seed=3, dtype="float64")
+    tokens = np.random.default_rng(0).integers(0, 7, size=(2, 13))
+    loss, grads, state = model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:])
+    loss_c, grads_c, state_c = model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], tape="checkpoint",
+                                                    checkpoint_every=5)
+    assert loss_c == loss and np.array_equal(state_c, state)
+    for key in grads:
+        assert rel_error(grads_c[key], grads[key]) <= TOL, key
+    with pytest.raises(ValueError, match="loss_and_grads"):
+        model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], tape="none")
+
+
+@pytest.mark.backends("numpy", "torch")
+def test_the_in_place_segments_of_the_fast_path_equal_the_portable_ones(backend, monkeypatch):
+    spec = LSTM(3, 4)
+    params, x, lengths, d_out, _ = _layer_inputs(spec, T=10)
+    params = {k: backend.asarray(v, "float64") for k, v in params.items()}
+    x, lengths, d_out = backend.asarray(x, "float64"), backend.asarray(lengths), backend.asarray(d_out, "float64")
+    runs = []
+    real = _eager_fast.over_segments
+    monkeypatch.setattr(_eager_fast, "over_segments", lambda *a: runs.append(1) or real(*a))
+
+    def run():
+        out, _, tape = spec.forward(params, x, lengths=lengths, tape="checkpoint", checkpoint_every=3)
+        return [out, *spec.backward(params, tape, d_out)[:2]]
+
+    fast = run()
+    assert len(runs) == 2  # the forward's out and the backward's dx
+    with _eager_fast.portable_only():
+        portable = run()
+    assert len(runs) == 2
+    for got, ref in zip(_flat(fast), _flat(portable)):
+        assert rel_error(backend.to_numpy(got), backend.to_numpy(ref)) <= TOL
+
+
+def _peak_bytes(fn) -> int:
+    """Peak NumPy allocation of ``fn()`` beyond what existed before (tracemalloc sees NumPy's buffers)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_checkpoint_grows_like_sqrt_T_and_none_only_with_the_output():
+    spec = LSTM(8, 32)
+    N = 4
+    params = spec.init(seed=0, like=np.zeros((1, N, 8), dtype=np.float32))
+    scratch = {}  # (tape, T) -> peak bytes beyond out and dx, the results any tape must return
+    for T in (400, 6400):
+        x = np.ones((T, N, 8), dtype=np.float32)
+        d_out = np.ones((T, N, 32), dtype=np.float32)
+        results = x.nbytes + d_out.nbytes  # dx and out have the shapes of x and d_out
+
+        def fwd_bwd(tape):
+            out, _, kept = spec.forward(params, x, tape=tape)
+            if kept is not None:
+                spec.backward(params, kept, d_out)
+
+        for tape in ("full", "checkpoint"):
+            scratch[tape, T] = _peak_bytes(lambda: fwd_bwd(tape)) - results
+        scratch["none", T] = _peak_bytes(lambda: fwd_bwd("none")) - d_out.nbytes
+    assert scratch["full", 6400] > 12 * scratch["full", 400]  # the full tape: linear in T (16x)
+    assert scratch["checkpoint", 6400] < 6 * scratch["checkpoint", 400]  # sqrt(16) = 4, plus fixed costs
+    assert scratch["checkpoint", 6400] < 0.05 * scratch["full", 6400]
+    assert scratch["none", 6400] < 1.5 * scratch["none", 400]  # one segment, whatever T is
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"tape": "partial"}, ValueError, r"tape must be one of 'full', 'checkpoint', 'none', got 'partial'"),
+    ({"tape": "checkpoint", "checkpoint_every": 0}, ValueError, r"checkpoint_every must be an int >= 1, got 0"),
+    ({"tape": "checkpoint", "checkpoint_every": 2.5}, ValueError, r"checkpoint_every must be an int >= 1"),
+    ({"checkpoint_every": 4}, ValueError, r"checkpoint_every=4 needs tape='checkpoint'"),
+])
+def test_bad_tape_arguments_are_refused(kwargs, error, match):
+    spec = GRU(2, 3)
+    x = np.zeros((5, 1, 2))
+    with pytest.raises(error, match=match):
+        spec.forward(spec.init(like=x), x, **kwargs)
+
+
+def test_backward_of_no_tape_says_why():
+    spec = GRU(2, 3)
+    x = np.zeros((5, 1, 2))
+    params = spec.init(like=x)
+    out, _, tape = spec.forward(params, x, tape="none")
+    assert tape is None
+    with pytest.raises(TypeError, match=r"forward\(tape='none'\) keeps nothing to differentiate"):
+        spec.backward(params, tape, out)
+
+
+@pytest.mark.parametrize("T, every, expected", [
+    (10, None, 4),  # ceil(sqrt(10)) = 4 -> 3 segments -> 4, 4, 2
+    (10, 6, 5),  # 2 segments, balanced: 5 + 5
+    (9, 2, 2),  # 5 segments: 2, 2, 2, 2, 1
+    (1, None, 1),
+    (7, 100, 7),
+])
+def test_segment_length(T, every, expected):
+    k = sequence.segment_length(T, every)
+    assert k == expected
+    n_segments = -(-T // k)
+    assert 1 <= T - (n_segments - 1) * k <= k  # a last segment of at least one step
+    assert -(-T // n_segments) == k  # the backward's recovery of k from T and the checkpoints
