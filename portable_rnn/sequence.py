@@ -388,7 +388,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection)
     d_carry = _zeros_for_none(d_final, state0, xp)
     b_ih, b_hh = tape.b_ih, tape.b_hh
-    sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, projection.get("W_hr"))
+    sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, W_hr)
     sums = tree_map(xp.zeros_like, sums)
 
     def segment(carry, inputs):
