@@ -37,37 +37,6 @@ def sigmoid(x, /):
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def sigmoid_gate(x, /, *, xp=None):
-    r"""Logistic function for gate pre-activations: :math:`\tfrac12\tanh(x/2) + \tfrac12`.
-
-    Why there are two sigmoids: :func:`sigmoid` is the public function and
-    keeps full *relative* precision for very negative inputs
-    (:math:`\sigma(-88) \approx 6\cdot10^{-39}` to the last bit), which costs an
-    ``exp``, an ``abs``, two divisions and a ``where`` evaluating both branches.
-    Inside a recurrent cell a gate only ever multiplies other terms, so an
-    *absolute* error of one unit in the last place of 1 is all that matters,
-    and the identity :math:`\sigma(x) = \tfrac12\tanh(x/2) + \tfrac12` gets it
-    with one transcendental and three cheap passes, never overflows (``tanh``
-    saturates), and lets a cell put its sigmoid gates and its ``tanh`` candidate
-    through the *same* ``tanh`` call. Its absolute error is about one unit in
-    the last place of 1 (measured: 6.5e-8 in float32, 2.2e-16 in float64, over
-    [-40, 40]); its relative error grows for tiny gate values, which is why the
-    public :func:`sigmoid` does not use it.
-
-    Parameters
-    ----------
-    x : array of a real floating dtype
-    xp : namespace, optional
-        The namespace of ``x`` (skips looking it up in a hot loop).
-
-    Returns
-    -------
-    array, same shape, dtype and device as ``x``
-    """
-    xp = array_namespace(x) if xp is None else xp
-    return 0.5 * xp.tanh(0.5 * x) + 0.5
-
-
 def softmax(x, /, *, axis: int = -1):
     r"""Softmax along ``axis``: :math:`e^{x_i - \max x} / \sum_j e^{x_j - \max x}`.
 

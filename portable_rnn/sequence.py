@@ -216,6 +216,7 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection)
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
     b_x, b_h = _folded_biases(cell, b_ih, b_hh)
+    W_ih, W_hh, b_x, b_h = _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp)
     xw = x @ xp.matrix_transpose(W_ih)
     if b_x is not None:
         xw = xw + b_x
@@ -231,6 +232,24 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection)
     final, (states, cell_tape) = scan(step, state0, (xw, mask, om), xp=xp, unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
     return out, final, Tape(x, state0, states, cell_tape, mask)
+
+
+def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
+    """The weights and biases with the rows of ``cell.halved_gates`` halved, as the cell's step expects.
+
+    Exact (a power of two), once per sequence: the step then gets
+    :math:`z/2` for its sigmoid gates and needs no multiplication to make it
+    (see :mod:`portable_rnn.cells`).
+    """
+    if not cell.halved_gates:
+        return W_ih, W_hh, b_x, b_h
+    H, dev = W_hh.shape[0] // cell.n_gates, device(W_hh)
+    scale = xp.concat([
+        xp.full((H,), 0.5 if gate in cell.halved_gates else 1.0, dtype=W_hh.dtype, device=dev)
+        for gate in range(cell.n_gates)
+    ])
+    rows = scale[:, None]
+    return (W_ih * rows, W_hh * rows, None if b_x is None else b_x * scale, None if b_h is None else b_h * scale)
 
 
 def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
