@@ -12,6 +12,12 @@ weights ``W*`` of shape (n_a, n_a + n_x) acting on the stacked
 Each function is thin: it checks its inputs, maps them onto the engine's
 batch-major layout (transposes are views) and calls
 :mod:`portable_rnn.sequence`, where the maths lives once for every API.
+
+The engine's ``tape="checkpoint"`` and ``"none"`` have no counterpart here:
+the exercise's caches *are* the full tape by definition (``lstm_forward``
+also returns ``c`` for every step), and ``rnn_forward``'s caches are views
+of ``a`` and ``x`` that cost nothing. Long sequences in bounded memory are
+the layers' (:meth:`portable_rnn.LSTM.forward`).
 """
 
 from __future__ import annotations

@@ -38,6 +38,10 @@ SCRIPT = textwrap.dedent("""
         loss = lambda p, x: jnp.sum(apply(spec, p, x, lengths=lengths)[0] ** 2)
         return jax.grad(loss, argnums=(0, 1))(params, x)
 
+    def checkpointed(params, x, lengths):  # segments of 4 and 2 steps: the scan and the tail
+        out, final, tape = spec.forward(params, x, lengths=lengths, tape="checkpoint", checkpoint_every=4)
+        return spec.backward(params, tape, jnp.ones_like(out))[:2]
+
     model = CharModel(11, 8, 2, "gru", 4)
     mparams = parallel.shard(mesh, model.init(seed=0, xp=jnp, dtype="float64"), P())
     tokens = parallel.shard(mesh, jnp.asarray(rng.integers(0, 11, size=(N, T))), P("data", None))
@@ -49,6 +53,8 @@ SCRIPT = textwrap.dedent("""
     for name, f, args, host_args in (
         ("layer", hand, (params, x, lengths), (params_host, jnp.asarray(x_host), jnp.asarray(len_host))),
         ("apply", via_apply, (params, x, lengths), (params_host, jnp.asarray(x_host), jnp.asarray(len_host))),
+        ("checkpoint", checkpointed, (params, x, lengths),
+         (params_host, jnp.asarray(x_host), jnp.asarray(len_host))),
         ("charmodel", char_step, (mparams, tokens), None),
     ):
         text = jax.jit(f).lower(*args).compile().as_text()
@@ -78,11 +84,16 @@ def report(tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("program", ["layer", "apply", "charmodel"])
+@pytest.mark.parametrize("program", ["layer", "apply", "checkpoint", "charmodel"])
 def test_no_gather_and_one_gradient_reduction(report, program):
     entry = report[program]
     assert entry.get("all-gather", 0) == 0, entry
     assert entry.get("all-to-all", 0) == 0 and entry.get("collective-permute", 0) == 0, entry
-    assert entry.get("all-reduce", 0) == 1, entry  # every weight gradient, summed in one all-reduce
+    if program == "checkpoint":
+        # Weight gradients are summed per segment (the loop over segments and the tail, per
+        # layer), each sum reduced over the devices: the price of not keeping every step.
+        assert 1 <= entry.get("all-reduce", 0) <= 4, entry
+    else:
+        assert entry.get("all-reduce", 0) == 1, entry  # every weight gradient, summed in one all-reduce
     if "diff" in entry:
         assert entry["diff"] < 1e-12, entry
