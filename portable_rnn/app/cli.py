@@ -235,6 +235,9 @@ def _add_gradients(sub):
 
 
 def _add_bench(sub):
+    from .bench.long import DEFAULT_INPUT as LONG_INPUT
+    from .bench.long import parse_lengths
+
     p = sub.add_parser(
         "bench", help="time forward+backward against torch.nn, jax.grad(lax.scan) and the GEMM bound",
         description="Time forward+backward of RNN/LSTM/GRU layers on every backend against torch.nn, "
@@ -258,6 +261,13 @@ def _add_bench(sub):
                    help="instead: the whole default training job against a torch.nn + torch.optim loop")
     p.add_argument("--train-steps", type=_POS_INT, default=200, metavar="N",
                    help="training steps per contender with --train (default 200)")
+    p.add_argument("--long", action="store_true",
+                   help="instead: peak memory and time of an LSTM layer (N=8, H=256) over long sequences, "
+                        "tapes full/checkpoint/none against torch.nn and jax.grad, each in a fresh process")
+    p.add_argument("--long-lengths", type=parse_lengths, metavar="T,T,...",
+                   help="sequence lengths with --long (default 1000,10000,100000; 50,200 with --quick)")
+    p.add_argument("--long-input", type=_POS_INT, metavar="D",
+                   help=f"input size with --long (default {LONG_INPUT})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -324,6 +334,17 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.long and args.train:
+        raise UsageError("--long and --train are two different benches: give one of them")
+    if not args.long and (args.long_lengths is not None or args.long_input is not None):
+        raise UsageError("--long-lengths and --long-input need --long")
+    if args.long:
+        from .bench.long import run_long_bench
+
+        report = run_long_bench(args.long_lengths, args.long_input, quick=args.quick, threads=args.threads)
+        if args.json:
+            write_json(args.json, report)
+        return 0
     if args.train:
         from .bench.training import run_training_bench
 

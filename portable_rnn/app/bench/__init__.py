@@ -23,5 +23,9 @@ Modules: :mod:`.cases` (configurations and inputs), :mod:`.contenders` (our
 layer per backend), :mod:`.references` (torch.nn, jax.grad, GEMM bound),
 :mod:`.timing` (threads, rounds, settling), :mod:`.memory` (peak memory),
 :mod:`.machine` (CPU, BLAS, SIMD facts), :mod:`.targets` (the ratios aimed
-for) and :mod:`.run` (the table and the JSON report).
+for) and :mod:`.run` (the table and the JSON report). ``--long`` is a bench
+of its own, :mod:`.long`: peak memory and time of an LSTM layer at T up to
+100,000 for the tapes ``full``, ``checkpoint`` and ``none``, against
+``torch.nn`` and ``jax.grad`` with and without ``jax.checkpoint``, each in a
+fresh process.
 """
