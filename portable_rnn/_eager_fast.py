@@ -24,8 +24,13 @@ the portable code, which those transforms trace op by op.
 The kernels are written once, in NumPy. CPU torch tensors run them on the
 same memory: ``Tensor.numpy()`` views go in and ``torch.from_numpy`` views
 come out, nothing is copied. NumPy's per-call overhead (~1 us) is a third of
-torch's eager dispatch (~3 us), which dominates at small sizes, and on the
-machines measured NumPy's BLAS was as fast as torch's ``matmul`` or faster.
+torch's eager dispatch (~3 us), which dominates at small sizes. The one
+exception is BLAS: on torch tensors the GRU and RNN kernels run their large
+products (at least :data:`TORCH_MATMUL_MIN` multiply-adds, inner size 64 or
+more) with torch's ``matmul`` / ``addmm_`` on ``torch.from_numpy`` views
+(:class:`_TorchBLAS`): on the 2-core AVX-512 Xeon measured, torch's MKL was
+1.1-1.5x faster there than NumPy's OpenBLAS, and a torch layer then wakes only
+torch's thread pool, not NumPy's BLAS threads as well.
 
 What it does that the portable code may not (it mutates arrays, but only
 arrays it allocated itself):
@@ -80,7 +85,7 @@ from .cells import CELLS
 from .loop import leaves, stack_trees, tree_map
 
 __all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward", "accepts_segments",
-           "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS"]
+           "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN"]
 
 #: How often each fast kernel ran, keyed ``(library, "forward" | "backward", cell)``,
 #: e.g. ``calls["numpy", "forward", "lstm"]`` (a spy for the tests).
@@ -92,6 +97,9 @@ CHUNK_ROWS = 1024
 #: factors: enough steps per call to amortise NumPy's call overhead when N*H is
 #: small, one step (cache-resident) when it is large.
 FACTOR_ELEMENTS = 1 << 14
+#: Multiply-adds (rows x inner x columns) from which a GRU or RNN kernel on
+#: torch tensors runs a matmul with torch's BLAS rather than NumPy's (:class:`_TorchBLAS`).
+TORCH_MATMUL_MIN = 1 << 19
 
 _local = threading.local()
 
@@ -341,13 +349,81 @@ def _rows(a, t0, t1):
     return a[t0:t1].reshape(-1, a.shape[-1])
 
 
-def _project(x, Wx, b, Z):
+def _np_matmul_add(a, b, acc):
+    """``acc += a @ b`` (NumPy's BLAS)."""
+    acc += a @ b
+
+
+class _NumPyBLAS:
+    """Which matmul a kernel runs for an (m, k) @ (k, n) product: NumPy's, always.
+
+    ``matmul(m, k, n)`` returns a ``(a, b, out) -> out`` function and
+    ``matmul_add(m, k, n)`` an ``(a, b, acc)`` one that adds ``a @ b`` to ``acc``;
+    a kernel asks once per product shape, not once per call.
+    """
+
+    def matmul(self, m, k, n):
+        return np.matmul
+
+    def matmul_add(self, m, k, n):
+        return _np_matmul_add
+
+
+class _TorchBLAS(_NumPyBLAS):
+    """Torch's BLAS for the GRU and RNN kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
+
+    On the machine measured (2-core AVX-512 Xeon, float32), torch's BLAS
+    (MKL) was 1.1-1.5x faster than NumPy's (OpenBLAS) on the products of the
+    layers at N = 32-256, single-threaded, and keeping a torch layer's BLAS
+    calls in torch's thread pool spares it NumPy's BLAS threads spinning against
+    torch's. NumPy's stays for small products (under :data:`TORCH_MATMUL_MIN`
+    multiply-adds, or an inner size under 64: N = 1 steps, short chunks), where
+    its ~1 us per call beats torch's ~5 us.
+    """
+
+    def __init__(self):
+        import torch
+
+        view = torch.from_numpy
+
+        def matmul(a, b, out):
+            torch.matmul(view(a), view(b), out=view(out))
+            return out
+
+        def matmul_add(a, b, acc):
+            view(acc).addmm_(view(a), view(b))
+
+        self._matmul, self._matmul_add = matmul, matmul_add
+
+    @staticmethod
+    def _torch_is_faster(m, k, n):
+        return k >= 64 and m * k * n >= TORCH_MATMUL_MIN
+
+    def matmul(self, m, k, n):
+        return self._matmul if self._torch_is_faster(m, k, n) else np.matmul
+
+    def matmul_add(self, m, k, n):
+        return self._matmul_add if self._torch_is_faster(m, k, n) else _np_matmul_add
+
+
+_NUMPY_BLAS = _NumPyBLAS()
+
+
+def _blas(library, kind):
+    """The BLAS chooser of a kernel: torch's for GRU and RNN on torch tensors (:class:`_TorchBLAS`), else NumPy's."""
+    if library == "torch" and kind in ("gru", "rnn"):
+        return _TorchBLAS()
+    return _NUMPY_BLAS
+
+
+def _project(x, Wx, b, Z, blas=_NUMPY_BLAS):
     """``Z[t] = x[t] @ Wx.T + b`` for all t, in chunks (x may have any strides)."""
-    T, N, _ = x.shape
+    T, N, D = x.shape
     K = _rows_steps(N, T)
+    matmul = blas.matmul(K * N, D, Wx.shape[0])
     for t0 in range(0, T, K):
         z = _rows(Z, t0, min(T, t0 + K))
-        np.matmul(_rows(x, t0, t0 + K), Wx.T, out=z)
+        matmul(_rows(x, t0, t0 + K), Wx.T, out=z)
         if b is not None:
             np.add(z, b, out=z)
 
@@ -397,9 +473,11 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
     kind, library = _kind(cell), _library(xp)
     calls[library, "forward", kind] += 1
     if kind == "rnn":
-        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu")
+        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu", _blas(library, kind))
+    elif kind == "gru":
+        kernel = functools.partial(_gru_forward, _blas(library, kind))
     else:
-        kernel = _lstm_forward if kind == "lstm" else _gru_forward
+        kernel = _lstm_forward
     out, final, states, leaves = _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
     return out, final, states, (None if leaves is None else cell.tape_type(*leaves))
 
@@ -440,7 +518,7 @@ def _lstm_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     return out, final, (Hs, Cs), (I, F, G, O, TC)
 
 
-def _gru_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
+def _gru_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     T, N, _ = x.shape
     (h_prev,) = state0
     H = h_prev.shape[-1]
@@ -456,14 +534,15 @@ def _gru_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
 
     Z = np.empty((T, N, 3 * H), x.dtype)  # pre-activations, then r, z, n in place
     HWN, Hs = np.empty((T, N, H), x.dtype), np.empty((T, N, H), x.dtype)
-    _project(x, _halved(W_ih, 2 * H), b, Z)
+    _project(x, _halved(W_ih, 2 * H), b, Z, blas)
+    matmul = blas.matmul(N, H, 3 * H)
     RZ, R, Zg, Nc = Z[..., : 2 * H], Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H :]
     tmp, tH = np.empty((N, 3 * H), x.dtype), np.empty((N, H), x.dtype)
     tmp_rz, tmp_n = tmp[:, : 2 * H], tmp[:, 2 * H :]
     om = None if mask is None else 1 - mask
     for t in range(T):
         rz, n, hwn, h = RZ[t], Nc[t], HWN[t], Hs[t]
-        np.matmul(h_prev, WhT, out=tmp)
+        matmul(h_prev, WhT, out=tmp)
         np.add(rz, tmp_rz, out=rz)
         np.tanh(rz, out=rz)
         _sigmoid_from_tanh_(rz)
@@ -484,18 +563,19 @@ def _gru_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     return out, final, (Hs,), (R, Zg, Nc, HWN)
 
 
-def _rnn_forward(relu, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
+def _rnn_forward(relu, blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     T, N, _ = x.shape
     (h_prev,) = state0
     H = h_prev.shape[-1]
     WhT = np.ascontiguousarray(W_hh.T)
     Hs = np.empty((T, N, H), x.dtype)  # pre-activations, then the states in place
-    _project(x, W_ih, _folded(b_ih, b_hh), Hs)
+    _project(x, W_ih, _folded(b_ih, b_hh), Hs, blas)
+    matmul = blas.matmul(N, H, H)
     tmp = np.empty((N, H), x.dtype)
     om = None if mask is None else 1 - mask
     for t in range(T):
         h = Hs[t]
-        np.matmul(h_prev, WhT, out=tmp)
+        matmul(h_prev, WhT, out=tmp)
         np.add(h, tmp, out=h)
         if relu:
             np.maximum(h, 0, out=h)
@@ -527,8 +607,12 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
     tape = (x, tuple(state0), tuple(states), None if cell_tape is None else tuple(cell_tape), mask)
     d_final = (None,) * cell.n_states if d_final is None else tuple(d_final)
 
+    blas = _blas(library, kind)
+
     def kernel(*arrays):
-        return backward_class(*arrays, bias).run()
+        b = backward_class(*arrays, bias)
+        b.blas = blas
+        return b.run()
 
     return _on_numpy(library, kernel, tape, d_out, d_final, W_ih, W_hh, keep)
 
@@ -560,6 +644,7 @@ class _Backward:
     """
 
     width = 1  # B's columns per hidden unit
+    blas = _NUMPY_BLAS  # which BLAS runs each product (see _blas)
 
     def __init__(self, tape, d_out, d_final, W_ih, W_hh, keep, bias):
         x, self.state0, self.states, self.cell_tape, self.mask = tape
@@ -593,6 +678,7 @@ class _Backward:
 
     def run(self):
         T, K = self.T, self.K
+        self.matmul_step = self.blas.matmul(self.N, self.W_hh_cols.shape[0], self.H)  # the recurrent product
         S = max(1, FACTOR_ELEMENTS // max(1, self.N * self.H))  # steps per factor pass
         for t1 in range(T, 0, -K):
             t0 = max(0, t1 - K)
@@ -641,10 +727,12 @@ class _Backward:
         n, N = t1 - t0, self.N
         rows = _rows(self.B, 0, n)
         dxw, dhw = rows[:, self.x_cols], rows[:, self.h_cols]
-        np.matmul(dxw, self.W_ih, out=_rows(self.dx, t0, t1))
-        self.dW_ih += dxw.T @ _rows(self.x, t0, t1)
+        rows_n, blas = rows.shape[0], self.blas
+        blas.matmul(rows_n, self.GH, self.D)(dxw, self.W_ih, out=_rows(self.dx, t0, t1))
+        blas.matmul_add(self.GH, rows_n, self.D)(dxw.T, _rows(self.x, t0, t1), self.dW_ih)
+        matmul_add = blas.matmul_add(self.GH, rows_n, self.H)
         for steps, h_prev in self._prev_parts(0, t0, t1):
-            self.dW_hh_cols += dhw[steps.start * N : steps.stop * N].T @ h_prev.reshape(-1, self.H)
+            matmul_add(dhw[steps.start * N : steps.stop * N].T, h_prev.reshape(-1, self.H), self.dW_hh_cols)
         if self.db_ih is not None:
             self.db_ih += np.sum(dxw, axis=0)
             if self.db_hh_cols is not self.db_ih:
@@ -669,7 +757,7 @@ class _RNNBackward(_Backward):
     def _step(self, t, k, dh):
         dz = self.B[k]
         np.multiply(dz, dh, out=dz)
-        np.matmul(dz, self.W_hh, out=self.new[0])
+        self.matmul_step(dz, self.W_hh, out=self.new[0])
 
 
 class _LSTMBackward(_Backward):
@@ -769,7 +857,7 @@ class _GRUBackward(_Backward):
     def _step(self, t, k, dh):
         np.multiply(self.B4[k], dh[:, None, :], out=self.B4[k])
         new = self.new[0]
-        np.matmul(self.B[k][:, self.h_cols], self.W_hh_cols, out=new)
+        self.matmul_step(self.B[k][:, self.h_cols], self.W_hh_cols, out=new)
         np.multiply(dh, self.cell_tape[1][t], out=self.tmp)
         np.add(new, self.tmp, out=new)
 

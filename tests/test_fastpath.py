@@ -373,3 +373,43 @@ def test_fast_path_takes_a_broadcast_output_gradient(lib, cell):
     _assert_same(fast_b, portable_b, "float64", "broadcast d_out")
     for key in fast_f:
         np.testing.assert_array_equal(fast_b[key], fast_f[key], err_msg=key)
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("cell", [c for c in CELLS if not isinstance(c, LSTMCell)],
+                         ids=[i for i in CELL_IDS if i != "lstm"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monkeypatch):
+    """GRU and RNN kernels on torch tensors run their large products with torch's BLAS
+    (``torch.from_numpy`` views, ``out=`` and ``addmm_``): forced on for every product here,
+    including strided x, masks, truncation, chunks that do not divide T and an empty batch."""
+    lib = _Lib("torch")
+    asked = []
+
+    def always(m, k, n):
+        asked.append((m, k, n))
+        return True
+
+    monkeypatch.setattr(_eager_fast._TorchBLAS, "_torch_is_faster", staticmethod(always))
+    monkeypatch.setattr(_eager_fast, "CHUNK_ROWS", 5)
+    for N, masked, truncate in ((3, True, 2), (4, False, None), (0, False, 2)):
+        d = _inputs(cell, dtype, T=11, N=N, D=5, H=6, seed=4, masked=masked)
+        d["x"] = lib.torch.from_numpy(np.ascontiguousarray(d["x"].transpose(1, 0, 2))).transpose(0, 1)
+        asked.clear()
+        fast, portable = _fast_and_portable(lib, cell, d, truncate=truncate)
+        _assert_same(fast, portable, dtype, f"N={N} masked={masked} truncate={truncate}")
+        assert asked, "the torch BLAS chooser was never asked"
+    # NumPy inputs never ask it
+    asked.clear()
+    _fast_and_portable(_Lib("numpy"), cell, _inputs(cell, dtype), truncate=2)
+    assert not asked
+
+
+@pytest.mark.backends("torch")
+def test_torch_blas_is_chosen_by_size():
+    """Only large enough products go to torch's BLAS; LSTM and NumPy inputs keep NumPy's."""
+    blas = _eager_fast._blas("torch", "gru")
+    assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's call is cheaper
+    assert blas.matmul(1000, 32, 64) is np.matmul  # inner size under 64
+    assert blas.matmul(256, 512, 1536) is not np.matmul
+    assert _eager_fast._blas("torch", "lstm") is _eager_fast._blas("numpy", "gru") is _eager_fast._NUMPY_BLAS
