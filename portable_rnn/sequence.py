@@ -255,14 +255,21 @@ def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
 def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
     """Steps per segment when a sequence of ``n_steps`` is cut into segments of at most ``checkpoint_every``.
 
-    The segments are balanced: S = ceil(T / every) of them, each of
-    k = ceil(T / S) steps but the last, which holds the remaining
-    T - (S - 1) k >= 1. Given T and S, k is determined (the backward reads
-    S off the checkpoints). ``None`` is every = ceil(sqrt(T)), which
-    minimises checkpoints plus one segment's tape.
+    Equal segments when T has a divisor k with every/2 < k <= every (the
+    largest such k): no short last segment, whose results XLA would join to
+    the others' by copying ``out`` and ``dx``. Otherwise balanced segments:
+    S = ceil(T / every) of them, each of k = ceil(T / S) steps but the last,
+    which holds the remaining T - (S - 1) k >= 1. Either way k = ceil(T / S),
+    so the backward reads S off the checkpoints and knows k. ``None`` is
+    every = ceil(sqrt(T)), which about minimises checkpoints plus one
+    segment's tape.
     """
     if checkpoint_every is None:
         checkpoint_every = math.isqrt(n_steps - 1) + 1
+    checkpoint_every = min(checkpoint_every, n_steps)
+    for k in range(checkpoint_every, checkpoint_every // 2, -1):
+        if n_steps % k == 0:
+            return k
     n_segments = -(-n_steps // checkpoint_every)
     return -(-n_steps // n_segments)
 

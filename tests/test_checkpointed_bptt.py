@@ -273,11 +273,13 @@ def test_backward_of_no_tape_says_why():
 
 
 @pytest.mark.parametrize("T, every, expected", [
-    (10, None, 4),  # ceil(sqrt(10)) = 4 -> 3 segments -> 4, 4, 2
-    (10, 6, 5),  # 2 segments, balanced: 5 + 5
+    (10, None, 4),  # ceil(sqrt(10)) = 4, no divisor in (2, 4] -> 3 balanced segments: 4, 4, 2
+    (10, 6, 5),  # a divisor: 5 + 5
     (9, 2, 2),  # 5 segments: 2, 2, 2, 2, 1
+    (100_000, None, 250),  # every 317: the divisor 250, no short segment
     (1, None, 1),
     (7, 100, 7),
+    (12, 1, 1),
 ])
 def test_segment_length(T, every, expected):
     k = sequence.segment_length(T, every)
