@@ -239,13 +239,15 @@ def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
 
     Exact (a power of two), once per sequence: the step then gets
     :math:`z/2` for its sigmoid gates and needs no multiplication to make it
-    (see :mod:`portable_rnn.cells`).
+    (see :mod:`portable_rnn.cells`). A cell without ``halved_gates`` gets its
+    weights as they are.
     """
-    if not cell.halved_gates:
+    halved = getattr(cell, "halved_gates", ())
+    if not halved:
         return W_ih, W_hh, b_x, b_h
     H, dev = W_hh.shape[0] // cell.n_gates, device(W_hh)
     scale = xp.concat([
-        xp.full((H,), 0.5 if gate in cell.halved_gates else 1.0, dtype=W_hh.dtype, device=dev)
+        xp.full((H,), 0.5 if gate in halved else 1.0, dtype=W_hh.dtype, device=dev)
         for gate in range(cell.n_gates)
     ])
     rows = scale[:, None]
