@@ -276,32 +276,12 @@ _BUILDERS = {
 }
 
 
-def _lstm_segment(p, carry, x_s):
-    """One segment of the ``lax.scan`` LSTM from state ``carry``: its own input projection, then the steps."""
-    import jax
-    import jax.numpy as jnp
-
-    W_hh, Hh = p["weight_hh_l0"], p["weight_hh_l0"].shape[1]
-    xw = x_s @ p["weight_ih_l0"].T + (p["bias_ih_l0"] + p["bias_hh_l0"])
-
-    def step(state, xw_t):  # as jax_reference_forward's step (PyTorch's gate order)
-        h, c = state
-        z = xw_t + h @ W_hh.T
-        i, f = jax.nn.sigmoid(z[:, :Hh]), jax.nn.sigmoid(z[:, Hh : 2 * Hh])
-        g, o = jnp.tanh(z[:, 2 * Hh : 3 * Hh]), jax.nn.sigmoid(z[:, 3 * Hh :])
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (h, c), h
-
-    return jax.lax.scan(step, carry, xw)
-
-
 def sqrt_checkpoint_forward(p, x, checkpoint_every=None):
     """The ``jax_reference_forward`` LSTM with sqrt(T) rematerialisation: outputs (T, N, H).
 
     An outer ``lax.scan`` over the segments of k steps whose body is
-    ``jax.checkpoint`` of :func:`_lstm_segment`, then, when k does not
-    divide T, the shorter last segment as one more checkpointed call and a
+    ``jax.checkpoint`` of :func:`~portable_rnn.app.bench.references.jax_lstm_scan`,
+    then, when k does not divide T, the shorter last segment as one more checkpointed call and a
     concatenation of the outputs (as :func:`portable_rnn.sequence.forward`
     does); k is :func:`portable_rnn.sequence.segment_length`'s. Only the
     states entering each segment are kept for the backward.
@@ -310,11 +290,12 @@ def sqrt_checkpoint_forward(p, x, checkpoint_every=None):
     import jax.numpy as jnp
 
     from ...sequence import segment_length
+    from .references import jax_lstm_scan
 
     T, n, d = x.shape
     k = segment_length(T, checkpoint_every)
     n_full, tail = divmod(T, k)
-    segment = jax.checkpoint(_lstm_segment)
+    segment = jax.checkpoint(jax_lstm_scan)
     zeros = jnp.zeros((n, p["weight_hh_l0"].shape[1]), x.dtype)
     carry, outs = (zeros, zeros), []
     if n_full:
@@ -387,7 +368,12 @@ def measure_in_worker(run, runs: int) -> dict:
 
 
 def _pin_threads(threads: int, library: str) -> None:
-    """The bench's thread pinning for this worker's library (XLA's pool is fixed when JAX is imported)."""
+    """The bench's thread pinning for this worker's library (XLA's pool is fixed when JAX is imported).
+
+    Not :func:`~portable_rnn.app.bench.timing.pin_threads`, which pins torch and
+    NumPy's BLAS together: that would import torch into every worker, seconds
+    per fresh process, for a pool only the torch worker uses.
+    """
     if library == "torch":
         import torch
 
