@@ -46,6 +46,7 @@ import math
 from typing import NamedTuple
 
 from . import _eager_fast
+from ._validation import check_tape
 from ._validation import placement as device
 from .loop import leaves, scan, tree_map
 
@@ -188,12 +189,11 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     tape : Tape, CheckpointTape or None
         ``None`` for ``tape="none"``.
     """
+    tape, checkpoint_every = check_tape(tape, checkpoint_every)
     projection = _projection(cell, W_hr)
     x = _zero_padding(x, mask, xp)
     if tape == "full":
         return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection)
-    if tape not in TAPES:
-        raise ValueError(f"tape must be one of {TAPES}, got {tape!r}")
     keep_checkpoints = tape == "checkpoint"
 
     def segment(state, inputs):

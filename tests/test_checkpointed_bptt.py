@@ -262,6 +262,15 @@ def test_bad_tape_arguments_are_refused(kwargs, error, match):
         spec.forward(spec.init(like=x), x, **kwargs)
 
 
+def test_the_engine_checks_its_tape_arguments_too():
+    cell, x = CELLS["gru"], np.zeros((5, 1, 2))
+    args = (cell, x, (np.zeros((1, 3)),), np.zeros((9, 2)), np.zeros((9, 3)))
+    with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 1, got 0"):
+        sequence.forward(*args, xp=np, tape="checkpoint", checkpoint_every=0)
+    with pytest.raises(ValueError, match=r"tape must be one of"):
+        sequence.forward(*args, xp=np, tape="partial")
+
+
 def test_backward_of_no_tape_says_why():
     spec = GRU(2, 3)
     x = np.zeros((5, 1, 2))
