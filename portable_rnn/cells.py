@@ -8,17 +8,33 @@ number of gates. The step adds the recurrent projection
 batch-major states (N, H), gates stacked along the last axis in PyTorch's
 order (LSTM i, f, g, o; GRU r, z, n).
 
-The backward of a step returns
+The backward of a step is split in two, so that the time loop holds only
+what is sequential:
 
-``d_xw``
-    the gradient of the input pre-activation (N, G*H),
-``d_hw``
-    the gradient of the recurrent pre-activation, or ``None`` when it equals
-    ``d_xw`` (RNN and LSTM; only GRU's candidate gate tells them apart),
-``d_state_prev``
-    the gradient of the previous state *except* the path through
-    :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``; ``None``
-    in place of an entry that has no such direct path (the RNN's h).
+``step_derivatives(state, state_prev, tape, *, xp)``
+    the step's local derivatives: every factor of the chain rule that
+    depends on the forward's values alone (gate derivatives times tape
+    values). It is elementwise, so an eager engine calls it on many steps at
+    once (leading axes (K, N, ...)), before the loop over those steps; a
+    compiled one (``lax.scan``) calls it in the step, where XLA fuses it.
+``step_backward(d_state, derivatives, *, xp)``
+    applies one step's derivatives to the carried gradient and returns
+
+    ``d_xw``
+        the gradient of the input pre-activation (N, G*H),
+    ``d_hw``
+        the gradient of the recurrent pre-activation, or ``None`` when it
+        equals ``d_xw`` (RNN and LSTM; only GRU's candidate gate tells them
+        apart),
+    ``d_state_prev``
+        the gradient of the previous state *except* the path through
+        :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``;
+        ``None`` in place of an entry that has no such direct path (the RNN's h).
+
+An eager step on a GPU is launch-bound (a few microseconds per kernel
+whatever its size), so the split is what makes the backward cheap there: an
+LSTM step applies its derivatives in five kernels, where computing them in
+the step took twenty-three.
 
 An LSTM with a projection (``LSTMCell(proj_size=P)``, ``torch.nn.LSTM``'s
 ``proj_size``) takes the projection weight as the keyword ``W_hr`` (P, H) in
@@ -26,8 +42,8 @@ both methods; its h state and ``W_hh``'s second axis have P features. The
 sequence loop forms the gradient of ``W_hr`` after the loop from the step
 gradients of h and :meth:`LSTMCell.unprojected`.
 
-Every backward line undoes one forward line and reuses post-activations:
-:math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - \tanh^2`.
+The derivatives reuse post-activations: :math:`\sigma' = \sigma(1-\sigma)`,
+:math:`\tanh' = 1 - \tanh^2`.
 
 Sigmoid gates use :math:`\sigma(z) = \tfrac12\tanh(z/2) + \tfrac12`, not the
 public :func:`~portable_rnn.activations.sigmoid`: a gate only ever multiplies
@@ -52,7 +68,8 @@ from typing import ClassVar, NamedTuple
 
 from ._validation import check_int
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "CELLS", "cell_for"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
+           "CELLS", "cell_for"]
 
 
 class LSTMTape(NamedTuple):
@@ -72,6 +89,43 @@ class GRUTape(NamedTuple):
     z: object
     n: object
     hw_n: object
+
+
+class LSTMDerivatives(NamedTuple):
+    r"""An LSTM step's local derivatives (see :meth:`LSTMCell.step_derivatives`).
+
+    Attributes
+    ----------
+    gates : array (..., 4H)
+        :math:`[g\,\sigma'(z_i),\ c_{t-1}\sigma'(z_f),\ i\tanh'(z_g),\ \tanh(c_t)\,\sigma'(z_o)]`:
+        the pre-activation gradients are :math:`[dc, dc, dc, dm]` times these.
+    m_to_c : array (..., H)
+        :math:`\partial m_t / \partial c_t = o \odot (1 - \tanh^2 c_t)`.
+    f : array (..., H)
+        :math:`\partial c_t / \partial c_{t-1} = f`.
+    """
+
+    gates: object
+    m_to_c: object
+    f: object
+
+
+class GRUDerivatives(NamedTuple):
+    r"""A GRU step's local derivatives (see :meth:`GRUCell.step_derivatives`).
+
+    Attributes
+    ----------
+    input_side, hidden_side : array (..., 3H)
+        The input and recurrent pre-activation gradients are ``dh`` (repeated
+        over the three gates) times these; they differ in the n block only,
+        by the factor r that the reset gate puts on :math:`h_{t-1} W_{hn}^T`.
+    z : array (..., H)
+        :math:`\partial h_t / \partial h_{t-1}` outside :math:`W_{hh}`.
+    """
+
+    input_side: object
+    hidden_side: object
+    z: object
 
 
 @dataclass(frozen=True)
@@ -108,14 +162,16 @@ class RNNCell:
         h = xp.tanh(z) if self.nonlinearity == "tanh" else xp.maximum(z, xp.zeros_like(z))
         return (h,), None
 
-    def step_backward(self, d_state, state, state_prev, tape, *, xp):
-        (dh,) = d_state
+    def step_derivatives(self, state, state_prev, tape, *, xp):
+        r""":math:`\phi'(z)` from :math:`h = \phi(z)`: :math:`1 - h^2` for tanh, :math:`[h > 0]` for relu (..., H)."""
         (h,) = state
         if self.nonlinearity == "tanh":
-            dz = dh * (1 - h * h)
-        else:
-            dz = xp.where(h > 0, dh, xp.zeros_like(dh))
-        return dz, None, (None,)
+            return 1 - h * h
+        return xp.astype(h > 0, h.dtype)
+
+    def step_backward(self, d_state, derivatives, *, xp):
+        (dh,) = d_state
+        return dh * derivatives, None, (None,)
 
 
 @dataclass(frozen=True)
@@ -176,20 +232,26 @@ class LSTMCell:
         r""":math:`m_t = o \odot \tanh(c_t)` (..., H) from a tape: what ``W_hr`` projects to h."""
         return tape.o * tape.tanh_c
 
-    def step_backward(self, d_state, state, state_prev, tape, *, xp, W_hr=None):
-        dh, dc_next = d_state
+    def step_derivatives(self, state, state_prev, tape, *, xp):
+        r"""The :class:`LSTMDerivatives` of steps (any leading axes).
+
+        Through :math:`m = o \tanh(c)` and :math:`c = f c_{t-1} + i g`, each
+        gate's pre-activation gradient is :math:`dc` (i, f, g) or :math:`dm`
+        (o) times a factor of the forward's values.
+        """
         _, c_prev = state_prev
         i, f, g, o, tanh_c = tape
-        if self.proj_size:
-            dh = dh @ W_hr  # h = m W_hr^T: from here on dh is the gradient of m
-        do = dh * tanh_c  # m = o * tanh(c)
-        dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
-        di, df, dg = dc * g, dc * c_prev, dc * i  # c = f * c_prev + i * g
-        dz = xp.concat(
-            [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)],
-            axis=-1,
+        gates = xp.concat(
+            [g * (i * (1 - i)), c_prev * (f * (1 - f)), i * (1 - g * g), tanh_c * (o * (1 - o))], axis=-1
         )
-        return dz, None, (None, dc * f)
+        return LSTMDerivatives(gates, o * (1 - tanh_c * tanh_c), f)
+
+    def step_backward(self, d_state, derivatives, *, xp, W_hr=None):
+        dh, dc_next = d_state
+        dm = dh @ W_hr if self.proj_size else dh  # h = m W_hr^T
+        dc = dc_next + dm * derivatives.m_to_c
+        dz = xp.concat([dc, dc, dc, dm], axis=-1) * derivatives.gates  # i, f, g from c; o from m
+        return dz, None, (None, dc * derivatives.f)
 
 
 @dataclass(frozen=True)
@@ -232,16 +294,30 @@ class GRUCell:
         h = n + z * (h_prev - n)  # = (1 - z) n + z h_prev
         return (h,), GRUTape(r, z, n, hw_n)
 
-    def step_backward(self, d_state, state, state_prev, tape, *, xp):
-        (dh,) = d_state
+    def step_derivatives(self, state, state_prev, tape, *, xp):
+        r"""The :class:`GRUDerivatives` of steps (any leading axes).
+
+        Through :math:`h = (1-z) n + z h_{t-1}` and
+        :math:`n = \tanh(x_n + r\, hw_n)`: the n pre-activation gets
+        :math:`(1-z)(1-n^2)`, z's :math:`(h_{t-1} - n)\, z(1-z)`, r's the
+        n factor times :math:`hw_n\, r(1-r)`; the recurrent side of n is
+        scaled by r.
+        """
         (h_prev,) = state_prev
         r, z, n, hw_n = tape
-        dn_pre = dh * (1 - z) * (1 - n * n)  # h = (1-z) n + z h_prev
-        dz_pre = dh * (h_prev - n) * z * (1 - z)
-        dr_pre = dn_pre * hw_n * r * (1 - r)  # n = tanh(x_n + r hw_n)
-        d_xw = xp.concat([dr_pre, dz_pre, dn_pre], axis=-1)
-        d_hw = xp.concat([dr_pre, dz_pre, dn_pre * r], axis=-1)
-        return d_xw, d_hw, (dh * z,)
+        through_n = (1 - z) * (1 - n * n)
+        through_z = (h_prev - n) * (z * (1 - z))
+        through_r = through_n * (hw_n * (r * (1 - r)))
+        return GRUDerivatives(
+            xp.concat([through_r, through_z, through_n], axis=-1),
+            xp.concat([through_r, through_z, through_n * r], axis=-1),
+            z,
+        )
+
+    def step_backward(self, d_state, derivatives, *, xp):
+        (dh,) = d_state
+        dh3 = xp.concat([dh, dh, dh], axis=-1)
+        return dh3 * derivatives.input_side, dh3 * derivatives.hidden_side, (dh * derivatives.z,)
 
 
 #: Every cell class by its ``mode``: the one table of cells (a new cell is added here).

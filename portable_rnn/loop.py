@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from array_api_compat import is_jax_namespace
 
-__all__ = ["scan", "tree_map", "leaves", "stack_trees"]
+__all__ = ["scan", "compiles", "tree_map", "leaves", "stack_trees"]
 
 
 def _rebuild(tree, children):
@@ -82,6 +82,16 @@ def _tracing(*trees) -> bool:
     return any(isinstance(leaf, Tracer) for tree in trees for leaf in leaves(tree))
 
 
+def compiles(xp, *trees) -> bool:
+    """Whether :func:`scan` over these inputs runs ``jax.lax.scan`` (JAX tracers) rather than a Python loop.
+
+    A compiled loop's step is fused by XLA, so it has no per-operation cost
+    to amortise; an eager loop pays a dispatch (a kernel launch on a GPU) for
+    every operation of every step.
+    """
+    return is_jax_namespace(xp) and _tracing(*trees)
+
+
 def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = None, unroll: int = 1):
     """Run ``carry, y_t = step(carry, xs[t])`` over time and stack the ``y_t``.
 
@@ -115,7 +125,7 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
         The stacked per-step outputs, in time order.
     """
     if use_lax is None:
-        use_lax = is_jax_namespace(xp) and _tracing(carry, xs)
+        use_lax = compiles(xp, carry, xs)
     if use_lax:
         import jax
 

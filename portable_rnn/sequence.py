@@ -13,6 +13,10 @@ The work is arranged so that only what must be sequential is in the loop:
 - in the backward, :math:`dX = dZ\,W_{ih}`, :math:`dW_{ih} = dZ^T X` and
   :math:`dW_{hh} = dZ_h^T H_{prev}` are single matmuls over all steps after
   the loop, and the loop itself carries only :math:`dh_{t-1} = dz_t W_{hh}`.
+  In an eager loop, where every operation is a dispatch (a kernel launch on a
+  GPU), the cells' local derivatives are computed for :data:`BACKWARD_CHUNK`
+  steps at a time ahead of the loop over them, which then only applies them
+  to the carried gradient.
 
 The loop goes through :func:`portable_rnn.loop.scan`, so it is a Python loop
 on eager backends and ``jax.lax.scan`` on JAX.
@@ -48,12 +52,19 @@ from typing import NamedTuple
 from . import _eager_fast
 from ._validation import check_tape
 from ._validation import placement as device
-from .loop import leaves, scan, tree_map
+from .loop import compiles, leaves, scan, tree_map
 
 __all__ = [
-    "TAPES", "INFERENCE_SEGMENT", "Tape", "CheckpointTape", "Grads", "ProjectedGrads",
+    "TAPES", "INFERENCE_SEGMENT", "BACKWARD_CHUNK", "Tape", "CheckpointTape", "Grads", "ProjectedGrads",
     "forward", "backward", "window_keep", "segment_length",
 ]
+
+#: Steps whose local derivatives (``cell.step_derivatives``) an eager backward
+#: computes at once, before its loop runs over them: a handful of kernels per
+#: chunk instead of per step, for a scratch of one chunk's derivatives (5 to 7
+#: numbers per step and hidden unit), never the sequence's. A compiled loop
+#: (``lax.scan``) computes them in its step, where XLA fuses them.
+BACKWARD_CHUNK = 32
 
 #: What :func:`forward` can keep for the backward (its ``tape`` argument).
 TAPES = ("full", "checkpoint", "none")
@@ -457,14 +468,14 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
     prev_states = _shifted(state0, states, xp)
 
     def step(d_state, inputs):
-        d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
+        d_out_t, derivatives_t, m_t, keep_t = inputs
         if keep_t is not None:
             d_state = tuple(d * keep_t for d in d_state)
         d_h = d_state[0] if d_out_t is None else d_state[0] + d_out_t
         d_new = (d_h,) + d_state[1:]
         if m_t is not None:
             d_new = tuple(m_t * d for d in d_new)
-        d_xw, d_hw, d_direct = cell.step_backward(d_new, state_t, prev_t, tape_t, xp=xp, **projection)
+        d_xw, d_hw, d_direct = cell.step_backward(d_new, derivatives_t, xp=xp, **projection)
         d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
         d_prev = (d_rec if d_direct[0] is None else d_direct[0] + d_rec,) + d_direct[1:]
         if m_t is not None:  # padded steps pass the state gradient straight through
@@ -472,8 +483,23 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         # The projection's gradient needs the gradient of each step's h.
         return d_prev, (d_xw, d_hw, d_new[0] if projection else None)
 
+    def step_computing_derivatives(d_state, inputs):
+        d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
+        return step(d_state, (d_out_t, cell.step_derivatives(state_t, prev_t, tape_t, xp=xp), m_t, keep_t))
+
+    def chunk(d_state, inputs):  # the derivatives of a chunk's steps at once, then its loop
+        (d_out_c, states_c, prev_c, tape_c, mask_c, keep_c), _ = inputs
+        derivatives = cell.step_derivatives(states_c, prev_c, tape_c, xp=xp)
+        d_state, ys = scan(step, d_state, (d_out_c, derivatives, mask_c, keep_c), xp=xp, reverse=True)
+        return d_state, (ys, None)
+
     xs = (d_out, states, prev_states, cell_tape, mask, keep)
-    d_state0, (d_xw, d_hw, d_h) = scan(step, d_carry, xs, xp=xp, reverse=True, unroll=_lax_unroll(x, W_hh))
+    if compiles(xp, d_carry, xs):  # XLA fuses a step's ops: derivatives in the step, nothing to amortise
+        d_state0, (d_xw, d_hw, d_h) = scan(step_computing_derivatives, d_carry, xs, xp=xp, reverse=True,
+                                           unroll=_lax_unroll(x, W_hh))
+    else:
+        k = segment_length(x.shape[0], BACKWARD_CHUNK)
+        d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True)
     grads = (d_xw @ W_ih, d_state0, *_weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp))
     if not projection:
         return Grads(*grads)

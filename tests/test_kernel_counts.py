@@ -2,8 +2,9 @@
 
 The counts are read, never asserted against a target: the engine may issue
 fewer ops over time. What must hold is that the count is a property of the
-step (the same whatever the sequence lengths it is measured at), whole, and
-that the bench asks only the libraries of the backends it runs.
+step (the same whatever the sequence lengths it is measured at), whole per
+chunk of the backward, and that the bench asks only the libraries of the
+backends it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib.util
 import pytest
 
 from portable_rnn.app.bench import kernels
+from portable_rnn.sequence import BACKWARD_CHUNK
 
 
 def test_per_step_is_the_slope_between_two_lengths():
@@ -20,10 +22,13 @@ def test_per_step_is_the_slope_between_two_lengths():
 
 
 def _stable(counter, cell):
-    a, b = counter(cell, steps=(3, 5)), counter(cell, steps=(4, 8))
+    """The count at two pairs of lengths (whole numbers of the backward's chunks): the same, and whole per chunk."""
+    a = counter(cell, steps=(BACKWARD_CHUNK, 3 * BACKWARD_CHUNK))
+    b = counter(cell, steps=(2 * BACKWARD_CHUNK, 4 * BACKWARD_CHUNK))
     assert a == b, (a, b)
     for direction in ("forward", "backward"):
-        assert a[direction] == int(a[direction]), a
+        per_chunk = a[direction] * BACKWARD_CHUNK
+        assert per_chunk == int(per_chunk), a
     return a
 
 
@@ -61,3 +66,21 @@ def test_the_bench_report_carries_the_counts_and_the_matmul_precision():
     (result,) = report["results"]
     assert result["kernels_per_step"] == kernels.kernels_per_step("rnn", ["numpy"])
     assert report["machine"]["matmul_precision"] == {"numpy": "full float32 on the host (TF32 off)"}
+
+
+@pytest.mark.parametrize("mode", ["rnn", "lstm", "gru"])
+def test_the_backward_computes_local_derivatives_once_per_chunk_not_per_step(mode):
+    """A step of the portable backward costs less than the cell's derivatives alone would per step."""
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xp
+
+    from portable_rnn.cells import cell_for
+
+    cell = cell_for(mode)
+    one_step = tuple(torch.rand(1, 2, 4) for _ in cell.states)
+    tape = None if cell.tape_type is None else cell.tape_type(*(torch.rand(1, 2, 4) for _ in cell.tape_type._fields))
+    _, derivatives_ops = kernels._counted(lambda: cell.step_derivatives(one_step, one_step, tape, xp=xp))
+    backward = kernels.torch_ours(mode)["backward"]
+    # derivatives recomputed every step would cost them plus at least the
+    # recurrent matmul and the add of d_out per step
+    assert backward < derivatives_ops + 2, (backward, derivatives_ops)

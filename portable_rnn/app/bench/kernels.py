@@ -3,22 +3,26 @@
 On a GPU a recurrent layer is launch-bound at small sizes: every op of a
 step is a kernel launch of a few microseconds whatever its size. The count
 does not depend on the device for eager code, so it is made on the CPU with
-tiny sizes, once per cell.
+tiny sizes, once per cell. Each count is the slope between two sequence
+lengths, which removes the per-call part (input projection, weight
+gradients, stacking); the lengths are whole numbers of the backward's chunks
+(:data:`~portable_rnn.sequence.BACKWARD_CHUNK`), so the local derivatives
+computed once per chunk of an eager backward count as their share per step
+(e.g. 7.5).
 
 ``torch`` (this package's layer on the portable path, which CUDA tensors and
 CuPy take too)
     aten ops seen by a ``TorchDispatchMode`` during an eager forward, then
     backward, of T steps; ops that only make views or allocate launch no
-    kernel and are left out. The per-call part (input projection, weight
-    gradients, stacking) is removed by counting at two lengths and taking
-    the slope.
+    kernel and are left out.
 ``torch.nn``
     The same for ``torch.nn.RNN/LSTM/GRU`` with autograd on the CPU: oneDNN
     runs the LSTM's loop inside one op (0 per step); on CUDA cuDNN runs all
     three cells that way, so these are CPU numbers only.
 ``jax`` and ``jax.grad``
-    Equations in the ``lax.scan`` bodies of the jaxpr of the jitted forward
-    + backward: one body is one step. XLA fuses elementwise equations into
+    Equations the jaxpr of the jitted forward + backward runs in its first
+    ``lax.scan`` (the forward) and in the ones after it (the backward), a
+    scan's body counted once per step. XLA fuses elementwise equations into
     fewer kernels, so this is an upper bound of what a compiled step launches.
 NumPy
     Its calls are not kernels; the ``torch`` count stands for the portable code.
@@ -32,11 +36,13 @@ import numpy as np
 
 from ... import _eager_fast
 from ...layers import LAYERS
+from ...sequence import BACKWARD_CHUNK
 
 __all__ = ["STEPS", "UNITS", "per_step", "torch_ours", "torch_nn", "jax_ours", "jax_grad", "kernels_per_step"]
 
-#: The two sequence lengths whose difference gives the per-step count.
-STEPS = (4, 8)
+#: The two sequence lengths whose difference gives the per-step count: two and
+#: four of the backward's chunks.
+STEPS = (2 * BACKWARD_CHUNK, 4 * BACKWARD_CHUNK)
 #: Tiny sizes: the counts do not depend on them.
 _N, _D, _H = 2, 3, 4
 #: aten ops that allocate or reinterpret memory without launching a kernel (besides views).
@@ -133,57 +139,61 @@ def _sub_jaxprs(params):
                 yield inner
 
 
-def _scan_bodies(jaxpr, found):
-    """The body of every ``scan`` in ``jaxpr`` and the jaxprs nested in it, in program order."""
+def _top_level_scans(jaxpr, found):
+    """The ``scan`` equations of ``jaxpr`` that are not inside another scan, in program order."""
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "scan":
-            found.append(eqn.params["jaxpr"].jaxpr)
+            found.append(eqn)
         else:
             for sub in _sub_jaxprs(eqn.params):
-                _scan_bodies(sub, found)
+                _top_level_scans(sub, found)
     return found
 
 
-def _equations(jaxpr) -> int:
-    """Equations of ``jaxpr``; a nested call (``pjit``, ``custom_jvp_call``) counts as the equations inside it."""
+def _executed(jaxpr) -> int:
+    """Equations ``jaxpr`` runs: a scan's body once per step, a nested call (``pjit``) its equations."""
     n = 0
     for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            n += eqn.params["length"] * _executed(eqn.params["jaxpr"].jaxpr)
+            continue
         subs = list(_sub_jaxprs(eqn.params))
-        n += sum(_equations(s) for s in subs) if subs else 1
+        n += sum(_executed(s) for s in subs) if subs else 1
     return n
 
 
-def _jax_per_step(fn, cell, T) -> dict:
-    """Equations of the forward (first) and backward (second) scan bodies of ``fn(params, x)``, x of T steps."""
+def _jax_per_step(fn, cell, steps) -> dict:
+    """Per-step equations of the forward (first scan) and the backward (the scans after it) of ``fn(params, x)``."""
     import jax
     import jax.numpy as jnp
 
-    _, params, x = _host_inputs(cell, T)
-    closed = jax.make_jaxpr(fn)({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x))
-    bodies = _scan_bodies(closed.jaxpr, [])
-    if len(bodies) != 2:
-        raise RuntimeError(f"expected a forward and a backward scan, found {len(bodies)}")
-    return {"forward": float(_equations(bodies[0])), "backward": float(_equations(bodies[1]))}
+    def count(T):
+        _, params, x = _host_inputs(cell, T)
+        closed = jax.make_jaxpr(fn)({k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x))
+        scans = _top_level_scans(closed.jaxpr, [])
+        if len(scans) < 2:
+            raise RuntimeError(f"expected a forward and a backward scan, found {len(scans)}")
+        forward, *backward = (eqn.params["length"] * _executed(eqn.params["jaxpr"].jaxpr) for eqn in scans)
+        return forward, sum(backward)
+
+    return per_step(count, steps)
 
 
 def jax_ours(cell, steps=STEPS) -> dict:
-    """Per-step jaxpr equations of this package's layer, forward + backward as the bench jits it.
-
-    A scan body is one step whatever T is: it is traced at ``steps[0]`` steps.
-    """
+    """Per-step jaxpr equations of this package's layer, forward + backward as the bench jits it."""
     import jax.numpy as jnp
 
     from .contenders import fwd_bwd
 
     spec = LAYERS[cell](_D, _H)
-    return _jax_per_step(lambda p, x: fwd_bwd(spec, p, x, jnp.ones_like), cell, steps[0])
+    return _jax_per_step(lambda p, x: fwd_bwd(spec, p, x, jnp.ones_like), cell, steps)
 
 
 def jax_grad(cell, steps=STEPS) -> dict:
-    """Per-step jaxpr equations of the ``jax.grad`` reference (a ``lax.scan`` layer), traced at ``steps[0]``."""
+    """Per-step jaxpr equations of the ``jax.grad`` reference (a ``lax.scan`` layer)."""
     from .references import jax_grad_fn
 
-    return _jax_per_step(jax_grad_fn(cell), cell, steps[0])
+    return _jax_per_step(jax_grad_fn(cell), cell, steps)
 
 
 #: What each count measures, by contender.
