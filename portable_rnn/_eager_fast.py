@@ -25,12 +25,11 @@ The kernels are written once, in NumPy. CPU torch tensors run them on the
 same memory: ``Tensor.numpy()`` views go in and ``torch.from_numpy`` views
 come out, nothing is copied. NumPy's per-call overhead (~1 us) is a third of
 torch's eager dispatch (~3 us), which dominates at small sizes. The one
-exception is BLAS: on torch tensors the GRU and RNN kernels run their large
-products (at least :data:`TORCH_MATMUL_MIN` multiply-adds, inner size 64 or
-more) with torch's ``matmul`` / ``addmm_`` on ``torch.from_numpy`` views
-(:class:`_TorchBLAS`): on the 2-core AVX-512 Xeon measured, torch's MKL was
-1.1-1.5x faster there than NumPy's OpenBLAS, and a torch layer then wakes only
-torch's thread pool, not NumPy's BLAS threads as well.
+exception is BLAS: on torch tensors the RNN kernel, and the GRU kernel below
+:data:`GRU_TORCH_BLAS_MAX`, run their large products (at least
+:data:`TORCH_MATMUL_MIN` multiply-adds) with torch's
+``matmul`` / ``addmm_`` on ``torch.from_numpy`` views (:class:`_TorchBLAS`),
+which measured faster there (see that class).
 
 What it does that the portable code may not (it mutates arrays, but only
 arrays it allocated itself):
@@ -85,7 +84,8 @@ from .cells import CELLS
 from .loop import leaves, stack_trees, tree_map
 
 __all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward", "accepts_segments",
-           "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN"]
+           "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN",
+           "GRU_TORCH_BLAS_MAX"]
 
 #: How often each fast kernel ran, keyed ``(library, "forward" | "backward", cell)``,
 #: e.g. ``calls["numpy", "forward", "lstm"]`` (a spy for the tests).
@@ -97,9 +97,15 @@ CHUNK_ROWS = 1024
 #: factors: enough steps per call to amortise NumPy's call overhead when N*H is
 #: small, one step (cache-resident) when it is large.
 FACTOR_ELEMENTS = 1 << 14
-#: Multiply-adds (rows x inner x columns) from which a GRU or RNN kernel on
-#: torch tensors runs a matmul with torch's BLAS rather than NumPy's (:class:`_TorchBLAS`).
+#: Multiply-adds (rows x inner x columns) from which the RNN and GRU kernels on
+#: torch tensors run a matmul with torch's BLAS rather than NumPy's
+#: (:class:`_TorchBLAS`): where OpenBLAS starts running a product on more than
+#: the calling thread (it uses M N K / 2^18 threads), so NumPy's BLAS never
+#: wakes threads of its own beside torch's.
 TORCH_MATMUL_MIN = 1 << 19
+#: Multiply-adds of the GRU's recurrent product (N x 3H x H) from which its
+#: kernel keeps NumPy's BLAS on torch tensors too (:class:`_TorchBLAS`).
+GRU_TORCH_BLAS_MAX = 1 << 26
 
 _local = threading.local()
 
@@ -370,15 +376,32 @@ class _NumPyBLAS:
 
 
 class _TorchBLAS(_NumPyBLAS):
-    """Torch's BLAS for the GRU and RNN kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
+    """Torch's BLAS for the RNN and smaller GRU kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
 
-    On the machine measured (2-core AVX-512 Xeon, float32), torch's BLAS
-    (MKL) was 1.1-1.5x faster than NumPy's (OpenBLAS) on the products of the
-    layers at N = 32-256, single-threaded, and keeping a torch layer's BLAS
-    calls in torch's thread pool spares it NumPy's BLAS threads spinning against
-    torch's. NumPy's stays for small products (under :data:`TORCH_MATMUL_MIN`
-    multiply-adds, or an inner size under 64: N = 1 steps, short chunks), where
-    its ~1 us per call beats torch's ~5 us.
+    Chosen by whole-layer A/B runs against ``torch.nn`` (float32, 2 threads,
+    quiet machine) on a 2-core AMD EPYC with AVX-512 (NumPy's OpenBLAS on its
+    Haswell kernels, torch's MKL), not by timing products alone, which
+    predicted neither result; an earlier choice made on a 2-core AVX-512 Xeon
+    under load had sent every GRU to torch's BLAS.
+
+    * Never both libraries' threads: with NumPy's BLAS running products on
+      two threads beside torch's thread pool (which any torch op of the
+      training loop wakes), each library's threads spin while the other's
+      work. Products under :data:`TORCH_MATMUL_MIN`, the size from which
+      OpenBLAS uses more than the calling thread, stay with NumPy (its ~1 us
+      per call beats torch's ~5 us at N = 1); every larger one goes to
+      torch. Sending products with an inner size under 64 to NumPy as well
+      (as this class did first) took the modules from 0.82 to 1.65x
+      ``torch.nn``'s time (GRU) and 0.88 to 2.9x (RNN) at (32, 50, 64, 128),
+      and from 0.15 to 0.98x (GRU) at (1, 1000, 32, 64).
+    * The RNN module at (64, 100, 128, 256) ran in 0.80-0.86x ``torch.nn``'s
+      time with torch's BLAS and 0.91-1.12x with NumPy's (equal at N = 256).
+    * The GRU module ran in 0.90-1.00x with torch's BLAS and 1.00-1.09x with
+      NumPy's at (64, 100, 128, 256), but in 1.03-1.09x with torch's and
+      0.91-0.98x with NumPy's at (256, 50, 512, 512), hence
+      :data:`GRU_TORCH_BLAS_MAX` between the two.
+
+    The LSTM kernel keeps NumPy's (untried).
     """
 
     def __init__(self):
@@ -397,7 +420,7 @@ class _TorchBLAS(_NumPyBLAS):
 
     @staticmethod
     def _torch_is_faster(m, k, n):
-        return k >= 64 and m * k * n >= TORCH_MATMUL_MIN
+        return m * k * n >= TORCH_MATMUL_MIN
 
     def matmul(self, m, k, n):
         return self._matmul if self._torch_is_faster(m, k, n) else np.matmul
@@ -409,9 +432,10 @@ class _TorchBLAS(_NumPyBLAS):
 _NUMPY_BLAS = _NumPyBLAS()
 
 
-def _blas(library, kind):
-    """The BLAS chooser of a kernel: torch's for GRU and RNN on torch tensors (:class:`_TorchBLAS`), else NumPy's."""
-    if library == "torch" and kind in ("gru", "rnn"):
+def _blas(library, kind, N, W_hh):
+    """The BLAS chooser of a kernel of batch ``N``: torch's for the RNN and smaller GRUs on torch tensors, else NumPy's."""
+    recurrent = N * W_hh.shape[0] * W_hh.shape[1]
+    if library == "torch" and (kind == "rnn" or (kind == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
         return _TorchBLAS()
     return _NUMPY_BLAS
 
@@ -473,9 +497,9 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
     kind, library = _kind(cell), _library(xp)
     calls[library, "forward", kind] += 1
     if kind == "rnn":
-        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu", _blas(library, kind))
+        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu", _blas(library, kind, x.shape[1], W_hh))
     elif kind == "gru":
-        kernel = functools.partial(_gru_forward, _blas(library, kind))
+        kernel = functools.partial(_gru_forward, _blas(library, kind, x.shape[1], W_hh))
     else:
         kernel = _lstm_forward
     out, final, states, leaves = _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
@@ -607,7 +631,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
     tape = (x, tuple(state0), tuple(states), None if cell_tape is None else tuple(cell_tape), mask)
     d_final = (None,) * cell.n_states if d_final is None else tuple(d_final)
 
-    blas = _blas(library, kind)
+    blas = _blas(library, kind, tape[0].shape[1], W_hh)
 
     def kernel(*arrays):
         b = backward_class(*arrays, bias)

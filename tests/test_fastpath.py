@@ -380,7 +380,7 @@ def test_fast_path_takes_a_broadcast_output_gradient(lib, cell):
                          ids=[i for i in CELL_IDS if i != "lstm"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monkeypatch):
-    """GRU and RNN kernels on torch tensors run their large products with torch's BLAS
+    """RNN and (smaller) GRU kernels on torch tensors run their large products with torch's BLAS
     (``torch.from_numpy`` views, ``out=`` and ``addmm_``): forced on for every product here,
     including strided x, masks, truncation, chunks that do not divide T and an empty batch."""
     lib = _Lib("torch")
@@ -407,9 +407,13 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
 
 @pytest.mark.backends("torch")
 def test_torch_blas_is_chosen_by_size():
-    """Only large enough products go to torch's BLAS; LSTM and NumPy inputs keep NumPy's."""
-    blas = _eager_fast._blas("torch", "gru")
-    assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's call is cheaper
-    assert blas.matmul(1000, 32, 64) is np.matmul  # inner size under 64
-    assert blas.matmul(256, 512, 1536) is not np.matmul
-    assert _eager_fast._blas("torch", "lstm") is _eager_fast._blas("numpy", "gru") is _eager_fast._NUMPY_BLAS
+    """Only large enough products go to torch's BLAS, not those of large GRUs; LSTM and NumPy inputs keep NumPy's."""
+    W_hh = {H: np.zeros((3 * H, H)) for H in (256, 512)}
+    blas = _eager_fast._blas("torch", "gru", 64, W_hh[256])
+    assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's single-threaded call is cheaper
+    assert blas.matmul(1000, 32, 64) is not np.matmul  # any product OpenBLAS would run on two threads
+    assert blas.matmul(64, 256, 768) is not np.matmul
+    assert _eager_fast._blas("torch", "gru", 256, W_hh[512]) is _eager_fast._NUMPY_BLAS
+    assert _eager_fast._blas("torch", "rnn", 256, W_hh[512][:512]) is not _eager_fast._NUMPY_BLAS
+    assert _eager_fast._blas("torch", "lstm", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
+    assert _eager_fast._blas("numpy", "gru", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
