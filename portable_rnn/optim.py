@@ -199,14 +199,23 @@ def _check_state(xp, state, params, buffers) -> None:
         _check_like(xp, f"state[{key!r}]", state[key], params)
 
 
-def _real(name: str, value, low: float = 0.0, high: float | None = None) -> float:
-    """A Python real hyperparameter in ``[low, high)``."""
+def _real(name: str, value, low: float = 0.0, high: float | None = None, *, inf_allowed: bool = False) -> float:
+    """A Python real hyperparameter in ``[low, high)``; never NaN, and infinite only where ``inf_allowed``.
+
+    An infinite learning rate, moment or epsilon would not fail: it would
+    turn the parameters into NaN a step later. Only a clipping bound has a
+    meaning at infinity (no clipping, as in torch).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    value = float(value)
-    if not (value >= low and (high is None or value < high)):
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
+    finite = inf_allowed or math.isfinite(value)
+    if not (finite and value >= low and (high is None or value < high)):
         bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {'' if inf_allowed else 'finite and '}{bound}, got {value}")
     return value
 
 
@@ -455,14 +464,14 @@ def clip_by_value(grads, limit: float):
     ----------
     grads : nested dict of floating arrays
     limit : float
-        :math:`c \ge 0`.
+        :math:`c \ge 0`; ``math.inf`` clips nothing.
 
     Returns
     -------
     nested dict of arrays
         Same structure, shapes, dtypes and device; NaN stays NaN.
     """
-    limit = _real("limit", limit)
+    limit = _real("limit", limit, inf_allowed=True)
     xp, dev = _inspect(grads, "grads")
     return tree_map(lambda g: _array(xp, xp.clip(g, -limit, limit), g, dev), grads)
 
@@ -481,7 +490,7 @@ def clip_by_global_norm(grads, max_norm: float):
     ----------
     grads : nested dict of arrays of one floating dtype
     max_norm : float
-        :math:`c \ge 0`.
+        :math:`c \ge 0`; ``math.inf`` rescales nothing (the norm is still returned).
 
     Returns
     -------
@@ -491,7 +500,7 @@ def clip_by_global_norm(grads, max_norm: float):
         :math:`\|g\|` before clipping, same dtype and device as the gradients
         (non-finite if a gradient is).
     """
-    max_norm = _real("max_norm", max_norm)
+    max_norm = _real("max_norm", max_norm, inf_allowed=True)
     xp, dev = _inspect(grads, "grads")
     leaves = _leaves(grads, "grads")
     dtype = check_floating(xp, **leaves)

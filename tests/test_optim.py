@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import doctest
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -261,6 +262,26 @@ def test_bad_arguments(backend):
 def test_bad_hyperparameters(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("make", [
+    lambda bad: sgd(bad), lambda bad: sgd(0.1, momentum=bad), lambda bad: sgd(0.1, weight_decay=bad),
+    lambda bad: adam(bad), lambda bad: adam(0.1, eps=bad), lambda bad: adamw(0.1, weight_decay=bad),
+])
+@pytest.mark.parametrize("bad", [math.inf, math.nan, 10**400])
+def test_non_finite_hyperparameters_are_refused(make, bad):
+    with pytest.raises(ValueError, match="must be finite"):
+        make(bad)
+
+
+def test_infinite_clipping_bounds_clip_nothing():
+    grads = {"a": np.asarray([3.0, -4.0])}
+    np.testing.assert_array_equal(clip_by_value(grads, math.inf)["a"], grads["a"])
+    clipped, norm = clip_by_global_norm(grads, math.inf)
+    np.testing.assert_array_equal(clipped["a"], grads["a"])
+    assert norm == 5.0
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_by_global_norm(grads, math.nan)
 
 
 def test_hyperparameters_must_be_python_numbers():
