@@ -832,7 +832,7 @@ class _LSTMBackward(_Backward):
         np.multiply(self.B_ifg[k], dc[:, None, :], out=self.B_ifg[k])
         np.multiply(self.B_o[k], dh, out=self.B_o[k])
         np.multiply(dc, self.cell_tape[1][t], out=self.new[1])
-        np.matmul(self.B[k], self.W_hh, out=self.new[0])
+        self.matmul_step(self.B[k], self.W_hh, out=self.new[0])
 
 
 class _GRUBackward(_Backward):
