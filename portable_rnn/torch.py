@@ -1,15 +1,16 @@
 r"""Drop-in ``torch.nn`` modules whose autograd backward is the hand-written BPTT.
 
-:class:`RNN`, :class:`LSTM` and :class:`GRU` take ``torch.nn``'s constructor
-arguments and defaults, register the same parameters under the same names
-(a ``torch.nn`` ``state_dict`` loads with ``strict=True`` both ways), draw the
-same initial numbers from torch's generator, and keep ``torch.nn``'s forward
-contract: ``(input, hx)`` to ``(output, h_n)`` (``(output, (h_n, c_n))`` for
-LSTM), 2-D unbatched input, and ``PackedSequence`` in and out. Gradients reach
-the parameters, the input and ``hx`` through a ``torch.autograd.Function``
-whose backward is :meth:`portable_rnn.LSTM.backward` (on CPU, the NumPy fast
-path), so ``torch.optim``, LR schedulers, gradient hooks and
-``DistributedDataParallel`` work unchanged::
+:class:`RNN`, :class:`LSTM` and :class:`GRU` are ``torch.nn.RNNBase``
+subclasses built by ``RNNBase``'s own constructor: the same arguments, checks,
+defaults, parameter names and initial numbers (a ``torch.nn`` ``state_dict``
+loads with ``strict=True`` both ways), ``all_weights``, ``_flat_weights`` (so
+``weight_norm``, ``spectral_norm``, ``torch.nn.utils.parametrize`` and
+``torch.func.functional_call`` reach the forward), ``flatten_parameters`` and
+``torch.nn``'s forward contract, argument checks and messages: ``(input, hx)``
+to ``(output, h_n)`` (``(output, (h_n, c_n))`` for LSTM), 2-D unbatched input
+and ``PackedSequence`` in and out. Only the computation differs: one
+:class:`torch.autograd.Function` runs :meth:`portable_rnn.LSTM.forward` (on
+CPU, the NumPy fast path) and its hand-written :meth:`~portable_rnn.LSTM.backward`::
 
     from portable_rnn.torch import LSTM
 
@@ -17,144 +18,354 @@ path), so ``torch.optim``, LR schedulers, gradient hooks and
     out, (h_n, c_n) = model(x)
     out.sum().backward()
 
-``dropout`` works as in ``torch.nn``: in training mode (``model.train()``,
-the default) every layer's output but the last's is multiplied by factors
-drawn from torch's generator, ``torch.empty(...).bernoulli_(1 - p) / (1 - p)``
-over the time-major (T, N, dirs*R) output, and the backward applies the same
-factors; in eval mode there is none. For padded or unbatched input these are
-the numbers ``torch.nn`` draws after the same ``torch.manual_seed`` (on CPU,
-checked against torch 2.13); for a ``PackedSequence``, which ``torch.nn``
-drops in its packed layout, they follow the same law but are other numbers.
-``dropout`` must be below 1 (``torch.nn`` also takes 1). ``proj_size`` (LSTM)
-adds ``weight_hr_l{k}`` and makes h ``proj_size`` wide, as ``torch.nn.LSTM``;
-projections run on the portable path (the CPU fast path has no kernels for them).
-The backward is not itself differentiable: ``create_graph=True`` (double
-backward) raises a ``RuntimeError`` that says so. Importing this module needs
-torch; the rest of the package does not.
+What autograd sees is what ``torch.nn`` gives it:
+
+* The tape and the inputs are saved with ``save_for_backward``: changing the
+  input, ``hx`` or a weight in place before ``backward()`` raises autograd's
+  "modified by an inplace operation" error, and a second ``backward()``
+  without ``retain_graph=True`` raises. ``output`` and the final state own
+  their memory (in-place ops on them are allowed), and so does every gradient.
+* Asked for a graph of the backward (``create_graph=True``, ``gradgradcheck``),
+  the backward recomputes the forward on the portable path under autograd
+  and runs the hand-written backward there: it is Array API code on torch
+  tensors, so autograd differentiates it (double backward).
+* Under ``torch.func`` (``grad``, ``vmap``, ``jacrev``, ``functional_call``)
+  and ``is_grads_batched`` the same portable code runs on the transforms'
+  tensors (the vmap rule is generated from it); the forward keeps no tape
+  there and the backward recomputes it.
+* ``torch.compile`` runs the modules with a graph break at the layer: the
+  forward leaves torch for NumPy, which Dynamo cannot trace.
+
+Dropout is read at every forward, in [0, 1] as ``torch.nn``: in training mode
+every layer's output but the last's is multiplied by factors drawn from
+torch's generator, ``torch.empty(...).bernoulli_(1 - p) / (1 - p)`` over the
+time-major (T, N, dirs*R) output (zeros for ``p = 1``), and the backward
+applies the same factors. For padded or unbatched input these are the numbers
+``torch.nn`` draws after the same ``torch.manual_seed`` (on CPU); for a
+``PackedSequence``, which ``torch.nn`` drops in its packed layout, they follow
+the same law but are other numbers.
+
+Half precision: a ``bfloat16`` or ``float16`` module (or input under
+``torch.autocast``) computes in float32 inside; the output and final state
+come back in the module's dtype (under autocast, in autocast's dtype, as
+``torch.nn`` on CUDA) and gradients in each parameter's dtype.
+
+Importing this module needs torch; the rest of the package does not.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+import functools
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from . import _eager_fast
 from .layers import LAYERS
 
 __all__ = ["RNN", "LSTM", "GRU"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _is_wrapped(tensor) -> bool:
+    """Whether ``tensor`` is a transform's wrapper with no memory of its own.
+
+    ``torch.func``'s batched, grad-tracking and functional tensors, and the
+    batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)``.
+    """
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor) or _is_legacy_batched(tensor)
+
+
+def _is_legacy_batched(tensor) -> bool:
+    """Whether ``tensor`` is batched by torch's first ``vmap`` (``is_grads_batched``)."""
+    return torch._C._functorch.is_legacy_batchedtensor(tensor)
+
+
+def _bare(tensor):
+    """``tensor`` outside autograd (the fast path takes no tensor that requires grad); transforms' tensors as they are."""
+    return tensor if _is_wrapped(tensor) else tensor.detach()
+
+
+def _memory(tensor):
+    """The byte range of ``tensor``'s storage, or ``None`` where it has none to look at."""
+    if _is_wrapped(tensor) or tensor.device.type == "meta":
+        return None
+    storage = tensor.untyped_storage()
+    start = storage.data_ptr()
+    return (start, start + storage.nbytes()) if storage.nbytes() else None
+
+
+def _own_memory(tensors, others=()):
+    """``tensors`` with a copy of every one whose memory overlaps another's or one of ``others``.
+
+    The fast path hands out views into its own buffers: two gradients over
+    one storage (the bias gradients of a layer are one array) would be
+    accumulated into each other, and an output over the tape's memory would
+    change what the backward reads.
+    """
+    taken = [r for r in map(_memory, others) if r is not None]
+    owned = []
+    for t in tensors:
+        span = None if t is None else _memory(t)
+        if span is not None and any(span[0] < end and start < span[1] for start, end in taken):
+            t = t.clone()
+            span = _memory(t)
+        if span is not None:
+            taken.append(span)
+        owned.append(t)
+    return owned
+
+
+class _TapeBox:
+    """Carries the forward's tape from ``forward`` to ``setup_context`` (which sees only inputs and outputs)."""
+
+    __slots__ = ("tape",)
+
+    def __init__(self):
+        self.tape = None
+
 
 class _HandWrittenBPTT(torch.autograd.Function):
-    """``spec.forward`` with ``spec.backward`` as its gradient (parameters passed flat, in state_dict order)."""
+    """``spec.forward`` with ``spec.backward`` as its gradient.
+
+    Tensor arguments: ``x``, the state parts (none when ``hx`` is zeros), the
+    dropout factors, then the parameters in ``state_dict`` order.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, spec, lengths, has_state, n_state_parts, n_masks, *tensors):
-        state_parts, masks = tensors[:n_state_parts], tensors[n_state_parts:n_state_parts + n_masks]
-        x, *flat = tensors[n_state_parts + n_masks:]
-        # Detached views: the fast path takes tensors that do not require grad.
-        params = {k: p.detach() for k, p in zip(spec.param_shapes(), flat)}
-        state = None
-        if has_state:
-            state = spec.state_value(tuple(s.detach() for s in state_parts))
-        out, final, tape = spec.forward(params, x.detach(), state, lengths, dropout_masks=masks)
-        ctx.spec, ctx.params, ctx.tape, ctx.has_state = spec, params, tape, has_state
-        ctx.n_state_parts, ctx.n_masks = n_state_parts, n_masks
-        return (out, *spec.state_parts(final))
+    def forward(spec, lengths, n_state, n_masks, box, x, *tensors):
+        parts, masks, weights = _split(tensors, n_state, n_masks)
+        params = dict(zip(spec.param_shapes(), map(_bare, weights)))
+        state = spec.state_value(tuple(map(_bare, parts))) if n_state else None
+        out, final, tape = spec.forward(params, _bare(x), state, lengths,
+                                        dropout_masks=tuple(map(_bare, masks)))
+        if out._is_view():  # batch_first's permuted view: torch.nn's output is contiguous
+            out = out.contiguous() if not out.is_contiguous() else out.clone()
+        outputs = (out, *spec.state_parts(final))
+        if any(map(_is_wrapped, (x, *tensors))):
+            return outputs  # under torch.func the backward recomputes the tape at its own level
+        box.tape = tape
+        return tuple(_own_memory(outputs, others=_tensor_leaves(tape)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, lengths, n_state, n_masks, box, x, *tensors = inputs
+        ctx.spec, ctx.lengths, ctx.n_state, ctx.n_masks = spec, lengths, n_state, n_masks
+        tape, box.tape = box.tape, None
+        ctx.treedef, leaves = None, []
+        if tape is not None:
+            leaves, ctx.treedef = tree_flatten(tape)
+        ctx.tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        ctx.constants = [None if i in ctx.tensor_slots else leaf for i, leaf in enumerate(leaves)]
+        ctx.save_for_backward(x, *tensors, *(leaves[i] for i in ctx.tensor_slots))
+        ctx.n_inputs = 1 + len(tensors)
 
     @staticmethod
     def backward(ctx, d_out, *d_finals):
-        if torch.is_grad_enabled():  # create_graph=True: a graph of this backward is asked for
-            raise RuntimeError(
-                "portable_rnn.torch: the hand-written backward is not itself differentiable; "
-                "double backward (create_graph=True) is not supported"
-            )
-        spec = ctx.spec
-        grads, dx, dstate0 = spec.backward(ctx.params, ctx.tape, d_out, spec.state_value(d_finals))
-        d_state = spec.state_parts(dstate0) if ctx.has_state else (None,) * ctx.n_state_parts
-        d_masks = (None,) * ctx.n_masks  # the dropout factors are constants
-        return (None, None, None, None, None, *d_state, *d_masks, dx, *(grads[k] for k in spec.param_shapes()))
+        saved = ctx.saved_tensors  # raises on a second backward, or after an in-place change
+        spec, n_inputs = ctx.spec, ctx.n_inputs
+        x, tensors = saved[0], saved[1:n_inputs]
+        parts, masks, weights = _split(tensors, ctx.n_state, ctx.n_masks)
+        with torch.autocast(x.device.type, enabled=False):
+            if any(map(_is_legacy_batched, (d_out, *d_finals))):
+                d_inputs = _autograd_of_portable_forward(ctx, x, parts, masks, weights, (d_out, *d_finals))
+            else:
+                d_inputs = _hand_written_backward(ctx, x, parts, masks, weights, saved[n_inputs:],
+                                                  d_out, d_finals)
+        dx, d_parts, d_weights = d_inputs[0], d_inputs[1:1 + ctx.n_state], d_inputs[1 + ctx.n_state:]
+        return (None, None, None, None, None, dx, *d_parts, *(None,) * ctx.n_masks, *d_weights)
 
 
-class _Recurrent(torch.nn.Module):
-    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share (``torch.nn.RNNBase``'s role)."""
+def _hand_written_backward(ctx, x, parts, masks, weights, tape_leaves, d_out, d_finals):
+    """``[dx, *d_state_parts, *d_weights]`` from the hand-written BPTT.
 
-    mode = ""
+    With the forward's tape when it kept one; else (under ``torch.func``) or
+    when autograd records this backward (``create_graph=True``), after the
+    portable forward, which the transforms and autograd trace.
+    """
+    spec = ctx.spec
+    if ctx.treedef is None or torch.is_grad_enabled():
+        params = dict(zip(spec.param_shapes(), weights))
+        state = spec.state_value(parts) if ctx.n_state else None
+        _, _, tape = spec.forward(params, x, state, ctx.lengths, dropout_masks=masks)
+    else:
+        params = dict(zip(spec.param_shapes(), map(_bare, weights)))
+        leaves = list(ctx.constants)
+        for slot, leaf in zip(ctx.tensor_slots, tape_leaves):
+            leaves[slot] = leaf
+        tape = tree_unflatten(leaves, ctx.treedef)
+    grads, dx, dstate0 = spec.backward(params, tape, d_out, spec.state_value(d_finals))
+    d_parts = spec.state_parts(dstate0) if ctx.n_state else ()
+    return _own_memory([dx, *d_parts, *(grads[k] for k in spec.param_shapes())])
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, **options):
-        super().__init__()
-        if proj_size:
-            options["proj_size"] = proj_size
-        self.spec = LAYERS[self.mode](input_size, hidden_size, num_layers, bidirectional=bidirectional,
-                                      batch_first=batch_first, bias=bias, dropout=dropout, **options)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(  # torch.nn's warning, word for word
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
-                f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=3,
-            )
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
-        self.dropout, self.proj_size = float(dropout), proj_size
-        for name, shape in self.spec.param_shapes().items():
-            self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """``torch.nn``'s initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in order."""
-        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
-        for weight in self.parameters():
-            torch.nn.init.uniform_(weight, -bound, bound)
+def _autograd_of_portable_forward(ctx, x, parts, masks, weights, d_outputs):
+    """``[dx, *d_state_parts, *d_weights]`` by autograd through the portable forward.
 
-    def extra_repr(self) -> str:
-        return repr(self.spec)
+    For the batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)``:
+    torch runs them under its first ``vmap``, which has no rule for the basic
+    indexing the hand-written backward is written with, but has one for every
+    backward formula of the portable forward's operations (the same maths).
+    """
+    spec = ctx.spec
+    inputs = [t.detach().requires_grad_(True) for t in (x, *parts, *weights)]
+    x_, parts_, weights_ = inputs[0], inputs[1:1 + ctx.n_state], inputs[1 + ctx.n_state:]
+    with torch.enable_grad(), _eager_fast.portable_only():
+        state = spec.state_value(tuple(parts_)) if ctx.n_state else None
+        out, final, _ = spec.forward(dict(zip(spec.param_shapes(), weights_)), x_, state, ctx.lengths,
+                                     dropout_masks=masks, tape="none")
+        outputs = (out, *spec.state_parts(final))
+        return list(torch.autograd.grad(outputs, inputs, d_outputs, allow_unused=True, materialize_grads=True))
+
+
+def _split(tensors, n_state, n_masks):
+    """``(state parts, dropout factors, weights)`` of :class:`_HandWrittenBPTT`'s tensor arguments."""
+    return tensors[:n_state], tensors[n_state:n_state + n_masks], tensors[n_state + n_masks:]
+
+
+def _tensor_leaves(tree):
+    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, torch.Tensor)]
+
+
+@functools.lru_cache(maxsize=64)
+def _spec(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, options):
+    """The engine's layer for a module's current settings (one per settings: its tapes are typed by it)."""
+    return LAYERS[mode](input_size, hidden_size, num_layers, bidirectional=bidirectional,
+                        batch_first=batch_first, bias=bias, dropout=dropout, **dict(options))
+
+
+class _Recurrent(torch.nn.RNNBase):
+    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share: the forward."""
+
+    def _engine(self, training_dropout):
+        """The engine's layer for this module now (``dropout`` and the rest are read at every call)."""
+        options = ()
+        if self.mode == "LSTM" and self.proj_size:
+            options = (("proj_size", self.proj_size),)
+        elif self.mode in ("RNN_TANH", "RNN_RELU"):
+            options = (("nonlinearity", "tanh" if self.mode == "RNN_TANH" else "relu"),)
+        # The factors are drawn here; the engine only needs to know that some are
+        # given, and its rate must be below 1 (its own draw divides by 1 - p).
+        rate = 0.5 if training_dropout else 0.0
+        mode = {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
+        return _spec(mode, self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+                     rate, self.bidirectional, options)
+
+    def _n_states(self):
+        return 2 if self.mode == "LSTM" else 1
 
     def forward(self, input, hx=None):
         """``torch.nn``'s contract: see the module docstring."""
+        self._update_flat_weights()
+        name = {"LSTM": "LSTM", "GRU": "GRU"}.get(self.mode, "RNN")
         packed = isinstance(input, PackedSequence)
-        lengths = None
         if packed:
-            input, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
-            lengths = lengths.to(input.device)
-        unbatched = input.dim() == 2
-        if unbatched:
-            input = input.unsqueeze(1 if not self.batch_first else 0)
-        parts = self._state_parts(hx, unbatched)
-        n_parts = self.spec.cell.n_states
-        tensors = parts if parts is not None else (None,) * n_parts
-        masks = self._dropout_masks(input)
-        out, *finals = _HandWrittenBPTT.apply(self.spec, lengths, parts is not None, n_parts, len(masks),
-                                              *tensors, *masks, input, *self.parameters())
-        if unbatched:
-            out = out.squeeze(1 if not self.batch_first else 0)
-            finals = [f.squeeze(1) for f in finals]
-        if packed:
-            out = pack_padded_sequence(out, lengths.cpu(), batch_first=self.batch_first, enforce_sorted=False)
-        return out, self.spec.state_value(finals)
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            parts = self._hx_parts(hx, batched=True)
+            self._check_args(data, parts, batch_sizes)
+            x, lengths = pad_packed_sequence(input, batch_first=self.batch_first)
+            lengths = lengths.to(x.device)
+            unbatched = False
+        else:
+            if input.dim() not in (2, 3):
+                tensor = " tensor" if name == "RNN" else ""
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{tensor} instead")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+            parts = self._hx_parts(hx, batched=not unbatched)
+            self._check_args(x, parts, None)
+            lengths = None
+        if x.shape[1 if self.batch_first else 0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-    def _dropout_masks(self, input):
+        out, finals = self._run(x, parts, lengths)
+
+        if packed:
+            if sorted_indices is not None:
+                out = out.index_select(0 if self.batch_first else 1, sorted_indices)
+                lengths = lengths.index_select(0, sorted_indices)
+            data = pack_padded_sequence(out, lengths.cpu(), batch_first=self.batch_first).data
+            out = PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)
+        elif unbatched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            finals = [f.squeeze(1) for f in finals]
+        return out, (tuple(finals) if len(finals) > 1 else finals[0])
+
+    def _hx_parts(self, hx, batched):
+        """``hx`` as a tuple of (L*dirs, N, .) tensors, or ``None``; ``torch.nn``'s checks of its rank."""
+        if hx is None:
+            return None
+        if self.mode == "LSTM":
+            h, c = hx
+            if batched and (h.dim() != 3 or c.dim() != 3):
+                raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
+                                   f"({h.dim()}-D, {c.dim()}-D) tensors")
+            if not batched:
+                if h.dim() != 2 or c.dim() != 2:
+                    raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                       f"({h.dim()}-D, {c.dim()}-D) tensors")
+                h, c = h.unsqueeze(1), c.unsqueeze(1)
+            return (h, c)
+        if batched and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if not batched:
+            if hx.dim() != 2:
+                raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+            hx = hx.unsqueeze(1)
+        return (hx,)
+
+    def _check_args(self, x, parts, batch_sizes):
+        """``torch.nn``'s own checks of the input and state (its methods, its messages)."""
+        if parts is None:
+            self.check_input(x, batch_sizes)
+        elif self.mode == "LSTM":
+            torch.nn.LSTM.check_forward_args(self, x, parts, batch_sizes)
+        else:
+            self.check_forward_args(x, parts[0], batch_sizes)
+
+    def _run(self, x, parts, lengths):
+        """Output and final state parts of the padded, batched ``x``: casts, dropout, the autograd function."""
+        weights = self._flat_weights
+        dtype = out_dtype = weights[0].dtype
+        if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # float64 is not autocast's
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        inside = torch.float32 if dtype in _HALF or out_dtype in _HALF else dtype
+        if inside != dtype or x.dtype != inside:
+            x = x.to(inside)
+            weights = [w.to(inside) for w in weights]
+            parts = None if parts is None else tuple(p.to(inside) for p in parts)
+        masks = self._dropout_masks(x)
+        spec = self._engine(bool(masks))
+        n_state = 0 if parts is None else len(parts)
+        with torch.autocast(x.device.type, enabled=False):
+            out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, len(masks), _TapeBox(), x,
+                                                  *(parts or ()), *masks, *weights)
+        if out.dtype != out_dtype:
+            out, finals = out.to(out_dtype), [f.to(out_dtype) for f in finals]
+        return out, finals
+
+    def _dropout_masks(self, x):
         """In training mode, the dropout factors of every layer but the last, from torch's generator.
 
         Drawn time-major, (T, N, dirs*R) like the layer outputs ``torch.nn``
-        drops, then laid out like ``input``'s batch_first.
+        drops, then laid out like ``x``'s batch_first.
         """
-        spec = self.spec
-        if not (self.training and spec.dropout > 0 and spec.num_layers > 1):
+        p = self.dropout
+        if not (self.training and p > 0 and self.num_layers > 1):
             return ()
-        T, N = (input.shape[1], input.shape[0]) if self.batch_first else (input.shape[0], input.shape[1])
-        shape = (T, N, spec.num_directions * spec.output_size)
-        keep = 1.0 - spec.dropout
-        masks = [torch.empty(shape, dtype=input.dtype, device=input.device).bernoulli_(keep).div_(keep)
-                 for _ in range(spec.num_layers - 1)]
+        T, N = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        shape = (T, N, (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size))
+        if p == 1:
+            masks = [torch.zeros(shape, dtype=x.dtype, device=x.device) for _ in range(self.num_layers - 1)]
+        else:
+            keep = 1.0 - p
+            masks = [torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+                     for _ in range(self.num_layers - 1)]
         return tuple(m.transpose(0, 1) if self.batch_first else m for m in masks)
-
-    def _state_parts(self, hx, unbatched):
-        if hx is None:
-            return None
-        parts = self.spec.state_parts(hx, "hx")
-        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
 
 
 class RNN(_Recurrent):
@@ -162,13 +373,18 @@ class RNN(_Recurrent):
     nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
     dtype=None)``."""
 
-    mode = "rnn"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, nonlinearity=nonlinearity)
-        self.nonlinearity = nonlinearity
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)
 
 
 class LSTM(_Recurrent):
@@ -176,20 +392,18 @@ class LSTM(_Recurrent):
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
     dtype=None)``."""
 
-    mode = "lstm"
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device=device, dtype=dtype)
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    permute_hidden = torch.nn.LSTM.permute_hidden
 
 
 class GRU(_Recurrent):
     """``torch.nn.GRU`` with the hand-written backward (same signature)."""
 
-    mode = "gru"
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype)
