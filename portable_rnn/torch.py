@@ -143,8 +143,10 @@ class _HandWrittenBPTT(torch.autograd.Function):
         state = spec.state_value(tuple(map(_bare, parts))) if n_state else None
         out, final, tape = spec.forward(params, _bare(x), state, lengths,
                                         dropout_masks=tuple(map(_bare, masks)))
-        if out._is_view():  # batch_first's permuted view: torch.nn's output is contiguous
-            out = out.contiguous() if not out.is_contiguous() else out.clone()
+        if out._is_view():
+            # batch_first's permuted view. A custom Function's view output may not be
+            # modified in place; torch.nn's output is a contiguous tensor of its own.
+            out = out.clone(memory_format=torch.contiguous_format)
         outputs = (out, *spec.state_parts(final))
         if any(map(_is_wrapped, (x, *tensors))):
             return outputs  # under torch.func the backward recomputes the tape at its own level
