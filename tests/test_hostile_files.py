@@ -487,6 +487,14 @@ HOSTILE = {
     "wall time negative": (_set("wall_s", -1.0), "wall_s must be a finite number >= 0"),
     "history length negative": (_set("history_len", -1), "history_len must be an int >= 0"),
     "no history length": (_edit(lambda m: m.pop("history_len")), "metadata lacks ['history_len']"),
+    "rotated vocabulary": (_edit(lambda m: m.update(vocab=m["vocab"][1:] + m["vocab"][0])),
+                           "vocab is not in sorted order, as training writes it"),
+    "split shifted": (_edit(lambda m: m["split"].update(train_chars=m["split"]["train_chars"] - m["split"]["val_chars"],
+                                                        val_chars=2 * m["split"]["val_chars"])),
+                      "-character text with train.val_fraction 0.1 splits at"),
+    "step 2**40": (_set("step", 2**40), "must satisfy step <= train.steps <= 2147483647"),
+    "train.steps past the Adam counter": (_set("train", "steps", 2**31), "train.steps 2147483648 must satisfy"),
+    "seq_len 10**12": (_set("train", "seq_len", 10**12), "train.seq_len 1000000000000 is not shorter than the"),
 }
 
 
@@ -525,12 +533,45 @@ def test_a_hostile_checkpoint_is_one_line_and_exit_2(good, tmp_path, capsys, cas
         assert expected in err, err
 
 
-def test_an_adam_step_out_of_range_is_refused(good, tmp_path, capsys):
+def _member(name, change):
+    """A change of one array member of the good checkpoint (``change(array) -> array``)."""
+
+    def edit(members):
+        a = np.load(io.BytesIO(members[name]))
+        return {**members, name: _npy(change(a))}
+
+    return edit
+
+
+#: Hostile arrays: a change of the good checkpoint's members, and what the one line must say.
+HOSTILE_ARRAYS = {
+    "Adam step out of range": (_member("opt/step.npy", lambda a: np.asarray(-5, dtype=np.int64)),
+                               "opt/step is -5 but the run's step is 2"),
+    "Adam step at the counter's maximum": (_member("opt/step.npy", lambda a: np.asarray(2**31 - 1, dtype=np.int64)),
+                                           "opt/step is 2147483647 but the run's step is 2"),
+    "NaN weights": (_member("params/rnn.weight_hh_l0.npy", lambda a: np.full_like(a, np.nan)),
+                    "params/rnn.weight_hh_l0 holds values that are not finite"),
+    "infinite carried state": (_member("carry/c.npy", lambda a: np.full_like(a, np.inf)),
+                               "carry/c holds values that are not finite"),
+    "negative second moments": (_member("opt/exp_avg_sq/rnn.weight_ih_l0.npy", lambda a: -1 - a),
+                                "opt/exp_avg_sq/rnn.weight_ih_l0 holds negative values"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_ARRAYS))
+def test_hostile_arrays_are_refused_by_every_command(good, tmp_path, capsys, case):
+    change, expected = HOSTILE_ARRAYS[case]
+    pytest.importorskip("dask.array", reason="score runs on Dask: the dask extra is not installed")
+    pytest.importorskip("distributed", reason="score runs on Dask: the dask extra is not installed")
     members, text = good
-    members = {**members, "opt/step.npy": _npy(np.asarray(-5, dtype=np.int64))}
-    folder = _hostile((members, text), tmp_path)
-    err = _one_line_exit_2(["sample", str(folder)], capsys)
-    assert "opt/step is -5; expected 0 to 2147483647" in err
+    folder = _hostile((change(members), text), tmp_path)
+    other = tmp_path / "other.txt"
+    other.write_text("abc abc\n" * 20)
+    for argv in (["sample", str(folder)], ["eval", str(folder), "--text", str(other)],
+                 ["score", str(folder), str(other)], ["train", "--resume", "--out", str(folder), *TINY]):
+        err = _one_line_exit_2(argv, capsys)
+        assert err.startswith(f"portable-rnn {argv[0]}: error: checkpoint {folder / CHECKPOINT}: "), err
+        assert expected in err, err
 
 
 def test_resume_refuses_a_text_source_that_is_not_a_regular_file(good, tmp_path, capsys):

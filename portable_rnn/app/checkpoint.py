@@ -256,6 +256,10 @@ def _check_model(meta: dict) -> tuple[CharModel, Vocabulary]:
         raise ValueError(f"vocab: {error}") from None
     if len(vocab) != model.vocab_size:
         raise ValueError(f"the vocabulary has {len(vocab)} characters but model.vocab_size is {model.vocab_size}")
+    if vocab.chars != Vocabulary.of(vocab.chars).chars:
+        # Training writes the text's distinct characters sorted; any other order
+        # maps every token to another character than the one it was trained on.
+        raise ValueError("vocab is not in sorted order, as training writes it (the file was edited)")
     return model, vocab
 
 
@@ -277,6 +281,15 @@ def _check_split(meta: dict, fraction: float) -> None:
                          f"{meta['text']['chars']}")
     if (val_chars == 0) != (fraction == 0):
         raise ValueError(f"split.val_chars is {val_chars} but train.val_fraction is {fraction}")
+    if fraction:
+        # split_text cuts at round(n (1 - f)) or at the first boundary after it that
+        # leaves at least half the requested tail; training refuses a tail under 2.
+        n = train_chars + val_chars
+        first = round(n * (1 - fraction))
+        last = n - max((n - first) // 2, 2)
+        if not first <= train_chars <= last:
+            raise ValueError(f"split.train_chars is {train_chars} but a {n}-character text with train.val_fraction "
+                             f"{fraction:g} splits at {first} to {last}")
 
 
 def _check_run(meta: dict, vocab: Vocabulary) -> None:
@@ -318,6 +331,12 @@ def _layout(meta) -> _Layout:
     train = _check_train(meta["train"], model)
     _check_run(meta, vocab)
     _check_split(meta, train["val_fraction"])
+    if not meta["step"] <= train["steps"] <= _MAX_STEP:
+        raise ValueError(f"step {meta['step']} and train.steps {train['steps']} must satisfy "
+                         f"step <= train.steps <= {_MAX_STEP}")
+    if train["seq_len"] >= meta["split"]["train_chars"]:
+        raise ValueError(f"train.seq_len {train['seq_len']} is not shorter than the training part of the text "
+                         f"(split.train_chars {meta['split']['train_chars']})")
     history = {n: check_int(n, meta[n], minimum=0) for _, n in HISTORY_KEYS.values()}
     return _Layout(model, train["dtype"], train["batch"], tuple(groups), history)
 
@@ -370,14 +389,30 @@ def load_checkpoint(path) -> Checkpoint:
     meta = {k: v for k, v in meta.items() if k not in ("history_len", "val_history_len")}
     meta["history"] = {key: arrays[f"history/{key}"].tolist() for key in HISTORY_KEYS}
     _check_val_history(path, meta["history"], meta["step"])
+    bad = _first_nonfinite(arrays)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path}: {bad} holds values that are not finite (NaN or inf)")
     ckpt = Checkpoint({k: arrays[f"params/{k}"] for k in CharModel(**meta["model"]).param_shapes()}, None, None,
                       meta)
     if "opt" in meta["groups"]:
         step = int(arrays["opt/step"])
-        if not 0 <= step <= _MAX_STEP:
-            raise CheckpointError(f"checkpoint {str(path)}: opt/step is {step}; expected 0 to {_MAX_STEP}")
+        if step != meta["step"]:
+            raise CheckpointError(f"checkpoint {path}: opt/step is {step} but the run's step is {meta['step']}; "
+                                  "Adam counts one step per training step")
+        negative = next((k for k in ckpt.params if np.any(arrays[f"opt/exp_avg_sq/{k}"] < 0)), None)
+        if negative is not None:
+            raise CheckpointError(f"checkpoint {path}: opt/exp_avg_sq/{negative} holds negative values; "
+                                  "second moments are >= 0")
         ckpt.opt_state = {"step": np.asarray(step, dtype=np.int32)}
         ckpt.opt_state.update({buf: {k: arrays[f"opt/{buf}/{k}"] for k in ckpt.params} for buf in _OPT_BUFFERS})
     if "carry" in meta["groups"]:
         ckpt.carry = tuple(arrays[f"carry/{name}"] for name in ckpt.model.cell.states)
     return ckpt
+
+
+def _first_nonfinite(arrays: dict):
+    """The name of the first floating member of ``arrays`` with a NaN or an infinity, else ``None``."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return name
+    return None
