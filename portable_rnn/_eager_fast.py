@@ -25,11 +25,11 @@ The kernels are written once, in NumPy. CPU torch tensors run them on the
 same memory: ``Tensor.numpy()`` views go in and ``torch.from_numpy`` views
 come out, nothing is copied. NumPy's per-call overhead (~1 us) is a third of
 torch's eager dispatch (~3 us), which dominates at small sizes. The one
-exception is BLAS: on torch tensors the RNN kernel, and the GRU kernel below
-:data:`GRU_TORCH_BLAS_MAX`, run their large products (at least
+exception is BLAS: on torch tensors the RNN and LSTM kernels, and the GRU
+kernel below :data:`GRU_TORCH_BLAS_MAX`, run their large products (at least
 :data:`TORCH_MATMUL_MIN` multiply-adds) with torch's
 ``matmul`` / ``addmm_`` on ``torch.from_numpy`` views (:class:`_TorchBLAS`),
-which measured faster there (see that class).
+so that only torch's threads run beside torch's (see that class).
 
 What it does that the portable code may not (it mutates arrays, but only
 arrays it allocated itself):
@@ -97,7 +97,7 @@ CHUNK_ROWS = 1024
 #: factors: enough steps per call to amortise NumPy's call overhead when N*H is
 #: small, one step (cache-resident) when it is large.
 FACTOR_ELEMENTS = 1 << 14
-#: Multiply-adds (rows x inner x columns) from which the RNN and GRU kernels on
+#: Multiply-adds (rows x inner x columns) from which the RNN, LSTM and GRU kernels on
 #: torch tensors run a matmul with torch's BLAS rather than NumPy's
 #: (:class:`_TorchBLAS`): where OpenBLAS starts running a product on more than
 #: the calling thread (it uses M N K / 2^18 threads), so NumPy's BLAS never
@@ -376,9 +376,9 @@ class _NumPyBLAS:
 
 
 class _TorchBLAS(_NumPyBLAS):
-    """Torch's BLAS for the RNN and smaller GRU kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
+    """Torch's BLAS for the RNN, LSTM and smaller GRU kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
 
-    Chosen by whole-layer A/B runs against ``torch.nn`` (float32, 2 threads,
+    For the RNN and GRU, chosen by whole-layer A/B runs against ``torch.nn`` (float32, 2 threads,
     quiet machine) on a 2-core AMD EPYC with AVX-512 (NumPy's OpenBLAS on its
     Haswell kernels, torch's MKL), not by timing products alone, which
     predicted neither result; an earlier choice made on a 2-core AVX-512 Xeon
@@ -400,8 +400,18 @@ class _TorchBLAS(_NumPyBLAS):
       NumPy's at (64, 100, 128, 256), but in 1.03-1.09x with torch's and
       0.91-0.98x with NumPy's at (256, 50, 512, 512), hence
       :data:`GRU_TORCH_BLAS_MAX` between the two.
-
-    The LSTM kernel keeps NumPy's (untried).
+    * The LSTM follows the RNN's rule, for the first bullet's reason: the
+      whole-layer A/B (the module against ``torch.nn.LSTM``, interleaved in
+      one process, on a 2-core AMD EPYC Zen 3 without AVX-512, with a test
+      run beside it: load 2.4-3.9) gave 4.1x ``torch.nn``'s time with
+      torch's BLAS against 10.2x with NumPy's at (32, 50, 64, 128), 1.32x
+      against 1.48x at (256, 50, 512, 512) and 0.66x against 0.77x in
+      float64 at (64, 100, 128, 256); in float32 at (64, 100, 128, 256)
+      1.35x against 1.31x at load 2.4 and 1.62x against 1.29x at load 3.9,
+      no better than a tie, so a cap like the GRU's may belong there and
+      wants a quiet machine to settle. The rest of the gap is the
+      elementwise work, single-threaded NumPy passes where oneDNN's fused
+      LSTM runs both cores.
     """
 
     def __init__(self):
@@ -433,9 +443,9 @@ _NUMPY_BLAS = _NumPyBLAS()
 
 
 def _blas(library, kind, N, W_hh):
-    """The BLAS chooser of a kernel of batch ``N``: torch's for the RNN and smaller GRUs on torch tensors, else NumPy's."""
+    """The BLAS chooser of a kernel of batch ``N``: torch's for the RNN, LSTM and smaller GRUs on torch tensors, else NumPy's."""
     recurrent = N * W_hh.shape[0] * W_hh.shape[1]
-    if library == "torch" and (kind == "rnn" or (kind == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
+    if library == "torch" and (kind in ("rnn", "lstm") or (kind == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
         return _TorchBLAS()
     return _NUMPY_BLAS
 
@@ -501,12 +511,12 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
     elif kind == "gru":
         kernel = functools.partial(_gru_forward, _blas(library, kind, x.shape[1], W_hh))
     else:
-        kernel = _lstm_forward
+        kernel = functools.partial(_lstm_forward, _blas(library, kind, x.shape[1], W_hh))
     out, final, states, leaves = _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
     return out, final, states, (None if leaves is None else cell.tape_type(*leaves))
 
 
-def _lstm_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
+def _lstm_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     T, N, _ = x.shape
     h_prev, c_prev = state0
     H = h_prev.shape[-1]
@@ -519,13 +529,14 @@ def _lstm_forward(x, state0, W_ih, W_hh, b_ih, b_hh, mask):
 
     Z = np.empty((T, N, 4 * H), x.dtype)  # pre-activations, then the gates i, f, o, g in place
     Hs, Cs, TC = (np.empty((T, N, H), x.dtype) for _ in range(3))
-    _project(x, _halved(W_ih[order], 3 * H), b, Z)
+    _project(x, _halved(W_ih[order], 3 * H), b, Z, blas)
+    matmul = blas.matmul(N, H, 4 * H)
     S, I, F, O, G = Z[..., : 3 * H], Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H : 3 * H], Z[..., 3 * H :]
     tmp, tH = np.empty((N, 4 * H), x.dtype), np.empty((N, H), x.dtype)
     om = None if mask is None else 1 - mask
     for t in range(T):
         z, c, tc, h = Z[t], Cs[t], TC[t], Hs[t]
-        np.matmul(h_prev, WhT, out=tmp)
+        matmul(h_prev, WhT, out=tmp)
         np.add(z, tmp, out=z)
         np.tanh(z, out=z)  # one call: tanh(z/2) for i, f, o and tanh(g)
         _sigmoid_from_tanh_(S[t])

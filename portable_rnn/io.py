@@ -57,6 +57,7 @@ import json
 import math
 import numbers
 import os
+import re
 import secrets
 import stat
 import struct
@@ -78,6 +79,7 @@ __all__ = [
     "write_archive",
     "read_archive",
     "atomic_write",
+    "remove_stale_temporaries",
     "open_regular",
     "FORMAT_VERSION",
 ]
@@ -210,6 +212,28 @@ def _safetensors():
     return st
 
 
+#: Hexadecimal digits of the random part of :func:`atomic_write`'s temporary names.
+_TMP_HEX = 16
+_TMP_NAME = re.compile(rf"\.(.+)\.[0-9a-f]{{{_TMP_HEX}}}\.tmp")
+
+
+def remove_stale_temporaries(folder) -> list[str]:
+    """Remove the temporary files of :func:`atomic_write` that an interrupted write left in ``folder``.
+
+    Only names of the form ``.<name>.<16 hex digits>.tmp`` that are regular
+    files are removed. Call it when no write into ``folder`` is under way
+    (e.g. when a program that writes there starts). Returns the names removed.
+    """
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if _TMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
 def atomic_write(path, write) -> None:
     """Write through ``write(fileobj)`` to a temporary sibling, fsync, then replace ``path``.
 
@@ -226,7 +250,7 @@ def atomic_write(path, write) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(_TMP_HEX // 2)}.tmp")
     # O_EXCL: never follow or reuse an existing name; mode 0o666 is filtered by the umask.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -235,9 +259,11 @@ def atomic_write(path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:  # a file object names none
+            error.filename = os.fspath(path)
         raise
     # Make the rename itself durable (not possible on every platform).
     with contextlib.suppress(OSError):

@@ -376,12 +376,12 @@ def test_fast_path_takes_a_broadcast_output_gradient(lib, cell):
 
 
 @pytest.mark.backends("torch")
-@pytest.mark.parametrize("cell", [c for c in CELLS if not isinstance(c, LSTMCell)],
-                         ids=[i for i in CELL_IDS if i != "lstm"])
+@pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monkeypatch):
-    """RNN and (smaller) GRU kernels on torch tensors run their large products with torch's BLAS
+    """RNN, LSTM and (smaller) GRU kernels on torch tensors run their large products with torch's BLAS
     (``torch.from_numpy`` views, ``out=`` and ``addmm_``): forced on for every product here,
+    forward (projection, recurrent step) and backward (recurrent step, ``dx``, weight gradients),
     including strided x, masks, truncation, chunks that do not divide T and an empty batch."""
     lib = _Lib("torch")
     asked = []
@@ -407,7 +407,7 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
 
 @pytest.mark.backends("torch")
 def test_torch_blas_is_chosen_by_size():
-    """Only large enough products go to torch's BLAS, not those of large GRUs; LSTM and NumPy inputs keep NumPy's."""
+    """Only large enough products go to torch's BLAS, not those of large GRUs; NumPy inputs keep NumPy's."""
     W_hh = {H: np.zeros((3 * H, H)) for H in (256, 512)}
     blas = _eager_fast._blas("torch", "gru", 64, W_hh[256])
     assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's single-threaded call is cheaper
@@ -415,5 +415,9 @@ def test_torch_blas_is_chosen_by_size():
     assert blas.matmul(64, 256, 768) is not np.matmul
     assert _eager_fast._blas("torch", "gru", 256, W_hh[512]) is _eager_fast._NUMPY_BLAS
     assert _eager_fast._blas("torch", "rnn", 256, W_hh[512][:512]) is not _eager_fast._NUMPY_BLAS
-    assert _eager_fast._blas("torch", "lstm", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
+    lstm = _eager_fast._blas("torch", "lstm", 256, np.zeros((4 * 512, 512)))  # every LSTM, however large
+    assert lstm is not _eager_fast._NUMPY_BLAS
+    assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is _eager_fast._np_matmul_add
+    assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not _eager_fast._np_matmul_add
+    assert _eager_fast._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is _eager_fast._NUMPY_BLAS
     assert _eager_fast._blas("numpy", "gru", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS

@@ -41,3 +41,115 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_good_checkpoint(tmp_path, monkey
     digest = hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest()
     assert cli.main(argv[:1] + ["--resume"] + argv[1:]) == 2  # resuming meets the same NaN again
     assert hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest() == digest
+
+
+TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "8", "--sample-every", "0", "--val-every", "0",
+        "--progress", "none"]
+
+
+def _text(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    return text
+
+
+def test_a_diverging_run_writes_no_nonfinite_checkpoint_and_prints_no_warning(tmp_path, monkeypatch, capsys):
+    """The loss of step 3 is finite but the update after it is not: the check is on what is written."""
+    text, out = _text(tmp_path), tmp_path / "run"
+    real = CharModel.loss_and_grads
+    seen = {"calls": 0, "digest": None}
+
+    def exploding(self, params, *args, **kwargs):
+        seen["calls"] += 1
+        loss, grads, state = real(self, params, *args, **kwargs)
+        if seen["calls"] == 3:  # the checkpoint of step 2 is on disk now
+            seen["digest"] = hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest()
+            grads = {k: g * float("inf") for k, g in grads.items()}
+        return loss, grads, state
+
+    monkeypatch.setattr(CharModel, "loss_and_grads", exploding)
+    capsys.readouterr()
+    with _no_warnings():
+        status = cli.main(["train", "--text", str(text), "--out", str(out), "--steps", "5",
+                           "--checkpoint-every", "1", *TINY])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "step 3: params/" in err and "is not finite (NaN or inf); checkpoint.npz of an earlier step is kept" in err
+    assert hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest() == seen["digest"]
+    assert load_checkpoint(out).meta["step"] == 2
+
+
+class _no_warnings:
+    """A block in which any warning is an error (NumPy's overflow warnings included)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
+
+
+def test_a_write_that_fails_is_one_line_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """A full disk (ENOSPC from the file system) while the second checkpoint is written."""
+    import errno
+
+    from portable_rnn import io as prnn_io
+
+    text, out = _text(tmp_path), tmp_path / "run"
+    assert cli.main(["train", "--text", str(text), "--out", str(out), "--steps", "2", *TINY]) == 0
+    digest = hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest()
+    real = prnn_io.np.lib.format.write_array
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prnn_io.np.lib.format, "write_array", full_disk)
+    capsys.readouterr()
+    status = cli.main(["train", "--resume", "--out", str(out), "--steps", "4", *TINY])
+    monkeypatch.setattr(prnn_io.np.lib.format, "write_array", real)
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "No space left on device (" in err and "files written before are kept" in err
+    assert hashlib.sha256((out / "checkpoint.npz").read_bytes()).hexdigest() == digest
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_file_size_limit_is_one_line(tmp_path):
+    """``ulimit -f``: the kernel refuses the write with EFBIG (Python ignores SIGXFSZ)."""
+    import subprocess
+    import sys
+
+    text, out = _text(tmp_path), tmp_path / "run"
+    command = [sys.executable, "-m", "portable_rnn", "train", "--text", str(text), "--out", str(out),
+               "--steps", "2", "--hidden", "64", *TINY[2:]]
+    # The limit is set by a shell that then becomes Python: no fork of this (threaded) process.
+    result = subprocess.run(["sh", "-c", 'ulimit -f 128 && exec "$@"', "sh", *command],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert "File too large (" in result.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_stale_temporary_file_is_removed_by_the_next_run(tmp_path):
+    text, out = _text(tmp_path), tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.npz.0123456789abcdef.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = out / ".notes.tmp"  # not a name atomic_write makes
+    keep.write_text("mine")
+    assert cli.main(["train", "--text", str(text), "--out", str(out), "--steps", "1", *TINY]) == 0
+    assert not stale.exists() and keep.exists()
+
+
+def test_a_model_too_large_for_memory_is_one_line_with_its_size(tmp_path, capsys):
+    text = _text(tmp_path)
+    status = cli.main(["train", "--text", str(text), "--out", str(tmp_path / "run"), "--hidden", "100000",
+                       "--steps", "1", *TINY[2:]])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "not enough memory (" in err and "GiB" in err

@@ -59,7 +59,8 @@ from ..model import CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
 
-__all__ = ["CHECKPOINT", "BEST", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError",
+__all__ = ["CHECKPOINT", "BEST", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "NonFiniteError",
+           "nonfinite_member",
            "save_checkpoint", "load_checkpoint", "pick_checkpoint", "HISTORY_KEYS"]
 
 CHECKPOINT = "checkpoint.npz"
@@ -131,8 +132,40 @@ class Checkpoint:
         return Vocabulary(self.meta["vocab"])
 
 
+class NonFiniteError(ValueError):
+    """A checkpoint member holds NaN or an infinity: it is never written (:attr:`member` names it)."""
+
+    def __init__(self, member: str):
+        super().__init__(f"{member} holds values that are not finite (NaN or inf)")
+        self.member = member
+
+
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
-    """Write ``ckpt`` to ``path`` atomically; ``meta["groups"]`` records the optional groups written."""
+    """Write ``ckpt`` to ``path`` atomically; ``meta["groups"]`` records the optional groups written.
+
+    Raises
+    ------
+    NonFiniteError
+        A parameter, optimiser buffer or carried state is not finite; nothing
+        is written and a previous file at ``path`` stays as it was.
+    OSError
+        The file system refused the write (full, read-only, a file size
+        limit); ``path`` stays as it was and no temporary file is left.
+    """
+    arrays, meta = _members(ckpt)
+    bad = _first_nonfinite(arrays)
+    if bad is not None:
+        raise NonFiniteError(bad)
+    write_archive(Path(path), arrays, {**meta, "format": FORMAT, "version": FORMAT_VERSION})
+
+
+def nonfinite_member(ckpt: Checkpoint) -> str | None:
+    """The first member of ``ckpt`` that :func:`save_checkpoint` would refuse as not finite, else ``None``."""
+    return _first_nonfinite(_members(ckpt)[0])
+
+
+def _members(ckpt: Checkpoint) -> tuple[dict, dict]:
+    """``(arrays, metadata)`` of the file: every member by name, and the metadata with the history lengths."""
     meta = dict(ckpt.meta)
     history = meta.pop("history", {})
     arrays = {f"params/{k}": np.asarray(v) for k, v in ckpt.params.items()}
@@ -149,7 +182,8 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         groups.append("carry")
         states = ckpt.model.cell.states
         arrays.update({f"carry/{name}": np.asarray(s) for name, s in zip(states, ckpt.carry, strict=True)})
-    write_archive(Path(path), arrays, {**meta, "format": FORMAT, "version": FORMAT_VERSION, "groups": groups})
+    meta["groups"] = groups
+    return arrays, meta
 
 
 # --------------------------------------------------------------------------- reading
@@ -391,7 +425,7 @@ def load_checkpoint(path) -> Checkpoint:
     _check_val_history(path, meta["history"], meta["step"])
     bad = _first_nonfinite(arrays)
     if bad is not None:
-        raise CheckpointError(f"checkpoint {path}: {bad} holds values that are not finite (NaN or inf)")
+        raise CheckpointError(f"checkpoint {path}: {NonFiniteError(bad)}")
     ckpt = Checkpoint({k: arrays[f"params/{k}"] for k in CharModel(**meta["model"]).param_shapes()}, None, None,
                       meta)
     if "opt" in meta["groups"]:

@@ -37,6 +37,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..backends import BACKEND_NAMES, BackendError
 from ..layers import LAYERS
 from .bench.cases import BENCH_BACKENDS, BENCH_CELLS
@@ -386,12 +388,14 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return _COMMANDS[args.command](args)
+        # Overflow to inf or NaN is checked where it matters (losses, what is written);
+        # NumPy's warnings would name lines inside the library instead.
+        with np.errstate(all="ignore"):
+            return _COMMANDS[args.command](args)
     except SystemExit as stop:  # argparse: --help (0) and usage errors (2)
         return stop.code if isinstance(stop.code, int) else 2
     except (UsageError, BackendError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return _error(args, error)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -401,6 +405,18 @@ def main(argv=None) -> int:
         except (OSError, ValueError):  # stdout is not a real file (captured)
             pass
         return 141
+    except OSError as error:  # disk full, a file size limit, a read-only folder: files already written stay
+        where = f" ({error.filename})" if error.filename else ""
+        return _error(args, f"{error.strerror or error}{where}; files written before are kept")
+    except MemoryError as error:
+        size = f" ({error})" if str(error) else ""
+        return _error(args, f"not enough memory{size}; try a smaller --hidden, --batch or --seq-len")
+
+
+def _error(args, message) -> int:
+    """Print one line naming the command and return exit status 2."""
+    print(f"{PROG} {args.command}: error: {str(message).splitlines()[0]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

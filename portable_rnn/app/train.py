@@ -68,7 +68,8 @@ from .._validation import check_tape
 from ..model import CharModel
 from ..optim import adam, clip_by_global_norm
 from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
-                         save_checkpoint)
+                         nonfinite_member, save_checkpoint)
+from ..io import remove_stale_temporaries
 from .corpus import BatchSchedule, Vocabulary, load_text, split_text
 from .errors import UsageError
 from .eval import LN2, mean_loss
@@ -618,9 +619,14 @@ def _save(run: _Run, wall: float, name: str = CHECKPOINT) -> None:
     meta = dict(run.meta, step=run.step, wall_s=wall, backend=run.runtime.name, history=run.history)
     carry = _host(run, run.model.rnn.state_parts(run.carry), batch_split=True)
     params, opt_state = _host(run, run.params), _host(run, run.opt_state)  # collective: before the writer test
+    ckpt = Checkpoint(params, opt_state, carry, meta)
+    bad = nonfinite_member(ckpt)  # checked by every process, so that all stop together
+    if bad is not None:
+        kept = f"{name} of an earlier step is kept" if (run.out_dir / name).exists() else f"no {name} was written"
+        raise UsageError(f"step {run.step}: {bad} is not finite (NaN or inf); {kept}; lower --lr")
     if not run.writer:
         return
-    save_checkpoint(run.out_dir / name, Checkpoint(params, opt_state, carry, meta))
+    save_checkpoint(run.out_dir / name, ckpt)
     write_history(run.out_dir / HISTORY, run.history)
 
 
@@ -677,18 +683,39 @@ def _parallel_words(run: _Run) -> str:
     return ""
 
 
-def _blas_single_thread():
-    """Limit NumPy's BLAS to one thread while training, when threadpoolctl is installed.
+def _single_threaded(runtime: backends.Backend):
+    """One thread for NumPy's BLAS, and for torch's ops on the CPU, while training (a context manager).
 
     The matrices of a character model are small (N x H times H x 4H per
-    step): a second BLAS thread gains little on an idle machine, and on a
-    busy one OpenBLAS's spinning threads slow every step down several-fold.
+    step): a second thread gains little on an idle machine, and costs far
+    more than it gains when threads wait on each other. NumPy's BLAS is
+    limited (with threadpoolctl, when installed) for NumPy and for torch on
+    the CPU, whose tensors run the same NumPy kernels. Torch on the CPU also
+    runs its own ops (embedding, decoder, loss, optimiser) on one thread
+    (``torch.set_num_threads(1)``, restored on exit): a parallel torch op
+    wakes torch's OpenMP pool, whose workers spin after it and take the
+    cores from the NumPy kernels and from torch's next op, so that on two
+    threads an op of microseconds waits milliseconds for its workers (the
+    default job: 2,400 characters/s on two threads against 55,000 on one, on
+    a 2-core machine with other work beside it). Other libraries and devices
+    are left as they are.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    stack = contextlib.ExitStack()
+    on_cpu_torch = runtime.library == "torch" and getattr(runtime.device, "type", None) == "cpu"
+    if runtime.library == "numpy" or on_cpu_torch:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+    if on_cpu_torch:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        stack.callback(torch.set_num_threads, before)
+    return stack
 
 
 def _loop(run: _Run, progress: Progress) -> None:
@@ -718,8 +745,7 @@ def _loop(run: _Run, progress: Progress) -> None:
 
 def _run_steps(run: _Run, progress: Progress) -> tuple[int, float]:
     """Run the loop; returns ``(status, seconds)``: status 130 after Ctrl-C, with the history flushed."""
-    limit = _blas_single_thread() if run.runtime.library == "numpy" else contextlib.nullcontext()
-    with limit:
+    with _single_threaded(run.runtime):
         progress.write(_banner(run))
         t0 = time.perf_counter()
         try:
@@ -808,6 +834,7 @@ def train(config: TrainConfig, out=None) -> TrainResult:
             return _result(run, run.wall_before, 0)
         if run.writer:
             run.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run.out_dir)  # left by a run killed while writing
         if run.writer and not config.resume:  # a new run: a new log, and no best model of an older run to sample from
             (run.out_dir / SAMPLES).unlink(missing_ok=True)
             (run.out_dir / BEST).unlink(missing_ok=True)
