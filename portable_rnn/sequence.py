@@ -394,9 +394,11 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         From :func:`forward`. A :class:`CheckpointTape` is consumed segment
         by segment from the end: each segment's :class:`Tape` is recomputed
         from its checkpoint and backpropagated with the gradient carried in
-        from the segment after it. Every per-step result is the full tape's;
-        the weight gradients are sums of per-segment contractions, equal to
-        the full tape's up to the order of the additions (a few ulps).
+        from the segment after it. Every per-step result is the full tape's
+        computation (bit-identical where the backend rounds a segment's
+        input projection as it rounds the whole one; else to a few ulps); the
+        weight gradients are sums of per-segment contractions, equal to the
+        full tape's up to the order of the additions (a few ulps).
     d_out : array (T, N, H) or None
         Gradient of the loss with respect to ``out``; ignored (read as zero)
         at masked steps.
