@@ -169,7 +169,7 @@ def spec_from_dict(data: Mapping):
     if not isinstance(data, Mapping):
         raise TypeError(f"spec data must be a dict, got {type(data).__name__}")
     mode = data.get("mode")
-    if mode not in LAYERS:
+    if not isinstance(mode, str) or mode not in LAYERS:
         raise ValueError(f"spec 'mode' must be one of {list(LAYERS)}, got {mode!r}")
     cls = LAYERS[mode]
     fields = [f.name for f in dataclasses.fields(cls)]

@@ -16,7 +16,8 @@ import pytest
 
 from portable_rnn import backends
 from portable_rnn.app import cli
-from portable_rnn.app.checkpoint import BEST, CHECKPOINT, CheckpointError, load_checkpoint, save_checkpoint
+from portable_rnn.app.checkpoint import (BEST, CHECKPOINT, CheckpointError, NonFiniteError, load_checkpoint,
+                                         save_checkpoint)
 from portable_rnn.app.corpus import default_corpus, split_text
 from portable_rnn.app.eval import LN2, evaluate_checkpoint, mean_loss, stream_layout
 from portable_rnn.app.train import HISTORY
@@ -184,8 +185,16 @@ BAD_META = {
                                             "history/val_step must increase within [1, step 2]"),
     "held-out steps out of order": (_change_val_history(val_step=[2, 1], val_loss=[1.0, 1.0]),
                                     "history/val_step must increase"),
-    "held-out loss NaN": (_change_val_history(val_loss=[float("nan")]), "history/val_loss must be finite"),
 }
+
+
+def test_a_nan_held_out_loss_is_never_written(good, tmp_path):
+    """The writer refuses it (the reader refuses such a file too: tests/test_hostile_files.py)."""
+    meta = json.loads(json.dumps(good.meta))
+    _change_val_history(val_loss=[float("nan")])(meta)
+    with pytest.raises(NonFiniteError, match="history/val_loss holds values that are not finite"):
+        save_checkpoint(tmp_path / CHECKPOINT, type(good)(good.params, good.opt_state, good.carry, meta))
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("case", list(BAD_META))

@@ -225,7 +225,7 @@ class BatchSchedule:
         if self.per_epoch < 1:
             need = batch * seq_len + seq_len
             raise UsageError(
-                f"the text has {M} characters; --batch {batch} x --seq-len {seq_len} needs at least "
+                f"the text's training part has {M} characters; --batch {batch} x --seq-len {seq_len} needs at least "
                 f"{need}: lower --batch or --seq-len"
             )
         self.data, self.batch, self.seq_len, self.seed = data, batch, seq_len, seed

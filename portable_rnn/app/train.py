@@ -288,8 +288,9 @@ def _data(text: str, vocab: Vocabulary, settings: dict, ckpt: Checkpoint | None)
         raise UsageError("the text's held-out split is not the one the checkpoint records; train into a new --out")
     data = vocab.encode(train_text)
     if s["seq_len"] >= len(data):
+        held_out = f"--val-fraction {fraction:g} holds out {len(val_text)}" if fraction else "none held out"
         raise UsageError(f"--seq-len {s['seq_len']} is not shorter than the text's training part "
-                         f"({len(data)} of {len(text)} characters; --val-fraction {fraction:g} holds out the rest)")
+                         f"({len(data)} of its {len(text)} characters; {held_out})")
     schedule = BatchSchedule(data, s["batch"], s["seq_len"], s["seed"])
     if fraction and len(val_text) < 2:
         raise UsageError(f"--val-fraction {fraction:g} holds out {len(val_text)} of the text's {len(text)} "

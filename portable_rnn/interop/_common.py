@@ -122,7 +122,8 @@ def check_names(what: str, got, expected, hint: str = "") -> None:
     missing = [k for k in expected if k not in got]
     extra = [k for k in got if k not in expected]
     if missing or extra:
-        raise ValueError(f"{what}: missing {missing}, unexpected {extra}{hint}")
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else [])
+        raise ValueError(f"{what}: {', '.join(parts)}{hint}")
 
 
 def dtype_name(xp, dtype, what: str = "dtype") -> str:
