@@ -33,8 +33,9 @@ What autograd sees is what ``torch.nn`` gives it:
   and ``is_grads_batched`` the same portable code runs on the transforms'
   tensors (the vmap rule is generated from it); the forward keeps no tape
   there and the backward recomputes it.
-* ``torch.compile`` runs the modules with a graph break at the layer: the
-  forward leaves torch for NumPy, which Dynamo cannot trace.
+* ``torch.compile`` runs the modules with a graph break at the layer (their
+  forward is ``torch.compiler.disable``-d): it leaves torch for NumPy, which
+  Dynamo cannot trace.
 
 Dropout is read at every forward, in [0, 1] as ``torch.nn``: in training mode
 every layer's output but the last's is multiplied by factors drawn from
@@ -45,10 +46,11 @@ applies the same factors. For padded or unbatched input these are the numbers
 ``PackedSequence``, which ``torch.nn`` drops in its packed layout, they follow
 the same law but are other numbers.
 
-Half precision: a ``bfloat16`` or ``float16`` module (or input under
-``torch.autocast``) computes in float32 inside; the output and final state
-come back in the module's dtype (under autocast, in autocast's dtype, as
-``torch.nn`` on CUDA) and gradients in each parameter's dtype.
+Half precision: a ``bfloat16`` or ``float16`` module computes in float32
+inside; the output and final state come back in the module's dtype and
+gradients in each parameter's dtype. Under ``torch.autocast`` the layer is
+one float32 (or float64) computation that returns the module's dtype (the
+input is cast to it).
 
 Importing this module needs torch; the rest of the package does not.
 """
@@ -260,6 +262,9 @@ class _Recurrent(torch.nn.RNNBase):
     def _n_states(self):
         return 2 if self.mode == "LSTM" else 1
 
+    # Dynamo cannot trace a forward that leaves torch for NumPy: one graph break
+    # here, instead of one per Python check inside (and minutes of compiling).
+    @torch.compiler.disable
     def forward(self, input, hx=None):
         """``torch.nn``'s contract: see the module docstring."""
         self._update_flat_weights()
@@ -332,11 +337,9 @@ class _Recurrent(torch.nn.RNNBase):
     def _run(self, x, parts, lengths):
         """Output and final state parts of the padded, batched ``x``: casts, dropout, the autograd function."""
         weights = self._flat_weights
-        dtype = out_dtype = weights[0].dtype
-        if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):  # float64 is not autocast's
-            out_dtype = torch.get_autocast_dtype(x.device.type)
-        inside = torch.float32 if dtype in _HALF or out_dtype in _HALF else dtype
-        if inside != dtype or x.dtype != inside:
+        dtype = weights[0].dtype
+        inside = torch.float32 if dtype in _HALF else dtype
+        if inside != dtype or x.dtype != inside:  # x's may differ under autocast (check_input allows it)
             x = x.to(inside)
             weights = [w.to(inside) for w in weights]
             parts = None if parts is None else tuple(p.to(inside) for p in parts)
@@ -346,8 +349,8 @@ class _Recurrent(torch.nn.RNNBase):
         with torch.autocast(x.device.type, enabled=False):
             out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, len(masks), _TapeBox(), x,
                                                   *(parts or ()), *masks, *weights)
-        if out.dtype != out_dtype:
-            out, finals = out.to(out_dtype), [f.to(out_dtype) for f in finals]
+        if out.dtype != dtype:
+            out, finals = out.to(dtype), [f.to(dtype) for f in finals]
         return out, finals
 
     def _dropout_masks(self, x):
