@@ -26,7 +26,7 @@ import dask.array as da
 
 from .losses import softmax_cross_entropy
 
-__all__ = ["forward", "char_model_nll"]
+__all__ = ["forward", "char_model_nll", "char_model_nll_parts"]
 
 
 def _batch_blocks(name: str, x, batch_axis: int):
@@ -112,12 +112,20 @@ def char_model_nll(model, params, tokens, targets):
         The summed negative log-likelihood in nats (divide by ``targets.size``
         for the mean; by ``log(2)`` too for bits per character).
     """
+    dtype = params["decoder.weight"].dtype
+    parts = [da.from_delayed(part, (1,), dtype=dtype) for part in char_model_nll_parts(model, params, tokens, targets)]
+    return da.sum(da.concatenate(parts))
+
+
+def char_model_nll_parts(model, params, tokens, targets) -> list:
+    """:func:`char_model_nll` as one ``dask.delayed`` value per chunk of the batch, each a (1,) array.
+
+    Their sum is :func:`char_model_nll`'s result; computed one by one (e.g.
+    with ``distributed.as_completed``), they show how far the work has got.
+    """
     blocks, sizes = _batch_blocks("tokens", tokens, 0)
     target_blocks, target_sizes = _batch_blocks("targets", targets, 0)
     if target_sizes != sizes or tokens.shape != targets.shape:
         raise ValueError(f"targets has shape {targets.shape} and chunks {targets.chunks}; "
                          f"expected those of tokens, {tokens.shape} and {tokens.chunks}")
-    dtype = params["decoder.weight"].dtype
-    parts = [da.from_delayed(dask.delayed(_nll)(model, params, b, t), (1,), dtype=dtype)
-             for b, t in zip(blocks, target_blocks)]
-    return da.sum(da.concatenate(parts))
+    return [dask.delayed(_nll)(model, params, b, t) for b, t in zip(blocks, target_blocks)]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from portable_rnn import backends
-from portable_rnn.app import cli
+from portable_rnn.app import cli, report
 from portable_rnn.app.checkpoint import (BEST, CHECKPOINT, CheckpointError, NonFiniteError, load_checkpoint,
                                          save_checkpoint)
 from portable_rnn.app.corpus import default_corpus, split_text
@@ -207,3 +207,21 @@ def test_a_checkpoint_with_a_bad_split_or_held_out_history_is_refused(good, tmp_
     with pytest.raises(CheckpointError, match="checkpoint") as error:
         load_checkpoint(path)
     assert expected in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good_run")
+    _train(out, steps=2)
+    return out
+
+
+def test_eval_shows_its_windows_on_stderr_and_prints_nothing_for_short_work(good_run, capsys, monkeypatch):
+    """``--progress lines``: a line per window when lines are due at once; none by default (work under 5 s)."""
+    assert cli.main(["eval", str(good_run), "--progress", "lines"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(report, "PROGRESS_EVERY_S", 0.0)
+    assert cli.main(["eval", str(good_run), "--progress", "lines"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    total = int(lines[0].split("/")[1].split()[0])
+    assert [line.split(" (")[0] for line in lines] == [f"{k}/{total} windows" for k in range(1, total + 1)]

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from portable_rnn.app import cli, score
+from portable_rnn.app import cli, report, score
 from portable_rnn.app.checkpoint import load_checkpoint
 from portable_rnn.app.corpus import default_corpus
 
@@ -73,15 +73,22 @@ def test_score_on_a_local_cluster_equals_one_process(run, capsys):
     assert f"{got['overall']:.4f} bits per character (529 predictions)" in lines[3]
 
 
-def test_score_on_an_existing_scheduler(run, capsys):
+def test_score_on_an_existing_scheduler(run, capsys, monkeypatch):
+    """With ``--progress lines``, a line on stderr for every block of windows done (every 0 s here)."""
+    monkeypatch.setattr(report, "PROGRESS_EVERY_S", 0.0)
     files = [str(run / "b.txt")]
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
-        got = score.run_score(run / "run", files, scheduler=cluster.scheduler_address, seq_len=5, chunk_size=4)
+        got = score.run_score(run / "run", files, scheduler=cluster.scheduler_address, seq_len=5, chunk_size=4,
+                              progress="lines")
     ckpt = load_checkpoint(run / "run" / "best.npz")
     expected = _one_process_nll(ckpt.model, ckpt.params, ckpt.vocab.encode(open(files[0]).read()), 5)
     assert got["overall"] == pytest.approx(expected / 129 / math.log(2), rel=1e-12, abs=0)
-    assert cluster.scheduler_address in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert cluster.scheduler_address in captured.out
+    # 129 predictions: 25 windows of 5 in blocks of 4 (7 blocks), then 1 window of 4 (1 block)
+    assert captured.err.splitlines() == [f"{k}/8 blocks ({100 * k / 8:.0f}%), " + line.rsplit(", ", 1)[1]
+                                         for k, line in enumerate(captured.err.splitlines(), start=1)]
 
 
 def _error_line(capsys, argv):

@@ -50,6 +50,7 @@ from .errors import UsageError
 from .eval import run_eval
 from .gradients import run_gradients
 from .sample import sample_text
+from .report import PROGRESS_MODES
 from .score import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, run_score
 from .checkpoint import DEFAULTS, pick_checkpoint
 from .train import DEFAULT_STEPS, DEFAULT_VAL_EVERY, TrainConfig, train
@@ -173,7 +174,7 @@ def _add_train(sub):
                    help="save a checkpoint every S steps (0: only at the end; default 100)")
     p.add_argument("--log-every", type=_POS_INT, default=100, metavar="S",
                    help="progress line every S steps when not on a terminal (default 100)")
-    p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="tqdm bar on a terminal, plain lines otherwise (default auto)")
     g = p.add_argument_group("data parallel", "JAX over a device mesh (the batch split, parameters replicated); "
                                               "torch: start with torchrun --nproc-per-node N -m portable_rnn train "
@@ -206,6 +207,7 @@ def _add_eval(sub):
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=_CHECKPOINT_HELP)
     p.add_argument("--text", metavar="FILE", help="UTF-8 text file (default: the held-out split of the run's text)")
     _backend_flags(p)
+    _progress_flag(p, "windows")
 
 
 def _add_score(sub):
@@ -223,6 +225,13 @@ def _add_score(sub):
     p.add_argument("--chunk-size", type=_POS_INT, default=DEFAULT_CHUNK_SIZE, metavar="N",
                    help=f"windows per Dask task (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--seq-len", type=_POS_INT, metavar="T", help="characters per window (default: the run's)")
+    _progress_flag(p, "blocks of windows")
+
+
+def _progress_flag(p, what):
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help=f"how the {what} done are shown on stderr: a bar on a terminal, else a line every "
+                        "5 s (auto, the default), bar, lines or none")
 
 
 def _add_gradients(sub):
@@ -311,7 +320,7 @@ def _sample(args) -> int:
 
 
 def _eval(args) -> int:
-    run_eval(args.checkpoint, args.text, backend=args.backend, device=args.device)
+    run_eval(args.checkpoint, args.text, backend=args.backend, device=args.device, progress=args.progress)
     return 0
 
 
@@ -319,7 +328,8 @@ def _score(args) -> int:
     if args.scheduler is not None and args.workers is not None:
         raise UsageError("--workers sizes the local cluster; it cannot be given with --scheduler")
     run_score(args.checkpoint, args.files, seq_len=args.seq_len, scheduler=args.scheduler,
-              workers=DEFAULT_WORKERS if args.workers is None else args.workers, chunk_size=args.chunk_size)
+              workers=DEFAULT_WORKERS if args.workers is None else args.workers, chunk_size=args.chunk_size,
+              progress=args.progress)
     return 0
 
 

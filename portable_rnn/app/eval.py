@@ -37,6 +37,7 @@ from .. import backends
 from .checkpoint import Checkpoint, load_checkpoint, pick_checkpoint
 from .corpus import load_text, split_text
 from .errors import UsageError
+from .report import WorkProgress
 
 __all__ = ["LN2", "mean_loss", "stream_layout", "held_out_text", "evaluate_checkpoint", "run_eval"]
 
@@ -83,7 +84,7 @@ def _nll_sum(logits: np.ndarray, targets: np.ndarray, counted: np.ndarray) -> fl
     return float(np.sum((log_norm - picked)[counted]))
 
 
-def mean_loss(model, params, tokens: np.ndarray, *, batch: int, seq_len: int, runtime) -> float:
+def mean_loss(model, params, tokens: np.ndarray, *, batch: int, seq_len: int, runtime, progress=None) -> float:
     """Mean cross-entropy (nats per character) of ``model`` on ``tokens``; see the module docstring.
 
     Parameters
@@ -96,6 +97,9 @@ def mean_loss(model, params, tokens: np.ndarray, *, batch: int, seq_len: int, ru
     batch, seq_len : int
         At most ``batch`` streams, windows of ``seq_len`` characters.
     runtime : portable_rnn.backends.Backend
+    progress : callable, optional
+        ``progress(total_windows)`` returning a context manager with
+        ``advance()``, called once per window (:class:`~.report.WorkProgress`).
 
     Returns
     -------
@@ -105,11 +109,24 @@ def mean_loss(model, params, tokens: np.ndarray, *, batch: int, seq_len: int, ru
     inputs, targets, counted = _streams(tokens, batch)
     forward = _forward_function(model, runtime)
     state, total = model.init_state(params, inputs.shape[0]), 0.0
-    for t in range(0, inputs.shape[1], seq_len):
-        window = slice(t, t + seq_len)
-        logits, state = forward(params, runtime.asarray(inputs[:, window]), state)
-        total += _nll_sum(runtime.to_numpy(logits), targets[:, window], counted[:, window])
+    starts = range(0, inputs.shape[1], seq_len)
+    with (progress or _silent)(len(starts)) as shown:
+        for t in starts:
+            window = slice(t, t + seq_len)
+            logits, state = forward(params, runtime.asarray(inputs[:, window]), state)
+            total += _nll_sum(runtime.to_numpy(logits), targets[:, window], counted[:, window])
+            shown.advance()
     return total / int(counted.sum())
+
+
+class _silent(contextlib.nullcontext):
+    """No progress display: ``_silent(total)`` with an ``advance()`` that does nothing."""
+
+    def __init__(self, total):
+        super().__init__(self)
+
+    def advance(self, n: int = 1) -> None:
+        pass
 
 
 def held_out_text(ckpt: Checkpoint) -> tuple[str, str]:
@@ -135,8 +152,11 @@ def held_out_text(ckpt: Checkpoint) -> tuple[str, str]:
     return held_out, f"the held-out {fraction:g} of {name}"
 
 
-def evaluate_checkpoint(ckpt: Checkpoint, text: str, *, backend="numpy", device=None) -> float:
-    """Nats per character of ``ckpt``'s parameters on ``text``, with the run's batch and window."""
+def evaluate_checkpoint(ckpt: Checkpoint, text: str, *, backend="numpy", device=None, progress=None) -> float:
+    """Nats per character of ``ckpt``'s parameters on ``text``, with the run's batch and window.
+
+    ``progress`` is :func:`mean_loss`'s.
+    """
     tokens = ckpt.vocab.encode(text)
     train, model = ckpt.meta["train"], ckpt.model
     runtime = backends.resolve(backend, device)
@@ -144,10 +164,11 @@ def evaluate_checkpoint(ckpt: Checkpoint, text: str, *, backend="numpy", device=
            else contextlib.nullcontext())
     with runtime.context(), x64:
         params = {k: runtime.asarray(v, train["dtype"]) for k, v in ckpt.params.items()}
-        return mean_loss(model, params, tokens, batch=train["batch"], seq_len=train["seq_len"], runtime=runtime)
+        return mean_loss(model, params, tokens, batch=train["batch"], seq_len=train["seq_len"], runtime=runtime,
+                         progress=progress)
 
 
-def run_eval(checkpoint, text=None, *, backend="numpy", device=None, out=None) -> float:
+def run_eval(checkpoint, text=None, *, backend="numpy", device=None, out=None, progress="auto") -> float:
     """``portable-rnn eval``: print and return the bits per character of a checkpoint on a text.
 
     Parameters
@@ -160,6 +181,8 @@ def run_eval(checkpoint, text=None, *, backend="numpy", device=None, out=None) -
     backend, device : str
     out : file, optional
         Default ``sys.stdout``.
+    progress : {"auto", "bar", "lines", "none"}
+        How the windows done are shown (:class:`~.report.WorkProgress`, on stderr).
 
     Returns
     -------
@@ -172,7 +195,8 @@ def run_eval(checkpoint, text=None, *, backend="numpy", device=None, out=None) -
         content, where = held_out_text(ckpt)
     else:
         content, where = load_text(text)[0], repr(str(Path(text).resolve()))
-    nats = evaluate_checkpoint(ckpt, content, backend=backend, device=device)
+    nats = evaluate_checkpoint(ckpt, content, backend=backend, device=device,
+                               progress=lambda total: WorkProgress(progress, total, "window"))
     print(f"{path} (step {ckpt.meta['step']}) on {where} ({len(content) - 1:,} predictions): "
           f"{nats:.4f} nats = {nats / LN2:.4f} bits per character", file=out)
     return nats / LN2

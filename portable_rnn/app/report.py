@@ -12,7 +12,13 @@ import numpy as np
 
 from ..io import atomic_write
 
-__all__ = ["Progress", "plot_curves", "smooth", "write_history", "append_sample"]
+__all__ = ["Progress", "WorkProgress", "PROGRESS_MODES", "PROGRESS_EVERY_S", "plot_curves", "smooth", "write_history", "append_sample"]
+
+
+#: The ``--progress`` choices of train, eval and score.
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+#: Seconds between the lines of :class:`WorkProgress` (work shorter than that prints none).
+PROGRESS_EVERY_S = 5.0
 
 
 class Progress:
@@ -96,6 +102,60 @@ class Progress:
         """Close the bar, if any."""
         if self.bar is not None:
             self.bar.close()
+
+
+class WorkProgress:
+    """Progress of a counted piece of work (eval's windows, score's blocks); a context manager.
+
+    A tqdm bar on a terminal (``sys.stderr``), else lines on ``out``, the
+    first after :data:`PROGRESS_EVERY_S` seconds and then as often, so that
+    work shorter than that prints nothing; nothing in mode ``none``.
+
+    Parameters
+    ----------
+    mode : {"auto", "bar", "lines", "none"}
+    total : int
+        Units of work in all.
+    unit : str
+        Their name, e.g. ``"window"``.
+    out : file, optional
+        Default ``sys.stderr`` (the results go to ``sys.stdout``).
+    """
+
+    def __init__(self, mode, total, unit, out=None):
+        self.total, self.unit, self.done, self.every_s = total, unit, 0, PROGRESS_EVERY_S
+        self.out = sys.stderr if out is None else out
+        self.start = self.shown = time.perf_counter()
+        self.bar = None
+        if mode == "auto":
+            mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "lines"
+        if mode == "bar":
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                mode = "lines"
+            else:
+                self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.mode = mode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more units are done."""
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.mode == "lines" and now - self.shown >= self.every_s:
+            self.shown = now
+            print(f"{self.done:,}/{self.total:,} {self.unit}s ({100 * self.done / max(self.total, 1):.0f}%), "
+                  f"{now - self.start:.0f} s", file=self.out, flush=True)
 
 
 def plot_curves(path, curves: dict, *, title: str, xlabel: str, ylabel: str, log_y: bool = False) -> str | None:

@@ -38,6 +38,7 @@ from .checkpoint import load_checkpoint, pick_checkpoint
 from .corpus import read_text
 from .errors import UsageError
 from .eval import LN2
+from .report import WorkProgress
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_WORKERS", "CONNECT_TIMEOUT_S", "windows", "run_score"]
 
@@ -111,16 +112,15 @@ def _file_tokens(paths, vocab) -> list[np.ndarray]:
     return encoded
 
 
-def _nll_graph(da, prnn_dask, model, params, tokens, seq_len, chunk_size):
-    """The summed negative log-likelihood (nats) of one file's windows, as a lazy dask scalar."""
-    parts = [prnn_dask.char_model_nll(model, params, da.from_array(x, chunks=(chunk_size, -1)),
-                                      da.from_array(y, chunks=(chunk_size, -1)))
-             for x, y in windows(tokens, seq_len)]
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+def _nll_parts(da, prnn_dask, model, params, tokens, seq_len, chunk_size) -> list:
+    """One file's negative log-likelihood (nats) as ``dask.delayed`` parts, one per chunk of windows."""
+    return [part for x, y in windows(tokens, seq_len)
+            for part in prnn_dask.char_model_nll_parts(model, params, da.from_array(x, chunks=(chunk_size, -1)),
+                                                       da.from_array(y, chunks=(chunk_size, -1)))]
 
 
 def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAULT_WORKERS,
-              chunk_size=DEFAULT_CHUNK_SIZE, out=None) -> dict:
+              chunk_size=DEFAULT_CHUNK_SIZE, out=None, progress="auto") -> dict:
     """``portable-rnn score``: print and return the bits per character of each file and overall.
 
     Parameters
@@ -139,6 +139,8 @@ def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAUL
         Windows per Dask task.
     out : file, optional
         Default ``sys.stdout``.
+    progress : {"auto", "bar", "lines", "none"}
+        How the blocks done are shown (:class:`~.report.WorkProgress`, on stderr).
 
     Returns
     -------
@@ -152,10 +154,14 @@ def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAUL
     seq_len = ckpt.meta["train"]["seq_len"] if seq_len is None else seq_len
     tokens = _file_tokens(files, ckpt.vocab)
     model = ckpt.model
-    graphs = [_nll_graph(da, prnn_dask, model, ckpt.params, t, seq_len, chunk_size) for t in tokens]
+    parts = [_nll_parts(da, prnn_dask, model, ckpt.params, t, seq_len, chunk_size) for t in tokens]
     with _client(distributed, scheduler, workers) as client:
         where = scheduler if scheduler is not None else f"a local cluster of {workers} worker process(es)"
-        totals = client.gather(client.compute(graphs))
+        futures = [client.compute(file_parts) for file_parts in parts]
+        with WorkProgress(progress, sum(map(len, parts)), "block") as shown:
+            for _ in distributed.as_completed([f for file_futures in futures for f in file_futures]):
+                shown.advance()
+        totals = [float(np.sum(client.gather(file_futures))) for file_futures in futures]
     counts = [int(t.shape[0]) - 1 for t in tokens]
     print(f"{path} (step {ckpt.meta['step']}) on {where}, independent windows of {seq_len} characters:", file=out)
     scores = [(str(name), float(total) / count / LN2, count) for name, total, count in zip(files, totals, counts)]
