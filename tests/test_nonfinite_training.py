@@ -153,3 +153,50 @@ def test_a_model_too_large_for_memory_is_one_line_with_its_size(tmp_path, capsys
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1, err
     assert "not enough memory (" in err and "GiB" in err
+
+
+def test_sigkill_at_random_moments_never_leaves_a_file_a_command_refuses(tmp_path, request):
+    """``train --checkpoint-every 1`` killed (SIGKILL) at random moments, then resumed, again and again.
+
+    After every kill each file the run keeps loads, and ``--resume`` goes on
+    from the step the checkpoint holds. Ten kills by default, fifty with
+    ``--soak``; the moments are seeded.
+    """
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(11)
+    kills = 50 if request.config.getoption("--soak") else 10
+    text, out = _text(tmp_path), tmp_path / "run"
+    command = [sys.executable, "-m", "portable_rnn", "train", "--text", str(text), "--out", str(out),
+               "--steps", "100000", "--checkpoint-every", "1", *TINY]
+    steps = [0]
+    for _ in range(kills):
+        resume = ["--resume"] if (out / "checkpoint.npz").exists() else []
+        process = subprocess.Popen(command + resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not _step_beyond(out, steps[-1]) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)  # until this run has written a checkpoint of its own
+        time.sleep(rng.uniform(0.0, 0.5))  # then a random moment, most likely inside a write
+        process.send_signal(signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, err.decode()[-2000:]
+        for name in ("checkpoint.npz", "best.npz"):
+            if (out / name).exists():
+                load_checkpoint(out / name)  # raises on anything a command would refuse
+        steps.append(load_checkpoint(out).meta["step"])
+        assert steps[-1] > steps[-2], steps  # the resumed run went on
+    assert cli.main(["train", "--resume", "--out", str(out), "--steps", str(steps[-1] + 2), *TINY]) == 0
+    assert load_checkpoint(out).meta["step"] == steps[-1] + 2
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _step_beyond(out, step) -> bool:
+    """Whether ``out`` holds a readable checkpoint past ``step`` (a half-written one reads as not yet)."""
+    try:
+        return load_checkpoint(out).meta["step"] > step
+    except Exception:
+        return False
