@@ -524,11 +524,21 @@ def _one_line_exit_2(argv, capsys):
     return err
 
 
+def _every_reader(folder, tmp_path):
+    """The commands that read a checkpoint, each given ``folder``."""
+    pytest.importorskip("dask.array", reason="score runs on Dask: the dask extra is not installed")
+    pytest.importorskip("distributed", reason="score runs on Dask: the dask extra is not installed")
+    other = tmp_path / "other.txt"
+    other.write_text("abc abc\n" * 20)
+    return (["sample", str(folder)], ["eval", str(folder), "--text", str(other)], ["score", str(folder), str(other)],
+            ["train", "--resume", "--out", str(folder), *TINY])
+
+
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_a_hostile_checkpoint_is_one_line_and_exit_2(good, tmp_path, capsys, case):
     change, expected = HOSTILE[case]
     folder = _hostile(good, tmp_path, change)
-    for argv in (["sample", str(folder)], ["train", "--resume", "--out", str(folder), *TINY]):
+    for argv in _every_reader(folder, tmp_path):
         err = _one_line_exit_2(argv, capsys)
         assert err.startswith(f"portable-rnn {argv[0]}: error: checkpoint {folder / CHECKPOINT}: ")
         assert expected in err, err
@@ -562,14 +572,9 @@ HOSTILE_ARRAYS = {
 @pytest.mark.parametrize("case", list(HOSTILE_ARRAYS))
 def test_hostile_arrays_are_refused_by_every_command(good, tmp_path, capsys, case):
     change, expected = HOSTILE_ARRAYS[case]
-    pytest.importorskip("dask.array", reason="score runs on Dask: the dask extra is not installed")
-    pytest.importorskip("distributed", reason="score runs on Dask: the dask extra is not installed")
     members, text = good
     folder = _hostile((change(members), text), tmp_path)
-    other = tmp_path / "other.txt"
-    other.write_text("abc abc\n" * 20)
-    for argv in (["sample", str(folder)], ["eval", str(folder), "--text", str(other)],
-                 ["score", str(folder), str(other)], ["train", "--resume", "--out", str(folder), *TINY]):
+    for argv in _every_reader(folder, tmp_path):
         err = _one_line_exit_2(argv, capsys)
         assert err.startswith(f"portable-rnn {argv[0]}: error: checkpoint {folder / CHECKPOINT}: "), err
         assert expected in err, err
