@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -146,13 +147,32 @@ def test_a_stale_temporary_file_is_removed_by_the_next_run(tmp_path):
     assert not stale.exists() and keep.exists()
 
 
-def test_a_model_too_large_for_memory_is_one_line_with_its_size(tmp_path, capsys):
+def test_a_model_too_large_for_memory_is_refused_before_allocating_with_its_size(tmp_path, capsys):
+    import os
+
+    if not os.path.exists("/proc/meminfo"):
+        pytest.skip("the estimate is held to MemAvailable of /proc/meminfo, which this system has not")
     text = _text(tmp_path)
     status = cli.main(["train", "--text", str(text), "--out", str(tmp_path / "run"), "--hidden", "100000",
                        "--steps", "1", *TINY[2:]])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1, err
-    assert "not enough memory (" in err and "GiB" in err
+    # 4H(E + H + 2) + V(E + H + 1) parameters: 40 billion, 1 TiB with Adam's moments
+    assert re.search(r"this run needs about 1,0\d\d\.\d GiB \(40,01\d,\d{3},\d{3} parameters and a tape of "
+                     r"--batch 4 x --seq-len 8\) but [\d,.]+ GiB is available", err), err
+
+
+def test_an_allocation_that_fails_anyway_is_one_line(monkeypatch, capsys):
+    """Where no estimate caught it (another command, an accelerator), MemoryError is one line too."""
+
+    def out_of_memory(args):
+        raise MemoryError("Unable to allocate 298. GiB for an array with shape (400000, 100000)")
+
+    monkeypatch.setitem(cli._COMMANDS, "sample", out_of_memory)
+    assert cli.main(["sample", "anything"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("portable-rnn sample: error: not enough memory (Unable to allocate 298. GiB for an array with "
+                   "shape (400000, 100000)); try a smaller --hidden, --batch or --seq-len\n")
 
 
 def test_sigkill_at_random_moments_never_leaves_a_file_a_command_refuses(tmp_path, request):

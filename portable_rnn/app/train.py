@@ -298,6 +298,45 @@ def _data(text: str, vocab: Vocabulary, settings: dict, ckpt: Checkpoint | None)
     return schedule, (vocab.encode(val_text) if fraction else None), split
 
 
+def _check_memory(model: CharModel, s: dict, runtime) -> None:
+    """Refuse, before allocating, a run whose arrays cannot fit the host's available memory.
+
+    The estimate: the initial draw (float64, on the host), the parameters
+    with their gradients, Adam's two moments and the update's temporary (5
+    copies), and one step's tape (about 7 numbers per layer, step, sequence
+    and hidden unit, plus the embeddings and three (T, N, V) arrays of the
+    logits, their softmax and gradient). Runs on an accelerator are not
+    checked here (their library reports what it cannot allocate).
+    """
+    device_type = getattr(runtime.device, "type", None) or getattr(runtime.device, "platform", None)
+    if not (runtime.library in ("numpy", "array_api_strict") or device_type == "cpu"):
+        return
+    available = _mem_available()
+    if available is None:
+        return
+    size = 8 if s["dtype"] == "float64" else 4
+    n_params = sum(math.prod(shape) for shape in model.param_shapes().values())
+    steps = s["seq_len"] * s["batch"]
+    tape = steps * (7 * model.hidden_size * model.num_layers + model.embed_size + 3 * model.vocab_size)
+    need = 8 * n_params + size * (5 * n_params + tape)
+    if need > available:
+        raise UsageError(f"this run needs about {need / 2**30:,.1f} GiB ({n_params:,} parameters and a tape of "
+                         f"--batch {s['batch']} x --seq-len {s['seq_len']}) but {available / 2**30:,.1f} GiB is "
+                         "available: lower --hidden, --layers, --batch or --seq-len")
+
+
+def _mem_available() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes; ``None`` where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _tree_to_device(runtime, tree, dtype):
     """A host tree (dicts, tuples of NumPy arrays) on the backend; floating leaves cast to ``dtype``."""
     if isinstance(tree, dict):
@@ -361,6 +400,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
         _check_split(s["batch"], world.size, f"the {world.size} torchrun processes")
         _join_torch_world(world, runtime, stack)
     model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"])
+    _check_memory(model, s, runtime)
     if ckpt is None:
         params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
         opt_state, carry = adam(s["lr"]).init(params), model.init_state(params, s["batch"])
