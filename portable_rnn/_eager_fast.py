@@ -150,12 +150,14 @@ def _torch_plain_types() -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def _functorch_wrapped():
-    """``is_functorch_wrapped_tensor``, or a function that is always false where torch has none."""
+    """Whether a tensor is a transform's wrapper: ``torch.func``'s, or the batched gradients of
+    ``torch.autograd.grad(..., is_grads_batched=True)`` (torch's first vmap); a function that is
+    always false where torch has neither."""
     try:
-        from torch._C._functorch import is_functorch_wrapped_tensor
+        from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
     except ImportError:  # a torch without functorch has no wrapped tensors either
         return lambda a: False
-    return is_functorch_wrapped_tensor
+    return lambda a: is_functorch_wrapped_tensor(a) or is_legacy_batchedtensor(a)
 
 
 def _plain_torch(a) -> bool:
