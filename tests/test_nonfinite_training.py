@@ -220,3 +220,33 @@ def _step_beyond(out, step) -> bool:
         return load_checkpoint(out).meta["step"] > step
     except Exception:
         return False
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """SIGTERM: the checkpoint of the step reached is saved, one line says so, exit status 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text, out = _text(tmp_path), tmp_path / "run"
+    command = [sys.executable, "-m", "portable_rnn", "train", "--text", str(text), "--out", str(out),
+               "--steps", "100000", "--checkpoint-every", "1", *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _step_beyond(out, 1) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    step = load_checkpoint(out).meta["step"]
+    assert f"interrupted at step {step}: checkpoint saved; continue with --resume" in stdout
+    assert "samples.txt" not in stdout  # none was written before the first sample (--sample-every 0)
+    assert "Traceback" not in stderr
+
+
+def test_version(capsys):
+    from portable_rnn import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"portable-rnn {__version__}\n"

@@ -33,12 +33,16 @@ devices, checkpoints) gives one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from ..backends import BACKEND_NAMES, BackendError
 from ..layers import LAYERS
 from .bench.cases import BENCH_BACKENDS, BENCH_CELLS
@@ -46,7 +50,7 @@ from .bench.run import run as run_bench
 from .bench.run import write_json
 from .bench.timing import SETTLE_S
 from .check import run_check
-from .errors import UsageError
+from .errors import Terminated, UsageError
 from .eval import run_eval
 from .gradients import run_gradients
 from .sample import sample_text
@@ -287,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Recurrent networks with hand-written BPTT on any Array API backend.",
         epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     check = sub.add_parser("check", help="run the documented fixtures on every installed backend")
     check.add_argument("--backend", action="append", choices=BACKEND_NAMES,
@@ -390,8 +395,14 @@ def main(argv=None) -> int:
     -------
     int
         0 on success; 1 when ``check`` finds a mismatch; 2 for bad input
-        (one line on stderr); 130 after Ctrl-C; 141 when stdout closed early.
+        (one line on stderr); 130 after Ctrl-C; 143 after SIGTERM (handled as
+        Ctrl-C: a training run saves its checkpoint); 141 when stdout closed early.
     """
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     parser, args = _parser(), None
     try:
         args = parser.parse_args(argv)
@@ -406,9 +417,10 @@ def main(argv=None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     except (UsageError, BackendError) as error:
         return _error(args, error)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # e.g. `portable-rnn sample ... | head`: stop quietly, as cat does
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -421,6 +433,23 @@ def main(argv=None) -> int:
     except MemoryError as error:
         size = f" ({error})" if str(error) else ""
         return _error(args, f"not enough memory{size}; try a smaller --hidden, --batch or --seq-len")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt): a run stops as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _error(args, message) -> int:

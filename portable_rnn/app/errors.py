@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+__all__ = ["UsageError", "Terminated"]
 
 
 class UsageError(Exception):
@@ -11,3 +11,7 @@ class UsageError(Exception):
     Backend and device problems arrive as :class:`portable_rnn.backends.BackendError`,
     which the CLI reports the same way.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as after Ctrl-C (exit status 143)."""

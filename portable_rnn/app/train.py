@@ -71,7 +71,7 @@ from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, C
                          nonfinite_member, save_checkpoint)
 from ..io import remove_stale_temporaries
 from .corpus import BatchSchedule, Vocabulary, load_text, split_text
-from .errors import UsageError
+from .errors import Terminated, UsageError
 from .eval import LN2, mean_loss
 from .report import Progress, append_sample, plot_curves, smooth, write_history
 
@@ -785,15 +785,15 @@ def _loop(run: _Run, progress: Progress) -> None:
 
 
 def _run_steps(run: _Run, progress: Progress) -> tuple[int, float]:
-    """Run the loop; returns ``(status, seconds)``: status 130 after Ctrl-C, with the history flushed."""
+    """Run the loop; returns ``(status, seconds)``: 130 after Ctrl-C, 143 after SIGTERM, with the history flushed."""
     with _single_threaded(run.runtime):
         progress.write(_banner(run))
         t0 = time.perf_counter()
         try:
             _loop(run, progress)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
             _flush(run)
-            return 130, time.perf_counter() - t0
+            return (143 if isinstance(stop, Terminated) else 130), time.perf_counter() - t0
         return 0, time.perf_counter() - t0
 
 
@@ -835,7 +835,8 @@ def _summary(run: _Run, wall: float, skipped_plot: str | None, out) -> None:
         print(f"held-out: {run.val_losses[-1]:.4f} nats = {run.val_losses[-1] / LN2:.3f} bits per character at "
               f"step {run.val_steps[-1]} ({run.meta['split']['val_chars'] - 1:,} predictions); best "
               f"{run.val_losses[best] / LN2:.3f} bits per character at step {run.val_steps[best]} ({BEST})", file=out)
-    written = [CHECKPOINT] + ([BEST] if run.val_losses else []) + [HISTORY, SAMPLES] + ([] if skipped_plot else [PLOT])
+    samples = [SAMPLES] if (run.out_dir / SAMPLES).exists() else []  # none before the first sample
+    written = [CHECKPOINT] + ([BEST] if run.val_losses else []) + [HISTORY, *samples] + ([] if skipped_plot else [PLOT])
     print(f"wrote {', '.join(str(run.out_dir / w) for w in written)}", file=out)
     if skipped_plot:
         print(f"skipped {run.out_dir / PLOT}: {skipped_plot}", file=out)
