@@ -234,6 +234,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(
             f"{JIT} compiles the parameter values its tests name (@pytest.mark.jit(...)): "
             f"{deselected} other parametrizations deselected")
+    reasons = collections.Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", []))
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, n in reasons.most_common():
+            terminalreporter.write_line(f"{n:5d}  {reason}")
+
+
+def _skip_reason(report) -> str:
+    """A skip's reason without its file and line (``-rs`` prints one line per test and place)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 @pytest.fixture
