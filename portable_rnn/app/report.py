@@ -21,6 +21,19 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 PROGRESS_EVERY_S = 5.0
 
 
+def _display(mode: str, **bar):
+    """``(mode, tqdm bar or None)``: ``auto`` is a bar on a terminal (stderr), else lines; no tqdm, lines."""
+    if mode == "auto":
+        mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "lines"
+    if mode == "bar":
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return "lines", None
+        return "bar", tqdm(file=sys.stderr, dynamic_ncols=True, **bar)
+    return mode, None
+
+
 class Progress:
     """tqdm bar on a terminal (``sys.stderr``), else plain lines on ``out``; a context manager.
 
@@ -47,17 +60,7 @@ class Progress:
         self.start = self.mark_time = time.perf_counter()
         self.mark_step = initial
         self.losses = []
-        if mode == "auto":
-            mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "lines"
-        if mode == "bar":
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                mode = "lines"
-            else:
-                self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr,
-                                dynamic_ncols=True, leave=True)
-        self.mode = mode
+        self.mode, self.bar = _display(mode, total=total, initial=initial, unit="step", leave=True)
 
     def __enter__(self):
         return self
@@ -126,17 +129,7 @@ class WorkProgress:
         self.total, self.unit, self.done, self.every_s = total, unit, 0, PROGRESS_EVERY_S
         self.out = sys.stderr if out is None else out
         self.start = self.shown = time.perf_counter()
-        self.bar = None
-        if mode == "auto":
-            mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "lines"
-        if mode == "bar":
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                mode = "lines"
-            else:
-                self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
-        self.mode = mode
+        self.mode, self.bar = _display(mode, total=total, unit=unit, leave=False)
 
     def __enter__(self):
         return self
