@@ -78,6 +78,24 @@ def test_check_still_works(capsys):
     assert "all documented numbers reproduced" in capsys.readouterr().out
 
 
+def test_check_of_a_named_backend_that_cannot_run_is_an_error_not_a_pass(capsys, monkeypatch):
+    """``check --backend X`` where X cannot run: exit 2 and why; without --backend it is a skipped row."""
+    from portable_rnn import backends
+
+    real = backends.discover
+
+    def without_torch(names=None):
+        available, unavailable = real([n for n in names if n != "torch"])
+        unavailable["torch"] = "torch is not installed (pip install torch)"
+        return available, unavailable
+
+    monkeypatch.setattr(backends, "discover", without_torch)
+    assert cli.main(["check", "--backend", "numpy", "--backend", "torch"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "portable-rnn check: error: --backend torch: torch is not installed (pip install torch)\n"
+    assert captured.out == ""
+
+
 def test_drawing_the_fixtures_leaves_numpys_global_generator_alone():
     np.random.seed(123)
     before = np.random.get_state()[1].copy()

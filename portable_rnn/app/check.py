@@ -7,6 +7,7 @@ import time
 
 from .. import backends
 from ..testing.fixtures import FIXTURES
+from .errors import UsageError
 
 __all__ = ["TOLERANCES", "fixture_failures", "run_check"]
 
@@ -56,7 +57,14 @@ def run_check(backend_names=None, out=None) -> bool:
     Parameters
     ----------
     backend_names : list of str, optional
-        Names from :data:`portable_rnn.backends.BACKEND_NAMES`; default every one.
+        Names from :data:`portable_rnn.backends.BACKEND_NAMES`; default every
+        one (those that cannot run are listed as skipped).
+
+    Raises
+    ------
+    UsageError
+        A backend named in ``backend_names`` cannot run here (not installed,
+        no device): one line saying why.
     out : file, optional
         Where the table goes (default ``sys.stdout`` at call time).
 
@@ -66,12 +74,15 @@ def run_check(backend_names=None, out=None) -> bool:
         True when every fixture passed on every available backend.
     """
     out = sys.stdout if out is None else out
-    header = f"{'backend':26s} {'dtype':8s} {'fixtures':>9s} {'time':>9s}  result"
-    print(header, file=out)
-    print("-" * len(header), file=out)
     all_ok = True
     with backends.jax_float64(), backends.full_precision_matmuls():
         available, unavailable = backends.discover(backend_names)
+        if backend_names and unavailable:  # asked for by name: checking nothing is not a pass
+            name, reason = next(iter(unavailable.items()))
+            raise UsageError(f"--backend {name}: {reason}")
+        header = f"{'backend':26s} {'dtype':8s} {'fixtures':>9s} {'time':>9s}  result"
+        print(header, file=out)
+        print("-" * len(header), file=out)
         for name, backend in available.items():
             for dtype in backends.DTYPES:
                 start = time.perf_counter()
