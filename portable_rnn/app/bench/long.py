@@ -569,9 +569,11 @@ def _say_ratios(T: int, ratios: dict, say) -> None:
 
 def _say_machine(m: dict, threads: int, say) -> None:
     """The machine on one line: CPU, cores, threads, load, memory, versions."""
+    from .machine import format_load
+
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("numpy", "torch", "jax") and v)
-    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads (torch, BLAS), load {m['load_before']}, "
-        f"MemTotal {_mib(m['mem_total_bytes'])}, MemAvailable {_mib(m['mem_available_bytes'])}; {versions}")
+    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads (torch, BLAS), "
+        f"load {format_load(m['load_before'])}, MemTotal {_mib(m['mem_total_bytes'])}, MemAvailable {_mib(m['mem_available_bytes'])}; {versions}")
 
 
 
@@ -643,7 +645,9 @@ def run_long_bench(lengths=None, D=None, *, quick=False, threads=None, out=None,
         value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         say(f"  {t['name']:56s} {value:>7s} (limit {t['limit']})  {mark}")
     report["wall_s"] = time.perf_counter() - started
-    say(f"wall time {report['wall_s']:.0f} s, load after {machine['load_after']}")
+    from .machine import format_load
+
+    say(f"wall time {report['wall_s']:.0f} s, load after {format_load(machine['load_after'])}")
     return report
 
 

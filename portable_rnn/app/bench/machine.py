@@ -41,6 +41,11 @@ def load() -> float | None:
         return None
 
 
+def format_load(value) -> str:
+    """A load average as ``uptime`` prints it (two decimals), or ``unknown``."""
+    return "unknown" if value is None else f"{value:.2f}"
+
+
 def _versions(backend_names):
     out = {"numpy": np.__version__}
     libs = ["array_api_compat", "threadpoolctl", "torch", "jax", "jaxlib"]

@@ -66,7 +66,7 @@ from . import references as refs
 from .cases import BENCH_BACKENDS, BENCH_CELLS, CONFIGS, QUICK_CONFIGS, Case, host_inputs
 from .contenders import Skip, fwd_bwd
 from .kernels import kernels_per_step
-from .machine import cores, load, machine_info
+from .machine import cores, format_load, load, machine_info
 from .targets import targets
 from .timing import SETTLE_S, pin_threads, time_all
 
@@ -277,7 +277,7 @@ def run(*, configs=None, cells=BENCH_CELLS, backend_names=None, repeats=5, threa
 
 
 def _say_machine(m, threads, say) -> None:
-    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads pinned (torch, BLAS); load {m['load_before']}")
+    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads pinned (torch, BLAS); load {format_load(m['load_before'])}")
     for b in m["blas"]:
         if b.get("user_api") == "blas":
             say(f"BLAS: {b.get('internal_api')} {b.get('version')} kernel={b.get('architecture')} "
@@ -315,12 +315,12 @@ def _say_entry(entry, say) -> None:
 
 
 def _say_targets(report, say) -> None:
-    say("\ntargets:")
+    say("\ntargets:" if report["targets"] else "\ntargets: none at these configurations")
     for t in report["targets"]:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         val = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         say(f"  {t['name']:48s} {val:>7s} (limit {t['limit']})  {mark}")
-    say(f"load after: {report['machine']['load_after']}")
+    say(f"load after: {format_load(report['machine']['load_after'])}")
 
 
 def _report(settings, portable, check, compile_study, say) -> dict:
