@@ -70,7 +70,7 @@ def _check_result(result, cell, expect):
 
 
 def test_quick_numpy_writes_the_documented_json(tmp_path):
-    report = _quick(tmp_path, "--backends", "numpy")
+    report = _quick(tmp_path, "--backend", "numpy")
     assert [r["cell"] for r in report["results"]] == list(BENCH_CELLS)
     expect = ["numpy", "gemm"] + (["torch.nn"] if HAS_TORCH else [])
     for result in report["results"]:
@@ -86,7 +86,7 @@ def test_quick_numpy_writes_the_documented_json(tmp_path):
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch: not installed")
 def test_quick_torch_and_portable(tmp_path):
-    report = _quick(tmp_path, "--backends", "torch,numpy", "--cells", "gru", "--portable",
+    report = _quick(tmp_path, "--backend", "torch,numpy", "--cells", "gru", "--portable",
                     "--configs", "3x5x4x6:float64", "--repeats", "5", "--threads", "1")
     assert report["settings"]["threads"] == 1
     (result,) = report["results"]
@@ -104,7 +104,7 @@ def test_quick_torch_and_portable(tmp_path):
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
 def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
-    report = _quick(tmp_path, "--backends", "jax", "--cells", "rnn")
+    report = _quick(tmp_path, "--backend", "jax", "--cells", "rnn")
     (result,) = report["results"]
     _check_result(result, "rnn", ["jax", "jax.apply", "jax.grad", "gemm"])
     for name in ("jax", "jax.apply", "jax.grad"):
@@ -170,7 +170,7 @@ def test_ratios_pair_each_face_with_its_group():
 def test_bad_flags_exit_with_status_2(capsys):
     assert cli.main(["bench", "--quick", "--cells", "transformer"]) == 2
     assert "unknown cell" in capsys.readouterr().err
-    assert cli.main(["bench", "--quick", "--backends", "tpu"]) == 2
+    assert cli.main(["bench", "--quick", "--backend", "tpu"]) == 2
     assert "unknown backend" in capsys.readouterr().err
     assert cli.main(["bench", "--configs", "64x100"]) == 2
     assert "bad config" in capsys.readouterr().err

@@ -230,7 +230,7 @@ def test_resume_on_another_backend(capsys, tmp_path):
 
 
 def test_gradients_prints_ratios_and_plots(capsys, tmp_path):
-    assert cli.main(["gradients", "--steps", "40", "--out", str(tmp_path)]) == 0
+    assert cli.main(["gradients", "--seq-len", "40", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     ratios = {}
     for line in text.splitlines():
@@ -360,7 +360,7 @@ BAD = {
                                   "--out", "{tmp}/c"], "evaluating needs at least 2"),
     "resume with another val-fraction": (["train", "--resume", "--out", "{good}", "--val-fraction", "0.2"],
                                          "--val-fraction 0.1, not 0.2"),
-    "gradients too short": (["gradients", "--steps", "1", "--out", "{tmp}/g"], "at least 2"),
+    "gradients too short": (["gradients", "--seq-len", "1", "--out", "{tmp}/g"], "at least 2"),
 }
 
 
@@ -407,3 +407,16 @@ def test_a_missing_backend_names_what_to_install(library, monkeypatch, capsys, t
     hint = "pip install torch, the build for your machine from pytorch.org" if library == "torch" else (
         f"pip install 'portable-rnn[{library}]'")  # the torch extra could pull a multi-GB CUDA build
     assert f"{library} is not installed ({hint})" in err
+
+
+def test_old_flag_spellings_still_work_for_a_release_and_say_so(tmp_path, capsys, monkeypatch):
+    """``gradients --steps`` is ``--seq-len`` and ``bench --backends`` is ``--backend``, with a line on stderr."""
+    assert cli.main(["gradients", "--steps", "12", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ("portable-rnn: --steps is deprecated, use --seq-len "
+                                       "(the old spelling goes in the next release)\n")
+    seen = {}
+    monkeypatch.setattr(cli, "run_bench", lambda **kw: seen.update(kw) or {"targets": []})
+    monkeypatch.setattr(cli, "write_json", lambda *a: None)
+    assert cli.main(["bench", "--quick", "--backends", "numpy,torch", "--backend", "jax"]) == 0
+    assert seen["backend_names"] == ["numpy", "torch", "jax"]
+    assert "--backends is deprecated, use --backend" in capsys.readouterr().err

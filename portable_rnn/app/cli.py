@@ -113,6 +113,23 @@ def _names(choices, what):
     return parse
 
 
+def _renamed(new: str):
+    """An argparse action for an old spelling of ``new``: stores as ``new`` does and says it is deprecated.
+
+    Old spellings keep working for one release (a line on stderr each time).
+    """
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{PROG}: {option_string} is deprecated, use {new} (the old spelling goes in the next release)",
+                  file=sys.stderr)
+            if isinstance(values, list):  # a comma-separated list: extend what --backend gave
+                values = (getattr(namespace, self.dest, None) or []) + values
+            setattr(namespace, self.dest, values)
+
+    return Renamed
+
+
 def _bench_config(text):
     """An argparse type: ``NxTxDxH[:float32|float64]`` -> ``(N, T, D, H, dtype)``."""
     try:
@@ -240,7 +257,8 @@ def _progress_flag(p, what):
 
 def _add_gradients(sub):
     p = sub.add_parser("gradients", help="plot the vanishing gradient of a vanilla RNN against an LSTM")
-    p.add_argument("--steps", type=_POS_INT, default=100, metavar="T", help="sequence length (default 100)")
+    p.add_argument("--seq-len", type=_POS_INT, default=100, metavar="T", help="sequence length (default 100)")
+    p.add_argument("--steps", dest="seq_len", type=_POS_INT, action=_renamed("--seq-len"), help=argparse.SUPPRESS)
     p.add_argument("--hidden", type=_POS_INT, default=32, metavar="H", help="hidden size (default 32)")
     p.add_argument("--inputs", type=_POS_INT, default=8, metavar="D", help="input size (default 8)")
     p.add_argument("--forget-bias", type=float, default=1.0, help="LSTM forget-gate bias (default 1.0)")
@@ -259,8 +277,10 @@ def _add_bench(sub):
                     "jax.grad(lax.scan) and the pure-GEMM bound.")
     p.add_argument("--quick", action="store_true", help="tiny configurations for CI (a few seconds)")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    p.add_argument("--backends", type=_names(BENCH_BACKENDS, "backend"),
-                   help=f"comma-separated, from {', '.join(BENCH_BACKENDS)} (default: all that work here)")
+    p.add_argument("--backend", dest="backends", action="extend", type=_names(BENCH_BACKENDS, "backend"),
+                   help=f"comma-separated or repeated, from {', '.join(BENCH_BACKENDS)} (default: all that work here)")
+    p.add_argument("--backends", dest="backends", type=_names(BENCH_BACKENDS, "backend"),
+                   action=_renamed("--backend"), help=argparse.SUPPRESS)
     p.add_argument("--cells", type=_names(BENCH_CELLS, "cell"), default=list(BENCH_CELLS),
                    help=f"comma-separated from {', '.join(BENCH_CELLS)}")
     p.add_argument("--configs", type=lambda s: [_bench_config(c) for c in s.split(",") if c.strip()],
@@ -294,8 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     check = sub.add_parser("check", help="run the documented fixtures on every installed backend")
-    check.add_argument("--backend", action="append", choices=BACKEND_NAMES,
-                       help="only this backend (repeatable); default: every one installed")
+    check.add_argument("--backend", action="extend", type=_names(BACKEND_NAMES, "backend"),
+                       help="only these backends (comma-separated or repeated); default: every one installed")
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
@@ -339,9 +359,9 @@ def _score(args) -> int:
 
 
 def _gradients(args) -> int:
-    if args.steps < 2:
-        raise UsageError("--steps must be at least 2")
-    run_gradients(steps=args.steps, hidden=args.hidden, inputs=args.inputs, seed=args.seed,
+    if args.seq_len < 2:
+        raise UsageError("--seq-len must be at least 2")
+    run_gradients(steps=args.seq_len, hidden=args.hidden, inputs=args.inputs, seed=args.seed,
                   forget_bias=args.forget_bias, backend=args.backend, device=args.device, out_dir=args.out)
     return 0
 
