@@ -602,3 +602,11 @@ def test_the_good_checkpoint_still_loads(good, tmp_path):
     folder = _hostile(good, tmp_path)
     ckpt = load_checkpoint(folder)
     assert ckpt.meta["step"] == 2 and ckpt.meta["history"]["step"] == [1, 2]
+
+
+def test_a_replaced_vocabulary_character_is_refused_where_the_text_is_read(good, tmp_path, capsys):
+    """Sorted still, so the file alone cannot tell; the run's text can: --resume and eval rebuild its vocabulary."""
+    folder = _hostile(good, tmp_path, _edit(lambda m: m.update(vocab=m["vocab"][:-1] + "\u2603")))
+    for argv in (["train", "--resume", "--out", str(folder), *TINY], ["eval", str(folder)]):
+        err = _one_line_exit_2(argv, capsys)
+        assert "the checkpoint's vocabulary is not the one" in err and "produces (the file was edited)" in err, err

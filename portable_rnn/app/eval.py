@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import backends
 from .checkpoint import Checkpoint, load_checkpoint, pick_checkpoint
-from .corpus import load_text, split_text
+from .corpus import Vocabulary, load_text, split_text
 from .errors import UsageError
 from .report import WorkProgress
 
@@ -146,6 +146,8 @@ def held_out_text(ckpt: Checkpoint) -> tuple[str, str]:
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != ckpt.meta["text"]["sha256"]:
         raise UsageError(f"{name} is not the text the checkpoint was trained on (its SHA-256 differs); "
                          "pass --text FILE")
+    if Vocabulary.of(text) != ckpt.vocab:
+        raise UsageError(f"the checkpoint's vocabulary is not the one {name} produces (the file was edited)")
     _, held_out = split_text(text, fraction)
     if hashlib.sha256(held_out.encode("utf-8")).hexdigest() != ckpt.meta["split"]["sha256"]:
         raise UsageError(f"the held-out split of {name} is not the one the checkpoint records")

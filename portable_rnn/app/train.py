@@ -269,6 +269,8 @@ def _vocabulary(text: str, source: str, digest: str, ckpt: Checkpoint | None) ->
         )
     else:
         vocab = ckpt.vocab
+        if vocab != Vocabulary.of(text):
+            raise CheckpointError("the checkpoint's vocabulary is not the one its text produces (the file was edited)")
     if len(vocab) < 2:
         raise UsageError("the text has a single distinct character; there is nothing to learn")
     return vocab
