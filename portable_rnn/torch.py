@@ -30,9 +30,14 @@ What autograd sees is what ``torch.nn`` gives it:
   and runs the hand-written backward there: it is Array API code on torch
   tensors, so autograd differentiates it (double backward).
 * Under ``torch.func`` (``grad``, ``vmap``, ``jacrev``, ``functional_call``)
-  and ``is_grads_batched`` the same portable code runs on the transforms'
-  tensors (the vmap rule is generated from it); the forward keeps no tape
-  there and the backward recomputes it.
+  the same portable code runs on the transforms' tensors (the vmap rule is
+  generated from it); the forward keeps no tape there and the backward
+  recomputes it. The batched gradients of ``is_grads_batched=True`` run
+  under torch's first vmap, which has no rule for the indexing the
+  hand-written backward uses: those come from autograd through the portable
+  forward (the same maths).
+* ``proj_size`` (LSTM) runs on the portable path: the CPU fast path has no
+  kernels for projections.
 * ``torch.compile`` runs the modules with a graph break at the layer (their
   forward is ``torch.compiler.disable``-d): it leaves torch for NumPy, which
   Dynamo cannot trace.
