@@ -179,7 +179,7 @@ def test_sigkill_at_random_moments_never_leaves_a_file_a_command_refuses(tmp_pat
     """``train --checkpoint-every 1`` killed (SIGKILL) at random moments, then resumed, again and again.
 
     After every kill each file the run keeps loads, and ``--resume`` goes on
-    from the step the checkpoint holds. Ten kills by default, fifty with
+    from the step the checkpoint holds. Four kills by default, fifty with
     ``--soak``; the moments are seeded.
     """
     import random
@@ -189,7 +189,7 @@ def test_sigkill_at_random_moments_never_leaves_a_file_a_command_refuses(tmp_pat
     import time
 
     rng = random.Random(11)
-    kills = 50 if request.config.getoption("--soak") else 10
+    kills = 50 if request.config.getoption("--soak") else 4
     text, out = _text(tmp_path), tmp_path / "run"
     command = [sys.executable, "-m", "portable_rnn", "train", "--text", str(text), "--out", str(out),
                "--steps", "100000", "--checkpoint-every", "1", *TINY]
