@@ -378,7 +378,9 @@ class _NumPyBLAS:
 
 
 class _TorchBLAS(_NumPyBLAS):
-    """Torch's BLAS for the RNN, LSTM and smaller GRU kernels on torch tensors' memory (``torch.from_numpy`` views, no copy).
+    """Torch's BLAS for the RNN, LSTM and smaller GRU kernels on torch tensors' memory.
+
+    The products run on ``torch.from_numpy`` views: no copy.
 
     For the RNN and GRU, chosen by whole-layer A/B runs against ``torch.nn`` (float32, 2 threads,
     quiet machine) on a 2-core AMD EPYC with AVX-512 (NumPy's OpenBLAS on its
@@ -445,7 +447,10 @@ _NUMPY_BLAS = _NumPyBLAS()
 
 
 def _blas(library, kind, N, W_hh):
-    """The BLAS chooser of a kernel of batch ``N``: torch's for the RNN, LSTM and smaller GRUs on torch tensors, else NumPy's."""
+    """The BLAS chooser of a kernel of batch ``N``.
+
+    Torch's for the RNN, LSTM and smaller GRUs on torch tensors, else NumPy's.
+    """
     recurrent = N * W_hh.shape[0] * W_hh.shape[1]
     if library == "torch" and (kind in ("rnn", "lstm") or (kind == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
         return _TorchBLAS()

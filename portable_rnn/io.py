@@ -262,8 +262,8 @@ def atomic_write(path, write) -> None:
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(error, OSError) and error.errno is not None and error.filename is None:  # a file object names none
-            error.filename = os.fspath(path)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            error.filename = os.fspath(path)  # a write through a file object names no file
         raise
     # Make the rename itself durable (not possible on every platform).
     with contextlib.suppress(OSError):

@@ -77,12 +77,12 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _is_wrapped(tensor) -> bool:
-    """Whether ``tensor`` is a transform's wrapper with no memory of its own.
+    """Whether ``tensor`` is a transform's wrapper with no memory of its own (the fast path's test).
 
     ``torch.func``'s batched, grad-tracking and functional tensors, and the
     batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)``.
     """
-    return torch._C._functorch.is_functorch_wrapped_tensor(tensor) or _is_legacy_batched(tensor)
+    return _eager_fast._functorch_wrapped()(tensor)
 
 
 def _is_legacy_batched(tensor) -> bool:
@@ -91,7 +91,10 @@ def _is_legacy_batched(tensor) -> bool:
 
 
 def _bare(tensor):
-    """``tensor`` outside autograd (the fast path takes no tensor that requires grad); transforms' tensors as they are."""
+    """``tensor`` outside autograd (the fast path takes no tensor that requires grad).
+
+    A transform's tensor is returned as it is.
+    """
     return tensor if _is_wrapped(tensor) else tensor.detach()
 
 
@@ -126,12 +129,16 @@ def _own_memory(tensors, others=()):
 
 
 class _TapeBox:
-    """Carries the forward's tape from ``forward`` to ``setup_context`` (which sees only inputs and outputs)."""
+    """Carries the forward's tape, flattened, to ``setup_context`` (which sees only inputs and outputs).
 
-    __slots__ = ("tape",)
+    ``leaves`` and ``treedef`` are ``torch.utils._pytree.tree_flatten``'s
+    (both ``None`` when the forward kept no tape).
+    """
+
+    __slots__ = ("leaves", "treedef")
 
     def __init__(self):
-        self.tape = None
+        self.leaves = self.treedef = None
 
 
 class _HandWrittenBPTT(torch.autograd.Function):
@@ -157,26 +164,24 @@ class _HandWrittenBPTT(torch.autograd.Function):
         outputs = (out, *spec.state_parts(final))
         if any(map(_is_wrapped, (x, *tensors))):
             return outputs  # under torch.func the backward recomputes the tape at its own level
-        box.tape = tape
-        return tuple(_own_memory(outputs, others=_tensor_leaves(tape)))
+        box.leaves, box.treedef = tree_flatten(tape)
+        return tuple(_own_memory(outputs, others=[leaf for leaf in box.leaves if isinstance(leaf, torch.Tensor)]))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         spec, lengths, n_state, n_masks, box, x, *tensors = inputs
         ctx.spec, ctx.lengths, ctx.n_state, ctx.n_masks = spec, lengths, n_state, n_masks
-        tape, box.tape = box.tape, None
-        ctx.treedef, leaves = None, []
-        if tape is not None:
-            leaves, ctx.treedef = tree_flatten(tape)
+        leaves, ctx.treedef = box.leaves or [], box.treedef
+        box.leaves = box.treedef = None
         ctx.tensor_slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        ctx.constants = [None if i in ctx.tensor_slots else leaf for i, leaf in enumerate(leaves)]
+        ctx.constants = [None if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves]
         ctx.save_for_backward(x, *tensors, *(leaves[i] for i in ctx.tensor_slots))
         ctx.n_inputs = 1 + len(tensors)
 
     @staticmethod
     def backward(ctx, d_out, *d_finals):
         saved = ctx.saved_tensors  # raises on a second backward, or after an in-place change
-        spec, n_inputs = ctx.spec, ctx.n_inputs
+        n_inputs = ctx.n_inputs
         x, tensors = saved[0], saved[1:n_inputs]
         parts, masks, weights = _split(tensors, ctx.n_state, ctx.n_masks)
         with torch.autocast(x.device.type, enabled=False):
@@ -236,10 +241,6 @@ def _split(tensors, n_state, n_masks):
     return tensors[:n_state], tensors[n_state:n_state + n_masks], tensors[n_state + n_masks:]
 
 
-def _tensor_leaves(tree):
-    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, torch.Tensor)]
-
-
 @functools.lru_cache(maxsize=64)
 def _spec(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, options):
     """The engine's layer for a module's current settings (one per settings: its tapes are typed by it)."""
@@ -263,9 +264,6 @@ class _Recurrent(torch.nn.RNNBase):
         mode = {"LSTM": "lstm", "GRU": "gru"}.get(self.mode, "rnn")
         return _spec(mode, self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
                      rate, self.bidirectional, options)
-
-    def _n_states(self):
-        return 2 if self.mode == "LSTM" else 1
 
     # Dynamo cannot trace a forward that leaves torch for NumPy: one graph break
     # here, instead of one per Python check inside (and minutes of compiling).

@@ -57,7 +57,7 @@ def _fake_worker(calls):
 
 def test_a_contender_that_would_not_fit_or_failed_is_skipped_with_the_reason(monkeypatch):
     monkeypatch.setattr(bench_long, "_installed", lambda library: True)
-    monkeypatch.setattr(bench_long, "_mem_available", lambda: 2**30)
+    monkeypatch.setattr(bench_long, "mem_available", lambda: 2**30)
     calls, out = [], io.StringIO()
     report = bench_long.run_long_bench([10, 20], out=out, worker=_fake_worker(calls))
     rows = {(r["contender"], r["T"]): r for r in report["results"]}

@@ -59,8 +59,8 @@ from ..model import CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
 
-__all__ = ["CHECKPOINT", "BEST", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError", "NonFiniteError",
-           "nonfinite_member",
+__all__ = ["CHECKPOINT", "BEST", "DEFAULTS", "FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointError",
+           "NonFiniteError", "nonfinite_member",
            "save_checkpoint", "load_checkpoint", "pick_checkpoint", "HISTORY_KEYS"]
 
 CHECKPOINT = "checkpoint.npz"

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..io import atomic_write
 
-__all__ = ["Progress", "WorkProgress", "PROGRESS_MODES", "PROGRESS_EVERY_S", "plot_curves", "smooth", "write_history", "append_sample"]
+__all__ = ["Progress", "WorkProgress", "PROGRESS_MODES", "PROGRESS_EVERY_S", "plot_curves", "smooth",
+           "write_history", "append_sample"]
 
 
 #: The ``--progress`` choices of train, eval and score.

@@ -70,6 +70,7 @@ from ..optim import adam, clip_by_global_norm
 from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
                          nonfinite_member, save_checkpoint)
 from ..io import remove_stale_temporaries
+from .bench.long import mem_available
 from .corpus import BatchSchedule, Vocabulary, load_text, split_text
 from .errors import Terminated, UsageError
 from .eval import LN2, mean_loss
@@ -313,7 +314,7 @@ def _check_memory(model: CharModel, s: dict, runtime) -> None:
     device_type = getattr(runtime.device, "type", None) or getattr(runtime.device, "platform", None)
     if not (runtime.library in ("numpy", "array_api_strict") or device_type == "cpu"):
         return
-    available = _mem_available()
+    available = mem_available()
     if available is None:
         return
     size = 8 if s["dtype"] == "float64" else 4
@@ -325,18 +326,6 @@ def _check_memory(model: CharModel, s: dict, runtime) -> None:
         raise UsageError(f"this run needs about {need / 2**30:,.1f} GiB ({n_params:,} parameters and a tape of "
                          f"--batch {s['batch']} x --seq-len {s['seq_len']}) but {available / 2**30:,.1f} GiB is "
                          "available: lower --hidden, --layers, --batch or --seq-len")
-
-
-def _mem_available() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes; ``None`` where there is none."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _tree_to_device(runtime, tree, dtype):

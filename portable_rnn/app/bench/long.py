@@ -106,7 +106,8 @@ import time
 import numpy as np
 
 __all__ = ["SCHEMA", "CONTENDERS", "LENGTHS", "QUICK_LENGTHS", "DEFAULT_INPUT", "MEMORY_FRACTION",
-           "parse_lengths", "sqrt_checkpoint_forward", "measure_in_worker", "plan", "run_long_bench"]
+           "parse_lengths", "sqrt_checkpoint_forward", "measure_in_worker", "plan", "run_long_bench",
+           "mem_available"]
 
 SCHEMA = "portable_rnn.bench.long/1"
 #: Batch and hidden size of the issue; the input size is a flag (audio or sensor features).
@@ -441,8 +442,8 @@ def _installed(library: str) -> bool:
     return importlib.util.find_spec(library) is not None
 
 
-def _mem_available() -> int | None:
-    """``MemAvailable`` in bytes, ``None`` where ``/proc/meminfo`` cannot be read."""
+def mem_available() -> int | None:
+    """``MemAvailable`` in bytes, ``None`` where ``/proc/meminfo`` cannot be read (train's memory check too)."""
     return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
@@ -474,7 +475,7 @@ def _row(name: str, T: int, D: int, previous, threads: int, worker) -> dict:
     if not _installed(library):
         row.update(status="skipped", reason=f"{library} is not installed")
         return row
-    row["estimate_bytes"], reason = plan(previous, T, _mem_available())
+    row["estimate_bytes"], reason = plan(previous, T, mem_available())
     if reason is not None:
         row.update(status="skipped", reason=reason)
         return row
@@ -573,7 +574,8 @@ def _say_machine(m: dict, threads: int, say) -> None:
 
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("numpy", "torch", "jax") and v)
     say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads (torch, BLAS), "
-        f"load {format_load(m['load_before'])}, MemTotal {_mib(m['mem_total_bytes'])}, MemAvailable {_mib(m['mem_available_bytes'])}; {versions}")
+        f"load {format_load(m['load_before'])}, MemTotal {_mib(m['mem_total_bytes'])}, "
+        f"MemAvailable {_mib(m['mem_available_bytes'])}; {versions}")
 
 
 
@@ -615,7 +617,7 @@ def run_long_bench(lengths=None, D=None, *, quick=False, threads=None, out=None,
     worker = worker or functools.partial(_spawn, warm_up=not quick)
     machine = machine_info(["numpy", "jax", "torch"], threads)
     machine.update(load_before=load(), mem_total_bytes=_proc_kib("/proc/meminfo", "MemTotal"),
-                   mem_available_bytes=_mem_available())
+                   mem_available_bytes=mem_available())
     settings = {"cell": "lstm", "N": N, "H": H, "D": D, "dtype": DTYPE, "lengths": list(lengths), "quick": quick,
                 "threads": threads, "memory_fraction": MEMORY_FRACTION}
     say(f"long-sequence bench: LSTM N={N} H={H} D={D} {DTYPE}, forward + backward with d_out = ones "

@@ -277,7 +277,8 @@ def run(*, configs=None, cells=BENCH_CELLS, backend_names=None, repeats=5, threa
 
 
 def _say_machine(m, threads, say) -> None:
-    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads pinned (torch, BLAS); load {format_load(m['load_before'])}")
+    say(f"machine: {m['cpu']}, {m['cores']} cores, {threads} threads pinned (torch, BLAS); "
+        f"load {format_load(m['load_before'])}")
     for b in m["blas"]:
         if b.get("user_api") == "blas":
             say(f"BLAS: {b.get('internal_api')} {b.get('version')} kernel={b.get('architecture')} "
