@@ -15,9 +15,10 @@ from .stepbystep import (
     rnn_forward,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
+    "__version__",
     "RNN",
     "LSTM",
     "GRU",

@@ -311,7 +311,7 @@ def check_bool(name: str, value) -> bool:
 
 def check_probability(name: str, value) -> float:
     """A real number in [0, 1) (never a bool), returned as ``float``: e.g. a dropout rate."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 1:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
@@ -325,6 +325,11 @@ def check_truncate(truncate) -> int | None:
     return int(truncate)
 
 
+#: What a forward can keep for the backward (the ``tape`` argument of the layers and of
+#: :func:`portable_rnn.sequence.forward`).
+TAPES = ("full", "checkpoint", "none")
+
+
 def check_tape(tape, checkpoint_every, *, backward_by: str | None = None) -> tuple[str, int | None]:
     """What a forward keeps (``"full"``, ``"checkpoint"``, ``"none"``) and its segment length, checked.
 
@@ -333,8 +338,6 @@ def check_tape(tape, checkpoint_every, *, backward_by: str | None = None) -> tup
     ``backward_by`` names a caller that runs the backward too, for which
     ``"none"`` is refused.
     """
-    from .sequence import TAPES
-
     if not isinstance(tape, str) or tape not in TAPES:
         raise ValueError(f"tape must be one of {', '.join(map(repr, TAPES))}, got {tape!r}")
     if backward_by is not None and tape == "none":
@@ -356,3 +359,18 @@ def check_integer_dtype(xp, name: str, value, meaning: str = "indices") -> None:
             f"{name} has dtype {value.dtype}; expected an integer dtype ({meaning}). "
             f"Cast it explicitly, e.g. xp.astype({name}, xp.int64)"
         )
+
+
+def check_cache(cache, kind, producer: str):
+    """``cache`` itself if it is a ``kind`` (the cache that ``producer`` returns), else a TypeError."""
+    if not isinstance(cache, kind):
+        raise TypeError(f"cache must be the cache returned by {producer}, got {type(cache).__name__}")
+    return cache
+
+
+def check_upstream(xp, name: str, value, tape_x, expected: tuple, meaning: str) -> None:
+    """An upstream gradient ``value``: floating, on the device of the forward's input, of ``expected`` shape."""
+    named = {"x (from cache)": tape_x, name: value}  # messages then blame ``name``
+    check_floating(xp, **named)
+    check_same_device(**named)
+    check_shape(name, value, expected, meaning)

@@ -33,16 +33,25 @@ from array_api_compat import device
 from . import sequence
 from ._validation import (
     check_arrays,
+    check_cache,
     check_floating,
     check_integer_dtype,
     check_same_device,
     check_shape,
     check_time_steps,
+    check_upstream,
     namespace_of,
 )
 from .activations import log_softmax
 from .cells import LSTMCell, RNNCell
-from .interop.courses import from_cs231n_layout, to_cs231n_layout
+from .course_layouts import from_cs231n_layout, to_cs231n_layout
+from .dense import (
+    one_hot,
+    temporal_affine_backward,
+    temporal_affine_forward,
+    word_embedding_backward,
+    word_embedding_forward,
+)
 
 __all__ = [
     "rnn_step_forward",
@@ -91,25 +100,6 @@ class _LSTMCache(NamedTuple):
     W_hh: object
 
 
-class _EmbeddingCache(NamedTuple):
-    x: object
-    W: object
-
-
-class _AffineCache(NamedTuple):
-    x: object
-    w: object
-    b: object
-
-
-def _unpack(cache, kind, producer: str):
-    if not isinstance(cache, kind):
-        raise TypeError(
-            f"cache must be the cache returned by {producer}, got {type(cache).__name__}"
-        )
-    return cache
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -147,17 +137,6 @@ def _check_lstm_weights(x_features: int, Wx, Wh, b) -> int:
     return H
 
 
-def _one_hot(indices, V: int, dtype, xp):
-    """Integer indices (...) -> one-hot (..., V) of ``dtype``; an index outside [0, V) gives a zero row.
-
-    The comparison runs in the indices' own dtype when it holds ``V - 1``,
-    else in int64, so ``arange(V)`` never wraps around.
-    """
-    itype = indices.dtype if xp.iinfo(indices.dtype).max >= V - 1 else xp.int64
-    vocab = xp.arange(V, dtype=itype, device=device(indices))
-    return xp.astype(xp.expand_dims(xp.astype(indices, itype), axis=-1) == vocab, dtype)
-
-
 # --------------------------------------------------------------------------- layout maps
 
 
@@ -179,13 +158,6 @@ def _lstm_engine_weights(Wx, Wh, b, H: int, xp):
 def _param_grads(g, mode: str, xp):
     """Engine gradients (G*H rows) -> dWx (D, G*H), dWh (H, G*H), db (G*H,) in the CS231n layout."""
     return tuple(to_cs231n_layout(a, mode, xp=xp) for a in (g.dW_ih, g.dW_hh, g.db_ih))
-
-
-def _check_upstream(xp, name: str, value, tape_x, expected: tuple, meaning: str) -> None:
-    named = {"x (from cache)": tape_x, name: value}  # messages then blame ``name``
-    check_floating(xp, **named)
-    check_same_device(**named)
-    check_shape(name, value, expected, meaning)
 
 
 # --------------------------------------------------------------------------- vanilla RNN
@@ -268,9 +240,9 @@ def rnn_step_backward(dnext_h, cache):
     dWh : array (H, H)
     db : array (H,)
     """
-    tape, W_ih, W_hh = _unpack(cache, _RNNStepCache, "rnn_step_forward")
+    tape, W_ih, W_hh = check_cache(cache, _RNNStepCache, "rnn_step_forward")
     xp = namespace_of(**{"x (from cache)": tape.x}, dnext_h=dnext_h)
-    _check_upstream(xp, "dnext_h", dnext_h, tape.x, tuple(tape.state0[0].shape),
+    check_upstream(xp, "dnext_h", dnext_h, tape.x, tuple(tape.state0[0].shape),
                     "(N, H), the shape of next_h")
     g = sequence.backward(_RNN, tape, None, (dnext_h,), W_ih, W_hh, xp=xp)
     return (g.dx[0, ...], g.dstate0[0], *_param_grads(g, "rnn", xp))
@@ -332,10 +304,10 @@ def rnn_backward(dh, cache):
     dWh : array (H, H)
     db : array (H,)
     """
-    tape, W_ih, W_hh = _unpack(cache, _RNNCache, "rnn_forward")
+    tape, W_ih, W_hh = check_cache(cache, _RNNCache, "rnn_forward")
     xp = namespace_of(**{"x (from cache)": tape.x}, dh=dh)
     T, N, _ = tape.x.shape
-    _check_upstream(xp, "dh", dh, tape.x, (N, T, W_hh.shape[0]), "(N, T, H), the shape of h")
+    check_upstream(xp, "dh", dh, tape.x, (N, T, W_hh.shape[0]), "(N, T, H), the shape of h")
     g = sequence.backward(_RNN, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
     return (_time_major(g.dx, xp), g.dstate0[0], *_param_grads(g, "rnn", xp))
 
@@ -410,11 +382,11 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     db : array (4H,)
         Gate blocks in the order i, f, o, g.
     """
-    tape, W_ih, W_hh = _unpack(cache, _LSTMStepCache, "lstm_step_forward")
+    tape, W_ih, W_hh = check_cache(cache, _LSTMStepCache, "lstm_step_forward")
     xp = namespace_of(**{"x (from cache)": tape.x}, dnext_h=dnext_h, dnext_c=dnext_c)
     shape = tuple(tape.state0[0].shape)
-    _check_upstream(xp, "dnext_h", dnext_h, tape.x, shape, "(N, H), the shape of next_h")
-    _check_upstream(xp, "dnext_c", dnext_c, tape.x, shape, "(N, H), the shape of next_c")
+    check_upstream(xp, "dnext_h", dnext_h, tape.x, shape, "(N, H), the shape of next_h")
+    check_upstream(xp, "dnext_c", dnext_c, tape.x, shape, "(N, H), the shape of next_c")
     g = sequence.backward(_LSTM, tape, None, (dnext_h, dnext_c), W_ih, W_hh, xp=xp)
     dWx, dWh, db = _param_grads(g, "lstm", xp)
     return g.dx[0, ...], g.dstate0[0], g.dstate0[1], dWx, dWh, db
@@ -481,145 +453,14 @@ def lstm_backward(dh, cache):
     db : array (4H,)
         Gate blocks in the order i, f, o, g.
     """
-    tape, W_ih, W_hh = _unpack(cache, _LSTMCache, "lstm_forward")
+    tape, W_ih, W_hh = check_cache(cache, _LSTMCache, "lstm_forward")
     xp = namespace_of(**{"x (from cache)": tape.x}, dh=dh)
     T, N, _ = tape.x.shape
     H = W_hh.shape[1]
-    _check_upstream(xp, "dh", dh, tape.x, (N, T, H), "(N, T, H), the shape of h")
+    check_upstream(xp, "dh", dh, tape.x, (N, T, H), "(N, T, H), the shape of h")
     g = sequence.backward(_LSTM, tape, _time_major(dh, xp), None, W_ih, W_hh, xp=xp)
     dWx, dWh, db = _param_grads(g, "lstm", xp)
     return _time_major(g.dx, xp), g.dstate0[0], dWx, dWh, db
-
-
-# --------------------------------------------------------------------------- word embedding
-
-
-def word_embedding_forward(x, W):
-    r"""Look up the embedding of every word: :math:`out_{n,t} = W_{x_{n,t}}`.
-
-    Parameters
-    ----------
-    x : array (N, T) of an integer dtype
-        Word indices, each in ``[0, V)``. They are not range-checked (that
-        would need a copy to the host); an index outside it gives whatever
-        the backend's ``take`` gives, and no gradient in the backward.
-    W : array (V, D) of a real floating dtype
-        The word vectors.
-
-    Returns
-    -------
-    out : array (N, T, D)
-    cache : tuple
-        Opaque; pass it to :func:`word_embedding_backward`.
-    """
-    xp = namespace_of(x=x, W=W)
-    check_integer_dtype(xp, "x", x)
-    check_floating(xp, W=W)
-    check_same_device(x=x, W=W)
-    check_shape("x", x, (None, None), "(N, T) word indices")
-    check_shape("W", W, (None, None), "(V, D)")
-    N, T = x.shape
-    indices = xp.reshape(x, (N * T,))
-    if indices.dtype not in (xp.int32, xp.int64):  # PyTorch's take accepts only these
-        indices = xp.astype(indices, xp.int64)
-    out = xp.take(W, indices, axis=0)
-    return xp.reshape(out, (N, T, W.shape[1])), _EmbeddingCache(x, W)
-
-
-def word_embedding_backward(dout, cache):
-    r"""Gradient of :func:`word_embedding_forward` with respect to ``W``.
-
-    Row ``v`` of ``dW`` sums the upstream gradients of every position that
-    looked up word ``v``:
-
-    .. math::
-
-        dW_v = \sum_{n,t} [x_{n,t} = v]\; dout_{n,t}
-             = (\mathrm{onehot}(x)^T\, dout)_v
-
-    The Array API has no scatter-add (NumPy's ``np.add.at``) and no item
-    assignment, so the sum is one contraction of the (N, T, V) one-hot array
-    of the indices with ``dout`` over batch and time. That costs :math:`O(NTV)` memory and :math:`O(NTVD)` flops,
-    against :math:`O(NTD)` for a scatter-add: negligible for the assignment's
-    sizes (V ~ 1000), worth knowing for very large vocabularies.
-
-    Parameters
-    ----------
-    dout : array (N, T, D)
-        Gradient of the loss with respect to ``out``.
-    cache : tuple
-        From :func:`word_embedding_forward`.
-
-    Returns
-    -------
-    dW : array (V, D)
-    """
-    x, W = _unpack(cache, _EmbeddingCache, "word_embedding_forward")
-    xp = namespace_of(**{"W (from cache)": W}, dout=dout)
-    named = {"W (from cache)": W, "dout": dout}  # messages then blame dout
-    check_floating(xp, **named)
-    check_same_device(**named)
-    N, T = x.shape
-    V, D = W.shape
-    check_shape("dout", dout, (N, T, D), "(N, T, D), the shape of out")
-    onehot = _one_hot(x, V, dout.dtype, xp)  # (N, T, V)
-    return xp.tensordot(onehot, dout, axes=([0, 1], [0, 1]))  # no reshape merging N with T
-
-
-# --------------------------------------------------------------------------- temporal affine
-
-
-def temporal_affine_forward(x, w, b):
-    r"""The same affine map at every time step: :math:`out_{n,t} = x_{n,t} w + b`.
-
-    Parameters
-    ----------
-    x : array (N, T, D)
-    w : array (D, M)
-    b : array (M,)
-
-    Returns
-    -------
-    out : array (N, T, M)
-    cache : tuple
-        Opaque; pass it to :func:`temporal_affine_backward`.
-    """
-    _floats(x=x, w=w, b=b)
-    check_shape("x", x, (None, None, None), "(N, T, D)")
-    check_shape("w", w, (x.shape[2], None), "(D, M) with D the features of x")
-    check_shape("b", b, (w.shape[1],), "(M,) with M the columns of w")
-    return x @ w + b, _AffineCache(x, w, b)
-
-
-def temporal_affine_backward(dout, cache):
-    r"""Backward pass of :func:`temporal_affine_forward`.
-
-    .. math::
-
-        dx = dout\, w^T, \qquad dw = \sum_{n,t} x_{n,t}^T\, dout_{n,t}, \qquad
-        db = \sum_{n,t} dout_{n,t}
-
-    Parameters
-    ----------
-    dout : array (N, T, M)
-    cache : tuple
-        From :func:`temporal_affine_forward`.
-
-    Returns
-    -------
-    dx : array (N, T, D)
-    dw : array (D, M)
-    db : array (M,)
-    """
-    x, w, _ = _unpack(cache, _AffineCache, "temporal_affine_forward")
-    xp = namespace_of(**{"x (from cache)": x}, dout=dout)
-    N, T, D = x.shape
-    M = w.shape[1]
-    _check_upstream(xp, "dout", dout, x, (N, T, M), "(N, T, M), the shape of out")
-    dx = dout @ xp.matrix_transpose(w)
-    dw = xp.tensordot(x, dout, axes=([0, 1], [0, 1]))  # no reshape merging N with T
-    db = xp.sum(dout, axis=(0, 1))
-    return dx, dw, db
 
 
 # --------------------------------------------------------------------------- loss
@@ -669,7 +510,7 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     zero = xp.zeros((), dtype=x.dtype, device=device(x))
     x = xp.where(xp.expand_dims(mask, axis=-1), x, zero)
     log_p = log_softmax(x, axis=-1)
-    onehot = _one_hot(y, V, x.dtype, xp)
+    onehot = one_hot(y, V, x.dtype, xp)
     loss = -xp.sum(xp.where(mask, xp.sum(onehot * log_p, axis=-1), zero)) / N
     loss = xp.asarray(loss, dtype=x.dtype, device=device(x))  # NumPy sums give scalars
     dx = xp.where(xp.expand_dims(mask, axis=-1), (xp.exp(log_p) - onehot) / N, zero)

@@ -67,6 +67,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from ._version import __version__
 from .backends import DTYPES
 from .interop._common import check_spec, host_dtype, host_params, param_count, to_target
 from .layers import LAYERS
@@ -145,7 +146,7 @@ def spec_to_dict(spec) -> dict:
     return out
 
 
-def spec_from_dict(data: Mapping):
+def spec_from_dict(data: object):
     """The spec described by a dict from :func:`spec_to_dict`.
 
     Parameters
@@ -296,7 +297,7 @@ def _few(names) -> str:
 
 def _is_count(value) -> bool:
     """A non-negative int (never a bool): a size, a shape entry, an offset."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
 
 
 @contextlib.contextmanager
@@ -628,6 +629,7 @@ class _MemberData:
 
     def _inflate(self, most: int) -> bytes:
         """At most ``most`` inflated bytes; empty when the deflate stream (or the member) is over."""
+        assert self.inflate is not None  # _step calls this only for a deflated member
         while True:
             source = self.inflate.unconsumed_tail
             if not source and self.left_in and not self.inflate.eof:
@@ -819,8 +821,6 @@ def _native(a: np.ndarray) -> np.ndarray:
 
 
 def _metadata(spec) -> dict:
-    from . import __version__
-
     return {"format": _FORMAT, "version": FORMAT_VERSION, "spec": spec_to_dict(spec),
             "writer": f"portable_rnn {__version__}"}
 
@@ -932,7 +932,7 @@ def _tensor_spans(declared: dict, members: dict, length: int) -> dict:
         got, code, offsets = entry.get("shape"), entry.get("dtype"), entry.get("data_offsets")
         if not isinstance(got, list) or not all(_is_count(d) for d in got):
             raise _Bad(f"member {name!r} has no valid shape in the header")
-        dtype_name = _SAFETENSORS_DTYPES.get(code, str(code))
+        dtype_name = _SAFETENSORS_DTYPES.get(str(code), str(code))
         _member_check(name, shape, dtypes)(tuple(got), dtype_name)
         dtype = np.dtype(dtype_name).newbyteorder("<")
         nbytes = math.prod(shape) * dtype.itemsize

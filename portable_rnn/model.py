@@ -56,7 +56,7 @@ from . import init as _init
 from .backends import resolve_dtype, resolve_namespace, to_host, to_namespace
 from ._validation import (check_int, check_integer_dtype, check_params, check_same_device, check_shape, check_tape,
                           namespace_of)
-from .cs231n import (
+from .dense import (
     temporal_affine_backward,
     temporal_affine_forward,
     word_embedding_backward,
@@ -138,7 +138,7 @@ class CharModel:
             ``decoder.weight`` (V, H), ``decoder.bias`` (V,).
         """
         V, E, H = self.vocab_size, self.embed_size, self.hidden_size
-        shapes = {_EMBED: (V, E)}
+        shapes: dict[str, tuple[int, ...]] = {_EMBED: (V, E)}
         shapes.update({_RNN + k: s for k, s in self.rnn.param_shapes().items()})
         shapes[_W], shapes[_B] = (V, H), (V,)
         return shapes
@@ -189,7 +189,9 @@ class CharModel:
             _B: lambda: rng.uniform(-bound, bound),
         }
         host = {k: [draw() for _ in range(math.prod(shapes[k]))] for k, draw in draws.items()}
-        made = to_namespace(host, xp, dtype, device)  # refuses a dtype the library did not make
+        # Refuses a dtype the library did not make. ignore: to_namespace's annotation says ndarray;
+        # it converts any host sequence (lists here).
+        made = to_namespace(host, xp, dtype, device)  # type: ignore[arg-type]
         params = {_EMBED: xp.reshape(made[_EMBED], shapes[_EMBED])}
         params.update({_RNN + k: v for k, v in rnn.items()})
         params[_W] = xp.reshape(made[_W], shapes[_W])
@@ -386,7 +388,7 @@ class CharModel:
             raise ValueError(f"prime has tokens outside [0, {self.vocab_size}): {bad[:5]}")
         length = check_int("length", length, minimum=0)
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-            0 <= temperature < float("inf")
+            0 <= float(temperature) < float("inf")
         ):
             raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
         if top_k is not None:

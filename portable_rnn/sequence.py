@@ -50,7 +50,7 @@ import math
 from typing import NamedTuple
 
 from . import _eager_fast
-from ._validation import check_tape
+from ._validation import TAPES, check_tape
 from ._validation import placement as device
 from .loop import compiles, leaves, scan, tree_map
 
@@ -65,9 +65,6 @@ __all__ = [
 #: numbers per step and hidden unit), never the sequence's. A compiled loop
 #: (``lax.scan``) computes them in its step, where XLA fuses them.
 BACKWARD_CHUNK = 32
-
-#: What :func:`forward` can keep for the backward (its ``tape`` argument).
-TAPES = ("full", "checkpoint", "none")
 
 #: Steps per segment of a ``tape="none"`` forward by default: a constant, so
 #: that its scratch does not grow with T; long enough that the per-segment

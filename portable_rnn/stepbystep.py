@@ -34,7 +34,7 @@ from ._validation import (
 )
 from .activations import softmax
 from .cells import LSTMCell, LSTMTape, RNNCell
-from .interop.courses import (
+from .course_layouts import (
     STEPBYSTEP_GATES,
     STEPBYSTEP_KEYS,
     STEPBYSTEP_OUTPUT,

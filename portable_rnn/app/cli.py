@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..backends import BACKEND_NAMES, BackendError
 from ..layers import LAYERS
 from .bench.cases import BENCH_BACKENDS, BENCH_CELLS

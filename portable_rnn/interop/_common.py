@@ -4,11 +4,6 @@ Checks of specs and parameter dicts, checked host copies of a spec's
 parameters, and the conversion of host arrays to the arrays a caller asked
 for (``like=`` or ``xp=``/``dtype=``/``device=``). Host side: NumPy is used
 on host copies only.
-
-The layer spec classes are looked up when a function runs, never at import:
-:mod:`portable_rnn.stepbystep` and :mod:`portable_rnn.cs231n` import
-:mod:`portable_rnn.interop.courses`, which loads this package, and the
-package must not pull :mod:`portable_rnn.layers` in behind them.
 """
 
 from __future__ import annotations
@@ -19,6 +14,7 @@ import array_api_compat.numpy as _np_xp
 
 from ..backends import DTYPES, resolve_target, to_host, to_namespace
 from .._validation import check_floating, check_params
+from ..layers import LAYERS
 
 __all__ = [
     "require",
@@ -50,8 +46,6 @@ def require(module_name: str, what: str):
 
 def spec_classes() -> dict:
     """:data:`portable_rnn.layers.LAYERS`: ``mode -> spec class``."""
-    from ..layers import LAYERS  # on call: see the module docstring
-
     return LAYERS
 
 

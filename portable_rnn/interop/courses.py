@@ -15,16 +15,10 @@ CS231n
     ``Wx`` (D, G*H), ``Wh`` (H, G*H), ``b`` (G*H,) multiplying from the
     right; LSTM gates i, f, o, g.
 
-The maps between them are written once, here, as backend-neutral functions
-(:func:`from_stepbystep_layout`, :func:`to_stepbystep_layout`,
-:func:`from_cs231n_layout`, :func:`to_cs231n_layout`): they slice, stack and
-transpose in the namespace of their inputs, so they run under ``jax.jit`` and
-on any device, and they move no number, bit for bit. The course faces
-:mod:`portable_rnn.stepbystep` and :mod:`portable_rnn.cs231n` call them on
-every forward and backward (gradients have the weights' layout), and the
-converters :func:`from_stepbystep`, :func:`to_stepbystep`,
-:func:`from_cs231n` and :func:`to_cs231n` give the parameters to
-:mod:`portable_rnn.layers` specs and back.
+The layout maps between them live in :mod:`portable_rnn.course_layouts`
+(re-exported here); the converters :func:`from_stepbystep`,
+:func:`to_stepbystep`, :func:`from_cs231n` and :func:`to_cs231n` give the
+course parameters to :mod:`portable_rnn.layers` specs and back.
 
 Biases. The course layouts have one bias per gate: it becomes ``bias_ih``
 and ``bias_hh`` is zero; exporting writes ``bias_ih + bias_hh``.
@@ -32,11 +26,21 @@ and ``bias_hh`` is zero; exporting writes ``bias_ih + bias_hh``.
 
 from __future__ import annotations
 
-from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ..cells import CELLS
 from .._validation import check_arrays, check_keys, check_shape
+from ..course_layouts import (
+    STEPBYSTEP_GATES,
+    STEPBYSTEP_KEYS,
+    STEPBYSTEP_OUTPUT,
+    COURSE_MODES,
+    check_mode,
+    from_cs231n_layout,
+    from_stepbystep_layout,
+    to_cs231n_layout,
+    to_stepbystep_layout,
+)
 from . import _common
 
 __all__ = [
@@ -52,145 +56,6 @@ __all__ = [
     "from_cs231n",
     "to_cs231n",
 ]
-
-#: The exercise's LSTM gate letters in the engine's gate order (i, f, g, o).
-STEPBYSTEP_GATES = ("i", "f", "c", "o")
-#: The exercise's recurrent-layer keys, in its own order.
-STEPBYSTEP_KEYS = {
-    "rnn": ("Wax", "Waa", "ba"),
-    "lstm": ("Wf", "bf", "Wi", "bi", "Wc", "bc", "Wo", "bo"),
-}
-#: The output layer, which the exercise keeps in the same dict.
-STEPBYSTEP_OUTPUT = {"rnn": ("Wya", "by"), "lstm": ("Wy", "by")}
-
-_MODES = ("rnn", "lstm")
-
-
-def _check_mode(mode):
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {list(_MODES)}, got {mode!r}")
-    return mode
-
-
-# --------------------------------------------------------------------------- the layout maps
-
-
-def from_stepbystep_layout(parameters, mode: str, *, xp=None):
-    """Engine weights from the step-by-step recurrent parameters.
-
-    Parameters
-    ----------
-    parameters : dict of str to array
-        :data:`STEPBYSTEP_KEYS` of ``mode`` (other keys are ignored), shapes
-        as in the module docstring (not checked here).
-    mode : {"rnn", "lstm"}
-    xp : namespace, optional
-        Default: the namespace of the parameters.
-
-    Returns
-    -------
-    W_ih : array (G*n_a, n_x)
-    W_hh : array (G*n_a, n_a)
-    b : array (G*n_a,)
-        Gate rows in the engine's order. RNN: ``Wax``, ``Waa`` themselves and
-        a reshape of ``ba`` (views of the inputs); LSTM: views of one new
-        stacked array.
-    """
-    _check_mode(mode)
-    if mode == "lstm":
-        xp = xp or array_namespace(parameters["Wf"])
-        n_a = parameters["Wf"].shape[0]
-        W = xp.concat([parameters[f"W{g}"] for g in STEPBYSTEP_GATES], axis=0)
-        b = xp.concat([parameters[f"b{g}"] for g in STEPBYSTEP_GATES], axis=0)
-        return W[:, n_a:], W[:, :n_a], xp.reshape(b, (len(STEPBYSTEP_GATES) * n_a,))
-    xp = xp or array_namespace(parameters["Waa"])
-    n_a = parameters["Waa"].shape[0]
-    return parameters["Wax"], parameters["Waa"], xp.reshape(parameters["ba"], (n_a,))
-
-
-def to_stepbystep_layout(W_ih, W_hh, b, mode: str, *, xp=None) -> dict:
-    """Step-by-step recurrent parameters from engine weights (or gradients, which share their layout).
-
-    Parameters
-    ----------
-    W_ih : array (G*n_a, n_x)
-    W_hh : array (G*n_a, n_a)
-    b : array (G*n_a,)
-    mode : {"rnn", "lstm"}
-    xp : namespace, optional
-        Default: the namespace of the arrays.
-
-    Returns
-    -------
-    dict of str to array
-        :data:`STEPBYSTEP_KEYS` of ``mode``, in that order. LSTM: ``W*`` =
-        ``[W_hh | W_ih]`` rows of the gate (views of one new array), ``b*``
-        (n_a, 1). RNN: ``W_ih``, ``W_hh`` themselves and ``b`` as a column.
-    """
-    _check_mode(mode)
-    xp = xp or array_namespace(W_ih, W_hh, b)
-    n_a = W_hh.shape[1]
-    if mode == "rnn":
-        return {"Wax": W_ih, "Waa": W_hh, "ba": xp.reshape(b, (n_a, 1))}
-    W = xp.concat([W_hh, W_ih], axis=1)
-    out = {}
-    for k, gate in enumerate(STEPBYSTEP_GATES):
-        rows = slice(k * n_a, (k + 1) * n_a)
-        out[f"W{gate}"] = W[rows, :]
-        out[f"b{gate}"] = xp.reshape(b[rows], (n_a, 1))
-    return {key: out[key] for key in STEPBYSTEP_KEYS["lstm"]}
-
-
-def _swap_og(a, xp):
-    """Swap the last two of the four gate blocks of the last axis: i,f,o,g <-> i,f,g,o."""
-    H = a.shape[-1] // 4
-    return xp.concat([a[..., : 2 * H], a[..., 3 * H :], a[..., 2 * H : 3 * H]], axis=-1)
-
-
-def from_cs231n_layout(a, mode: str, *, xp=None):
-    """One CS231n weight or bias in the engine's layout.
-
-    Parameters
-    ----------
-    a : array (D, G*H), (H, G*H) or (G*H,)
-        ``Wx``, ``Wh`` or ``b``; LSTM gates i, f, o, g along the last axis.
-    mode : {"rnn", "lstm"}
-    xp : namespace, optional
-        Default: the namespace of ``a``.
-
-    Returns
-    -------
-    array (G*H, D), (G*H, H) or (G*H,)
-        Gates i, f, g, o along the first axis; a transposed view (RNN
-        weights), ``a`` itself (RNN bias) or a new array (LSTM).
-    """
-    _check_mode(mode)
-    xp = xp or array_namespace(a)
-    if mode == "lstm":
-        a = _swap_og(a, xp)
-    return a if a.ndim == 1 else xp.matrix_transpose(a)
-
-
-def to_cs231n_layout(a, mode: str, *, xp=None):
-    """One engine weight, bias or gradient in the CS231n layout: the inverse of :func:`from_cs231n_layout`.
-
-    Parameters
-    ----------
-    a : array (G*H, D), (G*H, H) or (G*H,)
-    mode : {"rnn", "lstm"}
-    xp : namespace, optional
-
-    Returns
-    -------
-    array (D, G*H), (H, G*H) or (G*H,)
-        LSTM gates in the order i, f, o, g.
-    """
-    _check_mode(mode)
-    xp = xp or array_namespace(a)
-    if a.ndim == 2:
-        a = xp.matrix_transpose(a)
-    return _swap_og(a, xp) if mode == "lstm" else a
-
 
 # --------------------------------------------------------------------------- checks
 
@@ -280,7 +145,7 @@ def from_stepbystep(parameters, mode, *, nonlinearity="tanh"):
         ``bias_ih`` the biases, ``bias_hh`` zero. New arrays in the
         namespace, dtype and device of ``parameters``.
     """
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if mode == "lstm" and nonlinearity != "tanh":
@@ -288,7 +153,8 @@ def from_stepbystep(parameters, mode, *, nonlinearity="tanh"):
     _check_stepbystep_keys(parameters, mode)
     xp, dtype, dev = check_arrays(**{f"parameters[{k!r}]": parameters[k] for k in STEPBYSTEP_KEYS[mode]})
     n_x, n_a = _stepbystep_sizes(parameters, mode)
-    params = _engine_params(*from_stepbystep_layout(parameters, mode, xp=xp), xp, dtype, dev)
+    W_ih, W_hh, b = from_stepbystep_layout(parameters, mode, xp=xp)
+    params = _engine_params(W_ih, W_hh, b, xp, dtype, dev)
     kw = {"nonlinearity": nonlinearity} if mode == "rnn" else {}
     return _common.spec_class(mode)(n_x, n_a, **kw), params
 
@@ -320,7 +186,7 @@ def to_stepbystep(spec, params, Wy=None, by=None):
     exercise functions with ``nonlinearity="relu"``. Our ``batch_first`` is
     irrelevant here (the exercise layout is (n_x, m, T_x)).
     """
-    _common.single_layer(spec, "the step-by-step layout", modes=_MODES)
+    _common.single_layer(spec, "the step-by-step layout", modes=COURSE_MODES)
     xp, dtype = _common.check_spec_params(spec, params)
     dev = device_of(params["weight_ih_l0"])
     if (Wy is None) != (by is None):
@@ -365,7 +231,7 @@ def from_cs231n(Wx, Wh, b, mode):
         blocks reordered to i, f, g, o; ``bias_hh`` zero. New arrays in the
         namespace, dtype and device of the inputs.
     """
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     xp, dtype, dev = check_arrays(Wx=Wx, Wh=Wh, b=b)
     G = CELLS[mode].n_gates
     check_shape("Wh", Wh, (None, None), "(H, 4H)" if G == 4 else "(H, H)")
@@ -401,7 +267,7 @@ def to_cs231n(spec, params):
         assignment's order i, f, o, g. New arrays in the namespace, dtype and
         device of ``params``.
     """
-    _common.single_layer(spec, "the CS231n layout", modes=_MODES)
+    _common.single_layer(spec, "the CS231n layout", modes=COURSE_MODES)
     if spec.mode == "rnn" and spec.nonlinearity != "tanh":
         raise ValueError("the CS231n RNN is tanh only; this spec has nonlinearity='relu'")
     xp, dtype = _common.check_spec_params(spec, params)
