@@ -145,7 +145,7 @@ def _lax_unroll(x, W_hh) -> int:
     """``unroll`` for ``lax.scan``: 4 when a step is tiny (N*H <= 1024), else 1.
 
     At (N, H) = (1, 64) a step is a few hundred flops and the XLA loop's own
-    overhead per iteration dominates (GRU: 6.2 ms -> 3.5 ms at T = 1000 with 4);
+    overhead per iteration dominates (a GRU at T = 1000 ran in 0.56x the time with 4);
     from N*H ~ 4096 on, unrolling stops paying and only adds compile time.
     """
     return 4 if x.shape[1] * W_hh.shape[-1] <= 1024 else 1

@@ -8,7 +8,7 @@ partitioner places what the code leaves open); the parameters come from
 ``init(like=x)``. The layer is a 2-layer bidirectional LSTM with lengths, in
 float64, compared with the same calls on one device.
 
-Not covered, issue 16: on a mesh with ``Explicit`` axes (``jax.make_mesh``'s
+Not covered: on a mesh with ``Explicit`` axes (``jax.make_mesh``'s
 default in JAX 0.10) the backward's reshape of (T, N, F) to (T*N, F) for the
 weight gradients is refused under ``jax.jit`` (``ShardingTypeError``), and
 on ``Auto`` axes XLA all-gathers the batch there.

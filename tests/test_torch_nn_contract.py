@@ -1,7 +1,7 @@
 """The drop-ins against ``torch.nn``'s own contract: PyTorch's RNN tests of ``test/test_nn.py``
 that run on a CPU, re-written as pairs (the drop-in must behave as ``torch.nn`` does: same
-exception type and key words of the message, same numbers to 1e-10 in float64), and the
-regression tests of issue 24.
+exception type and key words of the message, same numbers to 1e-10 in float64), and
+regression tests of the drop-ins' own contract.
 
 Covered from ``test/test_nn.py`` (our own code checking the same facts):
 
@@ -48,7 +48,7 @@ Left out: the CUDA/cuDNN-only tests (``test_RNN_cpu_vs_cudnn_*``, ``test_RNN_cud
 (oneDNN's own kernel; the double backward it checks is ``test_*_grad_and_gradgrad`` here);
 and the ``PackedSequence``/``pack_sequence`` tests that use no module (``test_packed_sequence.py``).
 
-Issue 24's regression tests: every ``.grad`` owns its storage; two backwards accumulate exactly
+The contract's regression tests: every ``.grad`` owns its storage; two backwards accumulate exactly
 2x; ``clip_grad_norm_`` leaves the asked norm; a second backward without ``retain_graph`` raises,
 with it gives 2x; an in-place change of the input, a weight or ``hx`` before the backward raises
 "modified by an inplace operation"; ``ReLU(inplace=True)`` on the output; ``is_grads_batched``;
@@ -611,7 +611,7 @@ def test_deepcopy_and_pickle(mode):
         assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copied.parameters(), ours.parameters()))
 
 
-# === issue 24: gradients, autograd's checks, transforms =========================================
+# === the contract: gradients, autograd's checks, transforms =========================================
 
 _OPTION_SETS = {  # mode -> constructor kwargs of a module with every option
     "RNN": {"num_layers": 2, "bidirectional": True},

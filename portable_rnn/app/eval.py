@@ -18,7 +18,7 @@ How it runs
 :meth:`~portable_rnn.model.CharModel.forward` per window (``jax.jit``-
 compiled on JAX), so no gradient is computed and each window's tape is
 dropped when the call returns: memory is that of one window whatever the
-text's length. (A forward that records no tape at all is issue 18.) The
+text's length. The
 logits of each window are copied to the host and the log-softmax is taken
 there in float64, so the figure does not depend on the backend's reduction
 order beyond the logits themselves.
