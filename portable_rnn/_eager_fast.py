@@ -85,7 +85,7 @@ from .loop import leaves, stack_trees, tree_map
 
 __all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward", "accepts_segments",
            "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN",
-           "GRU_TORCH_BLAS_MAX"]
+           "GRU_TORCH_BLAS_MAX", "TORCH_GATES_MIN"]
 
 #: How often each fast kernel ran, keyed ``(library, "forward" | "backward", cell)``,
 #: e.g. ``calls["numpy", "forward", "lstm"]`` (a spy for the tests).
@@ -106,6 +106,10 @@ TORCH_MATMUL_MIN = 1 << 19
 #: Multiply-adds of the GRU's recurrent product (N x 3H x H) from which its
 #: kernel keeps NumPy's BLAS on torch tensors too (:class:`_TorchBLAS`).
 GRU_TORCH_BLAS_MAX = 1 << 26
+#: Hidden units per step (N * H) from which the LSTM kernel on torch tensors takes its
+#: activations from torch (:class:`_TorchLSTMGates`): below it, NumPy's ~1 us per call
+#: beats torch's dispatch more than torch's faster sigmoid gains back.
+TORCH_GATES_MIN = 1 << 12
 
 _local = threading.local()
 
@@ -376,17 +380,20 @@ class _NumPyBLAS:
     def matmul_add(self, m, k, n):
         return _np_matmul_add
 
+    def lstm_gates(self, elements):
+        """The LSTM's activations for a step of ``elements`` (N * H) hidden units."""
+        return _NumPyLSTMGates
+
 
 class _TorchBLAS(_NumPyBLAS):
     """Torch's BLAS for the RNN, LSTM and smaller GRU kernels on torch tensors' memory.
 
     The products run on ``torch.from_numpy`` views: no copy.
 
-    For the RNN and GRU, chosen by whole-layer A/B runs against ``torch.nn`` (float32, 2 threads,
-    quiet machine) on a 2-core AMD EPYC with AVX-512 (NumPy's OpenBLAS on its
-    Haswell kernels, torch's MKL), not by timing products alone, which
-    predicted neither result; an earlier choice made on a 2-core AVX-512 Xeon
-    under load had sent every GRU to torch's BLAS.
+    Each choice was made from the whole layer timed against ``torch.nn``
+    (interleaved in one process, float32, 2 threads) on a 2-core AMD EPYC
+    (NumPy's OpenBLAS on its Haswell kernels, torch's MKL), not from products
+    timed alone, which predicted neither result:
 
     * Never both libraries' threads: with NumPy's BLAS running products on
       two threads beside torch's thread pool (which any torch op of the
@@ -394,28 +401,22 @@ class _TorchBLAS(_NumPyBLAS):
       work. Products under :data:`TORCH_MATMUL_MIN`, the size from which
       OpenBLAS uses more than the calling thread, stay with NumPy (its ~1 us
       per call beats torch's ~5 us at N = 1); every larger one goes to
-      torch. Sending products with an inner size under 64 to NumPy as well
-      (as this class did first) took the modules from 0.82 to 1.65x
-      ``torch.nn``'s time (GRU) and 0.88 to 2.9x (RNN) at (32, 50, 64, 128),
-      and from 0.15 to 0.98x (GRU) at (1, 1000, 32, 64).
-    * The RNN module at (64, 100, 128, 256) ran in 0.80-0.86x ``torch.nn``'s
+      torch. With products of an inner size under 64 on NumPy's BLAS, the
+      modules take 1.65x ``torch.nn``'s time instead of 0.82x (GRU) and 2.9x
+      instead of 0.88x (RNN) at (32, 50, 64, 128), and 0.98x instead of 0.15x
+      (GRU) at (1, 1000, 32, 64).
+    * The RNN module at (64, 100, 128, 256) runs in 0.80-0.86x ``torch.nn``'s
       time with torch's BLAS and 0.91-1.12x with NumPy's (equal at N = 256).
-    * The GRU module ran in 0.90-1.00x with torch's BLAS and 1.00-1.09x with
+    * The GRU module runs in 0.90-1.00x with torch's BLAS and 1.00-1.09x with
       NumPy's at (64, 100, 128, 256), but in 1.03-1.09x with torch's and
       0.91-0.98x with NumPy's at (256, 50, 512, 512), hence
       :data:`GRU_TORCH_BLAS_MAX` between the two.
-    * The LSTM follows the RNN's rule, for the first bullet's reason: the
-      whole-layer A/B (the module against ``torch.nn.LSTM``, interleaved in
-      one process, on a 2-core AMD EPYC Zen 3 without AVX-512, with a test
-      run beside it: load 2.4-3.9) gave 4.1x ``torch.nn``'s time with
-      torch's BLAS against 10.2x with NumPy's at (32, 50, 64, 128), 1.32x
-      against 1.48x at (256, 50, 512, 512) and 0.66x against 0.77x in
-      float64 at (64, 100, 128, 256); in float32 at (64, 100, 128, 256)
-      1.35x against 1.31x at load 2.4 and 1.62x against 1.29x at load 3.9,
-      no better than a tie, so a cap like the GRU's may belong there and
-      wants a quiet machine to settle. The rest of the gap is the
-      elementwise work, single-threaded NumPy passes where oneDNN's fused
-      LSTM runs both cores.
+    * The LSTM follows the RNN's rule for the first bullet's reason (4.1x
+      ``torch.nn``'s time with torch's BLAS against 10.2x with NumPy's at
+      (32, 50, 64, 128), under load); at (64, 100, 128, 256) in float32 the
+      two BLAS tie within this machine's spread. With torch's BLAS it takes
+      its activations from torch too (:class:`_TorchLSTMGates`), so that
+      only torch's pool runs.
     """
 
     def __init__(self):
@@ -441,6 +442,9 @@ class _TorchBLAS(_NumPyBLAS):
 
     def matmul_add(self, m, k, n):
         return self._matmul_add if self._torch_is_faster(m, k, n) else _np_matmul_add
+
+    def lstm_gates(self, elements):
+        return _TorchLSTMGates if elements >= TORCH_GATES_MIN else _NumPyLSTMGates
 
 
 _NUMPY_BLAS = _NumPyBLAS()
@@ -469,17 +473,78 @@ def _project(x, Wx, b, Z, blas=_NUMPY_BLAS):
             np.add(z, b, out=z)
 
 
+def _scaled(W, rows, factor):
+    """Copy of W (or b) with ``W[rows]`` times ``factor`` (a power of two: exact)."""
+    out = np.array(W, copy=True)
+    out[rows] *= factor
+    return out
+
+
 def _halved(W, n_rows):
     """Copy of W (or b) with its first ``n_rows`` rows halved: they feed sigma(z) = tanh(z/2)/2 + 1/2."""
-    out = np.array(W, copy=True)
-    out[:n_rows] *= 0.5  # exact: a power of two
-    return out
+    return _scaled(W, slice(0, n_rows), 0.5)
 
 
 def _sigmoid_from_tanh_(s):
     """In place: ``s`` holds tanh(z/2); make it sigma(z)."""
     np.multiply(s, 0.5, out=s)
     np.add(s, 0.5, out=s)
+
+
+class _NumPyLSTMGates:
+    """The LSTM's activations with NumPy: one ``tanh`` for the gate block.
+
+    The gate pre-activations come in the order i, f, o, g with the sigmoid
+    rows halved by :meth:`scaled`, so that one ``tanh`` over the whole block
+    gives ``tanh(g)`` and ``tanh(z/2)``, and sigma(z) = tanh(z/2)/2 + 1/2
+    (NumPy's float32 ``tanh`` is faster than its ``exp``).
+    """
+
+    @staticmethod
+    def scaled(W, H):
+        return _halved(W, 3 * H)
+
+    @staticmethod
+    def activate_(z, H):
+        np.tanh(z, out=z)
+        _sigmoid_from_tanh_(z[..., : 3 * H])
+
+    @staticmethod
+    def tanh(a, out):
+        np.tanh(a, out=out)
+
+
+class _TorchLSTMGates:
+    """The LSTM's activations with torch's ``sigmoid`` on the same memory.
+
+    Torch's vectorised ``sigmoid`` costs a fifth of NumPy's ``tanh`` per
+    element on this AVX2 CPU (float32 and float64) and runs on torch's thread
+    pool, beside which only torch's BLAS may run (see :class:`_TorchBLAS`).
+    Its ``tanh`` is slower than its ``sigmoid``, so every tanh is taken as
+    tanh(a) = 2 sigma(2a) - 1: the g rows are doubled by :meth:`scaled`
+    (exact) and one ``sigmoid`` covers the whole gate block.
+    """
+
+    @staticmethod
+    def scaled(W, H):
+        return _scaled(W, slice(3 * H, 4 * H), 2.0)
+
+    @staticmethod
+    def activate_(z, H):
+        import torch
+
+        z = torch.from_numpy(z)
+        torch.sigmoid(z, out=z)
+        z[..., 3 * H :].mul_(2).sub_(1)
+
+    @staticmethod
+    def tanh(a, out):
+        import torch
+
+        out = torch.from_numpy(out)
+        torch.mul(torch.from_numpy(a), 2, out=out)
+        torch.sigmoid(out, out=out)
+        out.mul_(2).sub_(1)
 
 
 def _blend(new, old, m, om, tmp):
@@ -530,27 +595,27 @@ def _lstm_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     # Internal column order i, f, o, g: the sigmoid gates form one block [0, 3H).
     i = np.arange(H)
     order = np.concatenate([i, i + H, i + 3 * H, i + 2 * H])
-    WhT = np.ascontiguousarray(_halved(W_hh[order], 3 * H).T)
+    gates = blas.lstm_gates(N * H)
+    WhT = np.ascontiguousarray(gates.scaled(W_hh[order], H).T)
     b = _folded(b_ih, b_hh)
-    b = None if b is None else _halved(b[order], 3 * H)
+    b = None if b is None else gates.scaled(b[order], H)
 
     Z = np.empty((T, N, 4 * H), x.dtype)  # pre-activations, then the gates i, f, o, g in place
     Hs, Cs, TC = (np.empty((T, N, H), x.dtype) for _ in range(3))
-    _project(x, _halved(W_ih[order], 3 * H), b, Z, blas)
+    _project(x, gates.scaled(W_ih[order], H), b, Z, blas)
     matmul = blas.matmul(N, H, 4 * H)
-    S, I, F, O, G = Z[..., : 3 * H], Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H : 3 * H], Z[..., 3 * H :]
+    I, F, O, G = Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H : 3 * H], Z[..., 3 * H :]
     tmp, tH = np.empty((N, 4 * H), x.dtype), np.empty((N, H), x.dtype)
     om = None if mask is None else 1 - mask
     for t in range(T):
         z, c, tc, h = Z[t], Cs[t], TC[t], Hs[t]
         matmul(h_prev, WhT, out=tmp)
         np.add(z, tmp, out=z)
-        np.tanh(z, out=z)  # one call: tanh(z/2) for i, f, o and tanh(g)
-        _sigmoid_from_tanh_(S[t])
+        gates.activate_(z, H)
         np.multiply(F[t], c_prev, out=c)  # c = f c_prev + i g
         np.multiply(I[t], G[t], out=tH)
         np.add(c, tH, out=c)
-        np.tanh(c, out=tc)
+        gates.tanh(c, out=tc)
         np.multiply(O[t], tc, out=h)
         if mask is not None:
             _blend(h, h_prev, mask[t], om[t], tH)

@@ -380,7 +380,8 @@ def test_fast_path_takes_a_broadcast_output_gradient(lib, cell):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monkeypatch):
     """RNN, LSTM and (smaller) GRU kernels on torch tensors run their large products with torch's BLAS
-    (``torch.from_numpy`` views, ``out=`` and ``addmm_``): forced on for every product here,
+    (``torch.from_numpy`` views, ``out=`` and ``addmm_``), and the LSTM its activations with torch's
+    sigmoid (tanh a = 2 sigma(2a) - 1): forced on for every product and step here,
     forward (projection, recurrent step) and backward (recurrent step, ``dx``, weight gradients),
     including strided x, masks, truncation, chunks that do not divide T and an empty batch."""
     lib = _Lib("torch")
@@ -391,6 +392,7 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
         return True
 
     monkeypatch.setattr(_eager_fast._TorchBLAS, "_torch_is_faster", staticmethod(always))
+    monkeypatch.setattr(_eager_fast, "TORCH_GATES_MIN", 0)  # the LSTM's activations by torch too
     monkeypatch.setattr(_eager_fast, "CHUNK_ROWS", 5)
     for N, masked, truncate in ((3, True, 2), (4, False, None), (0, False, 2)):
         d = _inputs(cell, dtype, T=11, N=N, D=5, H=6, seed=4, masked=masked)
@@ -419,5 +421,8 @@ def test_torch_blas_is_chosen_by_size():
     assert lstm is not _eager_fast._NUMPY_BLAS
     assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is _eager_fast._np_matmul_add
     assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not _eager_fast._np_matmul_add
+    assert lstm.lstm_gates(64 * 256) is _eager_fast._TorchLSTMGates
+    assert lstm.lstm_gates(1 * 64) is _eager_fast._NumPyLSTMGates  # N = 1: NumPy's cheaper calls
     assert _eager_fast._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is _eager_fast._NUMPY_BLAS
+    assert _eager_fast._NUMPY_BLAS.lstm_gates(64 * 256) is _eager_fast._NumPyLSTMGates
     assert _eager_fast._blas("numpy", "gru", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
