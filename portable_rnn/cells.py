@@ -64,7 +64,7 @@ engine runs an equivalent fast path instead of these methods
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ._validation import check_int
 
@@ -321,7 +321,8 @@ class GRUCell:
 
 
 #: Every cell class by its ``mode``: the one table of cells (a new cell is added here).
-CELLS = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
+# type[Any]: each class's constructor takes its own arguments (cell_for passes them).
+CELLS: dict[str, type[Any]] = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
 
 
 def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0):

@@ -74,7 +74,8 @@ def forward(spec, params, x, lengths=None):
             raise ValueError(f"lengths has chunks {length_sizes}; expected x's batch chunks {sizes}")
     T, F = x.shape[1 - batch_axis], spec.num_directions * spec.hidden_size
     LD, H, n_states = spec.num_layers * spec.num_directions, spec.hidden_size, spec.cell.n_states
-    outs, finals = [], [[] for _ in range(n_states)]
+    outs: list = []
+    finals: list[list] = [[] for _ in range(n_states)]
     run = dask.delayed(_run_layer, nout=2)
     for block, block_lengths, n in zip(blocks, length_blocks, sizes):
         out, final = run(spec, params, block, block_lengths)

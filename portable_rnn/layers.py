@@ -115,13 +115,13 @@ class RecurrentTape(NamedTuple):
     """
 
     layers: tuple
-    index: object = None
+    index: object = None  # type: ignore[assignment]  # the field's name shadows tuple.index, as documented
     dropout: tuple = ()
 
     #: The spec whose :meth:`~LSTM.forward` made the tape. It lives on a
     #: per-spec subclass, not in a field, so that the tape stays a pytree of
     #: arrays under ``jax.jit`` and still knows its maker.
-    spec = None
+    spec = None  # type: ignore[misc]  # a class attribute, not a field: see the comment above
 
 
 @functools.lru_cache(maxsize=256)
@@ -266,7 +266,7 @@ class _Recurrent:
             ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H).
         """
         GH, H, R = self.n_gates * self.hidden_size, self.hidden_size, self.output_size
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for k in range(self.num_layers):
             d_in = self.input_size if k == 0 else self.num_directions * R
             for d in range(self.num_directions):
@@ -632,7 +632,8 @@ class _Recurrent:
                 return None
             return tuple(None if s is None else s[i, ...] for s in ds_parts)
 
-        grads, dstate0 = {}, [None] * (L * dirs)
+        grads: dict = {}
+        dstate0: list = [None] * (L * dirs)
         for k in reversed(range(L)):
             d_in = None
             for d in range(dirs):
@@ -667,7 +668,8 @@ class _Recurrent:
         if self.bias:
             grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
         if isinstance(g, sequence.ProjectedGrads):
-            grads[_init.projection_name(k, d)] = g.dW_hr
+            # ignore: mypy cannot read sequence.ProjectedGrads's fields (a NamedTuple built from a computed list)
+            grads[_init.projection_name(k, d)] = g.dW_hr  # type: ignore[attr-defined]
 
     def _check_backward(self, params, tape, d_out, d_state):
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""

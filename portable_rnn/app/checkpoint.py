@@ -47,6 +47,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ _GROUPS = ("opt", "carry")
 _MAX_STEP = 2**31 - 1
 
 #: The settings a checkpoint remembers under ``train`` (with ``steps``), and their defaults for a new run.
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "cell": "lstm",
     "hidden": 128,
     "layers": 1,
@@ -217,7 +218,8 @@ class _Layout:
     def members(self) -> dict:
         """``name -> (shape, dtype names)`` of every member."""
         shapes, floats = self.model.param_shapes(), (self.dtype,)
-        members = {f"params/{k}": (s, floats) for k, s in shapes.items()}
+        members: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
+            f"params/{k}": (s, floats) for k, s in shapes.items()}
         members.update({f"history/{key}": ((self.history[length],), (dtype,))
                         for key, (dtype, length) in HISTORY_KEYS.items()})
         if "opt" in self.groups:
@@ -279,9 +281,9 @@ def _check_train(train, model: CharModel) -> dict:
 def _check_model(meta: dict) -> tuple[CharModel, Vocabulary]:
     """``model`` (the ``CharModel`` fields) and ``vocab`` (its characters, one per token)."""
     fields = [f.name for f in dataclasses.fields(CharModel)]
-    model = _check_mapping("model", meta["model"], fields)
+    given = _check_mapping("model", meta["model"], fields)
     try:
-        model = CharModel(**model)
+        model = CharModel(**given)
     except (TypeError, ValueError) as error:  # its own checks
         raise ValueError(f"model: {error}") from None
     try:

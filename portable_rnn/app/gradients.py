@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from array_api_compat import device as device_of
@@ -75,7 +76,7 @@ def hidden_state_gradients(layer, params, x, d_h_last):
     H = layer.hidden_size
     check_shape("d_h_last", d_h_last, (N, H), f"(N, H) = ({N}, {H})")
     dev = device_of(x)
-    kwargs = {"nonlinearity": layer.nonlinearity} if isinstance(layer, RNN) else {}
+    kwargs: dict[str, Any] = {"nonlinearity": layer.nonlinearity} if isinstance(layer, RNN) else {}
     probe = type(layer)(D + H, H, bias=layer.bias, **kwargs)
     probe_params = dict(params)
     probe_params["weight_ih_l0"] = xp.concat([params["weight_ih_l0"], params["weight_hh_l0"]], axis=1)

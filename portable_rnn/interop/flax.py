@@ -230,13 +230,14 @@ def to_flax(spec, params, *, optimized=False):
 
     host, dtype_name = _common.host_params(spec, params)
     kw = dict(features=spec.hidden_size, param_dtype=getattr(jnp, dtype_name))
+    cell: nn.RNNCellBase
     if spec.mode == "lstm":
         cell = (nn.OptimizedLSTMCell if optimized else nn.LSTMCell)(**kw)
     elif spec.mode == "gru":
         cell = nn.GRUCell(**kw)
     else:
         cell = nn.SimpleCell(**kw, activation_fn=nn.tanh if spec.nonlinearity == "tanh" else nn.relu)
-    out = {}
+    out: dict[str, dict] = {}
     for dense, leaves in _flax_tree(spec, host, dtype_name).items():
         out[dense] = {}
         for leaf_name, value in leaves.items():

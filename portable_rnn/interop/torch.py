@@ -34,8 +34,8 @@ def _torch_spec(torch, module):
         )
     if module._forward_hooks or module._forward_pre_hooks:
         raise ValueError(f"{name} has forward hooks, which may change what it computes; remove them first")
-    kw = dict(bidirectional=bool(module.bidirectional), batch_first=bool(module.batch_first), bias=bool(module.bias),
-              dropout=float(module.dropout))
+    kw: dict[str, object] = dict(bidirectional=bool(module.bidirectional), batch_first=bool(module.batch_first),
+                                 bias=bool(module.bias), dropout=float(module.dropout))
     if getattr(module, "proj_size", 0):
         kw["proj_size"] = int(module.proj_size)
     if mode == "rnn":

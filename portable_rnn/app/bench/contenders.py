@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from ... import _eager_fast, backends
 from .memory import cuda_memory, jax_memory, numpy_memory
+
+if TYPE_CHECKING:  # for annotations only: torch is optional and imported where a contender runs
+    import torch
 
 __all__ = ["Contender", "Skip", "device_backend", "suffix", "torch_sync", "fwd_bwd", "jax_contender",
            "grads_of_value_and_grad", "torch_autograd", "ours_numpy", "ours_torch", "ours_jax", "ours_apply",
@@ -137,7 +141,7 @@ def ours_numpy(case, spec, params, x, *, portable=False):
 def ours_torch(case, spec, params, x, name="torch"):
     """Our layer on torch (``torch`` or ``torch:cuda``), synchronised after every run."""
     backend = device_backend(name)
-    dev, sync = backend.device, torch_sync(backend.device)
+    dev, sync = cast("torch.device", backend.device), torch_sync(backend.device)
     p = {k: backend.asarray(v) for k, v in params.items()}
     xt = backend.asarray(x)
 
@@ -235,7 +239,7 @@ def torch_autograd(label, kind, module_class, case, params, x, name="torch"):
     import torch
 
     backend = device_backend(name)
-    dev, sync = backend.device, torch_sync(backend.device)
+    dev, sync = cast("torch.device", backend.device), torch_sync(backend.device)
     module = module_class(case.D, case.H).to(device=dev, dtype=getattr(torch, case.dtype))
     module.load_state_dict({k: torch.asarray(v) for k, v in params.items()})
     xt = backend.asarray(x).requires_grad_(True)

@@ -102,6 +102,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -387,7 +388,7 @@ def _pin_threads(threads: int, library: str) -> None:
         _KEEP.append(threadpool_limits(limits=threads, user_api="blas"))  # held for the worker's life
 
 
-_KEEP = []
+_KEEP: list = []
 
 
 def _worker(argv) -> int:
@@ -468,7 +469,7 @@ def _spawn(name: str, T: int, D: int, threads: int, warm_up: bool = True) -> dic
 
 def _row(name: str, T: int, D: int, previous, threads: int, worker) -> dict:
     """Plan, then measure (or skip) one (contender, T): the report's row."""
-    row = {"contender": name, "T": T, "status": "ok", "reason": None, "peak_bytes": None, "median_s": None,
+    row: dict[str, Any] = {"contender": name, "T": T, "status": "ok", "reason": None, "peak_bytes": None, "median_s": None,
            "times_s": [], "compile_s": None, "out_bytes": T * N * H * 4,
            "dx_bytes": 0 if name == "numpy none" else T * N * D * 4, "estimate_bytes": None}
     library = CONTENDERS[name][0]
@@ -537,7 +538,8 @@ def _targets(rows: dict, lengths) -> list:
         ratio = _ratio(rows, T, a, b) or {"peak": None, "time": None}
         entry(f"{family} checkpoint/full peak at T={T:,}", ratio["peak"], PEAK_LIMIT)
         entry(f"{family} checkpoint/full time at T={T:,}", ratio["time"], TIME_LIMIT)
-    entry(*_none_growth(rows, lengths), NONE_GROWTH_LIMIT)
+    growth_name, growth = _none_growth(rows, lengths)
+    entry(growth_name, growth, NONE_GROWTH_LIMIT)
     return out
 
 
@@ -625,7 +627,8 @@ def run_long_bench(lengths=None, D=None, *, quick=False, threads=None, out=None,
     _say_machine(machine, threads, say)
     say(f"  {'T':>7s}  {'contender':20s}  {'peak MiB':>10s} {'over floor':>10s} {'time s':>9s} {'n':>2s} "
         f"{'compile':>7s}  {'peak':>6s} {'time':>6s}  over")
-    rows, ratios = {}, {}
+    rows: dict = {}
+    ratios: dict = {}
     # One process at a time, so that runs neither slow each other down nor share the memory; --quick,
     # whose numbers only show the plumbing works, runs the contenders of each T side by side.
     with concurrent.futures.ThreadPoolExecutor(max_workers=cores() if quick else 1) as pool:

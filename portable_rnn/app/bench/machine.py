@@ -86,7 +86,7 @@ def _simd_found():
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # NumPy 1.x
         try:
-            from numpy.core._multiarray_umath import __cpu_features__
+            from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[no-redef]
         except ImportError:
             return None
     return sorted(k for k, v in __cpu_features__.items() if v and k.startswith(("AVX", "FMA", "SSE4", "ASIMD", "SVE")))

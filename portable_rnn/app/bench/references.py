@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from .contenders import (Contender, device_backend, grads_of_value_and_grad, jax_contender, suffix, torch_autograd,
@@ -114,7 +116,7 @@ def jax_grad(case, spec, params, x, name="jax"):
                          grads=grads_of_value_and_grad)
 
 
-def _gemm_schedule(matmul, T, x2, W, U, h, dz, DZ, HP, empty):
+def _gemm_schedule(matmul, T, x2, W, U, h, dz, DZ, HP, *, empty):
     """The matmuls of one layer's forward + backward and nothing else: the GEMM bound.
 
     The input projection, T recurrent matmuls forward and T backward, then the
@@ -148,8 +150,8 @@ def _gemm_operands(case, draw):
 def gemm_numpy(case):
     """The GEMM bound with NumPy's BLAS."""
     rng = np.random.default_rng(2)
-    operands = _gemm_operands(case, lambda *shape: rng.standard_normal(shape).astype(case.dtype))
-    run = _gemm_schedule(np.matmul, case.T, *operands, lambda *shape: np.empty(shape, case.dtype))
+    operands = _gemm_operands(case, lambda *shape: np.asarray(rng.standard_normal(shape), dtype=case.dtype))
+    run = _gemm_schedule(np.matmul, case.T, *operands, empty=lambda *shape: np.empty(shape, case.dtype))
     return Contender("gemm", "bound", "cpu", run)
 
 
@@ -158,12 +160,12 @@ def gemm_torch(case, name="torch"):
     import torch
 
     backend = device_backend(name)
-    dev, sync = backend.device, torch_sync(backend.device)
+    dev, sync = cast("torch.device", backend.device), torch_sync(backend.device)
     g = torch.Generator().manual_seed(2)
     dtype = getattr(torch, case.dtype)
     operands = _gemm_operands(case, lambda *shape: torch.randn(shape, generator=g, dtype=dtype).to(dev))
     schedule = _gemm_schedule(torch.matmul, case.T, *operands,
-                              lambda *shape: torch.empty(shape, dtype=dtype, device=dev))
+                              empty=lambda *shape: torch.empty(shape, dtype=dtype, device=dev))
 
     def run():
         schedule()

@@ -173,7 +173,7 @@ def _rel_err(got: dict, ref: dict) -> float:
 
 def measure(case, backend_names, repeats, portable, check, settle) -> dict:
     """Time every contender of ``case``; the report's ``results`` entry."""
-    skipped = {}
+    skipped: dict[str, str] = {}
     contenders = _lineup(case, backend_names, portable, skipped)
     times, warm = time_all(contenders, repeats, settle)
     ref = None

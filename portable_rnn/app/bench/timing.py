@@ -57,7 +57,7 @@ def time_all(contenders, repeats, settle=0.0):
         start = time.perf_counter()
         results[c.name] = c.run()
         warm_s[c.name] = time.perf_counter() - start
-    times = {c.name: [] for c in contenders}
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
     n = len(contenders)
     gc.collect()
     enabled = gc.isenabled()
