@@ -91,6 +91,38 @@ def test_score_on_an_existing_scheduler(run, capsys, monkeypatch):
                                          for k, line in enumerate(captured.err.splitlines(), start=1)]
 
 
+def test_score_runs_on_the_backend_and_device_given(run, capsys):
+    """``--backend``/``--device`` as for ``eval``: array-api-strict's second device, in the workers too."""
+    pytest.importorskip("array_api_strict")
+    files = [str(run / "b.txt")]
+    assert cli.main(["score", str(run / "run"), *files, "--workers", "1", "--chunk-size", "5",
+                     "--backend", "array_api_strict", "--device", "device1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(array_api_strict:device1 on array_api_strict.Device('device1'))" in lines[0]
+    ckpt = load_checkpoint(run / "run" / "best.npz")
+    expected = _one_process_nll(ckpt.model, ckpt.params, ckpt.vocab.encode(open(files[0]).read()), 8)
+    assert f"{expected / 129 / math.log(2):.4f} bits per character (129 predictions)" in lines[-1]
+
+
+def test_a_block_runs_on_the_backend_it_is_given(run, monkeypatch):
+    """The task itself moves the block to the backend (not only the figure agrees): it asks for that backend."""
+    pytest.importorskip("array_api_strict")
+    asked = []
+    resolve = score.backends.resolve
+    monkeypatch.setattr(score.backends, "resolve", lambda name, device=None: asked.append((name, device))
+                        or resolve(name, device))
+    score._forward_on.cache_clear()
+    ckpt = load_checkpoint(run / "run" / "best.npz")
+    x, y = score.windows(ckpt.vocab.encode(open(run / "b.txt").read()), 8)[0]
+    got = score._block_nll(ckpt.model, ckpt.params, "array_api_strict", "device1", x, y)
+    score._forward_on.cache_clear()
+    assert asked == [("array_api_strict", "device1")]
+    assert got.shape == (1,) and got.dtype == np.float64
+    expected = sum(_one_process_nll(ckpt.model, ckpt.params, np.concatenate([row, last[-1:]]), 8)
+                   for row, last in zip(x, y))
+    assert got[0] == pytest.approx(expected, rel=1e-12, abs=0)
+
+
 def _error_line(capsys, argv):
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
@@ -109,6 +141,10 @@ def test_bad_input_is_one_line_and_exit_2(run, capsys, monkeypatch):
     assert "--workers" in _error_line(capsys, ["score", ckpt, good, "--scheduler", "tcp://127.0.0.1:1",
                                                "--workers", "2"])
     assert "positive integer" in _error_line(capsys, ["score", ckpt, good, "--chunk-size", "0"])
+    assert "numpy runs on the CPU only" in _error_line(capsys, ["score", ckpt, good, "--device", "cuda"])
+    assert "--backend" in _error_line(capsys, ["score", ckpt, good, "--backend", "nope"])
+    assert "device9" in _error_line(capsys, ["score", ckpt, good, "--backend", "array_api_strict",
+                                             "--device", "device9"])
     monkeypatch.setattr(score, "CONNECT_TIMEOUT_S", 1)
     assert "cannot reach the Dask scheduler" in _error_line(capsys, ["score", ckpt, good, "--scheduler",
                                                                      "tcp://127.0.0.1:1"])

@@ -246,6 +246,7 @@ def _add_score(sub):
     p.add_argument("--chunk-size", type=_POS_INT, default=DEFAULT_CHUNK_SIZE, metavar="N",
                    help=f"windows per Dask task (default {DEFAULT_CHUNK_SIZE})")
     p.add_argument("--seq-len", type=_POS_INT, metavar="T", help="characters per window (default: the run's)")
+    _backend_flags(p)
     _progress_flag(p, "blocks of windows")
 
 
@@ -354,7 +355,7 @@ def _score(args) -> int:
         raise UsageError("--workers sizes the local cluster; it cannot be given with --scheduler")
     run_score(args.checkpoint, args.files, seq_len=args.seq_len, scheduler=args.scheduler,
               workers=DEFAULT_WORKERS if args.workers is None else args.workers, chunk_size=args.chunk_size,
-              progress=args.progress)
+              backend=args.backend, device=args.device, progress=args.progress)
     return 0
 
 

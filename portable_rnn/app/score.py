@@ -20,10 +20,14 @@ as many tasks as there are windows, and keep every task's memory that of
 How it runs
 -----------
 The windows of each file are a dask array chunked along the windows
-(``chunk_size`` per block); :func:`portable_rnn.dask.char_model_nll` makes
-one task per block, which runs :meth:`CharModel.forward` on NumPy and sums
-the negative log-likelihood of its block. The parameters are shipped once
-per task inside the graph. Without ``scheduler`` a
+(``chunk_size`` per block), and each block is one task. A task runs
+:meth:`CharModel.forward` on the chosen backend and device (NumPy by
+default; ``jax.jit``-compiled on JAX), copies the logits to the host and sums
+the negative log-likelihood of its block there in float64, as ``eval`` does.
+The parameters travel as host NumPy arrays, once per task inside the graph,
+and each worker process moves them to its backend: the backend and device are
+resolved on every worker, so they must exist there (they are checked here
+first, before a cluster starts). Without ``scheduler`` a
 ``distributed.LocalCluster`` of ``workers`` processes on 127.0.0.1 (no
 dashboard) is started and closed; with it, the cluster at that address is
 used, whose workers must have ``portable-rnn`` installed.
@@ -32,12 +36,15 @@ used, whose workers must have ``portable-rnn`` installed.
 from __future__ import annotations
 
 import contextlib
+import functools
+
 import numpy as np
 
+from .. import backends
 from .checkpoint import load_checkpoint, pick_checkpoint
 from .corpus import read_text
 from .errors import UsageError
-from .eval import LN2
+from .eval import LN2, _forward_function, _nll_sum
 from .report import WorkProgress
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_WORKERS", "CONNECT_TIMEOUT_S", "windows", "run_score"]
@@ -70,16 +77,15 @@ def windows(tokens: np.ndarray, seq_len: int) -> list[tuple[np.ndarray, np.ndarr
 
 
 def _dask_modules():
-    """``(dask.array, distributed, portable_rnn.dask)``, or one line naming the extra to install."""
+    """``(dask, dask.array, distributed)``, or one line naming the extra to install."""
     try:
+        import dask
         import dask.array as da
         import distributed
-
-        from .. import dask as prnn_dask
     except ImportError as error:
         raise UsageError(f"score runs on Dask, which is not installed ({error.name} is missing): "
                          "pip install 'portable-rnn[dask]'") from None
-    return da, distributed, prnn_dask
+    return dask, da, distributed
 
 
 @contextlib.contextmanager
@@ -112,15 +118,42 @@ def _file_tokens(paths, vocab) -> list[np.ndarray]:
     return encoded
 
 
-def _nll_parts(da, prnn_dask, model, params, tokens, seq_len, chunk_size) -> list:
+@functools.lru_cache(maxsize=4)
+def _forward_on(model, backend: str, device: str | None):
+    """``(runtime, forward)`` for a worker: resolved once per process, so JAX compiles once per block shape."""
+    runtime = backends.resolve(backend, device)
+    return runtime, _forward_function(model, runtime)
+
+
+def _block_nll(model, params: dict, backend: str, device: str | None, inputs: np.ndarray,
+               targets: np.ndarray) -> np.ndarray:
+    """Summed negative log-likelihood (nats) of one block of windows, as a host float64 array of shape (1,).
+
+    ``params`` are host arrays, moved to ``backend``'s ``device`` in the
+    worker; the log-softmax is taken on the host in float64.
+    """
+    runtime, forward = _forward_on(model, backend, device)
+    dtype = str(params["decoder.weight"].dtype)
+    x64 = backends.jax_float64() if runtime.library == "jax" and dtype == "float64" else contextlib.nullcontext()
+    with runtime.context(), x64:
+        logits, _ = forward({k: runtime.asarray(v, dtype) for k, v in params.items()}, runtime.asarray(inputs))
+        logits = runtime.to_numpy(logits)
+    return np.array([_nll_sum(logits, targets, np.ones(targets.shape, dtype=bool))])
+
+
+def _nll_parts(dask, da, model, params, tokens, seq_len, chunk_size, backend, device) -> list:
     """One file's negative log-likelihood (nats) as ``dask.delayed`` parts, one per chunk of windows."""
-    return [part for x, y in windows(tokens, seq_len)
-            for part in prnn_dask.char_model_nll_parts(model, params, da.from_array(x, chunks=(chunk_size, -1)),
-                                                       da.from_array(y, chunks=(chunk_size, -1)))]
+    task = dask.delayed(_block_nll)
+    parts = []
+    for x, y in windows(tokens, seq_len):
+        xs = da.from_array(x, chunks=(chunk_size, -1)).to_delayed().ravel()
+        ys = da.from_array(y, chunks=(chunk_size, -1)).to_delayed().ravel()
+        parts += [task(model, params, backend, device, bx, by) for bx, by in zip(xs, ys)]
+    return parts
 
 
 def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAULT_WORKERS,
-              chunk_size=DEFAULT_CHUNK_SIZE, out=None, progress="auto") -> dict:
+              chunk_size=DEFAULT_CHUNK_SIZE, backend="numpy", device=None, out=None, progress="auto") -> dict:
     """``portable-rnn score``: print and return the bits per character of each file and overall.
 
     Parameters
@@ -137,6 +170,9 @@ def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAUL
         Worker processes of the local cluster (ignored with ``scheduler``).
     chunk_size : int
         Windows per Dask task.
+    backend, device : str
+        Where each task runs the model, as for ``eval`` (default NumPy on
+        the CPU); every worker must have them.
     out : file, optional
         Default ``sys.stdout``.
     progress : {"auto", "bar", "lines", "none"}
@@ -148,13 +184,14 @@ def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAUL
         ``{"files": [(file, bits per character, predictions), ...], "overall": bits per character}``
         (a file given twice is scored twice and counted twice overall).
     """
-    da, distributed, prnn_dask = _dask_modules()
+    dask, da, distributed = _dask_modules()
+    runtime = backends.resolve(backend, device)  # a missing backend or device: one line, before any cluster
     path = pick_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
     seq_len = ckpt.meta["train"]["seq_len"] if seq_len is None else seq_len
     tokens = _file_tokens(files, ckpt.vocab)
     model = ckpt.model
-    parts = [_nll_parts(da, prnn_dask, model, ckpt.params, t, seq_len, chunk_size) for t in tokens]
+    parts = [_nll_parts(dask, da, model, ckpt.params, t, seq_len, chunk_size, backend, device) for t in tokens]
     with _client(distributed, scheduler, workers) as client:
         where = scheduler if scheduler is not None else f"a local cluster of {workers} worker process(es)"
         futures = [client.compute(file_parts) for file_parts in parts]
@@ -163,7 +200,8 @@ def run_score(checkpoint, files, *, seq_len=None, scheduler=None, workers=DEFAUL
                 shown.advance()
         totals = [float(np.sum(client.gather(file_futures))) for file_futures in futures]
     counts = [int(t.shape[0]) - 1 for t in tokens]
-    print(f"{path} (step {ckpt.meta['step']}) on {where}, independent windows of {seq_len} characters:", file=out)
+    print(f"{path} (step {ckpt.meta['step']}) on {where} ({runtime.name} on {runtime.device}), independent windows "
+          f"of {seq_len} characters:", file=out)
     scores = [(str(name), float(total) / count / LN2, count) for name, total, count in zip(files, totals, counts)]
     for name, bits, count in scores:
         print(f"  {name}: {bits:.4f} bits per character ({count:,} predictions)", file=out)
