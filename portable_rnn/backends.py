@@ -271,11 +271,13 @@ def _jax(device):
     import jax
     import jax.numpy as xp
 
+    # This process's devices: after jax.distributed.initialize, jax.devices() lists every
+    # process's, and arrays placed on another process's device cannot be read here.
     if device is None:
-        return xp, jax.devices()[0]
+        return xp, jax.local_devices()[0]
     platform, _, index = device.partition(":")
     platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform.lower(), platform.lower())
-    return xp, jax.devices(platform)[int(index or 0)]
+    return xp, jax.local_devices(backend=platform)[int(index or 0)]
 
 
 def _torch(device):

@@ -118,11 +118,22 @@ def from_host(mesh: Mesh, tree, partition_spec: PartitionSpec):
 
 
 def to_host(tree):
-    """Every array of ``tree`` whole, as NumPy arrays on this host (gathered across processes when needed)."""
+    """Every array of ``tree`` whole, as NumPy arrays on this host (gathered across processes when needed).
+
+    An array split over several processes is gathered with
+    ``multihost_utils.process_allgather``, a collective: every process must
+    call this with the same tree. A replicated or process-local array is
+    read from this process's own copy.
+    """
     import numpy as np
 
-    if jax.process_count() > 1:
+    def whole(a):
+        if a.is_fully_addressable:
+            return np.array(a, copy=True)
+        if a.is_fully_replicated:
+            return np.array(a.addressable_data(0), copy=True)
         from jax.experimental import multihost_utils
 
-        return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), tree)
-    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
+        return np.array(multihost_utils.process_allgather(a, tiled=True), copy=True)
+
+    return jax.tree.map(whole, tree)

@@ -25,6 +25,26 @@ every backend, up to float32 rounding. Loss values stay on the device and are
 copied to the host every :data:`SYNC_EVERY` steps, so the device never waits
 for the progress display.
 
+Data parallel
+-------------
+``devices`` splits each batch over that many JAX devices of this process
+(a mesh; parameters replicated, XLA adds the all-reduce). With
+``coordinator``, ``num_processes`` and ``process_id``, every process calls
+``jax.distributed.initialize`` and the mesh holds every device of every
+process (on CPUs, collectives go over Gloo). Every process reads the same
+text and draws the same batches (a pure function of the step), and fills
+only its own devices' rows. Reads of global arrays on the host (losses,
+the held-out evaluation, checkpoints, samples) go through
+:func:`portable_rnn.parallel.to_host`, which gathers what is split over
+processes; every process takes part, and process 0 alone prints and writes
+files. ``--resume`` has every process read the same checkpoint, so ``out``
+must be on a file system every host sees. A process that fails or is
+stopped ends without JAX's shutdown barrier (which would wait for the
+others); the others' next collective then fails, and they stop with one
+line (:class:`~portable_rnn.backends.BackendError`). Under ``torchrun``
+(``--backend torch``), each process computes its rows and the gradients
+are averaged with one ``all_reduce``.
+
 What a run writes into ``out``
 ------------------------------
 ``checkpoint.npz``
@@ -371,6 +391,8 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     except ValueError as error:
         raise UsageError(f"tape / tape_segment: {error}") from None
     world = _check_scale_out(config)
+    if config.coordinator is not None:  # early: an input error then stops every process at once
+        _start_jax_processes(config)
     out_dir = Path(config.out)
     ckpt = _checkpoint_to_resume(config, out_dir)
     s = _settings(config, ckpt)
@@ -380,8 +402,6 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     vocab = _vocabulary(text, source, digest, ckpt)
     schedule, val, split = _data(text, vocab, s, ckpt)
-    if config.coordinator is not None:
-        _start_jax_processes(config)
     runtime = backends.resolve(config.backend, _torch_device(config, world))
     stack.enter_context(runtime.context())  # CuPy creates some arrays on its current device
     if runtime.library == "jax" and s["dtype"] == "float64":
@@ -472,13 +492,85 @@ def _torch_device(config: TrainConfig, world: _TorchWorld | None) -> str | None:
 
 
 def _start_jax_processes(config: TrainConfig) -> None:
-    """``jax.distributed.initialize`` for a multi-host run (before JAX touches a device)."""
+    """``jax.distributed.initialize`` for a multi-host run (before JAX touches a device).
+
+    CPU devices exchange over Gloo (XLA has no CPU collectives without
+    one). JAX's preemption service is left off: it takes SIGTERM, which
+    the CLI turns into an orderly stop. :func:`_exit_without_barrier` is
+    registered here so that it runs before JAX's own exit handler.
+    """
+    import atexit
+
     import jax
 
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id)
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"jax.distributed.initialize failed: {str(error).splitlines()[0]}") from None
+    atexit.register(_exit_without_barrier)
+
+
+#: The exit status of a multi-host process whose run failed, or ``None`` (set by :func:`_stop_together`).
+_FAILED_STATUS = None
+
+
+def _exit_without_barrier() -> None:
+    """At exit after a failed multi-host run, leave at once with its status (an ``atexit`` handler).
+
+    JAX's own exit handler waits at a shutdown barrier for every process,
+    which a dead or diverged process never reaches; the wait ends after
+    minutes, in a fatal error many lines long. Leaving with ``os._exit``
+    closes this process's connections, so the others' next collective fails
+    at once and they stop with one line too.
+    """
+    if _FAILED_STATUS is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(_FAILED_STATUS)
+
+
+def _lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective or the coordination service failing (another process is gone)."""
+    import jax
+
+    text = str(error)
+    return isinstance(error, jax.errors.JaxRuntimeError) or any(
+        word in text for word in ("Gloo", "coordination service", "DEADLINE_EXCEEDED"))
+
+
+@contextlib.contextmanager
+def _stop_together(config: TrainConfig):
+    """Around a multi-host run: a lost peer becomes one line, and a failure skips JAX's exit barrier.
+
+    Every exception still reaches the caller (the CLI prints it as usual);
+    the status it will exit with is recorded for :func:`_exit_without_barrier`.
+    """
+    global _FAILED_STATUS
+    if config.coordinator is None:
+        yield
+        return
+    import jax
+
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        _FAILED_STATUS = 143 if isinstance(stop, Terminated) else 130
+        raise
+    except (UsageError, backends.BackendError, OSError, MemoryError):
+        _FAILED_STATUS = 2
+        raise
+    except Exception as error:
+        if not (jax.distributed.is_initialized() and _lost_peer(error)):
+            _FAILED_STATUS = 1
+            raise
+        _FAILED_STATUS = 2
+        raise backends.BackendError(
+            f"process {jax.process_index()} of {jax.process_count()} stopped: another process failed, was "
+            f"stopped or cannot be reached ({str(error).splitlines()[0]})") from None
 
 
 def _jax_mesh(config: TrainConfig, runtime, batch: int):
@@ -673,6 +765,12 @@ def _validate(run: _Run, wall: float) -> None:
     if not math.isfinite(loss):
         raise UsageError(f"the held-out loss is not finite at step {run.step}; lower --lr")
     improved = loss < run.best
+    if run.config.coordinator is not None:
+        # Process 0 decides for all: writing best.npz is a collective, so every process must make the
+        # same choice, even where hosts' CPUs round the held-out loss differently.
+        from jax.experimental import multihost_utils
+
+        improved = bool(multihost_utils.broadcast_one_to_all(np.int32(improved)))
     run.val_steps.append(run.step)
     run.val_losses.append(loss)
     if improved:
@@ -783,6 +881,8 @@ def _run_steps(run: _Run, progress: Progress) -> tuple[int, float]:
         try:
             _loop(run, progress)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            if run.config.coordinator is not None:
+                raise  # saving is a collective the other processes, still stepping, would not join
             _flush(run)
             return (143 if isinstance(stop, Terminated) else 130), time.perf_counter() - t0
         return 0, time.perf_counter() - t0
@@ -857,7 +957,7 @@ def train(config: TrainConfig, out=None) -> TrainResult:
         A backend that is not installed, or a device that is not there.
     """
     out = sys.stdout if out is None else out
-    with contextlib.ExitStack() as stack:
+    with _stop_together(config), contextlib.ExitStack() as stack:
         run = _prepare(config, stack)
         if not run.writer:  # one process of several: the first one prints and writes
             out, config = stack.enter_context(open(os.devnull, "w")), dataclasses.replace(config, progress="none")
