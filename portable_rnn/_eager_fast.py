@@ -195,7 +195,7 @@ def _common_dtype(library, arrays):
     return dtype
 
 
-def _kind(cell):
+def _fast_mode(cell):
     """The cell's mode when this module has kernels for exactly that cell, else None.
 
     An LSTM with a projection (``proj_size``) has no kernels here: the portable path runs it.
@@ -226,7 +226,7 @@ def _layer_sizes(cell, library, x, W_ih, W_hh, mask, others):
 
 def accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> bool:
     """Whether :func:`forward` can run these inputs (else: the portable path)."""
-    if _kind(cell) is None or not enabled():
+    if _fast_mode(cell) is None or not enabled():
         return False
     library = _library(xp)
     if library is None:
@@ -244,8 +244,8 @@ def accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> bool:
 
 def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
     """Whether :func:`backward` can run this tape (else: the portable path)."""
-    kind = _kind(cell)
-    if kind is None or not enabled():
+    mode = _fast_mode(cell)
+    if mode is None or not enabled():
         return False
     library = _library(xp)
     if library is None:
@@ -450,13 +450,13 @@ class _TorchBLAS(_NumPyBLAS):
 _NUMPY_BLAS = _NumPyBLAS()
 
 
-def _blas(library, kind, N, W_hh):
+def _blas(library, mode, N, W_hh):
     """The BLAS chooser of a kernel of batch ``N``.
 
     Torch's for the RNN, LSTM and smaller GRUs on torch tensors, else NumPy's.
     """
     recurrent = N * W_hh.shape[0] * W_hh.shape[1]
-    if library == "torch" and (kind in ("rnn", "lstm") or (kind == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
+    if library == "torch" and (mode in ("rnn", "lstm") or (mode == "gru" and recurrent < GRU_TORCH_BLAS_MAX)):
         return _TorchBLAS()
     return _NUMPY_BLAS
 
@@ -576,14 +576,14 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
 
     Returns ``(out, final, states, cell_tape)``; the caller builds the Tape.
     """
-    kind, library = _kind(cell), _library(xp)
-    calls[library, "forward", kind] += 1
-    if kind == "rnn":
-        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu", _blas(library, kind, x.shape[1], W_hh))
-    elif kind == "gru":
-        kernel = functools.partial(_gru_forward, _blas(library, kind, x.shape[1], W_hh))
+    mode, library = _fast_mode(cell), _library(xp)
+    calls[library, "forward", mode] += 1
+    if mode == "rnn":
+        kernel = functools.partial(_rnn_forward, cell.nonlinearity == "relu", _blas(library, mode, x.shape[1], W_hh))
+    elif mode == "gru":
+        kernel = functools.partial(_gru_forward, _blas(library, mode, x.shape[1], W_hh))
     else:
-        kernel = functools.partial(_lstm_forward, _blas(library, kind, x.shape[1], W_hh))
+        kernel = functools.partial(_lstm_forward, _blas(library, mode, x.shape[1], W_hh))
     out, final, states, leaves = _on_numpy(library, kernel, x, state0, W_ih, W_hh, b_ih, b_hh, mask)
     return out, final, states, (None if leaves is None else cell.tape_type(*leaves))
 
@@ -704,17 +704,17 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
     ``keep`` is :func:`portable_rnn.sequence.window_keep`'s result. Returns
     ``(dx, dstate0, dW_ih, dW_hh, db_ih, db_hh)``.
     """
-    kind, library = _kind(cell), _library(xp)
-    calls[library, "backward", kind] += 1
-    if kind == "rnn":
+    mode, library = _fast_mode(cell), _library(xp)
+    calls[library, "backward", mode] += 1
+    if mode == "rnn":
         backward_class = functools.partial(_RNNBackward, cell.nonlinearity == "relu")
     else:
-        backward_class = _BACKWARD[kind]
+        backward_class = _BACKWARD[mode]
     x, state0, states, cell_tape, mask = tape
     tape = (x, tuple(state0), tuple(states), None if cell_tape is None else tuple(cell_tape), mask)
     d_final = (None,) * cell.n_states if d_final is None else tuple(d_final)
 
-    blas = _blas(library, kind, tape[0].shape[1], W_hh)
+    blas = _blas(library, mode, tape[0].shape[1], W_hh)
 
     def kernel(*arrays):
         b = backward_class(*arrays, bias)

@@ -7,6 +7,7 @@ function runs. Messages name the argument, what it got and what was expected.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -25,6 +26,7 @@ __all__ = [
     "check_bool",
     "check_truncate",
     "check_probability",
+    "check_real",
     "check_params",
     "check_integer_dtype",
     "check_arrays",
@@ -309,11 +311,51 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_real(name: str, value, low: float | None = None, high: float | None = None, *,
+               low_open: bool = False, finite: bool = True) -> float:
+    """A Python real number (never a bool, never NaN) as a ``float``, checked against its range.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : object
+    low, high : float, optional
+        ``value >= low`` (``> low`` with ``low_open``) and ``value < high``, where given.
+    finite : bool
+        Refuse infinities (an infinite learning rate would not fail: it would
+        turn the parameters into NaN a step later). Only a bound like a
+        clipping norm means something at infinity.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a real number.
+    ValueError
+        It is NaN, infinite where ``finite``, or out of its range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range (only an int overflows)
+        number = -math.inf if value < 0 else math.inf
+    ok = (not math.isnan(number) and (math.isfinite(number) or not finite)
+          and (low is None or number > low or (number == low and not low_open))
+          and (high is None or number < high))
+    if not ok:
+        if high is not None:
+            what = f"a number in {'(' if low_open else '['}{low}, {high})"
+        else:
+            bound = "" if low is None else f" {'>' if low_open else '>='} {low}"
+            what = f"a {'finite ' if finite else ''}number{bound}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
+
+
 def check_probability(name: str, value) -> float:
-    """A real number in [0, 1) (never a bool), returned as ``float``: e.g. a dropout rate."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """A real number in [0, 1), returned as ``float``: e.g. a dropout rate."""
+    return check_real(name, value, 0, 1)
 
 
 def check_truncate(truncate) -> int | None:

@@ -44,7 +44,7 @@ output but the last's is multiplied by a factor that is 0 with probability
 factors are an input, ``forward(..., dropout_masks=...)``, shaped like
 ``out`` (one array per layer but the last), so that every backend runs the
 same numbers and the backward applies the same factors to the gradients;
-:meth:`~_Recurrent.dropout_masks` draws them from a seed on the host,
+:meth:`~_LayerSpec.dropout_masks` draws them from a seed on the host,
 :func:`portable_rnn.jax.apply` from a ``jax.random`` key and
 :mod:`portable_rnn.torch` from torch's generator. Without them the layer
 computes the evaluation mode (no dropout).
@@ -69,7 +69,6 @@ same map, since :math:`\pi_n` is its own inverse. Without lengths it is
 from __future__ import annotations
 
 import functools
-import numbers
 from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar, NamedTuple
 
@@ -83,6 +82,7 @@ from ._validation import (
     check_bool,
     check_floating,
     check_int,
+    check_real,
     check_tape,
     check_integer_dtype,
     check_params,
@@ -206,7 +206,7 @@ def _reverse_time(a, index, xp):
 
 
 @dataclass(frozen=True)
-class _Recurrent:
+class _LayerSpec:
     """Shared implementation of :class:`RNN`, :class:`LSTM` and :class:`GRU`."""
 
     input_size: int
@@ -324,9 +324,7 @@ class _Recurrent:
                 raise ValueError(f"forget_bias is for LSTM only; {type(self).__name__} has no forget gate")
             if not self.bias:
                 raise ValueError("forget_bias needs bias=True; this LSTM has no biases")
-            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
-                raise ValueError(f"forget_bias must be a real number, got {forget_bias!r}")
-            forget_bias = float(forget_bias)
+            forget_bias = check_real("forget_bias", forget_bias)
         xp, dtype, device = resolve_target(like, xp, dtype, device)
         host = _init.draw(
             n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
@@ -705,7 +703,7 @@ class _Recurrent:
 
 
 @dataclass(frozen=True)
-class RNN(_Recurrent):
+class RNN(_LayerSpec):
     r"""Stacked Elman RNN, as ``torch.nn.RNN``.
 
     .. math::
@@ -740,7 +738,7 @@ class RNN(_Recurrent):
 
 
 @dataclass(frozen=True)
-class LSTM(_Recurrent):
+class LSTM(_LayerSpec):
     r"""Stacked LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o; optional projections).
 
     .. math::
@@ -781,7 +779,7 @@ class LSTM(_Recurrent):
 
 
 @dataclass(frozen=True)
-class GRU(_Recurrent):
+class GRU(_LayerSpec):
     r"""Stacked GRU, as ``torch.nn.GRU`` (gate order r, z, n).
 
     .. math::

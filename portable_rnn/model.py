@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import random
 from dataclasses import dataclass
 
@@ -54,7 +53,7 @@ from array_api_compat import is_jax_namespace
 
 from . import init as _init
 from .backends import resolve_dtype, resolve_namespace, to_host, to_namespace
-from ._validation import (check_int, check_integer_dtype, check_params, check_same_device, check_shape, check_tape,
+from ._validation import (check_int, check_integer_dtype, check_params, check_real, check_same_device, check_shape, check_tape,
                           namespace_of)
 from .dense import (
     temporal_affine_backward,
@@ -387,10 +386,7 @@ class CharModel:
         if bad:
             raise ValueError(f"prime has tokens outside [0, {self.vocab_size}): {bad[:5]}")
         length = check_int("length", length, minimum=0)
-        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
-            0 <= float(temperature) < float("inf")
-        ):
-            raise ValueError(f"temperature must be a finite float >= 0, got {temperature!r}")
+        temperature = check_real("temperature", temperature, 0)
         if top_k is not None:
             top_k = check_int("top_k", top_k)
         seed = _init.check_seed(seed)

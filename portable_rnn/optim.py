@@ -45,8 +45,7 @@ array learning rate, e.g. from a schedule, is not supported).
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import NamedTuple
 
 from array_api_compat import device
@@ -54,10 +53,12 @@ from array_api_compat import device
 from ._validation import (
     check_floating,
     check_keys,
+    check_real,
     check_same_device,
     check_shape,
     namespace_of,
 )
+from .loop import map_with_path, tree_map
 
 __all__ = [
     "Optimizer",
@@ -89,51 +90,6 @@ class Optimizer(NamedTuple):
 # ---------------------------------------------------------------- trees
 
 
-def _map_with_path(f, tree, *rest, path=""):
-    """``f(path, leaf, *other_leaves)`` over dicts, lists and tuples of arrays."""
-    if isinstance(tree, Mapping):
-        for other in rest:
-            if not isinstance(other, Mapping) or set(other) != set(tree):
-                got = sorted(other) if isinstance(other, Mapping) else type(other).__name__
-                raise ValueError(
-                    f"structure mismatch at {path or 'the top level'}: expected keys "
-                    f"{sorted(tree)}, got {got}"
-                )
-        return {
-            k: _map_with_path(f, tree[k], *(o[k] for o in rest), path=f"{path}[{k!r}]")
-            for k in tree
-        }
-    if isinstance(tree, (list, tuple)):
-        for other in rest:
-            if not isinstance(other, (list, tuple)) or len(other) != len(tree):
-                raise ValueError(
-                    f"structure mismatch at {path or 'the top level'}: expected a "
-                    f"sequence of {len(tree)}, got {type(other).__name__}"
-                )
-        items = [
-            _map_with_path(f, t, *(o[i] for o in rest), path=f"{path}[{i}]")
-            for i, t in enumerate(tree)
-        ]
-        if hasattr(tree, "_fields"):  # NamedTuple
-            return type(tree)(*items)
-        return type(tree)(items)
-    return f(path, tree, *rest)
-
-
-def tree_map(f: Callable, tree, *rest):
-    """Apply ``f(leaf, *other_leaves)`` over nested dicts, lists and tuples.
-
-    ``rest`` must have the structure of ``tree``; dicts come back as ``dict``
-    with ``tree``'s key order.
-
-    Examples
-    --------
-    >>> tree_map(lambda a, b: a + b, {"W": 1, "b": [2, 3]}, {"W": 10, "b": [20, 30]})
-    {'W': 11, 'b': [22, 33]}
-    """
-    return _map_with_path(lambda _path, *leaves: f(*leaves), tree, *rest)
-
-
 def _leaves(tree, name: str) -> dict:
     """``{"name[path]": leaf}`` for every leaf of ``tree``."""
     out = {}
@@ -141,7 +97,7 @@ def _leaves(tree, name: str) -> dict:
     def visit(path, leaf):
         out[name + path] = leaf
 
-    _map_with_path(visit, tree)
+    map_with_path(visit, tree)
     return out
 
 
@@ -186,7 +142,7 @@ def _check_like(xp, name: str, tree, params) -> None:
         check_shape(oname, other, tuple(p.shape), f"(the shape of {pname})")
         check_same_device(**{pname: p, oname: other})
 
-    _map_with_path(check, params, tree)
+    map_with_path(check, params, tree)
 
 
 def _check_state(xp, state, params, buffers) -> None:
@@ -197,26 +153,6 @@ def _check_state(xp, state, params, buffers) -> None:
         raise ValueError(f"state['step'] has shape {tuple(state['step'].shape)}; expected ()")
     for key in buffers:
         _check_like(xp, f"state[{key!r}]", state[key], params)
-
-
-def _real(name: str, value, low: float = 0.0, high: float | None = None, *, inf_allowed: bool = False) -> float:
-    """A Python real hyperparameter in ``[low, high)``; never NaN, and infinite only where ``inf_allowed``.
-
-    An infinite learning rate, moment or epsilon would not fail: it would
-    turn the parameters into NaN a step later. Only a clipping bound has a
-    meaning at infinity (no clipping, as in torch).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float's range
-        value = math.inf
-    finite = inf_allowed or math.isfinite(value)
-    if not (finite and value >= low and (high is None or value < high)):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {'' if inf_allowed else 'finite and '}{bound}, got {value}")
-    return value
 
 
 def _array(xp, value, like, dev):
@@ -278,10 +214,10 @@ def sgd(
         State ``{"step": 0-d int32}``, plus ``"momentum_buffer"`` (shaped like
         ``params``) when ``momentum > 0``.
     """
-    lr = _real("lr", lr)
-    momentum = _real("momentum", momentum)
-    weight_decay = _real("weight_decay", weight_decay)
-    dampening = _real("dampening", dampening)
+    lr = check_real("lr", lr, 0)
+    momentum = check_real("momentum", momentum, 0)
+    weight_decay = check_real("weight_decay", weight_decay, 0)
+    dampening = check_real("dampening", dampening, 0)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires momentum > 0 and zero dampening")
     buffers = ("momentum_buffer",) if momentum > 0 else ()
@@ -314,7 +250,7 @@ def sgd(
             return _array(xp, p - lr * g, p, dev), new_buf
 
         bufs = (state["momentum_buffer"],) if buffers else ()
-        pairs = _map_with_path(lambda _path, *a: leaf(*a), params, grads, *bufs)
+        pairs = map_with_path(lambda _path, *a: leaf(*a), params, grads, *bufs)
         new_params = tree_map(lambda _p, pair: pair[0], params, pairs)
         new_state = {"step": step}
         if buffers:
@@ -337,11 +273,11 @@ def _bias_correction(xp, log_beta, t):
 
 
 def _adam(lr, b1, b2, eps, weight_decay, decoupled: bool) -> Optimizer:
-    lr = _real("lr", lr)
-    b1 = _real("b1", b1, 0.0, 1.0)
-    b2 = _real("b2", b2, 0.0, 1.0)
-    eps = _real("eps", eps)
-    weight_decay = _real("weight_decay", weight_decay)
+    lr = check_real("lr", lr, 0)
+    b1 = check_real("b1", b1, 0, 1)
+    b2 = check_real("b2", b2, 0, 1)
+    eps = check_real("eps", eps, 0)
+    weight_decay = check_real("weight_decay", weight_decay, 0)
     log_b1 = math.log(b1) if b1 > 0 else None
     log_b2 = math.log(b2) if b2 > 0 else None
     buffers = ("exp_avg", "exp_avg_sq")
@@ -376,7 +312,7 @@ def _adam(lr, b1, b2, eps, weight_decay, decoupled: bool) -> Optimizer:
             new_p = p - (lr / bc1) * (m / denom)
             return tuple(_array(xp, a, p, dev) for a in (new_p, m, v))
 
-        triples = _map_with_path(
+        triples = map_with_path(
             lambda _path, *a: leaf(*a), params, grads, state["exp_avg"], state["exp_avg_sq"]
         )
         pick = lambda i: tree_map(lambda _p, trip: trip[i], params, triples)  # noqa: E731
@@ -471,7 +407,7 @@ def clip_by_value(grads, limit: float):
     nested dict of arrays
         Same structure, shapes, dtypes and device; NaN stays NaN.
     """
-    limit = _real("limit", limit, inf_allowed=True)
+    limit = check_real("limit", limit, 0, finite=False)
     xp, dev = _inspect(grads, "grads")
     return tree_map(lambda g: _array(xp, xp.clip(g, -limit, limit), g, dev), grads)
 
@@ -500,7 +436,7 @@ def clip_by_global_norm(grads, max_norm: float):
         :math:`\|g\|` before clipping, same dtype and device as the gradients
         (non-finite if a gradient is).
     """
-    max_norm = _real("max_norm", max_norm, inf_allowed=True)
+    max_norm = check_real("max_norm", max_norm, 0, finite=False)
     xp, dev = _inspect(grads, "grads")
     leaves = _leaves(grads, "grads")
     dtype = check_floating(xp, **leaves)

@@ -248,7 +248,7 @@ def _spec(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                         batch_first=batch_first, bias=bias, dropout=dropout, **dict(options))
 
 
-class _Recurrent(torch.nn.RNNBase):
+class _DropIn(torch.nn.RNNBase):
     """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share: the forward."""
 
     def _engine(self, training_dropout):
@@ -376,7 +376,7 @@ class _Recurrent(torch.nn.RNNBase):
         return tuple(m.transpose(0, 1) if self.batch_first else m for m in masks)
 
 
-class RNN(_Recurrent):
+class RNN(_DropIn):
     """``torch.nn.RNN`` with the hand-written backward: ``RNN(input_size, hidden_size, num_layers=1,
     nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
     dtype=None)``."""
@@ -395,7 +395,7 @@ class RNN(_Recurrent):
         super().__init__(modes[self.nonlinearity], *args, **kwargs)
 
 
-class LSTM(_Recurrent):
+class LSTM(_DropIn):
     """``torch.nn.LSTM`` with the hand-written backward: ``LSTM(input_size, hidden_size, num_layers=1,
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None,
     dtype=None)``."""
@@ -407,7 +407,7 @@ class LSTM(_Recurrent):
     permute_hidden = torch.nn.LSTM.permute_hidden
 
 
-class GRU(_Recurrent):
+class GRU(_DropIn):
     """``torch.nn.GRU`` with the hand-written backward (same signature)."""
 
     def __init__(self, *args, **kwargs):

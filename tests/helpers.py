@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from array_api_compat import array_namespace, device
 
+from portable_rnn.backends import BACKEND_NAMES
 from portable_rnn.cells import CELLS
 
 #: The matrix id of JAX under ``jax.jit`` (a test-matrix id, not a backend of the library).
@@ -15,8 +16,7 @@ JIT = "jax:jit"
 
 #: Every backend but eager JAX: for tests whose eager-JAX run would only repeat ``jax:jit``'s
 #: numbers, at seconds per case (eager JAX compiles each new operation shape).
-NOT_EAGER_JAX = pytest.mark.backends("numpy", "array_api_strict", "array_api_strict:device1", "torch",
-                                     JIT, "jax:gpu", "torch:cuda", "cupy")
+NOT_EAGER_JAX = pytest.mark.backends(*(name for name in (*BACKEND_NAMES, JIT) if name != "jax"))
 
 
 class MatrixBackend:

@@ -270,7 +270,7 @@ def test_bad_hyperparameters(make):
 ])
 @pytest.mark.parametrize("bad", [math.inf, math.nan, 10**400])
 def test_non_finite_hyperparameters_are_refused(make, bad):
-    with pytest.raises(ValueError, match="must be finite"):
+    with pytest.raises(ValueError, match="must be a finite number"):
         make(bad)
 
 

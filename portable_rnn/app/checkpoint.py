@@ -42,8 +42,6 @@ loss so far (what ``sample`` and ``eval`` use when given the run's folder:
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_int, check_truncate
+from .._validation import check_int, check_real, check_truncate
 from ..backends import DTYPES
 from ..interop._common import check_names, param_count
 from ..io import read_archive, write_archive
@@ -246,14 +244,6 @@ def _check_str(name: str, value) -> str:
     return value
 
 
-def _check_real(name: str, value, positive: bool = True) -> float:
-    """A finite real number (never a bool), > 0 with ``positive``, else >= 0."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or value < 0 or (positive and value == 0)):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-    return float(value)
-
-
 def _check_train(train, model: CharModel) -> dict:
     """The ``train`` settings: every key of :data:`DEFAULTS` and ``steps``, each of its type and range."""
     _check_mapping("train", train, (*DEFAULTS, "steps"))
@@ -267,8 +257,8 @@ def _check_train(train, model: CharModel) -> dict:
     except ValueError as error:
         raise ValueError(f"train.{error}") from None
     for key in ("lr", "clip"):
-        _check_real(f"train.{key}", train[key])
-    if _check_real("train.val_fraction", train["val_fraction"], positive=False) >= 1:
+        check_real(f"train.{key}", train[key], 0, low_open=True)
+    if check_real("train.val_fraction", train["val_fraction"], 0) >= 1:
         raise ValueError(f"train.val_fraction must be < 1, got {train['val_fraction']!r}")
     if train["dtype"] not in DTYPES:
         raise ValueError(f"train.dtype must be one of {list(DTYPES)}, got {train['dtype']!r}")
@@ -339,7 +329,7 @@ def _check_run(meta: dict, vocab: Vocabulary) -> None:
         raise ValueError("prime has characters outside the vocabulary")
     check_int("step", meta["step"], minimum=0)
     if "wall_s" in meta:
-        _check_real("wall_s", meta["wall_s"], positive=False)
+        check_real("wall_s", meta["wall_s"], 0)
     if "backend" in meta:
         _check_str("backend", meta["backend"])
 
