@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -118,6 +119,24 @@ def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
     for key in ("jax.apply/jax.grad", "jax.apply/jax"):
         assert result["ratios"][key] == pytest.approx(
             apply["median_s"] / result["contenders"][key.split("/")[1]]["median_s"])
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
+def test_quick_is_a_smoke_run_one_thread_and_each_jax_program_once(tmp_path, capsys):
+    """--quick: one thread, ``repeats`` rounds, jax.apply and jax.grad compiled for the first cell only."""
+    report = _quick(tmp_path, "--backend", "jax", "--cells", "rnn,gru", "--repeats", "5")
+    assert report["settings"]["threads"] == 1
+    first, second = report["results"]
+    assert {"jax.apply", "jax.grad"} <= set(first["contenders"]) and not first["skipped"]
+    assert "jax" in second["contenders"] and not {"jax.apply", "jax.grad"} & set(second["contenders"])
+    assert set(second["skipped"]) == {"jax.apply", "jax.grad"}
+    for result in report["results"]:
+        assert all(len(c["times_s"]) == 5 for c in result["contenders"].values())
+    printed = capsys.readouterr().out
+    assert "skipped jax.grad: --quick runs it for the first configuration and cell only" in printed
+    kernel_lines = [line for line in printed.splitlines() if "kernels per step" in line]
+    assert kernel_lines and all(len(n) <= 4 for line in kernel_lines
+                                for n in re.findall(r"[0-9.]+", line.split(":", 1)[1]))
 
 
 def test_targets_are_computed_for_the_reference_configurations():

@@ -287,7 +287,8 @@ def _add_bench(sub):
     p.add_argument("--configs", type=lambda s: [_bench_config(c) for c in s.split(",") if c.strip()],
                    help="comma-separated NxTxDxH[:dtype], e.g. 64x100x128x256:float32")
     p.add_argument("--repeats", type=_POS_INT, default=5, help="timed rounds, median reported (default 5)")
-    p.add_argument("--threads", type=_POS_INT, help="threads for torch and BLAS (default: usable CPUs)")
+    p.add_argument("--threads", type=_POS_INT,
+                   help="threads for torch and BLAS (default: usable CPUs; 1 with --quick)")
     p.add_argument("--portable", action="store_true", help="also time the NumPy portable path")
     p.add_argument("--no-check", action="store_true", help="skip the gradient check against torch.nn")
     p.add_argument("--no-compile-study", action="store_true", help="skip JAX compile time against T")

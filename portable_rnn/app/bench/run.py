@@ -86,6 +86,11 @@ _OURS = {
 }
 
 
+#: What ``--quick`` runs for its first configuration and cell only: each is a JAX program compiled
+#: for every case (about a second each on two cores), and a smoke run needs each to run once.
+QUICK_ONCE = frozenset({"jax.apply", "jax.grad", "jax.apply:gpu", "jax.grad:gpu"})
+
+
 def _builders(case, want, portable):
     """``(name, build)`` of every contender for ``case`` and the backends in ``want``, in table order."""
     spec, params, x = host_inputs(case)
@@ -112,10 +117,13 @@ def _builders(case, want, portable):
     return b
 
 
-def _lineup(case, backend_names, portable, skipped):
-    """Every contender for ``case`` that can run here; the others go to ``skipped`` with the reason."""
+def _lineup(case, backend_names, portable, skipped, leave_out=frozenset()):
+    """Every contender for ``case`` that can run here, but ``leave_out``; the others go to ``skipped``, with why."""
     out = []
     for name, build in _builders(case, set(backend_names), portable):
+        if name in leave_out:
+            skipped[name] = "--quick runs it for the first configuration and cell only"
+            continue
         try:
             out.append(build())
         except Skip as why:
@@ -171,11 +179,14 @@ def _rel_err(got: dict, ref: dict) -> float:
     return worst
 
 
-def measure(case, backend_names, repeats, portable, check, settle) -> dict:
-    """Time every contender of ``case``; the report's ``results`` entry."""
+def measure(case, backend_names, repeats, portable, check, settle, stretch=True, leave_out=frozenset()) -> dict:
+    """Time every contender of ``case`` but ``leave_out``; the report's ``results`` entry.
+
+    ``stretch`` is :func:`~portable_rnn.app.bench.timing.time_all`'s.
+    """
     skipped: dict[str, str] = {}
-    contenders = _lineup(case, backend_names, portable, skipped)
-    times, warm = time_all(contenders, repeats, settle)
+    contenders = _lineup(case, backend_names, portable, skipped, leave_out)
+    times, warm = time_all(contenders, repeats, settle, stretch)
     ref = None
     if check:
         ref = next((c.grads(warm[c.name]) for c in contenders
@@ -243,9 +254,11 @@ def run(*, configs=None, cells=BENCH_CELLS, backend_names=None, repeats=5, threa
     repeats : int
         Timed rounds (median reported).
     threads : int, optional
-        Threads for torch and NumPy's BLAS; default the usable CPUs.
+        Threads for torch and NumPy's BLAS; default the usable CPUs (1 when ``quick``).
     quick : bool
-        Tiny configurations, no compile study.
+        Tiny configurations, no compile study, one thread, ``repeats`` rounds
+        even for short runs, and :data:`QUICK_ONCE` for the first configuration
+        and cell only: a smoke run that the plumbing works.
     portable : bool
         Also time the NumPy portable path (``numpy:portable``).
     check : bool
@@ -262,7 +275,9 @@ def run(*, configs=None, cells=BENCH_CELLS, backend_names=None, repeats=5, threa
     say = (lambda *a: None) if out is False else (lambda *a: print(*a, file=out, flush=True))
     configs = list(configs or (QUICK_CONFIGS if quick else CONFIGS))
     backend_names = _default_backends() if backend_names is None else list(backend_names)
-    threads = threads or cores()
+    # A smoke run needs no parallel BLAS, and on a shared 2-core machine two pinned threads timed a
+    # torch.nn LSTM of about 1 ms at 470 ms (one thread: 1.2 ms at the same load).
+    threads = threads or (1 if quick else cores())
     settle = (0.0 if quick else SETTLE_S) if settle is None else settle
     if compile_study is None:
         compile_study = not quick
@@ -310,7 +325,7 @@ def _say_entry(entry, say) -> None:
         say("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in entry["ratios"].items()))
     if entry["kernels_per_step"]:
         say("  kernels per step (forward/backward): " + ", ".join(
-            f"{k} {v['forward']:g}/{v['backward']:g}" for k, v in entry["kernels_per_step"].items()))
+            f"{k} {v['forward']:.3g}/{v['backward']:.3g}" for k, v in entry["kernels_per_step"].items()))
     for name, why in entry["skipped"].items():
         say(f"  skipped {name}: {why}")
 
@@ -330,10 +345,12 @@ def _report(settings, portable, check, compile_study, say) -> dict:
               "settings": settings, "results": [], "compile_vs_T": [], "targets": []}
     report["machine"]["load_before"] = load()
     _say_machine(report["machine"], settings["threads"], say)
-    for config in settings["configs"]:
-        for cell in settings["cells"]:
+    quick = settings["quick"]
+    for i, config in enumerate(settings["configs"]):
+        for j, cell in enumerate(settings["cells"]):
             entry = measure(Case(cell, *config), settings["backends"], settings["repeats"], portable, check,
-                            settings["settle_s"])
+                            settings["settle_s"], stretch=not quick,
+                            leave_out=QUICK_ONCE if quick and (i, j) != (0, 0) else frozenset())
             report["results"].append(entry)
             _say_entry(entry, say)
     if compile_study and "jax" in settings["backends"]:

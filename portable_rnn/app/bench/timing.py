@@ -16,7 +16,8 @@
   one untimed run of its own.
 * When every contender's first timed run is shorter than :data:`SHORT_S`,
   the configuration gets :data:`SHORT_ROUNDS_FACTOR` times the rounds: on a
-  shared 2-core machine the medians of such short runs moved by up to 30%.
+  shared 2-core machine the medians of such short runs moved by up to 30%
+  (``stretch=False``, as ``--quick`` asks, keeps ``repeats``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SHORT_S = 0.1
 SHORT_ROUNDS_FACTOR = 3
 
 
-def time_all(contenders, repeats, settle=0.0):
+def time_all(contenders, repeats, settle=0.0, stretch=True):
     """Warm up each contender once, then ``repeats`` interleaved rounds (more for short runs).
 
     Parameters
@@ -44,6 +45,8 @@ def time_all(contenders, repeats, settle=0.0):
     repeats : int
     settle : float
         Seconds of pause before every timed run (0: none).
+    stretch : bool
+        Give short configurations :data:`SHORT_ROUNDS_FACTOR` times the rounds.
 
     Returns
     -------
@@ -74,7 +77,7 @@ def time_all(contenders, repeats, settle=0.0):
                 start = time.perf_counter()
                 c.run()
                 times[c.name].append(time.perf_counter() - start)
-            if r == 0 and n and max(t[0] for t in times.values()) < SHORT_S:
+            if stretch and r == 0 and n and max(t[0] for t in times.values()) < SHORT_S:
                 rounds = repeats * SHORT_ROUNDS_FACTOR
             r += 1
     finally:
