@@ -83,7 +83,7 @@ from array_api_compat import is_numpy_namespace, is_torch_namespace
 from .cells import CELLS
 from .loop import leaves, stack_trees, tree_map
 
-__all__ = ["calls", "portable_only", "enabled", "accepts_forward", "accepts_backward", "accepts_segments",
+__all__ = ["calls", "portable_only", "enabled", "why_not_forward", "why_not_backward", "why_not_segments",
            "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN",
            "GRU_TORCH_BLAS_MAX", "TORCH_GATES_MIN"]
 
@@ -210,82 +210,106 @@ def _shaped(a, shape):
     return a is None or tuple(a.shape) == shape
 
 
+class _Declined(Exception):
+    """Why the fast kernels do not run a case (the portable path then does)."""
+
+
+def _check(condition, reason: str) -> None:
+    if not condition:
+        raise _Declined(reason)
+
+
+def _checked_library(cell, xp) -> str:
+    """The library of the fast kernel for ``cell`` on ``xp`` ("numpy" or "torch"), or :class:`_Declined`."""
+    _check(enabled(), "the fast path is switched off in this thread (portable_only)")
+    if _fast_mode(cell) is None:
+        _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
+        raise _Declined(f"{type(cell).__name__} has no fast kernel (the built-in RNNCell, LSTMCell and "
+                        "GRUCell have)")
+    library = _library(xp)
+    _check(library is not None, f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
+    return library
+
+
 def _layer_sizes(cell, library, x, W_ih, W_hh, mask, others):
-    """(T, N, D, H, G*H) when the layer's arrays share a fast dtype and fit; else None."""
-    if _common_dtype(library, [x, W_ih, W_hh, mask, *others]) is None:
-        return None
-    if x.ndim != 3 or x.shape[0] == 0 or W_hh.ndim != 2:
-        return None
+    """(T, N, D, H, G*H) when the layer's arrays share a fast dtype and fit; else :class:`_Declined`."""
+    _check(_common_dtype(library, [x, W_ih, W_hh, mask, *others]) is not None,
+           f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype")
+    _check(x.ndim == 3 and x.shape[0] > 0 and W_hh.ndim == 2, "x is not (T, N, D) with T > 0")
     T, N, D = x.shape
     H = W_hh.shape[1]
     GH = cell.n_gates * H
-    if not (_shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H)) and _shaped(mask, (T, N, 1))):
-        return None
+    _check(_shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H)) and _shaped(mask, (T, N, 1)),
+           "the weights or the mask do not have the layer's own shapes (broadcasting)")
     return T, N, D, H, GH
 
 
-def accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> bool:
-    """Whether :func:`forward` can run these inputs (else: the portable path)."""
-    if _fast_mode(cell) is None or not enabled():
-        return False
-    library = _library(xp)
-    if library is None:
-        return False
-    if not isinstance(state0, (tuple, list)) or len(state0) != cell.n_states or any(s is None for s in state0):
-        return False
-    if any(a is None for a in (x, W_ih, W_hh)):
-        return False
-    sizes = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [b_ih, b_hh, *state0])
-    if sizes is None:
-        return False
-    T, N, D, H, GH = sizes
-    return all(_shaped(s, (N, H)) for s in state0) and _shaped(b_ih, (GH,)) and _shaped(b_hh, (GH,))
+#: What counts as a plain array of each library (see :func:`_plain_numpy`, :func:`_plain_torch`).
+_PLAIN = {"numpy": "numpy.ndarray",
+          "torch": "CPU torch.Tensor (strided, outside autograd and torch.func)"}
 
 
-def accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> bool:
-    """Whether :func:`backward` can run this tape (else: the portable path)."""
-    mode = _fast_mode(cell)
-    if mode is None or not enabled():
-        return False
-    library = _library(xp)
-    if library is None:
-        return False
+def _reason(check, *args):
+    """``None`` when ``check(*args)`` accepts, else why it declines."""
+    try:
+        check(*args)
+    except _Declined as declined:
+        return str(declined)
+    return None
+
+
+def why_not_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> str | None:
+    """``None`` when :func:`forward` runs these inputs, else why not (the portable path then does)."""
+    return _reason(_accept_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
+
+
+def _accept_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
+    library = _checked_library(cell, xp)
+    _check(isinstance(state0, (tuple, list)) and len(state0) == cell.n_states
+           and not any(s is None for s in state0), "the initial state is not one array per state")
+    _check(not any(a is None for a in (x, W_ih, W_hh)), "x or a weight is None")
+    T, N, D, H, GH = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [b_ih, b_hh, *state0])
+    _check(all(_shaped(s, (N, H)) for s in state0) and _shaped(b_ih, (GH,)) and _shaped(b_hh, (GH,)),
+           "a state or a bias does not have the layer's own shape (broadcasting)")
+
+
+def why_not_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> str | None:
+    """``None`` when :func:`backward` runs this tape, else why not (the portable path then does)."""
+    return _reason(_accept_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp)
+
+
+def _accept_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
+    library = _checked_library(cell, xp)
     try:
         x, state0, states, cell_tape, mask = tape
     except (TypeError, ValueError):
-        return False
+        raise _Declined("the tape is not a full Tape") from None
     n = cell.n_states
-    if not (isinstance(state0, (tuple, list)) and isinstance(states, (tuple, list))
-            and len(state0) == n and len(states) == n):
-        return False
-    if d_final is None:
-        d_final = (None,) * n
-    if not isinstance(d_final, (tuple, list)) or len(d_final) != n:
-        return False
+    d_final = (None,) * n if d_final is None else d_final
+    _check(isinstance(state0, (tuple, list)) and isinstance(states, (tuple, list))
+           and len(state0) == n and len(states) == n
+           and isinstance(d_final, (tuple, list)) and len(d_final) == n, "the tape's states do not fit the cell")
     n_leaves = 0 if cell.tape_type is None else len(cell.tape_type._fields)
-    if n_leaves:
-        if not (isinstance(cell_tape, (tuple, list)) and len(cell_tape) == n_leaves):
-            return False
-        leaves = tuple(cell_tape)
-    else:
-        leaves = ()
-    if any(a is None for a in (x, W_ih, W_hh, *state0, *states, *leaves)):
-        return False
-    sizes = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [d_out, *state0, *states, *leaves, *d_final])
-    if sizes is None:
-        return False
-    T, N, D, H, GH = sizes
-    return (
-        _shaped(d_out, (T, N, H))
-        and all(_shaped(s, (N, H)) for s in (*state0, *d_final))
-        and all(_shaped(s, (T, N, H)) for s in (*states, *leaves))
-    )
+    _check(not n_leaves or (isinstance(cell_tape, (tuple, list)) and len(cell_tape) == n_leaves),
+           "the cell's tape does not have the cell's fields")
+    leaves = tuple(cell_tape) if n_leaves else ()
+    _check(not any(a is None for a in (x, W_ih, W_hh, *state0, *states, *leaves)), "an array of the tape is None")
+    T, N, D, H, GH = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [d_out, *state0, *states, *leaves, *d_final])
+    _check(_shaped(d_out, (T, N, H)) and all(_shaped(s, (N, H)) for s in (*state0, *d_final))
+           and all(_shaped(s, (T, N, H)) for s in (*states, *leaves)),
+           "a gradient or a tape entry does not have the layer's own shape (broadcasting)")
 
 
-def accepts_segments(xp, *trees) -> bool:
-    """Whether :func:`over_segments` can run: every leaf a plain NumPy array (or CPU tensor) of one dtype."""
-    library = _library(xp) if enabled() else None
-    return library is not None and _common_dtype(library, [a for t in trees for a in leaves(t)]) is not None
+def why_not_segments(xp, *trees) -> str | None:
+    """``None`` when :func:`over_segments` runs (every leaf a plain array of one dtype), else why not."""
+    if not enabled():
+        return "the fast path is switched off in this thread (portable_only)"
+    library = _library(xp)
+    if library is None:
+        return f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s"
+    if _common_dtype(library, [a for t in trees for a in leaves(t)]) is None:
+        return f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype"
+    return None
 
 
 def over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse):

@@ -15,6 +15,7 @@ from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_a
 
 __all__ = [
     "namespace_of",
+    "check_fast_path",
     "check_floating",
     "check_shape",
     "check_keys",
@@ -370,6 +371,13 @@ def check_truncate(truncate) -> int | None:
 #: What a forward can keep for the backward (the ``tape`` argument of the layers and of
 #: :func:`portable_rnn.sequence.forward`).
 TAPES = ("full", "checkpoint", "none")
+
+
+def check_fast_path(fast_path):
+    """``"auto"``, ``True`` or ``False`` (exactly): whether the fast kernels run a layer."""
+    if fast_path is True or fast_path is False or (isinstance(fast_path, str) and fast_path == "auto"):
+        return fast_path
+    raise ValueError(f"fast_path must be 'auto', True or False, got {fast_path!r}")
 
 
 def check_tape(tape, checkpoint_every, *, backward_by: str | None = None) -> tuple[str, int | None]:

@@ -418,7 +418,7 @@ class _LayerSpec:
     # ----------------------------------------------------------- forward
 
     def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, tape="full",
-                checkpoint_every=None):
+                checkpoint_every=None, fast_path="auto"):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -456,6 +456,12 @@ class _LayerSpec:
             Steps per segment at most for ``"checkpoint"`` and ``"none"``;
             ``None`` is ceil(sqrt(T)) for ``"checkpoint"`` and
             :data:`portable_rnn.sequence.INFERENCE_SEGMENT` for ``"none"``.
+        fast_path : {"auto", True, False}, keyword-only
+            Whether the fast kernels for NumPy arrays and CPU torch tensors run
+            each layer: where they accept the case (``"auto"``), always
+            (``True``: a ``ValueError`` says why they decline, e.g. an LSTM
+            with ``proj_size`` or JAX arrays), or never (``False``: the
+            portable code). The same numbers either way, to rounding.
 
         Returns
         -------
@@ -487,7 +493,7 @@ class _LayerSpec:
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
                     self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
-                    xp=xp, W_hr=W_hr, tape=tape, checkpoint_every=checkpoint_every,
+                    xp=xp, W_hr=W_hr, tape=tape, checkpoint_every=checkpoint_every, fast_path=fast_path,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -574,7 +580,7 @@ class _LayerSpec:
 
     # ----------------------------------------------------------- backward
 
-    def backward(self, params, tape, d_out, d_state=None, truncate=None):
+    def backward(self, params, tape, d_out, d_state=None, truncate=None, *, fast_path="auto"):
         r"""Backpropagation through time through every layer and direction.
 
         Layers are visited top-down. In layer ``k`` each direction's engine
@@ -607,6 +613,8 @@ class _LayerSpec:
             With lengths, the final-state gradient of a sequence shorter than
             T crosses its padding untouched and enters at its last valid
             step; cuts happen only between valid steps.
+        fast_path : {"auto", True, False}, keyword-only
+            As in :meth:`forward`, for the backward's kernels.
 
         Returns
         -------
@@ -643,7 +651,7 @@ class _LayerSpec:
                         d_out_d = _reverse_time(d_out_d, index, xp)
                 g = sequence.backward(
                     self.cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
-                    xp=xp, truncate=truncate, bias=self.bias, W_hr=W_hr,
+                    xp=xp, truncate=truncate, bias=self.bias, W_hr=W_hr, fast_path=fast_path,
                 )
                 dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
                 d_in = dx_d if d_in is None else d_in + dx_d

@@ -50,7 +50,7 @@ import math
 from typing import NamedTuple
 
 from . import _eager_fast
-from ._validation import TAPES, check_tape
+from ._validation import TAPES, check_fast_path, check_tape
 from ._validation import placement as device
 from .loop import compiles, leaves, scan, tree_map
 
@@ -161,7 +161,7 @@ def _folded_biases(cell, b_ih, b_hh):
 
 
 def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None,
-            tape="full", checkpoint_every=None):
+            tape="full", checkpoint_every=None, fast_path="auto"):
     """Run one layer of ``cell`` over a sequence.
 
     Parameters
@@ -187,6 +187,13 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         Steps per segment at most, for ``"checkpoint"`` and ``"none"``
         (:func:`segment_length`); ``None`` is :math:`\\lceil\\sqrt T\\rceil`
         for ``"checkpoint"`` and :data:`INFERENCE_SEGMENT` for ``"none"``.
+    fast_path : {"auto", True, False}
+        Whether the fast kernels (:mod:`portable_rnn._eager_fast`: NumPy arrays
+        and CPU torch tensors of the built-in cells) run the layer: where they
+        accept the case (``"auto"``), always (``True``: a ``ValueError`` says
+        why when they decline, e.g. an LSTM with ``proj_size``, or JAX
+        arrays), or never (``False``: the portable path, the definition of
+        the maths). Both give the same numbers, to rounding.
 
     Returns
     -------
@@ -198,29 +205,40 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         ``None`` for ``tape="none"``.
     """
     tape, checkpoint_every = check_tape(tape, checkpoint_every)
+    fast_path = check_fast_path(fast_path)
     projection = _projection(cell, W_hr)
     x = _zero_padding(x, mask, xp)
     if tape == "full":
-        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection)
+        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path)
     keep_checkpoints = tape == "checkpoint"
 
     def segment(state, inputs):
         (x_s, mask_s), _ = inputs
-        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection)
+        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection, fast_path)
         return final_s, (out_s, state if keep_checkpoints else None)
 
     if checkpoint_every is None and not keep_checkpoints:
         checkpoint_every = INFERENCE_SEGMENT
     k = segment_length(x.shape[0], checkpoint_every)
-    final, (out, checkpoints) = _over_segments(segment, tuple(state0), (x, mask), None, k, xp)
+    final, (out, checkpoints) = _over_segments(segment, tuple(state0), (x, mask), None, k, xp, fast_path=fast_path)
     if not keep_checkpoints:
         return out, final, None
     return out, final, CheckpointTape(x, checkpoints, mask, b_ih, b_hh)
 
 
-def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection):
+def _fast(fast_path, why_not, *args) -> bool:
+    """Whether a fast kernel runs, given ``fast_path`` and its ``why_not(*args)`` (None: it accepts)."""
+    if fast_path is False:
+        return False
+    reason = why_not(*args)
+    if reason is not None and fast_path is True:
+        raise ValueError(f"fast_path=True, but no fast kernel runs this layer: {reason}")
+    return reason is None
+
+
+def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path):
     """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
-    if _eager_fast.accepts_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
+    if _fast(fast_path, _eager_fast.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
     b_x, b_h = _folded_biases(cell, b_ih, b_hh)
@@ -284,7 +302,7 @@ def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
     return -(-n_steps // n_segments)
 
 
-def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False):
+def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False, fast_path="auto"):
     """Run ``fn`` over consecutive segments of ``k`` steps: a scan over full segments, then the short tail.
 
     ``fn(carry, (step_xs_s, segment_xs_s)) -> (carry, (step_ys_s, segment_ys_s))``,
@@ -297,7 +315,7 @@ def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False):
     Time is split into (segments, steps) by a reshape of the time axis
     alone; the batch axis, and a sharding along it, is untouched.
     """
-    if _eager_fast.accepts_segments(xp, step_xs, segment_xs):
+    if _fast(fast_path, _eager_fast.why_not_segments, xp, step_xs, segment_xs):
         return _eager_fast.over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse)
     n_steps = next(a.shape[0] for a in leaves(step_xs))
     n_full, tail = divmod(n_steps, k)
@@ -380,7 +398,8 @@ def _shifted(state0, states, xp):
     )
 
 
-def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True, W_hr=None):
+def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True, W_hr=None,
+             fast_path="auto"):
     """Backpropagation through time for one layer.
 
     Parameters
@@ -410,12 +429,15 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         Whether to return bias gradients.
     W_hr : array (P, H) or None
         The projection used in :func:`forward` (projected LSTM only).
+    fast_path : {"auto", True, False}
+        As in :func:`forward`, for the backward's kernels.
 
     Returns
     -------
     Grads, or ProjectedGrads with a projection
         ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
     """
+    fast_path = check_fast_path(fast_path)
     projection = _projection(cell, W_hr)
     checkpointed = isinstance(tape, CheckpointTape)
     x, mask = tape.x, tape.mask
@@ -423,7 +445,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     d_out = _zero_padding(d_out, mask, xp)
     keep = window_keep(x.shape[0], truncate, mask, dtype=x.dtype, device=device(x), xp=xp)
     if not checkpointed:
-        return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection)
+        return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path)
     d_carry = _zeros_for_none(d_final, state0, xp)
     b_ih, b_hh = tape.b_ih, tape.b_hh
     sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, W_hr)
@@ -432,14 +454,14 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     def segment(carry, inputs):
         d_state, sums = carry
         (x_s, mask_s, d_out_s, keep_s), state_s = inputs
-        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection)
-        g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, projection)
+        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection, fast_path)
+        g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, projection, fast_path)
         sums = tree_map(lambda total, part: total + part, sums, _param_grads(g))
         return (g.dstate0, sums), (g.dx, None)
 
     k = -(-x.shape[0] // tape.checkpoints[0].shape[0])  # ceil(T / S): see segment_length
     (d_state0, sums), (dx, _) = _over_segments(
-        segment, (d_carry, sums), (x, mask, d_out, keep), tape.checkpoints, k, xp, reverse=True
+        segment, (d_carry, sums), (x, mask, d_out, keep), tape.checkpoints, k, xp, reverse=True, fast_path=fast_path
     )
     if projection:
         return ProjectedGrads(dx, d_state0, *sums)
@@ -458,10 +480,10 @@ def _param_grads(g):
     return (*g[2:6], g.dW_hr if isinstance(g, ProjectedGrads) else None)
 
 
-def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection):
+def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path):
     """:func:`backward` of a full :class:`Tape` (``d_out`` already zero at masked steps)."""
     x, state0, states, cell_tape, mask = tape
-    if _eager_fast.accepts_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
+    if _fast(fast_path, _eager_fast.why_not_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp):
         return Grads(*_eager_fast.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
     d_carry = _zeros_for_none(d_final, state0, xp)
     prev_states = _shifted(state0, states, xp)
@@ -498,7 +520,9 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
                                            unroll=_lax_unroll(x, W_hh))
     else:
         k = segment_length(x.shape[0], BACKWARD_CHUNK)
-        d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True)
+        # a portable backward may still use the fast segment runner, unless fast_path is False
+        d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
+                                                          fast_path=fast_path and "auto")
     grads = (d_xw @ W_ih, d_state0, *_weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp))
     if not projection:
         return Grads(*grads)

@@ -426,3 +426,44 @@ def test_torch_blas_is_chosen_by_size():
     assert _eager_fast._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is _eager_fast._NUMPY_BLAS
     assert _eager_fast._NUMPY_BLAS.lstm_gates(64 * 256) is _eager_fast._NumPyLSTMGates
     assert _eager_fast._blas("numpy", "gru", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
+
+
+@pytest.mark.parametrize("fast_path", ["auto", True, False])
+def test_fast_path_is_a_visible_choice(lib, fast_path):
+    """``fast_path`` chooses the kernel per call: "auto" and True run the fast one, False the portable one,
+    with the same numbers; True raises, saying why, where no fast kernel runs the case."""
+    spec = LSTM(3, 4, num_layers=2, bidirectional=True)
+    params = {k: lib.conv(v) for k, v in spec.init(seed=0, dtype="float64").items()}
+    x = lib.conv(np.random.default_rng(0).normal(size=(5, 2, 3)))
+    before = dict(_eager_fast.calls)
+    out, _, tape = spec.forward(params, x, fast_path=fast_path)
+    grads, _, _ = spec.backward(params, tape, out, fast_path=fast_path)
+    ran = dict(_eager_fast.calls) != before
+    assert ran == (fast_path is not False)
+    with _eager_fast.portable_only():
+        out_p, _, tape_p = spec.forward(params, x)
+        grads_p, _, _ = spec.backward(params, tape_p, out_p)
+    assert rel_error(lib.back(out), lib.back(out_p)) < 1e-12
+    assert max(rel_error(lib.back(grads[k]), lib.back(grads_p[k])) for k in grads) < 1e-12
+    projected = LSTM(3, 4, proj_size=2)
+    p = {k: lib.conv(v) for k, v in projected.init(seed=0, dtype="float64").items()}
+    if fast_path is True:
+        with pytest.raises(ValueError, match=r"fast_path=True, but no fast kernel runs this layer: "
+                                             r"an LSTM with a projection \(proj_size\) has no fast kernel"):
+            projected.forward(p, x, fast_path=True)
+        with _eager_fast.portable_only(), pytest.raises(ValueError, match="switched off in this thread"):
+            spec.forward(params, x, fast_path=True)
+    else:
+        projected.forward(p, x, fast_path=fast_path)  # the portable kernel, silently
+
+
+@pytest.mark.backends("array_api_strict")
+def test_fast_path_true_names_the_library_it_does_not_run(backend):
+    spec = LSTM(3, 4)
+    params = spec.init(xp=backend.xp, seed=0, dtype="float64")
+    x = backend.xp.zeros((5, 2, 3), dtype=backend.xp.float64)
+    with pytest.raises(ValueError, match=r"run NumPy arrays and CPU torch tensors, not array_api_strict's"):
+        spec.forward(params, x, fast_path=True)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match=r"fast_path must be 'auto', True or False"):
+            spec.forward(params, x, fast_path=bad)

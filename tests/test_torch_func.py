@@ -105,7 +105,7 @@ def test_fast_path_refuses_wrapped_tensors():
     def probe(x):
         h = torch.zeros(2, 4, dtype=x.dtype)
         W_ih, W_hh = torch.ones(12, 3, dtype=x.dtype), torch.ones(12, 4, dtype=x.dtype)
-        seen.append(_eager_fast.accepts_forward(cell, x, (h,), W_ih, W_hh, None, None, None, xt))
+        seen.append(_eager_fast.why_not_forward(cell, x, (h,), W_ih, W_hh, None, None, None, xt) is None)
         return torch.sum(x)
 
     xs = torch.ones(2, 5, 2, 3, dtype=torch.float64)
