@@ -42,6 +42,7 @@ def _run(argv, *, cwd, env, timeout=900):
 
 
 @pytest.mark.soak
+@pytest.mark.processes
 def test_the_wheel_alone_installs_and_runs_and_the_sdist_carries_the_tests(tmp_path):
     if importlib.util.find_spec("build") is None:
         pytest.skip("the build package is not installed (it is in the test extra)")
