@@ -1,0 +1,160 @@
+"""A griffe extension: the package's reStructuredText markup as the site's Markdown.
+
+The docstrings are numpydoc with Sphinx roles (``:func:`apply```) and ``.. math::``
+blocks. For the reference pages:
+
+- a role naming a documented object becomes a cross-reference to its entry (the strict
+  build fails if that entry does not exist); one naming something the reference does
+  not render (a private helper, the ``app`` programs) becomes plain code;
+- ``.. math::`` blocks become LaTeX code blocks and ``:math:`x``` inline code, since the
+  site loads no script from the network to typeset them.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import griffe
+
+#: The modules the reference renders (their public members get entries).
+RENDERED = {
+    "portable_rnn", "portable_rnn.layers", "portable_rnn.torch", "portable_rnn.jax", "portable_rnn.stepbystep",
+    "portable_rnn.cs231n", "portable_rnn.model", "portable_rnn.losses", "portable_rnn.optim",
+    "portable_rnn.activations", "portable_rnn.dense", "portable_rnn.init", "portable_rnn.backends", "portable_rnn.io",
+    "portable_rnn.interop", "portable_rnn.interop.torch", "portable_rnn.interop.keras", "portable_rnn.interop.flax",
+    "portable_rnn.interop.courses", "portable_rnn.parallel", "portable_rnn.dask", "portable_rnn.cells",
+    "portable_rnn.sequence", "portable_rnn.loop", "portable_rnn.course_layouts", "portable_rnn.testing",
+    "portable_rnn.testing.fixtures", "portable_rnn.testing.gradcheck",
+}
+_ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|obj|exc):`(~?)([^`<]+?)(?:\(\))?`")
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
+
+
+def _member(obj, name):
+    members = obj.all_members if obj.is_class else obj.members
+    return members.get(name)
+
+
+def _exists(pkg, path: str) -> bool:
+    if not path.startswith(pkg.name + ".") and path != pkg.name:
+        return False
+    obj = pkg
+    for part in path.split(".")[1:]:
+        member = _member(obj, part)
+        if member is None:
+            return False
+        obj = member.final_target if member.is_alias else member
+    return True
+
+
+def _entry(pkg: griffe.Module, path: str):
+    """The identifier of the reference entry that documents ``path``, or None if none does."""
+    obj, entry = pkg, pkg.name
+    for part in path.split(".")[1:]:
+        member = _member(obj, part)
+        if member is None or part.startswith("_"):
+            return None
+        if obj.is_module and obj.exports is not None and part not in obj.exports:
+            return None
+        if member.is_alias and obj.is_module:
+            # a re-export: the package page only lists its names, other modules render theirs
+            if obj.path == pkg.name:
+                return _entry(pkg, member.final_target.path)
+        member = member.final_target if member.is_alias else member
+        obj, entry = member, f"{entry}.{part}"
+        if obj.is_module and obj.path not in RENDERED:
+            return None
+    return entry
+
+
+def _resolve(pkg, owner, name: str):
+    """The entry of the documented object that ``name``, in ``owner``'s docstring, means; or None."""
+    scopes = []
+    scope = owner
+    while scope is not None:
+        scopes.append(scope.path)
+        scope = scope.parent
+    for path in [name] + [f"{s}.{name}" for s in scopes]:
+        try:
+            if _exists(pkg, path):
+                return _entry(pkg, path)
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return None
+    return None
+
+
+_PARAM_LINE = re.compile(r"^\*{0,2}\w+(\s*,\s*\*{0,2}\w+)*(\s+:(\s+.*)?)?$")
+_PARAM_SECTIONS = {"Parameters", "Other Parameters"}
+
+
+def _close_parameter_sections(text: str) -> str:
+    """Prose after a Parameters section's entries, set off by a blank line, goes under Notes.
+
+    numpydoc would read each such line as one more parameter.
+    """
+    lines = text.splitlines()
+    out, in_params, indent = [], False, ""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        header = i + 1 < len(lines) and stripped and set(lines[i + 1].strip()) == {"-"}
+        if header:
+            in_params = stripped in _PARAM_SECTIONS
+            indent = line[: len(line) - len(line.lstrip())]
+        elif (in_params and stripped and out and not out[-1].strip()
+              and line[: len(line) - len(line.lstrip())] == indent and not _PARAM_LINE.match(stripped)):
+            out += [f"{indent}Notes", f"{indent}-----"]
+            in_params = False
+        out.append(line)
+    return "\n".join(out)
+
+
+def _math_blocks(text: str) -> str:
+    lines, out, i = text.splitlines(), [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() == ".. math::":
+            indent = line[: len(line) - len(line.lstrip())]
+            i += 1
+            body = []
+            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
+                body.append(lines[i])
+                i += 1
+            while body and not body[-1].strip():
+                body.pop()
+            out += [f"{indent}```latex", *(indent + b for b in textwrap.dedent("\n".join(body)).strip("\n").splitlines()),
+                    f"{indent}```", ""]
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+def markdown(pkg, owner, text: str) -> str:
+    """``text`` (a docstring of ``owner``) with its reStructuredText markup as Markdown."""
+    text = _close_parameter_sections(_math_blocks(text))
+    text = _MATH_ROLE.sub(lambda m: f"`{m.group(1)}`", text)
+
+    def role(m):
+        short, name = m.group(1), m.group(2).strip()
+        shown = name.rsplit(".", 1)[-1] if short else name
+        entry = _resolve(pkg, owner, name)
+        return f"[`{shown}`][{entry}]" if entry is not None else f"`{shown}`"
+
+    return _ROLE.sub(role, text)
+
+
+class RstToMarkdown(griffe.Extension):
+    def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        seen = set()
+
+        def walk(obj):
+            if id(obj) in seen or obj.is_alias:
+                return
+            seen.add(id(obj))
+            if obj.docstring is not None:
+                obj.docstring.value = markdown(pkg, obj, obj.docstring.value)
+            for member in obj.members.values():
+                walk(member)
+
+        walk(pkg)
