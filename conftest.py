@@ -26,6 +26,7 @@ import collections
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -91,6 +92,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
                    "on the reference backends, or code that serves only these)")
+    config.addinivalue_line(
+        "markers", "processes: starts other processes (the CLI, several JAX or torch processes, a Dask "
+                   "cluster, forced host devices); -m 'not processes' leaves them out of the inner loop")
     # The test program opts in to float64 on JAX for the whole session (the library never
     # switches it): references and the float64 half of the matrix need it. float32 matmuls
     # run at full precision (no TF32 on GPUs), which the float32 tolerances assume.
@@ -258,3 +262,13 @@ def dtype(request):
 def tol(dtype):
     """assert_allclose keyword arguments fitted to ``dtype``."""
     return TOLERANCES[dtype]
+
+
+@pytest.fixture(autouse=True)
+def _processes_are_marked(request, monkeypatch):
+    """A test that starts a process carries ``@pytest.mark.processes`` (else it fails, saying so)."""
+    if request.node.get_closest_marker("processes") is None:
+        def refuse(*args, **kwargs):
+            raise AssertionError("this test starts a process: mark it @pytest.mark.processes")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -197,6 +197,7 @@ def test_bad_flags_exit_with_status_2(capsys):
     assert "positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_python_dash_m_runs_the_same_command():
     result = subprocess.run([sys.executable, "-m", "portable_rnn.app.bench", "--help"],
                             capture_output=True, text=True, timeout=60)

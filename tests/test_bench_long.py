@@ -18,6 +18,7 @@ from portable_rnn.app.bench import long as bench_long
 from portable_rnn.layers import LSTM
 
 
+@pytest.mark.processes
 def test_quick_cli_run_writes_every_contender(tmp_path, capsys):
     path = tmp_path / "long.json"
     # One length keeps it to a few seconds; the skip rule across lengths is tested with a fake worker below.
@@ -86,6 +87,7 @@ def test_plan_estimates_linearly_and_carries_a_skip_forward():
     assert bench_long.plan(skipped, 100000, 10**10)[0] == 10**11
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="the peak RSS cannot be reset here")
 def test_the_worker_sees_a_known_allocation():
     measured = bench_long._spawn("probe", 200_000_000, 1, 1)  # fills a 200 MB array

@@ -67,6 +67,7 @@ def test_no_arguments_prints_help_listing_the_commands(capsys):
         assert command in text
 
 
+@pytest.mark.processes
 def test_python_dash_m_without_arguments_exits_0_with_help():
     result = subprocess.run([sys.executable, "-m", "portable_rnn"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

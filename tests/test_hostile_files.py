@@ -367,6 +367,7 @@ _READ = """
     pytest.param("fifo", marks=pytest.mark.skipif(not HAVE_FIFO, reason="no FIFOs (os.mkfifo) on this platform")),
     pytest.param("/dev/zero", marks=pytest.mark.skipif(not HAVE_DEV_ZERO, reason="no /dev/zero on this platform")),
 ])
+@pytest.mark.processes
 def test_fifos_and_devices_are_refused_at_once(tmp_path, kind, target):
     """A FIFO nobody writes to would block ``open``; ``/dev/zero`` never ends: both are refused, promptly."""
     path = tmp_path / "model.npz"

@@ -36,6 +36,8 @@ from portable_rnn.app import cli, score
 from portable_rnn.app.checkpoint import load_checkpoint
 from portable_rnn.app.corpus import default_corpus
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 #: Seconds a group of programs may run before the test kills them and fails.
 DEADLINE_S = 120
 

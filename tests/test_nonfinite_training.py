@@ -120,6 +120,7 @@ def test_a_write_that_fails_is_one_line_keeps_the_previous_checkpoint_and_leaves
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.processes
 def test_a_file_size_limit_is_one_line(tmp_path):
     """``ulimit -f``: the kernel refuses the write with EFBIG (Python ignores SIGXFSZ)."""
     import subprocess
@@ -175,6 +176,7 @@ def test_an_allocation_that_fails_anyway_is_one_line(monkeypatch, capsys):
                    "shape (400000, 100000)); try a smaller --hidden, --batch or --seq-len\n")
 
 
+@pytest.mark.processes
 def test_sigkill_at_random_moments_never_leaves_a_file_a_command_refuses(tmp_path, request):
     """``train --checkpoint-every 1`` killed (SIGKILL) at random moments, then resumed, again and again.
 
@@ -222,6 +224,7 @@ def _step_beyond(out, step) -> bool:
         return False
 
 
+@pytest.mark.processes
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     """SIGTERM: the checkpoint of the step reached is saved, one line says so, exit status 143."""
     import signal

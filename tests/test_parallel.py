@@ -57,6 +57,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_data_parallel_step_on_four_devices_equals_one_device(tmp_path):
     script = tmp_path / "dp.py"
     script.write_text(SCRIPT)

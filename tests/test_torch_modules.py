@@ -262,6 +262,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_distributed_data_parallel_gives_the_single_process_gradients(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)

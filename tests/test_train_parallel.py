@@ -56,6 +56,7 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 def test_jax_on_four_devices_follows_the_one_device_loss_curve(tmp_path, capfd):
     pytest.importorskip("jax")
     script = tmp_path / "run.py"
@@ -82,6 +83,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.processes
 def test_torchrun_on_two_processes_follows_the_one_process_loss_curve(tmp_path, capsys):
     pytest.importorskip("torch")
     common = [*TINY, "--backend", "torch", "--dtype", "float64", "--progress", "lines"]
