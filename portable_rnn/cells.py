@@ -68,7 +68,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ._validation import check_int
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
+__all__ = ["Cell", "RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
            "CELLS", "cell_for"]
 
 
@@ -128,8 +128,60 @@ class GRUDerivatives(NamedTuple):
     z: object
 
 
+class Cell:
+    """What the engine asks of a cell: its declarations, with their defaults, and three methods.
+
+    A cell class subclasses this (usually as a frozen dataclass whose fields
+    are its options) and declares, as class attributes:
+
+    ``mode``
+        its name in :data:`CELLS` and in the layer specs ("rnn", "lstm", "gru");
+    ``gates``
+        the names of its gate blocks, in the order of the rows of ``W_ih``,
+        ``W_hh`` and the biases; ``n_gates`` is their number (G);
+    ``states``
+        the names of its states, h first; ``n_states`` is their number;
+    ``recurrent_bias_inside``
+        whether ``b_hh`` is added inside the step (GRU) rather than folded
+        into the hoisted input projection (default ``False``);
+    ``halved_gates``
+        the gate blocks whose weight and bias rows the engine halves before
+        the loop, so the step receives :math:`z/2` there (default none);
+    ``tape_type``
+        the NamedTuple a step keeps for its backward, or ``None`` when the
+        states alone suffice (default);
+    ``proj_size``
+        the size of a projected h, 0 for none (default; only the LSTM has one).
+
+    and writes :meth:`step`, :meth:`step_derivatives` and :meth:`step_backward`
+    (see the module docstring for what each returns).
+    """
+
+    mode: ClassVar[str]
+    gates: ClassVar[tuple]
+    states: ClassVar[tuple] = ("h",)
+    n_gates: ClassVar[int]
+    n_states: ClassVar[int] = 1
+    recurrent_bias_inside: ClassVar[bool] = False
+    halved_gates: ClassVar[tuple] = ()
+    tape_type: ClassVar[type | None] = None
+    proj_size: int = 0
+
+    def step(self, xw, state, W_hh, b_hh, *, xp):
+        """One step: ``(new_state, tape)`` from the input pre-activation ``xw`` (N, G*H) and ``state``."""
+        raise NotImplementedError
+
+    def step_derivatives(self, state, state_prev, tape, *, xp):
+        """The step's local derivatives from its forward values (elementwise; any leading axes)."""
+        raise NotImplementedError
+
+    def step_backward(self, d_state, derivatives, *, xp):
+        """``(d_xw, d_hw or None, d_state_prev without the W_hh path)`` from the carried gradient."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class RNNCell:
+class RNNCell(Cell):
     r"""Elman RNN cell.
 
     .. math::
@@ -143,12 +195,7 @@ class RNNCell:
     nonlinearity: str = "tanh"
     mode: ClassVar[str] = "rnn"
     gates: ClassVar[tuple] = ("h",)
-    states: ClassVar[tuple] = ("h",)
     n_gates: ClassVar[int] = 1
-    n_states: ClassVar[int] = 1
-    recurrent_bias_inside: ClassVar[bool] = False
-    halved_gates: ClassVar[tuple] = ()
-    tape_type: ClassVar[type | None] = None
 
     def __post_init__(self):
         if self.nonlinearity not in ("tanh", "relu"):
@@ -175,7 +222,7 @@ class RNNCell:
 
 
 @dataclass(frozen=True)
-class LSTMCell:
+class LSTMCell(Cell):
     r"""Long short-term memory cell (PyTorch gate order i, f, g, o), optionally projected.
 
     .. math::
@@ -207,7 +254,6 @@ class LSTMCell:
     states: ClassVar[tuple] = ("h", "c")
     n_gates: ClassVar[int] = 4
     n_states: ClassVar[int] = 2
-    recurrent_bias_inside: ClassVar[bool] = False
     halved_gates: ClassVar[tuple] = (0, 1, 3)
     tape_type: ClassVar[type] = LSTMTape
 
@@ -255,7 +301,7 @@ class LSTMCell:
 
 
 @dataclass(frozen=True)
-class GRUCell:
+class GRUCell(Cell):
     r"""Gated recurrent unit (PyTorch's equations, gate order r, z, n).
 
     .. math::
@@ -274,9 +320,7 @@ class GRUCell:
 
     mode: ClassVar[str] = "gru"
     gates: ClassVar[tuple] = ("r", "z", "n")
-    states: ClassVar[tuple] = ("h",)
     n_gates: ClassVar[int] = 3
-    n_states: ClassVar[int] = 1
     recurrent_bias_inside: ClassVar[bool] = True
     halved_gates: ClassVar[tuple] = (0, 1)
     tape_type: ClassVar[type] = GRUTape

@@ -268,7 +268,7 @@ def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
     (see :mod:`portable_rnn.cells`). A cell without ``halved_gates`` gets its
     weights as they are.
     """
-    halved = getattr(cell, "halved_gates", ())
+    halved = cell.halved_gates
     if not halved:
         return W_ih, W_hh, b_x, b_h
     H, dev = W_hh.shape[0] // cell.n_gates, device(W_hh)
@@ -346,7 +346,7 @@ def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False, fast_pa
 
 def _projection(cell, W_hr) -> dict:
     """The keyword a projected cell's ``step`` and ``step_backward`` take (``W_hr``); ``{}`` for the others."""
-    if bool(getattr(cell, "proj_size", 0)) != (W_hr is not None):
+    if bool(cell.proj_size) != (W_hr is not None):
         raise ValueError(f"W_hr must be given exactly when the cell has a projection; cell {cell!r}")
     return {} if W_hr is None else {"W_hr": W_hr}
 
