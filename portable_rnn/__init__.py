@@ -4,6 +4,7 @@ from . import cs231n, interop, io, losses, optim
 from .activations import log_softmax, relu, sigmoid, softmax
 from .layers import GRU, LSTM, RNN
 from .model import CharModel
+from .testing.cellcheck import check_cell
 from .stepbystep import (
     lstm_backward,
     lstm_cell_backward,
@@ -23,6 +24,7 @@ __all__ = [
     "LSTM",
     "GRU",
     "CharModel",
+    "check_cell",
     "cs231n",
     "interop",
     "io",
