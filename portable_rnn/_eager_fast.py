@@ -80,7 +80,6 @@ from collections import Counter
 import numpy as np
 from array_api_compat import is_numpy_namespace, is_torch_namespace
 
-from .cells import CELLS
 from .loop import leaves, stack_trees, tree_map
 
 __all__ = ["calls", "portable_only", "enabled", "why_not_forward", "why_not_backward", "why_not_segments",
@@ -196,14 +195,16 @@ def _common_dtype(library, arrays):
 
 
 def _fast_mode(cell):
-    """The cell's mode when this module has kernels for exactly that cell, else None.
+    """The kernel this module runs for ``cell`` ("rnn", "lstm" or "gru"), or None.
 
-    An LSTM with a projection (``proj_size``) has no kernels here: the portable path runs it.
+    The cell's class names it itself (``fast_kernel`` in its own body; a
+    subclass does not inherit it). An LSTM with a projection (``proj_size``)
+    has no kernel here: the portable path runs it.
     """
-    mode = getattr(cell, "mode", None)
     if getattr(cell, "proj_size", 0):
         return None
-    return mode if CELLS.get(mode) is type(cell) else None
+    mode = vars(type(cell)).get("fast_kernel")
+    return mode if mode in _KERNELS else None
 
 
 def _shaped(a, shape):
@@ -224,8 +225,7 @@ def _checked_library(cell, xp) -> str:
     _check(enabled(), "the fast path is switched off in this thread (portable_only)")
     if _fast_mode(cell) is None:
         _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
-        raise _Declined(f"{type(cell).__name__} has no fast kernel (the built-in RNNCell, LSTMCell and "
-                        "GRUCell have)")
+        raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
     library = _library(xp)
     _check(library is not None, f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
     return library
@@ -994,3 +994,5 @@ class _GRUBackward(_Backward):
 
 
 _BACKWARD = {"lstm": _LSTMBackward, "gru": _GRUBackward}
+#: The kernels of this module, by the name a cell gives in ``fast_kernel``.
+_KERNELS = ("rnn", "lstm", "gru")

@@ -151,7 +151,12 @@ class Cell:
         the NamedTuple a step keeps for its backward, or ``None`` when the
         states alone suffice (default);
     ``proj_size``
-        the size of a projected h, 0 for none (default; only the LSTM has one).
+        the size of a projected h, 0 for none (default; only the LSTM has one);
+    ``fast_kernel``
+        the name of the NumPy / CPU-torch kernel (:mod:`portable_rnn._eager_fast`)
+        that computes exactly this class's maths, or ``None`` (default). It
+        counts only where the class itself sets it: a subclass may change the
+        maths, so it runs the portable engine until it names a kernel of its own.
 
     and writes :meth:`step`, :meth:`step_derivatives` and :meth:`step_backward`
     (see the module docstring for what each returns).
@@ -166,6 +171,7 @@ class Cell:
     halved_gates: ClassVar[tuple] = ()
     tape_type: ClassVar[type | None] = None
     proj_size: int = 0
+    fast_kernel: ClassVar[str | None] = None
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         """One step: ``(new_state, tape)`` from the input pre-activation ``xw`` (N, G*H) and ``state``."""
@@ -196,6 +202,7 @@ class RNNCell(Cell):
     mode: ClassVar[str] = "rnn"
     gates: ClassVar[tuple] = ("h",)
     n_gates: ClassVar[int] = 1
+    fast_kernel: ClassVar[str | None] = "rnn"
 
     def __post_init__(self):
         if self.nonlinearity not in ("tanh", "relu"):
@@ -256,6 +263,7 @@ class LSTMCell(Cell):
     n_states: ClassVar[int] = 2
     halved_gates: ClassVar[tuple] = (0, 1, 3)
     tape_type: ClassVar[type] = LSTMTape
+    fast_kernel: ClassVar[str | None] = "lstm"
 
     def __post_init__(self):
         object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
@@ -324,6 +332,7 @@ class GRUCell(Cell):
     recurrent_bias_inside: ClassVar[bool] = True
     halved_gates: ClassVar[tuple] = (0, 1)
     tape_type: ClassVar[type] = GRUTape
+    fast_kernel: ClassVar[str | None] = "gru"
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         (h_prev,) = state

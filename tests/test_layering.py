@@ -121,6 +121,22 @@ def circles(graph: dict) -> list[list[str]]:
     return out
 
 
+def levels(graph: dict) -> int:
+    """Levels of imports between rooms (a top-level module, or a subpackage as a whole), ground = 1."""
+    rooms: dict[str, set] = {}
+    for module, targets in graph.items():
+        rooms.setdefault(room_of(module), set()).update(room_of(t) for t in targets if room_of(t) != room_of(module))
+    depth: dict[str, int] = {}
+
+    def level(room):
+        if room not in depth:
+            depth[room] = 0  # a circle (reported by the order test) must not recurse forever
+            depth[room] = 1 + max((level(t) for t in rooms.get(room, ())), default=0)
+        return depth[room]
+
+    return max(level(room) for room in rooms)
+
+
 @pytest.fixture(scope="module")
 def contributing():
     return (ROOT / "CONTRIBUTING.md").read_text()
@@ -134,6 +150,12 @@ def graph():
 
 def test_the_package_follows_the_layer_order(contributing, graph):
     assert violations(contributing, graph) == []
+
+
+def test_at_most_eight_levels(graph):
+    """From ``__main__`` down to the ground, each subpackage counted as one room."""
+    assert levels(graph) <= 8
+    assert levels({**graph, "launcher": {"__main__"}}) == levels(graph) + 1  # the count sees a new top
 
 
 def test_every_module_is_seen(graph):
