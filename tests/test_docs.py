@@ -69,6 +69,7 @@ def test_the_command_is_mkdocs_strict():
     assert command[:3] == ["mkdocs", "build", "--strict"], command
 
 
+@pytest.mark.processes
 def test_the_site_builds_without_warnings_and_every_public_name_has_an_entry(tmp_path):
     site = tmp_path / "site"
     command = docs_command()

@@ -130,9 +130,36 @@ def _math_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+_ENTRY = re.compile(r"^\s*\*{0,2}\w+(\s*,\s*\*{0,2}\w+)* : ")  # "name : type", whose type shows as code
+_CODE_SPAN = re.compile(r"(`+[^`]*`+)")
+_STAR = re.compile(r"(?<=[\w)])\*(?=[\w(])")
+
+
+def _plain_text(text: str) -> str:
+    """reStructuredText's plain ``a*b`` and ``text::`` as Markdown would show them.
+
+    A ``*`` between two words (``dirs*H``) is escaped, else Markdown reads emphasis (not in a
+    ``name : type`` line, whose type is shown as code); a
+    paragraph ending ``::`` (the literal block marker) ends ``:``. Code spans, fenced and
+    indented blocks are left alone.
+    """
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and not line.startswith("    ") and not _ENTRY.match(line):
+            parts = _CODE_SPAN.split(line)  # code spans at the odd indices
+            parts[::2] = [_STAR.sub(r"\\*", part) for part in parts[::2]]
+            line = "".join(parts)
+            if line.endswith("::") and not line.endswith(" ::"):
+                line = line[:-1]
+        out.append(line)
+    return "\n".join(out)
+
+
 def markdown(pkg, owner, text: str) -> str:
     """``text`` (a docstring of ``owner``) with its reStructuredText markup as Markdown."""
-    text = _close_parameter_sections(_math_blocks(text))
+    text = _plain_text(_close_parameter_sections(_math_blocks(text)))
     text = _MATH_ROLE.sub(lambda m: f"`{m.group(1)}`", text)
 
     def role(m):
