@@ -108,7 +108,7 @@ GRU_TORCH_BLAS_MAX = 1 << 26
 #: Hidden units per step (N * H) from which the LSTM kernel on torch tensors takes its
 #: activations from torch (:class:`_TorchLSTMGates`): below it, NumPy's ~1 us per call
 #: beats torch's dispatch more than torch's faster sigmoid gains back.
-TORCH_GATES_MIN = 1 << 12
+TORCH_GATES_MIN = 1 << 13
 
 _local = threading.local()
 

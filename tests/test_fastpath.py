@@ -422,6 +422,7 @@ def test_torch_blas_is_chosen_by_size():
     assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is _eager_fast._np_matmul_add
     assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not _eager_fast._np_matmul_add
     assert lstm.lstm_gates(64 * 256) is _eager_fast._TorchLSTMGates
+    assert lstm.lstm_gates(32 * 128) is _eager_fast._NumPyLSTMGates  # (32, 50, 64, 128): NumPy's passes were faster
     assert lstm.lstm_gates(1 * 64) is _eager_fast._NumPyLSTMGates  # N = 1: NumPy's cheaper calls
     assert _eager_fast._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is _eager_fast._NUMPY_BLAS
     assert _eager_fast._NUMPY_BLAS.lstm_gates(64 * 256) is _eager_fast._NumPyLSTMGates
