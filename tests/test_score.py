@@ -58,6 +58,7 @@ def test_the_windows_hold_every_prediction_once(n, seq_len):
     assert all(x.shape[1] <= seq_len for x, _ in pairs)
 
 
+@pytest.mark.processes
 def test_score_on_a_local_cluster_equals_one_process(run, capsys):
     ckpt = load_checkpoint(run / "run" / "best.npz")
     files = [str(run / "a.txt"), str(run / "b.txt")]
@@ -73,6 +74,7 @@ def test_score_on_a_local_cluster_equals_one_process(run, capsys):
     assert f"{got['overall']:.4f} bits per character (529 predictions)" in lines[3]
 
 
+@pytest.mark.processes
 def test_score_on_an_existing_scheduler(run, capsys, monkeypatch):
     """With ``--progress lines``, a line on stderr for every block of windows done (every 0 s here)."""
     monkeypatch.setattr(report, "PROGRESS_EVERY_S", 0.0)
@@ -91,6 +93,7 @@ def test_score_on_an_existing_scheduler(run, capsys, monkeypatch):
                                          for k, line in enumerate(captured.err.splitlines(), start=1)]
 
 
+@pytest.mark.processes
 def test_score_runs_on_the_backend_and_device_given(run, capsys):
     """``--backend``/``--device`` as for ``eval``: array-api-strict's second device, in the workers too."""
     pytest.importorskip("array_api_strict")
