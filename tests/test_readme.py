@@ -10,9 +10,10 @@ README's shell commands: the install lines and the test command are what
 the test command itself has done; the main job (``portable-rnn train`` with
 its defaults) then "The other commands" run in order, in one folder holding
 a copy of the shipped text, as a new user runs them (about three minutes on
-two cores, so with ``--soak``); the blocks of "Scaling out" are run by
-``tests/test_multiprocess.py`` where one machine can (the rest need several
-hosts or GPUs). Every bash block must be one of these: a new one fails
+two cores, so with ``--soak``); blocks under a "Scaling out" heading, if
+README has one again, are run by ``tests/test_multiprocess.py`` where one
+machine can (the rest need several hosts or GPUs). Every bash block must be
+one of these: a new one fails
 :func:`test_every_readme_bash_block_is_run_by_a_test` until a test runs it.
 
 The test commands of CONTRIBUTING.md and README.md (``python -m pytest ...``,
