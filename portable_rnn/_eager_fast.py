@@ -76,6 +76,8 @@ import functools
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from array_api_compat import is_numpy_namespace, is_torch_namespace
@@ -204,7 +206,7 @@ def _fast_mode(cell):
     if getattr(cell, "proj_size", 0):
         return None
     mode = vars(type(cell)).get("fast_kernel")
-    return mode if mode in _KERNELS else None
+    return mode if isinstance(mode, str) and mode in _KERNELS else None
 
 
 def _shaped(a, shape):
@@ -630,7 +632,7 @@ def _lstm_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     matmul = blas.matmul(N, H, 4 * H)
     I, F, O, G = Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H : 3 * H], Z[..., 3 * H :]
     tmp, tH = np.empty((N, 4 * H), x.dtype), np.empty((N, H), x.dtype)
-    om = None if mask is None else 1 - mask
+    om: Any = None if mask is None else 1 - mask  # indexed only where mask is given
     for t in range(T):
         z, c, tc, h = Z[t], Cs[t], TC[t], Hs[t]
         matmul(h_prev, WhT, out=tmp)
@@ -670,7 +672,7 @@ def _gru_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     RZ, R, Zg, Nc = Z[..., : 2 * H], Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H :]
     tmp, tH = np.empty((N, 3 * H), x.dtype), np.empty((N, H), x.dtype)
     tmp_rz, tmp_n = tmp[:, : 2 * H], tmp[:, 2 * H :]
-    om = None if mask is None else 1 - mask
+    om: Any = None if mask is None else 1 - mask  # indexed only where mask is given
     for t in range(T):
         rz, n, hwn, h = RZ[t], Nc[t], HWN[t], Hs[t]
         matmul(h_prev, WhT, out=tmp)
@@ -703,7 +705,7 @@ def _rnn_forward(relu, blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     _project(x, W_ih, _folded(b_ih, b_hh), Hs, blas)
     matmul = blas.matmul(N, H, H)
     tmp = np.empty((N, H), x.dtype)
-    om = None if mask is None else 1 - mask
+    om: Any = None if mask is None else 1 - mask  # indexed only where mask is given
     for t in range(T):
         h = Hs[t]
         matmul(h_prev, WhT, out=tmp)
@@ -730,6 +732,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
     """
     mode, library = _fast_mode(cell), _library(xp)
     calls[library, "backward", mode] += 1
+    backward_class: Callable[..., _Backward]
     if mode == "rnn":
         backward_class = functools.partial(_RNNBackward, cell.nonlinearity == "relu")
     else:
@@ -788,7 +791,7 @@ class _Backward:
         self.carry = [self._zeros(N, H) if d is None else np.array(d, copy=True) for d in d_final]
         self.new = [self._empty(N, H) for _ in self.carry]
         self.dh, self.tmp = self._empty(N, H), self._empty(N, H)
-        self.om = None if self.mask is None else 1 - self.mask
+        self.om: Any = None if self.mask is None else 1 - self.mask
         self.B = self._empty(self.K, N, self.width * H)
         self.x_cols = self.h_cols = slice(None)
         self.W_hh_cols = W_hh
@@ -806,6 +809,14 @@ class _Backward:
     def _unpermute(self, a):
         """A W_hh-shaped gradient from :attr:`W_hh_cols`' row order (identity by default)."""
         return a
+
+    def _factors(self, t0, t1, k0):
+        """Write the factors of steps [t0, t1) into ``B[k0:]`` (each cell's own)."""
+        raise NotImplementedError
+
+    def _step(self, t, k, dh):
+        """Apply step t's factors (``B[k]``) to its carried gradient ``dh`` (each cell's own)."""
+        raise NotImplementedError
 
     def run(self):
         T, K = self.T, self.K

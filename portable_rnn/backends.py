@@ -484,7 +484,7 @@ def jax_float64():
     except ImportError:
         yield
         return
-    previous = bool(jax.config.jax_enable_x64)
+    previous = bool(getattr(jax.config, "jax_enable_x64"))
     jax.config.update("jax_enable_x64", True)
     try:
         yield
@@ -511,7 +511,7 @@ def full_precision_matmuls():
         except ImportError:
             pass
         else:  # the config option, not the thread-local context: every thread of the program
-            previous = jax.config.jax_default_matmul_precision
+            previous = getattr(jax.config, "jax_default_matmul_precision")
             jax.config.update("jax_default_matmul_precision", "highest")
             stack.callback(jax.config.update, "jax_default_matmul_precision", previous)
         try:
@@ -539,7 +539,7 @@ def matmul_precision(backend: Backend) -> str:
     if backend.library == "jax":
         import jax
 
-        setting = jax.config.jax_default_matmul_precision
+        setting = getattr(jax.config, "jax_default_matmul_precision")
         full = str(setting).lower() in ("highest", "float32")
         tf32 = "TF32 off" if full else "TF32 on NVIDIA GPUs from Ampere on"
         return f"jax_default_matmul_precision={setting!r} ({tf32})"

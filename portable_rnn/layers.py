@@ -674,8 +674,7 @@ class _LayerSpec:
         if self.bias:
             grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
         if isinstance(g, sequence.ProjectedGrads):
-            # ignore: mypy cannot read sequence.ProjectedGrads's fields (a NamedTuple built from a computed list)
-            grads[_init.projection_name(k, d)] = g.dW_hr  # type: ignore[attr-defined]
+            grads[_init.projection_name(k, d)] = g.dW_hr
 
     def _check_backward(self, params, tape, d_out, d_state):
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""

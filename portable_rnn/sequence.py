@@ -133,12 +133,20 @@ class Grads(NamedTuple):
     db_hh: object
 
 
-ProjectedGrads = NamedTuple("ProjectedGrads", [(name, object) for name in (*Grads._fields, "dW_hr")])
-ProjectedGrads.__doc__ = """The :class:`Grads` of a layer with a projection (LSTM ``proj_size``), then ``dW_hr`` (P, H).
+class ProjectedGrads(NamedTuple):
+    """The :class:`Grads` of a layer with a projection (LSTM ``proj_size``), then ``dW_hr`` (P, H).
 
-A type of its own, so that :class:`Grads` keeps its six fields for every
-other layer (code that unpacks or slices it stays right).
-"""
+    A type of its own, so that :class:`Grads` keeps its six fields for every
+    other layer (code that unpacks or slices it stays right).
+    """
+
+    dx: object
+    dstate0: tuple
+    dW_ih: object
+    dW_hh: object
+    db_ih: object
+    db_hh: object
+    dW_hr: object
 
 
 def _lax_unroll(x, W_hh) -> int:
@@ -523,10 +531,11 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         # a portable backward may still use the fast segment runner, unless fast_path is False
         d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
-    grads = (d_xw @ W_ih, d_state0, *_weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp))
+    dW_ih, dW_hh, db_ih, db_hh = _weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp)
     if not projection:
-        return Grads(*grads)
-    return ProjectedGrads(*grads, xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1])))
+        return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh)
+    dW_hr = xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1]))
+    return ProjectedGrads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
 def _weight_grads(d_xw, d_hw, x, h_prev, bias, xp):

@@ -253,7 +253,7 @@ class _DropIn(torch.nn.RNNBase):
 
     def _engine(self, training_dropout):
         """The engine's layer for this module now (``dropout`` and the rest are read at every call)."""
-        options = ()
+        options: tuple[tuple[str, object], ...] = ()
         if self.mode == "LSTM" and self.proj_size:
             options = (("proj_size", self.proj_size),)
         elif self.mode in ("RNN_TANH", "RNN_RELU"):

@@ -80,6 +80,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,8 +200,8 @@ class _Run:
     step: int = 0
     pending: list = field(default_factory=list)  # (step, loss on the device), not yet on the host
     zeros: object = None  # the zero state a new epoch starts from, placed like ``carry``
-    mesh: object = None  # the JAX mesh the batch is split along, or None
-    world: object = None  # the torch.distributed group (_TorchWorld), or None
+    mesh: Any = None  # the JAX mesh the batch is split along, or None
+    world: Any = None  # the torch.distributed group (_TorchWorld), or None
 
     @property
     def writer(self) -> bool:
@@ -415,7 +416,8 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     if ckpt is None:
         params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
         opt_state, carry = adam(s["lr"]).init(params), model.init_state(params, s["batch"])
-        start, history, wall_before = 0, {key: [] for key in HISTORY_KEYS}, 0.0
+        history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
+        start, wall_before = 0, 0.0
     else:
         params = _tree_to_device(runtime, ckpt.params, s["dtype"])
         opt_state = _tree_to_device(runtime, ckpt.opt_state, s["dtype"])
@@ -469,7 +471,7 @@ def _check_scale_out(config: TrainConfig) -> _TorchWorld | None:
     if any(v is not None for v in multi_host) and any(v is None for v in multi_host):
         raise UsageError("multi-host training needs --coordinator HOST:PORT, --num-processes P and "
                          "--process-id I together")
-    if config.coordinator is not None:
+    if config.coordinator is not None and config.process_id is not None and config.num_processes is not None:
         host, _, port = config.coordinator.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise UsageError(f"--coordinator must be HOST:PORT, got {config.coordinator!r}")
@@ -760,6 +762,7 @@ def _validate(run: _Run, wall: float) -> None:
     Call after :func:`_flush`, so that ``best.npz`` holds the whole history up to its step.
     """
     s = run.settings
+    assert run.val is not None, "held-out loss asked for without a held-out text"
     loss = mean_loss(run.model, _one_device_params(run), run.val, batch=s["batch"], seq_len=s["seq_len"],
                      runtime=run.runtime)
     if not math.isfinite(loss):
@@ -895,6 +898,7 @@ def _plot_loss(run: _Run) -> str | None:
     """Write ``loss.png``; ``None``, or why it was skipped."""
     if not run.history_losses:
         return "no steps yet"
+    curves: dict[str, tuple]
     model, curves = run.model, {
         "training loss": (run.history_steps, run.history_losses, {"alpha": 0.35}),
         "training, moving average (0.95)": (run.history_steps, smooth(run.history_losses)),
