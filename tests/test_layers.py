@@ -19,7 +19,7 @@ import pytest
 
 from portable_rnn.layers import GRU, LSTM, RNN, RecurrentTape
 
-from .helpers import assert_on_backend
+from .helpers import NOT_EAGER_JAX, assert_on_backend
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 
@@ -174,7 +174,10 @@ def _torch_case(name, dtype, seed=0, partial=None):
 
 
 # compiled: stacking, both directions, lengths and batch_first across the three kinds (every
-# cell with a mask and truncation compiles in test_engine)
+# cell with a mask and truncation compiles in test_engine). Eager JAX runs array_api_strict's
+# portable code here, op by op and compiling each op (60 s of the suite's CPU time): jax:jit and
+# array_api_strict cover its two halves.
+@NOT_EAGER_JAX
 @pytest.mark.jit(name=["lstm-2l-bi-lengths", "gru-nobias-bi", "rnn-relu-2l-bi-bf"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_forward_and_backward_match_torch(backend, dtype, name):

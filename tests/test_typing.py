@@ -1,8 +1,8 @@
 """The package type-checks: ``mypy`` with the configuration in ``pyproject.toml`` reports no error.
 
 The settings (``[tool.mypy]``) are the project's; this test only runs them, in
-a fresh process, with mypy's cache under ``tmp_path`` (a cold run: about 25 s
-on two cores, torch's stubs being skipped by the configuration).
+a fresh process, with mypy's cache under ``tmp_path`` (a cold run: about 10 s
+on two cores, the frameworks' stubs being skipped by the configuration).
 """
 
 from __future__ import annotations
