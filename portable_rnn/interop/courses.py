@@ -1,24 +1,10 @@
-r"""The course layouts: deeplearning.ai "RNN step by step" and CS231n, mapped onto the engine's.
+r"""Course parameters to layer specs and back: deeplearning.ai "RNN step by step" and CS231n.
 
-With ``G`` gates of size ``H`` (the step-by-step exercise's ``n_a``) and
-input size ``D`` (its ``n_x``):
-
-engine (PyTorch's ``state_dict``)
-    ``W_ih`` (G*H, D), ``W_hh`` (G*H, H), ``b`` (G*H,) multiplying from the
-    left; LSTM gates i, f, g, o.
-step by step
-    LSTM: one ``W*`` (n_a, n_a + n_x) per gate acting on
-    :math:`[a^{\langle t-1 \rangle}; x^{\langle t \rangle}]` and ``b*``
-    (n_a, 1), keys ``f, i, c, o`` (``c`` is our ``g``). RNN: ``Wax`` (n_a,
-    n_x), ``Waa`` (n_a, n_a), ``ba`` (n_a, 1).
-CS231n
-    ``Wx`` (D, G*H), ``Wh`` (H, G*H), ``b`` (G*H,) multiplying from the
-    right; LSTM gates i, f, o, g.
-
-The layout maps between them live in :mod:`portable_rnn.course_layouts`
-(re-exported here); the converters :func:`from_stepbystep`,
-:func:`to_stepbystep`, :func:`from_cs231n` and :func:`to_cs231n` give the
-course parameters to :mod:`portable_rnn.layers` specs and back.
+The layouts themselves, and the maps between them and the engine's, are
+:mod:`portable_rnn.course_layouts` (re-exported here); the converters
+:func:`from_stepbystep`, :func:`to_stepbystep`, :func:`from_cs231n` and
+:func:`to_cs231n` give the course parameters to :mod:`portable_rnn.layers`
+specs and back.
 
 Biases. The course layouts have one bias per gate: it becomes ``bias_ih``
 and ``bias_hh`` is zero; exporting writes ``bias_ih + bias_hh``.
