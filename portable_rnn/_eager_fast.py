@@ -222,21 +222,31 @@ def _check(condition, reason: str) -> None:
         raise _Declined(reason)
 
 
-def _checked_library(cell, xp) -> str:
-    """The library of the fast kernel for ``cell`` on ``xp`` ("numpy" or "torch"), or :class:`_Declined`."""
+def _fast_library(xp) -> str:
+    """The library the fast path runs on ``xp`` ("numpy" or "torch"), or :class:`_Declined`."""
     _check(enabled(), "the fast path is switched off in this thread (portable_only)")
-    if _fast_mode(cell) is None:
-        _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
-        raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
     library = _library(xp)
     _check(library is not None, f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
     return library
 
 
+def _checked_library(cell, xp) -> str:
+    """:func:`_fast_library`, once ``cell`` has a fast kernel (else :class:`_Declined`)."""
+    library = _fast_library(xp)
+    if _fast_mode(cell) is None:
+        _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
+        raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
+    return library
+
+
+def _check_plain(library, arrays) -> None:
+    _check(_common_dtype(library, arrays) is not None,
+           f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype")
+
+
 def _layer_sizes(cell, library, x, W_ih, W_hh, mask, others):
     """(T, N, D, H, G*H) when the layer's arrays share a fast dtype and fit; else :class:`_Declined`."""
-    _check(_common_dtype(library, [x, W_ih, W_hh, mask, *others]) is not None,
-           f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype")
+    _check_plain(library, [x, W_ih, W_hh, mask, *others])
     _check(x.ndim == 3 and x.shape[0] > 0 and W_hh.ndim == 2, "x is not (T, N, D) with T > 0")
     T, N, D = x.shape
     H = W_hh.shape[1]
@@ -304,14 +314,7 @@ def _accept_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
 
 def why_not_segments(xp, *trees) -> str | None:
     """``None`` when :func:`over_segments` runs (every leaf a plain array of one dtype), else why not."""
-    if not enabled():
-        return "the fast path is switched off in this thread (portable_only)"
-    library = _library(xp)
-    if library is None:
-        return f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s"
-    if _common_dtype(library, [a for t in trees for a in leaves(t)]) is None:
-        return f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype"
-    return None
+    return _reason(lambda: _check_plain(_fast_library(xp), [a for t in trees for a in leaves(t)]))
 
 
 def over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse):
