@@ -58,11 +58,9 @@ def _check(method, chunk):
     return None if chunk is None else check_int("chunk", chunk)
 
 
-def _masked(a, b, mask, xp):
-    """``a`` and ``b`` with the identity step (a = 1, b = 0) where ``mask`` is 0."""
-    if mask is None:
-        return a, b
-    return mask * a + (1 - mask), mask * b
+def _masked_a(a, mask):
+    """``a`` with the identity step's coefficient (1) where ``mask`` is 0."""
+    return a if mask is None else mask * a + (1 - mask)
 
 
 def _sequential(a, b, h0, xp, reverse=False):
@@ -142,8 +140,8 @@ def linear_scan(a, b, h0, *, mask=None, method: str = "parallel", chunk: int | N
     chunk = _check(method, chunk)
     if a.shape[0] == 0:
         raise ValueError("a linear scan needs at least one step (a has T = 0)")
-    a, b = _masked(a, b, mask, xp)
-    return _run(a, b, h0, xp, method, chunk)
+    b = b if mask is None else mask * b  # the identity step adds nothing
+    return _run(_masked_a(a, mask), b, h0, xp, method, chunk)
 
 
 def linear_scan_backward(a, h, h0, d_h, *, mask=None, method: str = "parallel", chunk: int | None = None):
@@ -171,7 +169,7 @@ def linear_scan_backward(a, h, h0, d_h, *, mask=None, method: str = "parallel", 
     """
     xp = namespace_of(a=a, h=h, h0=h0, d_h=d_h)
     chunk = _check(method, chunk)
-    a_eff, _ = _masked(a, a, mask, xp)
+    a_eff = _masked_a(a, mask)
     # lambda_t = g_t + a_{t+1} lambda_{t+1}: a reverse scan whose coefficient at t is a_{t+1}
     one = xp.ones((1, *a.shape[1:]), dtype=a.dtype, device=device(a))
     a_next = xp.concat([a_eff[1:, ...], one], axis=0)
