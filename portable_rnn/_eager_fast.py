@@ -521,7 +521,7 @@ def _sigmoid_from_tanh_(s):
 
 
 class _NumPyLSTMGates:
-    """The LSTM's activations with NumPy: one ``tanh`` for the gate block.
+    """The LSTM's cell update with NumPy: one ``tanh`` for the gate block.
 
     The gate pre-activations come in the order i, f, o, g with the sigmoid
     rows halved by :meth:`scaled`, so that one ``tanh`` over the whole block
@@ -533,47 +533,54 @@ class _NumPyLSTMGates:
     def scaled(W, H):
         return _halved(W, 3 * H)
 
-    @staticmethod
-    def activate_(z, H):
-        np.tanh(z, out=z)
-        _sigmoid_from_tanh_(z[..., : 3 * H])
+    def __init__(self, N, H, dtype):
+        self.H, self.scratch = H, np.empty((N, H), dtype)
 
-    @staticmethod
-    def tanh(a, out):
-        np.tanh(a, out=out)
+    def step_(self, z, c_prev, c, tc, h):
+        """In place: the gates ``z`` (N, 4H) from their pre-activations, then ``c``, ``tanh(c)`` and ``h``."""
+        H = self.H
+        np.tanh(z, out=z)
+        _sigmoid_from_tanh_(z[:, : 3 * H])
+        np.multiply(z[:, H : 2 * H], c_prev, out=c)  # c = f c_prev + i g
+        np.multiply(z[:, :H], z[:, 3 * H :], out=self.scratch)
+        np.add(c, self.scratch, out=c)
+        np.tanh(c, out=tc)
+        np.multiply(z[:, 2 * H : 3 * H], tc, out=h)
 
 
 class _TorchLSTMGates:
-    """The LSTM's activations with torch's ``sigmoid`` on the same memory.
+    """The LSTM's cell update with torch's ops on the same memory.
 
     Torch's vectorised ``sigmoid`` costs a fifth of NumPy's ``tanh`` per
     element on this AVX2 CPU (float32 and float64) and runs on torch's thread
-    pool, beside which only torch's BLAS may run (see :class:`_TorchBLAS`).
-    Its ``tanh`` is slower than its ``sigmoid``, so every tanh is taken as
-    tanh(a) = 2 sigma(2a) - 1: the g rows are doubled by :meth:`scaled`
-    (exact) and one ``sigmoid`` covers the whole gate block.
+    pool, beside which only torch's ops may run (see :class:`_TorchBLAS`), so
+    the whole update is torch's. Its ``tanh`` is slower than its ``sigmoid``,
+    so every tanh is taken as tanh(a) = 2 sigma(2a) - 1: the g rows are doubled
+    by :meth:`scaled` (exact) and one ``sigmoid`` covers the whole gate block.
     """
 
     @staticmethod
     def scaled(W, H):
         return _scaled(W, slice(3 * H, 4 * H), 2.0)
 
-    @staticmethod
-    def activate_(z, H):
+    def __init__(self, N, H, dtype):
+        self.H = H
+
+    def step_(self, z, c_prev, c, tc, h):
+        """In place: the gates ``z`` (N, 4H) from their pre-activations, then ``c``, ``tanh(c)`` and ``h``."""
         import torch
 
-        z = torch.from_numpy(z)
+        H, view = self.H, torch.from_numpy
+        z, c_prev, c, tc, h = view(z), view(c_prev), view(c), view(tc), view(h)
         torch.sigmoid(z, out=z)
-        z[..., 3 * H :].mul_(2).sub_(1)
-
-    @staticmethod
-    def tanh(a, out):
-        import torch
-
-        out = torch.from_numpy(out)
-        torch.mul(torch.from_numpy(a), 2, out=out)
-        torch.sigmoid(out, out=out)
-        out.mul_(2).sub_(1)
+        g = z[:, 3 * H :]
+        g.mul_(2).sub_(1)
+        torch.mul(z[:, H : 2 * H], c_prev, out=c)  # c = f c_prev + i g
+        c.addcmul_(z[:, :H], g)
+        torch.mul(c, 2, out=tc)
+        torch.sigmoid(tc, out=tc)
+        tc.mul_(2).sub_(1)
+        torch.mul(z[:, 2 * H : 3 * H], tc, out=h)
 
 
 def _blend(new, old, m, om, tmp):
@@ -632,20 +639,15 @@ def _lstm_forward(blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
     Z = np.empty((T, N, 4 * H), x.dtype)  # pre-activations, then the gates i, f, o, g in place
     Hs, Cs, TC = (np.empty((T, N, H), x.dtype) for _ in range(3))
     _project(x, gates.scaled(W_ih[order], H), b, Z, blas)
-    matmul = blas.matmul(N, H, 4 * H)
+    matmul_add = blas.matmul_add(N, H, 4 * H)
     I, F, O, G = Z[..., :H], Z[..., H : 2 * H], Z[..., 2 * H : 3 * H], Z[..., 3 * H :]
-    tmp, tH = np.empty((N, 4 * H), x.dtype), np.empty((N, H), x.dtype)
-    om: Any = None if mask is None else 1 - mask  # indexed only where mask is given
+    update = gates(N, H, x.dtype)
+    if mask is not None:
+        om, tH = 1 - mask, np.empty((N, H), x.dtype)
     for t in range(T):
-        z, c, tc, h = Z[t], Cs[t], TC[t], Hs[t]
-        matmul(h_prev, WhT, out=tmp)
-        np.add(z, tmp, out=z)
-        gates.activate_(z, H)
-        np.multiply(F[t], c_prev, out=c)  # c = f c_prev + i g
-        np.multiply(I[t], G[t], out=tH)
-        np.add(c, tH, out=c)
-        gates.tanh(c, out=tc)
-        np.multiply(O[t], tc, out=h)
+        c, h = Cs[t], Hs[t]
+        matmul_add(h_prev, WhT, Z[t])
+        update.step_(Z[t], c_prev, c, TC[t], h)
         if mask is not None:
             _blend(h, h_prev, mask[t], om[t], tH)
             _blend(c, c_prev, mask[t], om[t], tH)
