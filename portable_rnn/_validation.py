@@ -369,7 +369,7 @@ def check_truncate(truncate) -> int | None:
 
 
 #: What a forward can keep for the backward (the ``tape`` argument of the layers and of
-#: :func:`portable_rnn.sequence.forward`).
+#: :func:`portable_rnn.engine.sequence.forward`).
 TAPES = ("full", "checkpoint", "none")
 
 

@@ -13,7 +13,7 @@ and, for the LSTM, the four gates stacked along the columns in the order
 Each recurrent function is thin: it checks its inputs, maps them onto the
 engine's layout (time-major sequences, ``W_ih = W_x^T``, gate blocks permuted
 to PyTorch's i, f, g, o; transposes are views) and calls
-:mod:`portable_rnn.sequence`, where the maths lives once for every API.
+:mod:`portable_rnn.engine.sequence`, where the maths lives once for every API.
 Gradients are mapped back the same way.
 
 Caches are opaque tuples (pytrees, so they pass through ``jax.jit``): hand
@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from array_api_compat import device
 
-from . import sequence
+from .engine import sequence
 from ._validation import (
     check_arrays,
     check_cache,
@@ -43,7 +43,7 @@ from ._validation import (
     namespace_of,
 )
 from .activations import log_softmax
-from .cells import LSTMCell, RNNCell
+from .engine.cells import LSTMCell, RNNCell
 from .course_layouts import from_cs231n_layout, to_cs231n_layout
 from .dense import (
     one_hot,

@@ -36,7 +36,7 @@ and ``R`` the size of h (``H``, or an LSTM's ``proj_size`` P when it is > 0):
 
 Layer ``k > 0`` reads the concatenation of both directions' outputs of layer
 ``k - 1``. Per layer and direction the maths is that of
-:mod:`portable_rnn.cells`, run by :mod:`portable_rnn.sequence`.
+:mod:`portable_rnn.engine.cells`, run by :mod:`portable_rnn.engine.sequence`.
 
 Dropout (``dropout=p``, as ``torch.nn``): in training mode every layer's
 output but the last's is multiplied by a factor that is 0 with probability
@@ -77,7 +77,7 @@ from array_api_compat import is_jax_array
 
 from . import init as _init
 from .backends import resolve_target, to_namespace
-from . import sequence
+from .engine import sequence
 from ._validation import (
     check_bool,
     check_floating,
@@ -94,7 +94,7 @@ from ._validation import (
     namespace_of,
     placement,
 )
-from .cells import cell_for
+from .engine.cells import cell_for
 
 __all__ = ["RNN", "LSTM", "GRU", "RecurrentTape", "LAYERS"]
 
@@ -233,7 +233,7 @@ class _LayerSpec:
 
     @property
     def cell(self):
-        """The per-step cell (:mod:`portable_rnn.cells`)."""
+        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
         return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0))
 
     @property
@@ -451,11 +451,11 @@ class _LayerSpec:
             for memory that grows like sqrt(T)); or nothing (``"none"``, for
             inference: the returned tape is ``None``). Gradients from a
             checkpointed tape equal the full tape's (see
-            :func:`portable_rnn.sequence.backward`).
+            :func:`portable_rnn.engine.sequence.backward`).
         checkpoint_every : int, keyword-only, optional
             Steps per segment at most for ``"checkpoint"`` and ``"none"``;
             ``None`` is ceil(sqrt(T)) for ``"checkpoint"`` and
-            :data:`portable_rnn.sequence.INFERENCE_SEGMENT` for ``"none"``.
+            :data:`portable_rnn.engine.sequence.INFERENCE_SEGMENT` for ``"none"``.
         fast_path : {"auto", True, False}, keyword-only
             Whether the fast kernels for NumPy arrays and CPU torch tensors run
             each layer: where they accept the case (``"auto"``), always
@@ -810,5 +810,5 @@ class GRU(_LayerSpec):
     mode: ClassVar[str] = "gru"
 
 
-#: Every layer spec class by its ``mode`` (the key of :data:`portable_rnn.cells.CELLS`).
+#: Every layer spec class by its ``mode`` (the key of :data:`portable_rnn.engine.cells.CELLS`).
 LAYERS = {cls.mode: cls for cls in (RNN, LSTM, GRU)}

@@ -44,7 +44,7 @@ import math
 
 from ._validation import check_int, namespace_of
 from ._validation import placement as device
-from .loop import scan
+from .engine.loop import scan
 
 __all__ = ["linear_scan", "linear_scan_backward", "METHODS"]
 

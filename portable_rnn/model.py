@@ -124,7 +124,7 @@ class CharModel:
 
     @property
     def cell(self):
-        """The per-step cell (:mod:`portable_rnn.cells`)."""
+        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
         return self.rnn.cell
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

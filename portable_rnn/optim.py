@@ -58,7 +58,7 @@ from ._validation import (
     check_shape,
     namespace_of,
 )
-from .loop import map_with_path, tree_map
+from .engine.loop import map_with_path, tree_map
 
 __all__ = [
     "Optimizer",

@@ -11,7 +11,7 @@ weights ``W*`` of shape (n_a, n_a + n_x) acting on the stacked
 
 Each function is thin: it checks its inputs, maps them onto the engine's
 batch-major layout (transposes are views) and calls
-:mod:`portable_rnn.sequence`, where the maths lives once for every API.
+:mod:`portable_rnn.engine.sequence`, where the maths lives once for every API.
 
 The engine's ``tape="checkpoint"`` and ``"none"`` have no counterpart here:
 the exercise's caches *are* the full tape by definition (``lstm_forward``
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from array_api_compat import device
 
-from . import sequence
+from .engine import sequence
 from ._validation import (
     check_arrays,
     check_keys,
@@ -33,7 +33,7 @@ from ._validation import (
     check_truncate,
 )
 from .activations import softmax
-from .cells import LSTMCell, LSTMTape, RNNCell
+from .engine.cells import LSTMCell, LSTMTape, RNNCell
 from .course_layouts import (
     STEPBYSTEP_GATES,
     STEPBYSTEP_KEYS,

@@ -68,7 +68,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import _eager_fast
+from .engine import kernels as engine_kernels
 from .layers import LAYERS
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -82,7 +82,7 @@ def _is_wrapped(tensor) -> bool:
     ``torch.func``'s batched, grad-tracking and functional tensors, and the
     batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)``.
     """
-    return _eager_fast._functorch_wrapped()(tensor)
+    return engine_kernels._functorch_wrapped()(tensor)
 
 
 def _is_legacy_batched(tensor) -> bool:
@@ -228,7 +228,7 @@ def _autograd_of_portable_forward(ctx, x, parts, masks, weights, d_outputs):
     spec = ctx.spec
     inputs = [t.detach().requires_grad_(True) for t in (x, *parts, *weights)]
     x_, parts_, weights_ = inputs[0], inputs[1:1 + ctx.n_state], inputs[1 + ctx.n_state:]
-    with torch.enable_grad(), _eager_fast.portable_only():
+    with torch.enable_grad(), engine_kernels.portable_only():
         state = spec.state_value(tuple(parts_)) if ctx.n_state else None
         out, final, _ = spec.forward(dict(zip(spec.param_shapes(), weights_)), x_, state, ctx.lengths,
                                      dropout_masks=masks, tape="none")

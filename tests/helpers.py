@@ -9,7 +9,7 @@ import pytest
 from array_api_compat import array_namespace, device
 
 from portable_rnn.backends import BACKEND_NAMES
-from portable_rnn.cells import CELLS
+from portable_rnn.engine.cells import CELLS
 
 #: The matrix id of JAX under ``jax.jit`` (a test-matrix id, not a backend of the library).
 JIT = "jax:jit"
@@ -68,7 +68,7 @@ def _jitted(fn, static):
 
 
 def every_cell() -> dict:
-    """Every cell of :data:`portable_rnn.cells.CELLS` by test id; the RNN with each nonlinearity.
+    """Every cell of :data:`portable_rnn.engine.cells.CELLS` by test id; the RNN with each nonlinearity.
 
     Tests that iterate over it cover a new cell without being edited.
     """

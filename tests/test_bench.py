@@ -22,7 +22,7 @@ from portable_rnn.app.bench.cases import BENCH_CELLS
 from portable_rnn.app.bench.contenders import Contender
 from portable_rnn.app.bench.run import SCHEMA, run
 from portable_rnn.app.bench.targets import targets
-from portable_rnn.cells import CELLS
+from portable_rnn.engine.cells import CELLS
 
 CONTENDER_FIELDS = {
     "kind", "device", "group", "median_s", "times_s", "gflops", "compile_s", "peak_bytes",

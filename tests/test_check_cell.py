@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from portable_rnn import check_cell
-from portable_rnn.cells import GRUCell, LSTMCell, RNNCell
+from portable_rnn.engine.cells import GRUCell, LSTMCell, RNNCell
 from portable_rnn.testing.cellcheck import CellCheckError
 
 BUILT_IN = [RNNCell("tanh"), RNNCell("relu"), LSTMCell(), LSTMCell(proj_size=2), GRUCell()]

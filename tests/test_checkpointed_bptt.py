@@ -14,8 +14,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from portable_rnn import _eager_fast, sequence
-from portable_rnn.cells import LSTMCell
+from portable_rnn.engine import kernels, sequence
+from portable_rnn.engine.cells import LSTMCell
 from portable_rnn.layers import GRU, LSTM, RNN
 from portable_rnn.model import CharModel
 
@@ -196,8 +196,8 @@ def test_the_in_place_segments_of_the_fast_path_equal_the_portable_ones(backend,
     params = {k: backend.asarray(v, "float64") for k, v in params.items()}
     x, lengths, d_out = backend.asarray(x, "float64"), backend.asarray(lengths), backend.asarray(d_out, "float64")
     runs = []
-    real = _eager_fast.over_segments
-    monkeypatch.setattr(_eager_fast, "over_segments", lambda *a: runs.append(1) or real(*a))
+    real = kernels.over_segments
+    monkeypatch.setattr(kernels, "over_segments", lambda *a: runs.append(1) or real(*a))
 
     def run():
         out, _, tape = spec.forward(params, x, lengths=lengths, tape="checkpoint", checkpoint_every=3)
@@ -205,7 +205,7 @@ def test_the_in_place_segments_of_the_fast_path_equal_the_portable_ones(backend,
 
     fast = run()
     assert len(runs) == 2  # the forward's out and the backward's dx
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         portable = run()
     assert len(runs) == 2
     for got, ref in zip(_flat(fast), _flat(portable)):

@@ -33,7 +33,8 @@ import pathlib
 import pytest
 
 import portable_rnn
-from portable_rnn import _eager_fast, cs231n, losses, optim, stepbystep
+from portable_rnn import cs231n, losses, optim, stepbystep
+from portable_rnn.engine import kernels
 from portable_rnn.layers import LAYERS
 from portable_rnn.model import CharModel
 
@@ -42,8 +43,8 @@ ROOT = pathlib.Path(portable_rnn.__file__).parent
 #: The modules that run on every backend and device. Not here: ``backends``,
 #: ``_validation`` (the backend layer: library-specific code behind library
 #: checks), ``init``, ``io``, ``interop`` but its course layouts, ``testing``,
-#: ``app`` (host side) and ``_eager_fast`` (NumPy and CPU torch only).
-CORE = ("cells", "sequence", "loop", "activations", "layers", "stepbystep", "cs231n",
+#: ``app`` (host side) and ``engine/kernels`` (NumPy and CPU torch only).
+CORE = ("engine/cells", "engine/sequence", "engine/loop", "activations", "layers", "stepbystep", "cs231n",
         "losses", "optim", "model", "interop/courses")
 
 #: The array attributes the core may read: those every supported version of
@@ -349,7 +350,7 @@ def test_host_transfers_per_call_do_not_grow_with_time(surface):
     for T in (3, 9):
         run = SURFACES[surface]("cpu", T)
         counter = _counter()
-        with _eager_fast.portable_only(), counter:
+        with kernels.portable_only(), counter:
             run()
         counts[T] = counter.totals
         details = dict(counter.copies) | dict(counter.reads)
@@ -449,11 +450,11 @@ def test_public_surfaces_run_on_tensors_without_values(surface):
     """On the ``meta`` device a host read raises; nothing is copied to the device either."""
     run = META_SURFACES[surface]()
     counter = _counter()
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     with counter:
         run()
     assert counter.totals == (0, 0), (counter.copies, counter.reads)
-    assert dict(_eager_fast.calls) == before  # the fast path would call .numpy()
+    assert dict(kernels.calls) == before  # the fast path would call .numpy()
 
 
 def test_lengths_without_values_say_they_need_the_host():
@@ -482,7 +483,7 @@ def test_fast_path_refuses_tensors_without_values():
     cell = LAYERS["lstm"](3, 4).cell
     x, h = _meta(5, 2, 3), _meta(2, 4)
     W_ih, W_hh = _meta(16, 3), _meta(16, 4)
-    assert _eager_fast.why_not_forward(cell, x, (h, h), W_ih, W_hh, None, None, None, xp=xt) is not None
+    assert kernels.why_not_forward(cell, x, (h, h), W_ih, W_hh, None, None, None, xp=xt) is not None
 
 
 # --------------------------------------------------------------------------- the dtype the library made

@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 #: The public modules, each with an ``__all__`` whose every name needs a reference entry.
 PUBLIC_MODULES = (
-    "portable_rnn", "portable_rnn.activations", "portable_rnn.backends", "portable_rnn.cells",
+    "portable_rnn", "portable_rnn.activations", "portable_rnn.backends", "portable_rnn.engine.cells",
     "portable_rnn.course_layouts", "portable_rnn.cs231n", "portable_rnn.dask", "portable_rnn.dense",
     "portable_rnn.init", "portable_rnn.interop", "portable_rnn.interop.courses", "portable_rnn.interop.flax",
     "portable_rnn.interop.keras", "portable_rnn.interop.torch", "portable_rnn.io", "portable_rnn.jax",
-    "portable_rnn.layers", "portable_rnn.loop", "portable_rnn.losses", "portable_rnn.model", "portable_rnn.optim",
-    "portable_rnn.parallel", "portable_rnn.sequence", "portable_rnn.stepbystep", "portable_rnn.testing.fixtures",
+    "portable_rnn.layers", "portable_rnn.engine.loop", "portable_rnn.losses", "portable_rnn.model", "portable_rnn.optim",
+    "portable_rnn.parallel", "portable_rnn.engine.sequence", "portable_rnn.stepbystep", "portable_rnn.testing.fixtures",
     "portable_rnn.testing.gradcheck", "portable_rnn.torch",
 )
 

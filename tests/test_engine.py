@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import portable_rnn as prnn
-from portable_rnn import sequence
-from portable_rnn.cells import GRUCell, LSTMCell, RNNCell, cell_for
-from portable_rnn.loop import scan
+from portable_rnn.engine import sequence
+from portable_rnn.engine.cells import GRUCell, LSTMCell, RNNCell, cell_for
+from portable_rnn.engine.loop import scan
 
 from .helpers import assert_on_backend, every_cell, rel_error
 

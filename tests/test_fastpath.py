@@ -1,8 +1,8 @@
 """The NumPy / torch-CPU fast path of the engine gives the portable path's numbers, and runs.
 
-``portable_rnn._eager_fast`` is chosen automatically by ``sequence.forward`` and
-``sequence.backward``; ``_eager_fast.portable_only()`` forces the portable path
-and ``_eager_fast.calls`` counts the fast runs. Every output is compared: the
+``portable_rnn.engine.kernels`` is chosen automatically by ``sequence.forward`` and
+``sequence.backward``; ``kernels.portable_only()`` forces the portable path
+and ``kernels.calls`` counts the fast runs. Every output is compared: the
 layer output, final state, the whole tape (states and the cell tape in the
 portable layout) and every gradient, relative to the largest magnitude of the
 portable result (float64 1e-12, float32 5e-6: float32 sums over up to 37 steps).
@@ -15,8 +15,8 @@ import itertools
 import numpy as np
 import pytest
 
-from portable_rnn import _eager_fast, sequence
-from portable_rnn.cells import GRUCell, LSTMCell, RNNCell
+from portable_rnn.engine import kernels, sequence
+from portable_rnn.engine.cells import GRUCell, LSTMCell, RNNCell
 from portable_rnn.layers import GRU, LSTM, RNN
 
 from .helpers import rel_error
@@ -107,14 +107,14 @@ def _run(lib, cell, d, truncate=None, with_d_out=True, with_d_final=True, biases
 
 def _fast_and_portable(lib, cell, d, **kw):
     kind = KIND[type(cell)]
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     fast = _run(lib, cell, d, **kw)
     for direction in ("forward", "backward"):
         key = (lib.name, direction, kind)
-        assert _eager_fast.calls[key] == before.get(key, 0) + 1, f"the fast {direction} did not run"
-    with _eager_fast.portable_only():
+        assert kernels.calls[key] == before.get(key, 0) + 1, f"the fast {direction} did not run"
+    with kernels.portable_only():
         portable = _run(lib, cell, d, **kw)
-    assert dict(_eager_fast.calls) == _plus_one_run(before, lib.name, kind), "portable_only() ran the fast path"
+    assert dict(kernels.calls) == _plus_one_run(before, lib.name, kind), "portable_only() ran the fast path"
     return fast, portable
 
 
@@ -162,7 +162,7 @@ def test_fast_path_without_biases(lib, cell, biases):
 @pytest.mark.parametrize("chunk_rows", [1, 5])
 def test_fast_path_across_gradient_chunks(lib, cell, chunk_rows, monkeypatch):
     """Chunks of 1 step, and chunks that do not divide T, for the weight-gradient matmuls."""
-    monkeypatch.setattr(_eager_fast, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(kernels, "CHUNK_ROWS", chunk_rows)
     d = _inputs(cell, "float64", T=37, N=3, D=5, H=6, seed=3, masked=True)
     fast, portable = _fast_and_portable(lib, cell, d, truncate=4)
     _assert_same(fast, portable, "float64", f"CHUNK_ROWS={chunk_rows}")
@@ -176,13 +176,13 @@ def test_tapes_are_interchangeable(cell):
     import array_api_compat.numpy as xp
 
     _, _, fast_tape = sequence.forward(cell, *args, xp=xp)
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         _, _, portable_tape = sequence.forward(cell, *args, xp=xp)
     d_final = (d["d_final"],) + (None,) * (cell.n_states - 1)
     results = []
     for tape, portable in [(fast_tape, False), (portable_tape, False), (fast_tape, True), (portable_tape, True)]:
         if portable:
-            with _eager_fast.portable_only():
+            with kernels.portable_only():
                 g = sequence.backward(cell, tape, d["d_out"], d_final, d["W_ih"], d["W_hh"], xp=xp, truncate=2)
         else:
             g = sequence.backward(cell, tape, d["d_out"], d_final, d["W_ih"], d["W_hh"], xp=xp, truncate=2)
@@ -201,7 +201,7 @@ def test_lstm_tape_keeps_the_portable_layout():
 
     args = (d["x"], d["state0"], d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"], None)
     _, _, fast = sequence.forward(cell, *args, xp=xp)
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         _, _, portable = sequence.forward(cell, *args, xp=xp)
     assert len(fast.cell_tape) == 5
     for a, b in zip(fast.cell_tape, portable.cell_tape):
@@ -218,14 +218,14 @@ def test_public_layers_take_the_fast_path(lib, Layer):
     lengths = lib.conv(np.array([6, 2, 4])) if lib.name == "torch" else np.array([6, 2, 4])
     params = spec.init(0, like=x)
     kind = Layer.mode
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     out, state, tape = spec.forward(params, x, lengths=lengths)
     d_out = lib.conv(rng.normal(size=tuple(out.shape)))
     grads, dx, _ = spec.backward(params, tape, d_out, truncate=3)
     for direction in ("forward", "backward"):
         key = (lib.name, direction, kind)
-        assert _eager_fast.calls[key] == before.get(key, 0) + 4  # 2 layers x 2 directions
-    with _eager_fast.portable_only():
+        assert kernels.calls[key] == before.get(key, 0) + 4  # 2 layers x 2 directions
+    with kernels.portable_only():
         p_out, p_state, p_tape = spec.forward(params, x, lengths=lengths)
         p_grads, p_dx, _ = spec.backward(params, p_tape, d_out, truncate=3)
     assert rel_error(lib.back(out), lib.back(p_out)) <= 1e-12
@@ -274,7 +274,7 @@ def test_fallbacks_take_the_portable_path():
 
     cell = LSTMCell()
     d = _inputs(cell, "float64")
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     # mixed dtypes: promotion is the portable path's business
     sequence.forward(cell, d["x"].astype(np.float32), d["state0"], d["W_ih"], d["W_hh"], None, None,
                      xp=xp)
@@ -283,7 +283,7 @@ def test_fallbacks_take_the_portable_path():
         pass
 
     sequence.forward(MyLSTM(), d["x"], d["state0"], d["W_ih"], d["W_hh"], None, None, xp=xp)
-    assert dict(_eager_fast.calls) == before
+    assert dict(kernels.calls) == before
     torch = pytest.importorskip("torch", reason="torch: not installed")
     import array_api_compat.torch as xt
 
@@ -291,7 +291,7 @@ def test_fallbacks_take_the_portable_path():
     out, _, _ = sequence.forward(cell, torch.from_numpy(d["x"]), tuple(torch.from_numpy(s) for s in d["state0"]),
                                  W, torch.from_numpy(d["W_hh"]), None, None, xp=xt)
     assert out.requires_grad  # autograd still works through the portable path
-    assert dict(_eager_fast.calls) == before
+    assert dict(kernels.calls) == before
 
 
 def test_calls_counter_and_switch_are_per_thread():
@@ -305,14 +305,14 @@ def test_calls_counter_and_switch_are_per_thread():
 
     def worker():
         sequence.forward(cell, d["x"], d["state0"], d["W_ih"], d["W_hh"], None, None, xp=xp)
-        seen.append(_eager_fast.enabled())
+        seen.append(kernels.enabled())
 
-    with _eager_fast.portable_only():
-        assert not _eager_fast.enabled()
+    with kernels.portable_only():
+        assert not kernels.enabled()
         thread = threading.Thread(target=worker)
         thread.start()
         thread.join()
-    assert seen == [True] and _eager_fast.enabled()
+    assert seen == [True] and kernels.enabled()
 
 
 @pytest.mark.parametrize("cell", CELLS, ids=CELL_IDS)
@@ -346,7 +346,7 @@ def test_torch_tensors_run_the_numpy_kernels_in_place(backend, cell):
     if isinstance(cell, LSTMCell):
         i, f = tape.cell_tape[0], tape.cell_tape[1]
         assert f.data_ptr() - i.data_ptr() == 4 * 8 and i.stride() == (3 * 16, 16, 1)
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         p_out, _, p_tape = sequence.forward(cell, x, state0, t["W_ih"], t["W_hh"], t["b_ih"], t["b_hh"],
                                             t["mask"], xp=xt)
         p_g = sequence.backward(cell, p_tape, t["d_out"], None, t["W_ih"], t["W_hh"], xp=xt, truncate=2)
@@ -391,9 +391,9 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
         asked.append((m, k, n))
         return True
 
-    monkeypatch.setattr(_eager_fast._TorchBLAS, "_torch_is_faster", staticmethod(always))
-    monkeypatch.setattr(_eager_fast, "TORCH_GATES_MIN", 0)  # the LSTM's activations by torch too
-    monkeypatch.setattr(_eager_fast, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(kernels._TorchBLAS, "_torch_is_faster", staticmethod(always))
+    monkeypatch.setattr(kernels, "TORCH_GATES_MIN", 0)  # the LSTM's activations by torch too
+    monkeypatch.setattr(kernels, "CHUNK_ROWS", 5)
     for N, masked, truncate in ((3, True, 2), (4, False, None), (0, False, 2)):
         d = _inputs(cell, dtype, T=11, N=N, D=5, H=6, seed=4, masked=masked)
         d["x"] = lib.torch.from_numpy(np.ascontiguousarray(d["x"].transpose(1, 0, 2))).transpose(0, 1)
@@ -411,22 +411,22 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
 def test_torch_blas_is_chosen_by_size():
     """Only large enough products go to torch's BLAS, not those of large GRUs; NumPy inputs keep NumPy's."""
     W_hh = {H: np.zeros((3 * H, H)) for H in (256, 512)}
-    blas = _eager_fast._blas("torch", "gru", 64, W_hh[256])
+    blas = kernels._blas("torch", "gru", 64, W_hh[256])
     assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's single-threaded call is cheaper
     assert blas.matmul(1000, 32, 64) is not np.matmul  # any product OpenBLAS would run on two threads
     assert blas.matmul(64, 256, 768) is not np.matmul
-    assert _eager_fast._blas("torch", "gru", 256, W_hh[512]) is _eager_fast._NUMPY_BLAS
-    assert _eager_fast._blas("torch", "rnn", 256, W_hh[512][:512]) is not _eager_fast._NUMPY_BLAS
-    lstm = _eager_fast._blas("torch", "lstm", 256, np.zeros((4 * 512, 512)))  # every LSTM, however large
-    assert lstm is not _eager_fast._NUMPY_BLAS
-    assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is _eager_fast._np_matmul_add
-    assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not _eager_fast._np_matmul_add
-    assert lstm.lstm_gates(64 * 256) is _eager_fast._TorchLSTMGates
-    assert lstm.lstm_gates(32 * 128) is _eager_fast._NumPyLSTMGates  # (32, 50, 64, 128): NumPy's passes were faster
-    assert lstm.lstm_gates(1 * 64) is _eager_fast._NumPyLSTMGates  # N = 1: NumPy's cheaper calls
-    assert _eager_fast._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is _eager_fast._NUMPY_BLAS
-    assert _eager_fast._NUMPY_BLAS.lstm_gates(64 * 256) is _eager_fast._NumPyLSTMGates
-    assert _eager_fast._blas("numpy", "gru", 64, W_hh[256]) is _eager_fast._NUMPY_BLAS
+    assert kernels._blas("torch", "gru", 256, W_hh[512]) is kernels._NUMPY_BLAS
+    assert kernels._blas("torch", "rnn", 256, W_hh[512][:512]) is not kernels._NUMPY_BLAS
+    lstm = kernels._blas("torch", "lstm", 256, np.zeros((4 * 512, 512)))  # every LSTM, however large
+    assert lstm is not kernels._NUMPY_BLAS
+    assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is kernels._np_matmul_add
+    assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not kernels._np_matmul_add
+    assert lstm.lstm_gates(64 * 256) is kernels._TorchLSTMGates
+    assert lstm.lstm_gates(32 * 128) is kernels._NumPyLSTMGates  # (32, 50, 64, 128): NumPy's passes were faster
+    assert lstm.lstm_gates(1 * 64) is kernels._NumPyLSTMGates  # N = 1: NumPy's cheaper calls
+    assert kernels._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is kernels._NUMPY_BLAS
+    assert kernels._NUMPY_BLAS.lstm_gates(64 * 256) is kernels._NumPyLSTMGates
+    assert kernels._blas("numpy", "gru", 64, W_hh[256]) is kernels._NUMPY_BLAS
 
 
 @pytest.mark.parametrize("fast_path", ["auto", True, False])
@@ -436,12 +436,12 @@ def test_fast_path_is_a_visible_choice(lib, fast_path):
     spec = LSTM(3, 4, num_layers=2, bidirectional=True)
     params = {k: lib.conv(v) for k, v in spec.init(seed=0, dtype="float64").items()}
     x = lib.conv(np.random.default_rng(0).normal(size=(5, 2, 3)))
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     out, _, tape = spec.forward(params, x, fast_path=fast_path)
     grads, _, _ = spec.backward(params, tape, out, fast_path=fast_path)
-    ran = dict(_eager_fast.calls) != before
+    ran = dict(kernels.calls) != before
     assert ran == (fast_path is not False)
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         out_p, _, tape_p = spec.forward(params, x)
         grads_p, _, _ = spec.backward(params, tape_p, out_p)
     assert rel_error(lib.back(out), lib.back(out_p)) < 1e-12
@@ -452,7 +452,7 @@ def test_fast_path_is_a_visible_choice(lib, fast_path):
         with pytest.raises(ValueError, match=r"fast_path=True, but no fast kernel runs this layer: "
                                              r"an LSTM with a projection \(proj_size\) has no fast kernel"):
             projected.forward(p, x, fast_path=True)
-        with _eager_fast.portable_only(), pytest.raises(ValueError, match="switched off in this thread"):
+        with kernels.portable_only(), pytest.raises(ValueError, match="switched off in this thread"):
             spec.forward(params, x, fast_path=True)
     else:
         projected.forward(p, x, fast_path=fast_path)  # the portable kernel, silently

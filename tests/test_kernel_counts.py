@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 
 from portable_rnn.app.bench import kernels
-from portable_rnn.sequence import BACKWARD_CHUNK
+from portable_rnn.engine.sequence import BACKWARD_CHUNK
 
 
 def test_per_step_is_the_slope_between_two_lengths():
@@ -74,7 +74,7 @@ def test_the_backward_computes_local_derivatives_once_per_chunk_not_per_step(mod
     torch = pytest.importorskip("torch")
     import array_api_compat.torch as xp
 
-    from portable_rnn.cells import cell_for
+    from portable_rnn.engine.cells import cell_for
 
     cell = cell_for(mode)
     one_step = tuple(torch.rand(1, 2, 4) for _ in cell.states)

@@ -14,8 +14,9 @@ import functools
 import numpy as np
 import pytest
 
-from portable_rnn import LSTM, _eager_fast, interop
-from portable_rnn.cells import LSTMCell, cell_for
+from portable_rnn import LSTM, interop
+from portable_rnn.engine import kernels
+from portable_rnn.engine.cells import LSTMCell, cell_for
 from portable_rnn.init import projection_name
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
@@ -97,14 +98,14 @@ def test_the_fast_path_declines_projections_and_the_portable_path_runs_them(back
     spec = LSTM(D, H, proj_size=P)
     x = backend.asarray(np.random.default_rng(0).normal(size=(4, 2, D)), "float64")
     params = spec.init(seed=0, like=x)
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     out, _, tape = spec.forward(params, x)
     spec.backward(params, tape, out)
-    assert dict(_eager_fast.calls) == before
+    assert dict(kernels.calls) == before
     assert tuple(out.shape) == (4, 2, P)
     plain = LSTM(D, H)
     plain.forward(plain.init(seed=0, like=x), x)
-    assert sum(_eager_fast.calls.values()) == sum(before.values()) + 1  # the counter does count
+    assert sum(kernels.calls.values()) == sum(before.values()) + 1  # the counter does count
 
 
 def test_init_draws_torch_shapes_in_state_dict_order_and_keeps_proj_size_0_unchanged():

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from portable_rnn import sequence
+from portable_rnn.engine import sequence
 from portable_rnn.testing.gradcheck import numerical_gradient
 
 from .helpers import every_cell, rel_error

@@ -2,7 +2,7 @@
 
 ``vmap``'s batched tensors and ``grad``'s grad-tracking tensors look like
 plain CPU tensors but have no memory NumPy could view: they must take the
-portable path, which the transforms trace op by op (:mod:`portable_rnn._eager_fast`
+portable path, which the transforms trace op by op (:mod:`portable_rnn.engine.kernels`
 says why). The numbers are held to the plain loop over the batch (fast path)
 and to ``torch.autograd`` and the hand-written backward.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from portable_rnn import _eager_fast
+from portable_rnn.engine import kernels
 from portable_rnn.layers import LAYERS
 
 torch = pytest.importorskip("torch", reason="torch: not installed")
@@ -46,11 +46,11 @@ def test_vmap_over_a_batch_of_inputs_equals_the_loop(name):
         grads, dx, _ = spec.backward(params, tape, d_out, None, truncate=2)
         return out, dx, grads["weight_hh_l0"]
 
-    before = dict(_eager_fast.calls)
+    before = dict(kernels.calls)
     batched = func.vmap(forward_backward)(xs)
-    assert dict(_eager_fast.calls) == before  # batched tensors never reach .numpy()
+    assert dict(kernels.calls) == before  # batched tensors never reach .numpy()
     looped = [forward_backward(x) for x in xs]
-    assert dict(_eager_fast.calls) != before  # the loop's plain tensors do take the fast path
+    assert dict(kernels.calls) != before  # the loop's plain tensors do take the fast path
     for k, got in enumerate(batched):
         torch.testing.assert_close(got, torch.stack([r[k] for r in looped]), **TOL)
 
@@ -105,7 +105,7 @@ def test_fast_path_refuses_wrapped_tensors():
     def probe(x):
         h = torch.zeros(2, 4, dtype=x.dtype)
         W_ih, W_hh = torch.ones(12, 3, dtype=x.dtype), torch.ones(12, 4, dtype=x.dtype)
-        seen.append(_eager_fast.why_not_forward(cell, x, (h,), W_ih, W_hh, None, None, None, xt) is None)
+        seen.append(kernels.why_not_forward(cell, x, (h,), W_ih, W_hh, None, None, None, xt) is None)
         return torch.sum(x)
 
     xs = torch.ones(2, 5, 2, 3, dtype=torch.float64)
@@ -125,13 +125,13 @@ def test_parameters_take_the_fast_path_only_when_frozen():
     frozen = {k: torch.nn.Parameter(v.clone(), requires_grad=False) for k, v in params.items()}
     trained = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
 
-    before = _eager_fast.calls["torch", "forward", "lstm"]
+    before = kernels.calls["torch", "forward", "lstm"]
     out_frozen, _, _ = spec.forward(frozen, x)
-    assert _eager_fast.calls["torch", "forward", "lstm"] == before + 4  # 2 layers x 2 directions
+    assert kernels.calls["torch", "forward", "lstm"] == before + 4  # 2 layers x 2 directions
     out_trained, _, _ = spec.forward(trained, x)
-    assert _eager_fast.calls["torch", "forward", "lstm"] == before + 4
+    assert kernels.calls["torch", "forward", "lstm"] == before + 4
     assert out_trained.requires_grad and not out_frozen.requires_grad
     torch.testing.assert_close(out_frozen, out_trained.detach(), **TOL)
-    with _eager_fast.portable_only():
+    with kernels.portable_only():
         out_portable, _, _ = spec.forward(params, x)
     torch.testing.assert_close(out_frozen, out_portable, **TOL)

@@ -23,8 +23,8 @@ RENDERED = {
     "portable_rnn.cs231n", "portable_rnn.model", "portable_rnn.losses", "portable_rnn.optim",
     "portable_rnn.activations", "portable_rnn.dense", "portable_rnn.init", "portable_rnn.backends", "portable_rnn.io",
     "portable_rnn.interop", "portable_rnn.interop.torch", "portable_rnn.interop.keras", "portable_rnn.interop.flax",
-    "portable_rnn.interop.courses", "portable_rnn.parallel", "portable_rnn.dask", "portable_rnn.cells",
-    "portable_rnn.sequence", "portable_rnn.loop", "portable_rnn.course_layouts", "portable_rnn.testing",
+    "portable_rnn.interop.courses", "portable_rnn.parallel", "portable_rnn.dask", "portable_rnn.engine.cells",
+    "portable_rnn.engine.sequence", "portable_rnn.engine.loop", "portable_rnn.course_layouts", "portable_rnn.testing",
     "portable_rnn.testing.fixtures", "portable_rnn.testing.gradcheck",
 }
 _ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|obj|exc):`(~?)([^`<]+?)(?:\(\))?`")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from array_api_compat import device as device_of
 
-from ..cells import CELLS
+from ..engine.cells import CELLS
 from .._validation import check_arrays, check_keys, check_shape
 from ..course_layouts import (
     STEPBYSTEP_GATES,

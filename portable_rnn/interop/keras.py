@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import init as _init
 from ..backends import to_host
-from ..cells import CELLS
+from ..engine.cells import CELLS
 from .._validation import check_shape
 from . import _common
 

@@ -1,6 +1,6 @@
 """Check a cell's hand-written backward: :func:`check_cell`.
 
-A cell (:class:`portable_rnn.cells.Cell`) writes its forward step and, by
+A cell (:class:`portable_rnn.engine.cells.Cell`) writes its forward step and, by
 hand, its local derivatives and step backward. :func:`check_cell` runs the
 cell over a short random sequence in float64 through the engine's portable
 path (the cell's own methods, never a fast kernel), backpropagates a random
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import sequence
+from ..engine import sequence
 from ..backends import jax_float64
 from .gradcheck import numerical_gradient
 
@@ -115,17 +115,17 @@ def check_cell(cell, *, input_size: int = 3, hidden_size: int = 4, batch: int = 
                seed: int = 0, tolerance: float = 1e-7, autodiff: bool = True) -> dict:
     """Check ``cell``'s hand-written backward against finite differences and autodiff, in float64.
 
-    The cell runs over a random sequence through :func:`portable_rnn.sequence.forward`
-    (its own :meth:`~portable_rnn.cells.Cell.step`), and the loss is a random
+    The cell runs over a random sequence through :func:`portable_rnn.engine.sequence.forward`
+    (its own :meth:`~portable_rnn.engine.cells.Cell.step`), and the loss is a random
     linear function of its outputs and final states, so every output and
     state carries gradient. The gradients of
-    :func:`portable_rnn.sequence.backward` (the cell's ``step_derivatives``
+    :func:`portable_rnn.engine.sequence.backward` (the cell's ``step_derivatives``
     and ``step_backward``) must agree with each reference to ``tolerance``,
     relative to the reference's largest entry.
 
     Parameters
     ----------
-    cell : portable_rnn.cells.Cell
+    cell : portable_rnn.engine.cells.Cell
     input_size, hidden_size, batch, steps : int
         D, H, N and T of the random sequence.
     seed : int

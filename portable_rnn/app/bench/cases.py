@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...backends import BACKEND_NAMES
-from ...cells import CELLS
+from ...engine.cells import CELLS
 from ...layers import LAYERS
 
 __all__ = ["CONFIGS", "QUICK_CONFIGS", "BENCH_CELLS", "BENCH_BACKENDS", "Case", "host_inputs"]

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ... import _eager_fast, backends
+from ...engine import kernels as engine_kernels
+
+from ... import backends
 from .memory import cuda_memory, jax_memory, numpy_memory
 
 if TYPE_CHECKING:  # for annotations only: torch is optional and imported where a contender runs
@@ -130,7 +132,7 @@ def ours_numpy(case, spec, params, x, *, portable=False):
 
     def run():
         if portable:
-            with _eager_fast.portable_only():
+            with engine_kernels.portable_only():
                 return fwd_bwd(spec, params, x, _numpy_ones)
         return fwd_bwd(spec, params, x, _numpy_ones)
 

@@ -6,7 +6,7 @@ does not depend on the device for eager code, so it is made on the CPU with
 tiny sizes, once per cell. Each count is the slope between two sequence
 lengths, which removes the per-call part (input projection, weight
 gradients, stacking); the lengths are whole numbers of the backward's chunks
-(:data:`~portable_rnn.sequence.BACKWARD_CHUNK`), so the local derivatives
+(:data:`~portable_rnn.engine.sequence.BACKWARD_CHUNK`), so the local derivatives
 computed once per chunk of an eager backward count as their share per step
 (e.g. 7.5).
 
@@ -34,9 +34,9 @@ import functools
 
 import numpy as np
 
-from ... import _eager_fast
+from ...engine import kernels as engine_kernels
 from ...layers import LAYERS
-from ...sequence import BACKWARD_CHUNK
+from ...engine.sequence import BACKWARD_CHUNK
 
 __all__ = ["STEPS", "UNITS", "per_step", "torch_ours", "torch_nn", "jax_ours", "jax_grad", "kernels_per_step"]
 
@@ -105,7 +105,7 @@ def torch_ours(cell, steps=STEPS) -> dict:
     def count(T):
         spec, params, x = _host_inputs(cell, T)
         p = {k: torch.asarray(v) for k, v in params.items()}
-        with _eager_fast.portable_only():
+        with engine_kernels.portable_only():
             (out, _, tape), forward = _counted(lambda: spec.forward(p, torch.asarray(x)))
             d_out = torch.ones((), dtype=out.dtype).expand(out.shape)
             _, backward = _counted(lambda: spec.backward(p, tape, d_out))

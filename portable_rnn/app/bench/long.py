@@ -27,7 +27,7 @@ Contenders
     (:func:`sqrt_checkpoint_forward`): an outer ``lax.scan`` over segments
     whose body is ``jax.checkpoint`` of the segment's input projection and
     inner scan. The segments are this package's
-    (:func:`portable_rnn.sequence.segment_length`): S = ceil(T / ceil(sqrt T))
+    (:func:`portable_rnn.engine.sequence.segment_length`): S = ceil(T / ceil(sqrt T))
     segments of k = ceil(T / S) steps but the last, which holds the
     remaining 1..k steps; when it is shorter than k it runs as one more
     checkpointed call after the outer scan over the others, and the outputs
@@ -284,14 +284,14 @@ def sqrt_checkpoint_forward(p, x, checkpoint_every=None):
     An outer ``lax.scan`` over the segments of k steps whose body is
     ``jax.checkpoint`` of :func:`~portable_rnn.app.bench.references.jax_lstm_scan`,
     then, when k does not divide T, the shorter last segment as one more checkpointed call and a
-    concatenation of the outputs (as :func:`portable_rnn.sequence.forward`
-    does); k is :func:`portable_rnn.sequence.segment_length`'s. Only the
+    concatenation of the outputs (as :func:`portable_rnn.engine.sequence.forward`
+    does); k is :func:`portable_rnn.engine.sequence.segment_length`'s. Only the
     states entering each segment are kept for the backward.
     """
     import jax
     import jax.numpy as jnp
 
-    from ...sequence import segment_length
+    from ...engine.sequence import segment_length
     from .references import jax_lstm_scan
 
     T, n, d = x.shape

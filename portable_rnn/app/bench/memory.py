@@ -18,8 +18,8 @@ import tracemalloc
 
 import numpy as np
 
-from ... import _eager_fast
-from ...loop import leaves
+from ...engine import kernels as engine_kernels
+from ...engine.loop import leaves
 
 __all__ = ["numpy_memory", "jax_memory", "cuda_memory"]
 
@@ -60,7 +60,7 @@ def numpy_memory(spec, params, x, *, portable=False):
         try:
             base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            with _eager_fast.portable_only() if portable else contextlib.nullcontext():
+            with engine_kernels.portable_only() if portable else contextlib.nullcontext():
                 out, _, tape = spec.forward(params, x)
                 grads, dx, d0 = spec.backward(params, tape, d_out)
                 del out, tape

@@ -1,6 +1,6 @@
 r"""Fast path of the sequence engine for NumPy, and torch on CPU (behind the portable one).
 
-:func:`portable_rnn.sequence.forward` and :func:`~portable_rnn.sequence.backward`
+:func:`portable_rnn.engine.sequence.forward` and :func:`~portable_rnn.engine.sequence.backward`
 hand their work to this module when every array is a plain ``numpy.ndarray``,
 or every array is a plain CPU ``torch.Tensor`` that does not require grad, of
 one dtype (float32 or float64) with the documented shapes, and the cell is one
@@ -46,7 +46,7 @@ arrays it allocated itself):
   ``tanh(g)`` and ``tanh(z/2)``, and :math:`\sigma(z) = \tfrac12\tanh(z/2) +
   \tfrac12` finishes the gates in two cheap passes (NumPy's float32 ``tanh``
   is faster than its ``exp``). The tape exposes the portable layout
-  :class:`~portable_rnn.cells.LSTMTape` ``(i, f, g, o, tanh_c)`` of views;
+  :class:`~portable_rnn.engine.cells.LSTMTape` ``(i, f, g, o, tanh_c)`` of views;
   ``tanh(c)`` is computed once, there.
 * **Gate derivatives batched over steps.** Every pre-activation gradient is
   ``dh`` (or LSTM's ``dc``) times a factor that only depends on the tape. The
@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_numpy_namespace, is_torch_namespace
 
-from .loop import leaves, stack_trees, tree_map
+from ..loop import leaves, stack_trees, tree_map
 
 __all__ = ["calls", "portable_only", "enabled", "why_not_forward", "why_not_backward", "why_not_segments",
            "forward", "backward", "over_segments", "CHUNK_ROWS", "FACTOR_ELEMENTS", "TORCH_MATMUL_MIN",
@@ -318,7 +318,7 @@ def why_not_segments(xp, *trees) -> str | None:
 
 
 def over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse):
-    """:func:`portable_rnn.sequence._over_segments`, writing each segment's per-step results in place.
+    """:func:`portable_rnn.engine.sequence._over_segments`, writing each segment's per-step results in place.
 
     The same segments (``k`` steps each, the last shorter) in the same order
     and the same numbers; the (T, ...) results are allocated when the first
@@ -608,7 +608,7 @@ def _finish(states, mask):
 
 
 def forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
-    """Fast :func:`portable_rnn.sequence.forward`.
+    """Fast :func:`portable_rnn.engine.sequence.forward`.
 
     Returns ``(out, final, states, cell_tape)``; the caller builds the Tape.
     """
@@ -730,9 +730,9 @@ def _rnn_forward(relu, blas, x, state0, W_ih, W_hh, b_ih, b_hh, mask):
 
 
 def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
-    """Fast :func:`portable_rnn.sequence.backward`.
+    """Fast :func:`portable_rnn.engine.sequence.backward`.
 
-    ``keep`` is :func:`portable_rnn.sequence.window_keep`'s result. Returns
+    ``keep`` is :func:`portable_rnn.engine.sequence.window_keep`'s result. Returns
     ``(dx, dstate0, dW_ih, dW_hh, db_ih, db_hh)``.
     """
     mode, library = _fast_mode(cell), _library(xp)

@@ -58,7 +58,7 @@ gates, computes ``t = tanh`` over the block and ``t / 2 + 1/2`` gives the
 sigmoid gates: two kernels per step fewer than halving inside the step,
 which counts on a GPU, where an eager step is launch-bound. On NumPy and on torch (CPU) the sequence
 engine runs an equivalent fast path instead of these methods
-(:mod:`portable_rnn._eager_fast`); these methods are the definition.
+(:mod:`portable_rnn.engine.kernels`); these methods are the definition.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-from ._validation import check_int
+from .._validation import check_int
 
 __all__ = ["Cell", "RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
            "CELLS", "cell_for"]
@@ -153,7 +153,7 @@ class Cell:
     ``proj_size``
         the size of a projected h, 0 for none (default; only the LSTM has one);
     ``fast_kernel``
-        the name of the NumPy / CPU-torch kernel (:mod:`portable_rnn._eager_fast`)
+        the name of the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
         that computes exactly this class's maths, or ``None`` (default). It
         counts only where the class itself sets it: a subclass may change the
         maths, so it runs the portable engine until it names a kernel of its own.

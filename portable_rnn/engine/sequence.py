@@ -18,7 +18,7 @@ The work is arranged so that only what must be sequential is in the loop:
   steps at a time ahead of the loop over them, which then only applies them
   to the carried gradient.
 
-The loop goes through :func:`portable_rnn.loop.scan`, so it is a Python loop
+The loop goes through :func:`portable_rnn.engine.loop.scan`, so it is a Python loop
 on eager backends and ``jax.lax.scan`` on JAX.
 
 What the forward keeps is chosen by ``tape``:
@@ -49,9 +49,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from . import _eager_fast
-from ._validation import TAPES, check_fast_path, check_tape
-from ._validation import placement as device
+from . import kernels
+from .._validation import TAPES, check_fast_path, check_tape
+from .._validation import placement as device
 from .loop import compiles, leaves, scan, tree_map
 
 __all__ = [
@@ -84,7 +84,7 @@ class Tape(NamedTuple):
     states : tuple of arrays (T, N, H)
         The state after every step (frozen past a sequence's length).
     cell_tape : tree of arrays (T, ...) or None
-        What the cell kept per step (see :mod:`portable_rnn.cells`).
+        What the cell kept per step (see :mod:`portable_rnn.engine.cells`).
     mask : array (T, N, 1) or None
         1.0 for valid steps and 0.0 for padding.
     """
@@ -196,7 +196,7 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         (:func:`segment_length`); ``None`` is :math:`\\lceil\\sqrt T\\rceil`
         for ``"checkpoint"`` and :data:`INFERENCE_SEGMENT` for ``"none"``.
     fast_path : {"auto", True, False}
-        Whether the fast kernels (:mod:`portable_rnn._eager_fast`: NumPy arrays
+        Whether the fast kernels (:mod:`portable_rnn.engine.kernels`: NumPy arrays
         and CPU torch tensors of the built-in cells) run the layer: where they
         accept the case (``"auto"``), always (``True``: a ``ValueError`` says
         why when they decline, e.g. an LSTM with ``proj_size``, or JAX
@@ -246,8 +246,8 @@ def _fast(fast_path, why_not, *args) -> bool:
 
 def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path):
     """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
-    if _fast(fast_path, _eager_fast.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
-        out, final, states, cell_tape = _eager_fast.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
+    if _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
+        out, final, states, cell_tape = kernels.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
     b_x, b_h = _folded_biases(cell, b_ih, b_hh)
     W_ih, W_hh, b_x, b_h = _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp)
@@ -273,7 +273,7 @@ def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
 
     Exact (a power of two), once per sequence: the step then gets
     :math:`z/2` for its sigmoid gates and needs no multiplication to make it
-    (see :mod:`portable_rnn.cells`). A cell without ``halved_gates`` gets its
+    (see :mod:`portable_rnn.engine.cells`). A cell without ``halved_gates`` gets its
     weights as they are.
     """
     halved = cell.halved_gates
@@ -323,8 +323,8 @@ def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False, fast_pa
     Time is split into (segments, steps) by a reshape of the time axis
     alone; the batch axis, and a sharding along it, is untouched.
     """
-    if _fast(fast_path, _eager_fast.why_not_segments, xp, step_xs, segment_xs):
-        return _eager_fast.over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse)
+    if _fast(fast_path, kernels.why_not_segments, xp, step_xs, segment_xs):
+        return kernels.over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse)
     n_steps = next(a.shape[0] for a in leaves(step_xs))
     n_full, tail = divmod(n_steps, k)
     head_len = n_full * k
@@ -491,8 +491,8 @@ def _param_grads(g):
 def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path):
     """:func:`backward` of a full :class:`Tape` (``d_out`` already zero at masked steps)."""
     x, state0, states, cell_tape, mask = tape
-    if _fast(fast_path, _eager_fast.why_not_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp):
-        return Grads(*_eager_fast.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
+    if _fast(fast_path, kernels.why_not_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp):
+        return Grads(*kernels.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
     d_carry = _zeros_for_none(d_final, state0, xp)
     prev_states = _shifted(state0, states, xp)
 
