@@ -30,6 +30,11 @@ Matmul precision policy
     :func:`full_precision_matmuls`, and :func:`matmul_precision` says what a
     backend runs with.
 
+Host memory
+    NumPy arrays and plain CPU torch tensors live in memory NumPy can read
+    and write in place (:func:`in_host_memory`); the engine's fast kernels
+    run on such arrays through views, never copies (:func:`on_host_memory`).
+
 Availability
     A backend is available when it imports *and* an allocation on its device
     works: CuPy imports on machines without a GPU and fails only at its first
@@ -39,11 +44,13 @@ Availability
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, is_numpy_namespace, is_torch_namespace
 
 from ._validation import library_name as _library_name
 from ._validation import namespace_of, placement
@@ -65,6 +72,10 @@ __all__ = [
     "resolve_dtype",
     "resolve_target",
     "to_namespace",
+    "host_memory_library",
+    "in_host_memory",
+    "functorch_wrapped",
+    "on_host_memory",
 ]
 
 #: Every backend name, in the order tables and tests use.
@@ -555,3 +566,69 @@ def matmul_precision(backend: Backend) -> str:
         on = setting.strip().isdigit() and int(setting) > 0  # as CuPy reads it at its first float32 matmul
         return f"CUPY_TF32={setting!r} ({'TF32 on' if on else 'TF32 off'})"
     return "full float32 on the host (TF32 off)"
+
+
+# --------------------------------------------------------------------------- host memory
+
+_HOST_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def host_memory_library(xp) -> str | None:
+    """``"numpy"`` or ``"torch"`` when ``xp``'s arrays may be in host memory NumPy can view, else ``None``."""
+    if is_numpy_namespace(xp):
+        return "numpy"
+    if "torch" in sys.modules and is_torch_namespace(xp):
+        return "torch"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def functorch_wrapped():
+    """A test for a transform's wrapper tensor: ``torch.func``'s, or the batched gradients of
+    ``torch.autograd.grad(..., is_grads_batched=True)``; always false where torch has neither."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
+    except ImportError:  # a torch without functorch has no wrapped tensors either
+        return lambda a: False
+    return lambda a: is_functorch_wrapped_tensor(a) or is_legacy_batchedtensor(a)
+
+
+def in_host_memory(a, library: str) -> bool:
+    """Whether ``a`` is a float32 or float64 array of ``library`` whose own memory NumPy can view.
+
+    For torch: an exact ``torch.Tensor`` or ``torch.nn.Parameter`` on the CPU,
+    strided, outside autograd and ``torch.func``. Each refusal has its reason: a
+    subclass (fake, functional or distributed tensors) may have no memory of its
+    own; a meta or CUDA tensor has none on the host; autograd
+    (``requires_grad``, which also marks ``torch.func.grad``'s tensors) must see
+    every operation; and a ``vmap`` or ``functionalize`` wrapper looks like a
+    plain tensor but has no memory NumPy can view.
+    """
+    if library == "numpy":
+        return type(a) is np.ndarray and a.dtype in _HOST_FLOATS
+    import torch
+
+    return (type(a) in (torch.Tensor, torch.nn.Parameter) and a.dtype in (torch.float32, torch.float64)
+            and a.device.type == "cpu" and not a.requires_grad and a.layout == torch.strided
+            and not a.is_conj() and not a.is_neg() and not functorch_wrapped()(a))
+
+
+def _numpy_views(tree):
+    if isinstance(tree, (tuple, list)):
+        return tuple(_numpy_views(t) for t in tree)
+    return None if tree is None else tree.numpy()
+
+
+def _torch_views(tree):
+    import torch
+
+    if isinstance(tree, (tuple, list)):
+        return tuple(_torch_views(t) for t in tree)
+    return None if tree is None else torch.from_numpy(tree)
+
+
+def on_host_memory(library: str, fn, *args):
+    """``fn(*args)`` on NumPy arrays: torch tensors go in and come out as views of the same memory."""
+    if library == "numpy":
+        return fn(*args)
+    return _torch_views(fn(*_numpy_views(args)))

@@ -58,7 +58,7 @@ from ._validation import (
     check_shape,
     namespace_of,
 )
-from .engine.loop import map_with_path, tree_map
+from .trees import map_with_path, tree_map
 
 __all__ = [
     "Optimizer",

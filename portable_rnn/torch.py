@@ -68,6 +68,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
 from .layers import LAYERS
 
@@ -82,7 +83,7 @@ def _is_wrapped(tensor) -> bool:
     ``torch.func``'s batched, grad-tracking and functional tensors, and the
     batched gradients of ``torch.autograd.grad(..., is_grads_batched=True)``.
     """
-    return engine_kernels._functorch_wrapped()(tensor)
+    return functorch_wrapped()(tensor)
 
 
 def _is_legacy_batched(tensor) -> bool:

@@ -44,7 +44,7 @@ ROOT = pathlib.Path(portable_rnn.__file__).parent
 #: ``_validation`` (the backend layer: library-specific code behind library
 #: checks), ``init``, ``io``, ``interop`` but its course layouts, ``testing``,
 #: ``app`` (host side) and ``engine/kernels`` (NumPy and CPU torch only).
-CORE = ("engine/cells", "engine/sequence", "engine/loop", "activations", "layers", "stepbystep", "cs231n",
+CORE = ("engine/cells", "engine/sequence", "engine/loop", "trees", "activations", "layers", "stepbystep", "cs231n",
         "losses", "optim", "model", "interop/courses")
 
 #: The array attributes the core may read: those every supported version of

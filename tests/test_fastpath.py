@@ -162,7 +162,7 @@ def test_fast_path_without_biases(lib, cell, biases):
 @pytest.mark.parametrize("chunk_rows", [1, 5])
 def test_fast_path_across_gradient_chunks(lib, cell, chunk_rows, monkeypatch):
     """Chunks of 1 step, and chunks that do not divide T, for the weight-gradient matmuls."""
-    monkeypatch.setattr(kernels, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(kernels.tuning, "CHUNK_ROWS", chunk_rows)
     d = _inputs(cell, "float64", T=37, N=3, D=5, H=6, seed=3, masked=True)
     fast, portable = _fast_and_portable(lib, cell, d, truncate=4)
     _assert_same(fast, portable, "float64", f"CHUNK_ROWS={chunk_rows}")
@@ -391,9 +391,9 @@ def test_torch_blas_products_equal_the_portable_path(backend, cell, dtype, monke
         asked.append((m, k, n))
         return True
 
-    monkeypatch.setattr(kernels._TorchBLAS, "_torch_is_faster", staticmethod(always))
-    monkeypatch.setattr(kernels, "TORCH_GATES_MIN", 0)  # the LSTM's activations by torch too
-    monkeypatch.setattr(kernels, "CHUNK_ROWS", 5)
+    monkeypatch.setattr(kernels._shared.TorchBLAS, "_torch_is_faster", staticmethod(always))
+    monkeypatch.setattr(kernels.tuning, "TORCH_GATES_MIN", 0)  # the LSTM's cell update by torch too
+    monkeypatch.setattr(kernels.tuning, "CHUNK_ROWS", 5)
     for N, masked, truncate in ((3, True, 2), (4, False, None), (0, False, 2)):
         d = _inputs(cell, dtype, T=11, N=N, D=5, H=6, seed=4, masked=masked)
         d["x"] = lib.torch.from_numpy(np.ascontiguousarray(d["x"].transpose(1, 0, 2))).transpose(0, 1)
@@ -415,18 +415,20 @@ def test_torch_blas_is_chosen_by_size():
     assert blas.matmul(1, 64, 192) is np.matmul  # N = 1 steps: NumPy's single-threaded call is cheaper
     assert blas.matmul(1000, 32, 64) is not np.matmul  # any product OpenBLAS would run on two threads
     assert blas.matmul(64, 256, 768) is not np.matmul
-    assert kernels._blas("torch", "gru", 256, W_hh[512]) is kernels._NUMPY_BLAS
-    assert kernels._blas("torch", "rnn", 256, W_hh[512][:512]) is not kernels._NUMPY_BLAS
+    numpy_blas, lstm_kernel = kernels._shared.NUMPY_BLAS, kernels.lstm
+    assert kernels._blas("torch", "gru", 256, W_hh[512]) is numpy_blas
+    assert kernels._blas("torch", "rnn", 256, W_hh[512][:512]) is not numpy_blas
     lstm = kernels._blas("torch", "lstm", 256, np.zeros((4 * 512, 512)))  # every LSTM, however large
-    assert lstm is not kernels._NUMPY_BLAS
-    assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is kernels._np_matmul_add
-    assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not kernels._np_matmul_add
-    assert lstm.lstm_gates(64 * 256) is kernels._TorchLSTMGates
-    assert lstm.lstm_gates(32 * 128) is kernels._NumPyLSTMGates  # (32, 50, 64, 128): NumPy's passes were faster
-    assert lstm.lstm_gates(1 * 64) is kernels._NumPyLSTMGates  # N = 1: NumPy's cheaper calls
-    assert kernels._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is kernels._NUMPY_BLAS
-    assert kernels._NUMPY_BLAS.lstm_gates(64 * 256) is kernels._NumPyLSTMGates
-    assert kernels._blas("numpy", "gru", 64, W_hh[256]) is kernels._NUMPY_BLAS
+    assert lstm is not numpy_blas
+    np_matmul_add = kernels._shared.np_matmul_add
+    assert lstm.matmul(1, 64, 256) is np.matmul and lstm.matmul_add(1, 64, 256) is np_matmul_add
+    assert lstm.matmul(64, 256, 1024) is not np.matmul and lstm.matmul_add(1024, 6400, 256) is not np_matmul_add
+    assert lstm_kernel.update_for(lstm, 64, 256) is lstm_kernel.TorchUpdate
+    assert lstm_kernel.update_for(lstm, 32, 128) is lstm_kernel.NumPyUpdate  # (32, 50, 64, 128): NumPy's passes were faster
+    assert lstm_kernel.update_for(lstm, 1, 64) is lstm_kernel.NumPyUpdate  # N = 1: NumPy's cheaper calls
+    assert kernels._blas("numpy", "lstm", 256, np.zeros((4 * 512, 512))) is numpy_blas
+    assert lstm_kernel.update_for(numpy_blas, 64, 256) is lstm_kernel.NumPyUpdate
+    assert kernels._blas("numpy", "gru", 64, W_hh[256]) is numpy_blas
 
 
 @pytest.mark.parametrize("fast_path", ["auto", True, False])

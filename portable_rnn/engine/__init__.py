@@ -7,7 +7,7 @@ Four parts, each one idea:
 :mod:`~portable_rnn.engine.sequence`
     the pass over time: hoisted projections, tapes, masks, truncation, checkpointed segments;
 :mod:`~portable_rnn.engine.loop`
-    the time loop itself (a Python loop, or ``jax.lax.scan`` while JAX traces) and the tree helpers;
+    the time loop itself (a Python loop, or ``jax.lax.scan`` while JAX traces);
 :mod:`~portable_rnn.engine.kernels`
     the NumPy and CPU-torch kernels that :mod:`~portable_rnn.engine.sequence` asks once per pass,
     each registered for a cell by name and proven equal to the portable path.

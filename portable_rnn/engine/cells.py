@@ -31,34 +31,20 @@ what is sequential:
         :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``;
         ``None`` in place of an entry that has no such direct path (the RNN's h).
 
-An eager step on a GPU is launch-bound (a few microseconds per kernel
-whatever its size), so the split is what makes the backward cheap there: an
-LSTM step applies its derivatives in five kernels, where computing them in
-the step took twenty-three.
+An eager step on a GPU is launch-bound, so the split is what makes the
+backward cheap there: an LSTM step applies its derivatives in five kernels,
+where computing them in the step took twenty-three.
 
-An LSTM with a projection (``LSTMCell(proj_size=P)``, ``torch.nn.LSTM``'s
-``proj_size``) takes the projection weight as the keyword ``W_hr`` (P, H) in
-both methods; its h state and ``W_hh``'s second axis have P features. The
-sequence loop forms the gradient of ``W_hr`` after the loop from the step
-gradients of h and :meth:`LSTMCell.unprojected`.
+An LSTM with a projection (``LSTMCell(proj_size=P)``) takes the projection
+weight as the keyword ``W_hr`` (P, H) in both methods; its h state and
+``W_hh``'s second axis have P features.
 
-The derivatives reuse post-activations: :math:`\sigma' = \sigma(1-\sigma)`,
-:math:`\tanh' = 1 - \tanh^2`.
-
-Sigmoid gates use :math:`\sigma(z) = \tfrac12\tanh(z/2) + \tfrac12`, not the
-public :func:`~portable_rnn.activations.sigmoid`: a gate only ever multiplies
-other terms, so an *absolute* error of about one unit in the last place of 1
-is all it needs (measured: 6.5e-8 in float32, 2.2e-16 in float64 over
-[-40, 40]), and the identity gets it with one transcendental, never
-overflows, and lets the sigmoid gates and a tanh candidate share one
-``tanh`` call. To make that one call, the sequence engine halves the weight
-and bias rows of the gates a cell lists in ``halved_gates`` once per
-sequence (exact: a power of two), so a step receives :math:`z/2` for those
-gates, computes ``t = tanh`` over the block and ``t / 2 + 1/2`` gives the
-sigmoid gates: two kernels per step fewer than halving inside the step,
-which counts on a GPU, where an eager step is launch-bound. On NumPy and on torch (CPU) the sequence
-engine runs an equivalent fast path instead of these methods
-(:mod:`portable_rnn.engine.kernels`); these methods are the definition.
+Sigmoid gates use :math:`\sigma(z) = \tfrac12\tanh(z/2) + \tfrac12` on the
+rows :meth:`Cell.prepared` halved: a gate only multiplies other terms, so an
+absolute error of an ulp of 1 is all it needs (6.5e-8 in float32, 2.2e-16 in
+float64 over [-40, 40]), it never overflows, and the sigmoid gates and a
+tanh candidate share one ``tanh``. The derivatives reuse post-activations:
+:math:`\sigma' = \sigma(1-\sigma)`, :math:`\tanh' = 1 - \tanh^2`.
 """
 
 from __future__ import annotations
@@ -67,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .._validation import check_int
+from .._validation import placement as device
 
 __all__ = ["Cell", "RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
            "CELLS", "cell_for"]
@@ -172,6 +159,26 @@ class Cell:
     tape_type: ClassVar[type | None] = None
     proj_size: int = 0
     fast_kernel: ClassVar[str | None] = None
+
+    def prepared(self, W_ih, W_hh, b_ih, b_hh, *, xp):
+        """``(W_ih, W_hh, b_x, b_h)`` as the time loop uses them, made once per sequence.
+
+        ``b_x`` joins the hoisted input projection and ``b_h`` is added inside
+        the step: ``b_hh`` is folded into ``b_x`` unless
+        ``recurrent_bias_inside``. Then the rows of ``halved_gates`` are halved
+        (exact: a power of two), so the step gets :math:`z/2` there. The fast
+        kernels start from the same arrays.
+        """
+        b_x, b_h = b_ih, b_hh
+        if not self.recurrent_bias_inside:
+            b_x, b_h = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh), None
+        if not self.halved_gates:
+            return W_ih, W_hh, b_x, b_h
+        H, dev = W_hh.shape[0] // self.n_gates, device(W_hh)
+        scale = xp.concat([xp.full((H,), 0.5 if gate in self.halved_gates else 1.0, dtype=W_hh.dtype, device=dev)
+                           for gate in range(self.n_gates)])
+        rows = scale[:, None]
+        return (W_ih * rows, W_hh * rows, None if b_x is None else b_x * scale, None if b_h is None else b_h * scale)
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         """One step: ``(new_state, tape)`` from the input pre-activation ``xw`` (N, G*H) and ``state``."""

@@ -52,7 +52,8 @@ from typing import NamedTuple
 from . import kernels
 from .._validation import TAPES, check_fast_path, check_tape
 from .._validation import placement as device
-from .loop import compiles, leaves, scan, tree_map
+from ..trees import leaves, tree_map
+from .loop import compiles, scan
 
 __all__ = [
     "TAPES", "INFERENCE_SEGMENT", "BACKWARD_CHUNK", "Tape", "CheckpointTape", "Grads", "ProjectedGrads",
@@ -159,15 +160,6 @@ def _lax_unroll(x, W_hh) -> int:
     return 4 if x.shape[1] * W_hh.shape[-1] <= 1024 else 1
 
 
-def _folded_biases(cell, b_ih, b_hh):
-    """Biases added to the hoisted projection and inside the step."""
-    if cell.recurrent_bias_inside:
-        return b_ih, b_hh
-    if b_ih is None or b_hh is None:
-        return (b_ih if b_hh is None else b_hh), None
-    return b_ih + b_hh, None
-
-
 def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None,
             tape="full", checkpoint_every=None, fast_path="auto"):
     """Run one layer of ``cell`` over a sequence.
@@ -249,8 +241,7 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection,
     if _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = kernels.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
-    b_x, b_h = _folded_biases(cell, b_ih, b_hh)
-    W_ih, W_hh, b_x, b_h = _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp)
+    W_ih, W_hh, b_x, b_h = cell.prepared(W_ih, W_hh, b_ih, b_hh, xp=xp)
     xw = x @ xp.matrix_transpose(W_ih)
     if b_x is not None:
         xw = xw + b_x
@@ -266,26 +257,6 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection,
     final, (states, cell_tape) = scan(step, state0, (xw, mask, om), xp=xp, unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
     return out, final, Tape(x, state0, states, cell_tape, mask)
-
-
-def _halve_sigmoid_rows(cell, W_ih, W_hh, b_x, b_h, xp):
-    """The weights and biases with the rows of ``cell.halved_gates`` halved, as the cell's step expects.
-
-    Exact (a power of two), once per sequence: the step then gets
-    :math:`z/2` for its sigmoid gates and needs no multiplication to make it
-    (see :mod:`portable_rnn.engine.cells`). A cell without ``halved_gates`` gets its
-    weights as they are.
-    """
-    halved = cell.halved_gates
-    if not halved:
-        return W_ih, W_hh, b_x, b_h
-    H, dev = W_hh.shape[0] // cell.n_gates, device(W_hh)
-    scale = xp.concat([
-        xp.full((H,), 0.5 if gate in halved else 1.0, dtype=W_hh.dtype, device=dev)
-        for gate in range(cell.n_gates)
-    ])
-    rows = scale[:, None]
-    return (W_ih * rows, W_hh * rows, None if b_x is None else b_x * scale, None if b_h is None else b_h * scale)
 
 
 def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:

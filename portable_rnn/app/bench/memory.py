@@ -19,7 +19,7 @@ import tracemalloc
 import numpy as np
 
 from ...engine import kernels as engine_kernels
-from ...engine.loop import leaves
+from ...trees import leaves
 
 __all__ = ["numpy_memory", "jax_memory", "cuda_memory"]
 
