@@ -11,7 +11,7 @@ the test command itself has done; the main job (``portable-rnn train`` with
 its defaults) then "The other commands" run in order, in one folder holding
 a copy of the shipped text, as a new user runs them (about three minutes on
 two cores, so with ``--soak``); blocks under a "Scaling out" heading, if
-README has one again, are run by ``tests/test_multiprocess.py`` where one
+README has one again, are run by ``tests/scale/test_multiprocess.py`` where one
 machine can (the rest need several hosts or GPUs). Every bash block must be
 one of these: a new one fails
 :func:`test_every_readme_bash_block_is_run_by_a_test` until a test runs it.
@@ -45,7 +45,7 @@ README_BASH = {
     "## Install": "the set-up: what the test command installs",
     "## The two commands": "the main job and the test command; the main job runs in "
                            "test_the_main_job_then_the_other_commands_run_in_order",
-    "## Scaling out": "tests/test_multiprocess.py, where one machine can run them",
+    "## Scaling out": "tests/scale/test_multiprocess.py, where one machine can run them",
 }
 #: Libraries a block may import that the core install does not bring.
 OPTIONAL = {"jax", "torch", "optax", "keras", "flax"}

@@ -12,7 +12,7 @@ from .errors import UsageError
 __all__ = ["TOLERANCES", "fixture_failures", "run_check"]
 
 #: ``dtype -> (rtol, atol)`` against the printed numbers (8 significant digits). The float32
-#: pair holds for full-precision float32 matmuls; TF32 matmuls miss it (tests/test_tf32.py).
+#: pair holds for full-precision float32 matmuls; TF32 matmuls miss it (tests/backends/test_tf32.py).
 TOLERANCES = {"float64": (1e-7, 1e-8), "float32": (1e-4, 1e-5)}
 
 

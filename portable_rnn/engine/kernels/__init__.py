@@ -2,36 +2,22 @@ r"""The NumPy and CPU-torch kernels behind the sequence engine, one per built-in
 
 :func:`portable_rnn.engine.sequence.forward` and
 :func:`~portable_rnn.engine.sequence.backward` ask this registry once per pass
-(:func:`why_not_forward`, :func:`why_not_backward`): a kernel runs when the
+(:func:`why_not_forward`, :func:`why_not_backward`). A kernel runs when the
 cell's class names one in ``fast_kernel`` (:data:`KERNELS`) and every array is
-a plain ``numpy.ndarray``, or every array a plain CPU ``torch.Tensor`` outside
-autograd and ``torch.func``, of one dtype (float32 or float64) with the
-layer's own shapes. Anything else (JAX, CuPy, CUDA or ``meta`` tensors, an
-LSTM with ``proj_size``, a subclassed cell, mixed dtypes, broadcasting
-shapes) runs the portable path, which stays the definition of the maths; the
-reason a kernel declined is what ``fast_path=True`` reports.
+a plain NumPy array, or every array a plain CPU torch tensor
+(:func:`~portable_rnn.backends.in_host_memory`), of one float dtype with the
+layer's own shapes; otherwise the portable path runs, which stays the
+definition of the maths, and the reason is what ``fast_path=True`` reports.
 
-A kernel is written once, in NumPy, and sees the engine's layouts: the cell's
-gate order, its :meth:`~portable_rnn.engine.cells.Cell.prepared` weights (the
-same folded biases and halved sigmoid rows as the portable loop) and its named
-tape, whose fields are views of the kernel's buffers (each kernel's docstring
-maps them). CPU torch tensors run it on the same memory (``Tensor.numpy()``
-in, ``torch.from_numpy`` out). Kernels may write only arrays they allocated:
-
-* the input projection goes straight into the (T, N, G*H) gate buffer, and
-  each step computes its gates in place in its slice;
-* the backward computes the gates' derivative factors for several steps per
-  call (:data:`~.tuning.FACTOR_ELEMENTS`), so a step is a few multiplies and
-  the recurrent matmul, and turns each chunk of steps into ``dx`` and the
-  weight gradients with a few large matmuls (:data:`~.tuning.CHUNK_ROWS`), so
-  it never holds a (T, N, G*H) gradient;
-* a checkpointed backward's ``dx`` and a segmented forward's ``out`` are
-  written into one (T, ...) array segment by segment (:func:`over_segments`).
-
-On torch tensors the large products go to torch's BLAS, so that only torch's
-thread pool runs (:class:`~._shared.TorchBLAS`). ``tests/test_fastpath.py``
-proves every kernel equal to the portable path and counts its runs
-(:data:`calls`; :func:`portable_only` switches the kernels off).
+A kernel is written once, in NumPy, on the engine's layouts: the cell's gate
+order, its :meth:`~portable_rnn.engine.cells.Cell.prepared` weights and its
+named tape, whose fields are views of the kernel's buffers (each kernel's
+docstring maps them); torch tensors run it on the same memory. It writes
+only arrays it allocated: the input projection goes straight into the gate
+buffer and each step computes its gates in place; the backward runs the
+reverse loop of :class:`~._shared.Backward`. ``tests/engine/test_fastpath.py`` proves
+every kernel equal to the portable path and counts its runs (:data:`calls`;
+:func:`portable_only` switches the kernels off).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from portable_rnn.layers import LAYERS as CELLS
 from portable_rnn.model import CharModel
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from .helpers import assert_on_backend, rel_error
+from ..helpers import assert_on_backend, rel_error
 
 # E, H, N, T are the shapes of test_layers' CONFIGS: eager JAX compiles each operation once per shape
 V, E, H, N, T = 7, 2, 4, 3, 5

@@ -21,7 +21,7 @@ from portable_rnn import cs231n, interop, stepbystep
 from portable_rnn.interop import courses
 from portable_rnn.layers import GRU, LSTM, RNN
 
-from .helpers import assert_on_backend
+from ..helpers import assert_on_backend
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is first imported; tensorflow is not a dependency
 

@@ -26,7 +26,7 @@ from portable_rnn.optim import (
     tree_map,
 )
 
-from .helpers import assert_on_backend
+from ..helpers import assert_on_backend
 
 #: (rtol, atol) against the float64 reference, per dtype of the computation.
 OPT_TOL = {"float64": (1e-12, 1e-14), "float32": (1e-5, 1e-6)}

@@ -25,7 +25,7 @@ from array_api_compat import array_namespace
 from portable_rnn import cs231n
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from .helpers import assert_on_backend, rel_error
+from ..helpers import assert_on_backend, rel_error
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the autograd reference")
 

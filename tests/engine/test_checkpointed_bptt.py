@@ -19,7 +19,7 @@ from portable_rnn.engine.cells import LSTMCell
 from portable_rnn.layers import GRU, LSTM, RNN
 from portable_rnn.model import CharModel
 
-from .helpers import NOT_EAGER_JAX, every_cell, rel_error
+from ..helpers import NOT_EAGER_JAX, every_cell, rel_error
 
 CELLS = {**every_cell(), "lstm_proj": LSTMCell(proj_size=3)}
 TOL = 1e-12  # float64: the checkpointed weight gradients add the same terms in another order

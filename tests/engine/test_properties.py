@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from portable_rnn.engine import sequence
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from .helpers import every_cell, rel_error
+from ..helpers import every_cell, rel_error
 
 pytestmark = pytest.mark.backends("numpy", "array_api_strict")
 

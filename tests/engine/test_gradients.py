@@ -24,8 +24,8 @@ import pytest
 import portable_rnn as prnn
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from . import reference as ref
-from .helpers import NOT_EAGER_JAX, assert_on_backend, rel_error
+from .. import reference as ref
+from ..helpers import NOT_EAGER_JAX, assert_on_backend, rel_error
 
 SHAPES = [  # (n_x, n_a, m, T); the first is the documented fixtures' (eager JAX compiles once per shape)
     (3, 5, 10, 4),

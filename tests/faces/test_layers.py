@@ -19,7 +19,7 @@ import pytest
 
 from portable_rnn.layers import GRU, LSTM, RNN, RecurrentTape
 
-from .helpers import NOT_EAGER_JAX, assert_on_backend
+from ..helpers import NOT_EAGER_JAX, assert_on_backend
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 

@@ -19,7 +19,7 @@ from portable_rnn.engine import kernels, sequence
 from portable_rnn.engine.cells import GRUCell, LSTMCell, RNNCell
 from portable_rnn.layers import GRU, LSTM, RNN
 
-from .helpers import rel_error
+from ..helpers import rel_error
 
 CELLS = [RNNCell("tanh"), RNNCell("relu"), LSTMCell(), GRUCell()]
 CELL_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]

@@ -1,6 +1,6 @@
 """Soak test (opt in with ``--soak``): 10,000 training steps, no NaN, flat memory.
 
-``python -m pytest tests/test_soak.py --soak`` trains the character model on
+``python -m pytest tests/programs/test_soak.py --soak`` trains the character model on
 the embedded corpus with gradient clipping, on NumPy and on JAX. Memory is
 the process's resident set size read from /proc after 2,000 steps and again
 after 10,000: it must not grow by more than 64 MiB.

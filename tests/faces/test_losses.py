@@ -19,7 +19,7 @@ import pytest
 from portable_rnn.testing.gradcheck import numerical_gradient
 from portable_rnn.losses import sigmoid_binary_cross_entropy, softmax_cross_entropy
 
-from .helpers import assert_on_backend
+from ..helpers import assert_on_backend
 
 #: (rtol, atol) against the float64 reference, per dtype of the computation.
 LOSS_TOL = {"float64": (1e-10, 1e-13), "float32": (2e-5, 2e-6)}

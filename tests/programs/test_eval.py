@@ -189,7 +189,7 @@ BAD_META = {
 
 
 def test_a_nan_held_out_loss_is_never_written(good, tmp_path):
-    """The writer refuses it (the reader refuses such a file too: tests/test_hostile_files.py)."""
+    """The writer refuses it (the reader refuses such a file too: tests/formats/test_hostile_files.py)."""
     meta = json.loads(json.dumps(good.meta))
     _change_val_history(val_loss=[float("nan")])(meta)
     with pytest.raises(NonFiniteError, match="history/val_loss holds values that are not finite"):

@@ -17,7 +17,7 @@ from portable_rnn.layers import LAYERS
 torch = pytest.importorskip("torch", reason="torch: not installed")
 func = pytest.importorskip("torch.func", reason="torch.func: not in this torch")
 
-#: float64 agreement between the fast path and the portable path (see tests/test_fastpath.py).
+#: float64 agreement between the fast path and the portable path (see tests/engine/test_fastpath.py).
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 SPECS = {

@@ -208,7 +208,7 @@ def test_torchrun_on_two_nodes_follows_the_one_process_loss_curve(tmp_path, text
 
 def test_score_on_a_separately_started_dask_cluster_equals_one_process(tmp_path, text, capsys):
     pytest.importorskip("distributed")
-    from tests.test_score import _one_process_nll
+    from tests.programs.test_score import _one_process_nll
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"

@@ -24,7 +24,7 @@ from portable_rnn import io as prnn_io
 from portable_rnn.interop._common import param_count
 from portable_rnn.layers import GRU, LSTM, RNN
 
-from .helpers import assert_on_backend
+from ..helpers import assert_on_backend
 
 try:
     import safetensors  # noqa: F401

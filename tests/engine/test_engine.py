@@ -13,7 +13,7 @@ from portable_rnn.engine import sequence
 from portable_rnn.engine.cells import GRUCell, LSTMCell, RNNCell, cell_for
 from portable_rnn.engine.loop import scan
 
-from .helpers import assert_on_backend, every_cell, rel_error
+from ..helpers import assert_on_backend, every_cell, rel_error
 
 CELLS = list(every_cell().values())
 CELL_IDS = list(every_cell())

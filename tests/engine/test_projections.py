@@ -21,7 +21,7 @@ from portable_rnn.init import projection_name
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
-from .helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
+from ..helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
 
 D, H, P = 3, 5, 2
 # name: (spec keywords, T, N, lengths or None, initial state given)

@@ -8,7 +8,7 @@ import pytest
 import portable_rnn as prnn
 from portable_rnn.testing.fixtures import FIXTURES
 
-from .helpers import assert_on_backend
+from ..helpers import assert_on_backend
 
 
 BY_NAME = {f.name: f for f in FIXTURES}

@@ -41,7 +41,7 @@ TorchScript calls) are undone at once so the rest of the suite is unaffected.
 
 The private switch ``_PRNN_MODULE_DB_SUBJECT=torch.nn`` runs every check
 against ``torch.nn``'s own classes, to show the checks are PyTorch's: all of
-them pass there (torch 2.13, CPU). ``tests/test_torch_nn_contract.py`` reads
+them pass there (torch 2.13, CPU). ``tests/faces/test_torch_nn_contract.py`` reads
 the same switch.
 """
 

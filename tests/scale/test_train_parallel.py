@@ -4,7 +4,7 @@ Runs are tiny (hidden 8, batch 4, 20 steps). The JAX runs happen in a
 subprocess (the device count is fixed when JAX starts); the torch run is
 ``python -m torch.distributed.run`` with 2 gloo processes on 127.0.0.1.
 Multi-host JAX (``--coordinator``) is checked here for its arguments; two
-real processes run in ``tests/test_multiprocess.py``.
+real processes run in ``tests/scale/test_multiprocess.py``.
 """
 
 from __future__ import annotations

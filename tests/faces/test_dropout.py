@@ -22,7 +22,7 @@ from portable_rnn.engine import kernels
 
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
-from .helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
+from ..helpers import NOT_EAGER_JAX, float64_close as _close  # noqa: E402
 
 D, H = 3, 4
 # name: (spec, T, N, lengths or None, initial state given)

@@ -9,7 +9,7 @@ import pytest
 from portable_rnn.linear_scan import linear_scan, linear_scan_backward
 from portable_rnn.testing.gradcheck import numerical_gradient
 
-from .helpers import float64_close, rel_error
+from ..helpers import float64_close, rel_error
 
 
 def _inputs(T, N=3, H=4, seed=0, masked=False, near=None):
