@@ -1,13 +1,19 @@
-"""A griffe extension: the package's reStructuredText markup as the site's Markdown.
+"""Griffe extensions for the reference pages.
 
-The docstrings are numpydoc with Sphinx roles (``:func:`apply```) and ``.. math::``
-blocks. For the reference pages:
+:class:`RstToMarkdown`: the package's reStructuredText markup as the site's Markdown. The
+docstrings are numpydoc with Sphinx roles (``:func:`apply```) and ``.. math::`` blocks. For
+the reference pages:
 
 - a role naming a documented object becomes a cross-reference to its entry (the strict
   build fails if that entry does not exist); one naming something the reference does
   not render (a private helper, the ``app`` programs) becomes plain code;
-- ``.. math::`` blocks become LaTeX code blocks and ``:math:`x``` inline code, since the
-  site loads no script from the network to typeset them.
+- ``.. math::`` blocks become LaTeX code blocks and ``:math:`x``` inline code;
+- the type of a section's entry (``name : type``, or a Returns line's type alone) is shown
+  as code, so it keeps its ``*`` as written and drops rST's double backquotes around literals.
+
+:class:`HideSpecialMembers`: classes' special methods (``__post_init__``, ``__repr__``) get
+no entry. mkdocstrings' ``filters: public`` counts them as public, and its regular-expression
+filters would drop the modules' ``__all__``, which decides what else is public.
 """
 
 from __future__ import annotations
@@ -131,23 +137,38 @@ def _math_blocks(text: str) -> str:
 
 
 _ENTRY = re.compile(r"^\s*\*{0,2}\w+(\s*,\s*\*{0,2}\w+)* : ")  # "name : type", whose type shows as code
+#: Sections whose lines at the section's own indentation are entries: ``name : type``, or (Returns,
+#: Yields, Raises...) a type alone. griffe shows the type as code, where Markdown means nothing.
+_ENTRY_SECTIONS = {"Parameters", "Other Parameters", "Returns", "Yields", "Receives", "Raises", "Warns",
+                   "Attributes"}
 _CODE_SPAN = re.compile(r"(`+[^`]*`+)")
 _STAR = re.compile(r"(?<=[\w)])\*(?=[\w(])")
+_LITERAL = re.compile(r"``([^`]+)``")
 
 
 def _plain_text(text: str) -> str:
     """reStructuredText's plain ``a*b`` and ``text::`` as Markdown would show them.
 
-    A ``*`` between two words (``dirs*H``) is escaped, else Markdown reads emphasis (not in a
-    ``name : type`` line, whose type is shown as code); a
+    A ``*`` between two words (``dirs*H``) is escaped, else Markdown reads emphasis; a
     paragraph ending ``::`` (the literal block marker) ends ``:``. Code spans, fenced and
-    indented blocks are left alone.
+    indented blocks are left alone. An entry line of a section, whose type is shown as code,
+    keeps its ``*`` and drops the double backquotes around its literals.
     """
-    out, fenced = [], False
-    for line in text.splitlines():
+    lines = text.splitlines()
+    out, fenced, section, indent = [], False, None, ""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if i + 1 < len(lines) and stripped and set(lines[i + 1].strip()) == {"-"}:
+            section, indent = stripped, line[: len(line) - len(line.lstrip())]
+        at_entry = (section in _ENTRY_SECTIONS and stripped and set(stripped) != {"-"}
+                    and line[: len(line) - len(line.lstrip())] == indent)
         if line.lstrip().startswith("```"):
             fenced = not fenced
-        elif not fenced and not line.startswith("    ") and not _ENTRY.match(line):
+        elif fenced:
+            pass
+        elif at_entry or _ENTRY.match(line):
+            line = _LITERAL.sub(r"\1", line)
+        elif not line.startswith("    "):
             parts = _CODE_SPAN.split(line)  # code spans at the odd indices
             parts[::2] = [_STAR.sub(r"\\*", part) for part in parts[::2]]
             line = "".join(parts)
@@ -182,6 +203,28 @@ class RstToMarkdown(griffe.Extension):
             if obj.docstring is not None:
                 obj.docstring.value = markdown(pkg, obj, obj.docstring.value)
             for member in obj.members.values():
+                walk(member)
+
+        walk(pkg)
+
+
+#: The special methods that keep an entry: the constructor (merged into its class's entry) and
+#: a call, which is how an instance is used.
+_SHOWN_SPECIAL = {"__init__", "__call__"}
+
+
+class HideSpecialMembers(griffe.Extension):
+    def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        seen = set()
+
+        def walk(obj):
+            if id(obj) in seen or obj.is_alias:
+                return
+            seen.add(id(obj))
+            for name, member in obj.members.items():
+                if (obj.is_class and not member.is_alias and name.startswith("__") and name.endswith("__")
+                        and name not in _SHOWN_SPECIAL):
+                    member.public = False
                 walk(member)
 
         walk(pkg)

@@ -37,7 +37,8 @@ def page_text(name: str) -> str:
 def on_config(config):
     # The extension is named by its path, which griffe reads relative to the working directory.
     options = config.plugins["mkdocstrings"].config.handlers["python"].setdefault("options", {})
-    options["extensions"] = [f"{Path(__file__).resolve().parent / 'griffe_rst.py'}:RstToMarkdown"]
+    here = Path(__file__).resolve().parent
+    options["extensions"] = [f"{here / 'griffe_rst.py'}:RstToMarkdown", f"{here / 'griffe_rst.py'}:HideSpecialMembers"]
     return config
 
 
