@@ -2,17 +2,22 @@
 
 The build (``mkdocs build --strict``, the command between CONTRIBUTING.md's docs-command
 markers) runs every ``exec="on"`` Python block of every page, so a failing example fails here;
-the reference's cross-references are checked by the same build. One build serves the checks.
+the reference's cross-references and the tutorials' maths (MathML made at build time) are
+checked by the same build. One build serves the checks.
 """
 
 from __future__ import annotations
 
+import html
 import importlib
+import importlib.util
+import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import types
 import zlib
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+CONFIG = DOCS / "config"
 #: The public modules, each with an ``__all__`` whose every name needs a reference entry.
 PUBLIC_MODULES = (
     "portable_rnn", "portable_rnn.activations", "portable_rnn.backends", "portable_rnn.engine.cells",
@@ -83,6 +89,22 @@ def test_the_site_builds_without_warnings_and_every_public_name_has_an_entry(tmp
     assert result.returncode == 0 and not warnings, "\n".join(warnings) or log[-5000:]
     assert (site / "index.html").is_file()
     assert _missing_entries(inventory(site)) == []
+    assert _maths_problems(site) == []
+
+
+def _maths_problems(site: Path) -> list[str]:
+    """What is wrong with the built tutorials' maths: a page with no MathML, or ``$$`` left as text."""
+    problems = []
+    for page in sorted((DOCS / "tutorials").glob("*.md")):
+        if "$" not in re.sub(r"```.*?```|`[^`\n]*`", "", page.read_text(encoding="utf-8"), flags=re.S):
+            continue  # a tutorial without maths
+        built = (site / "tutorials" / page.with_suffix(".html").name).read_text(encoding="utf-8")
+        text = html.unescape(re.sub(r"<[^>]*>", "", re.sub(r"<(pre|code|math)\b.*?</\1>", "", built, flags=re.S)))
+        if "<math " not in built:
+            problems.append(f"{page.name}: no MathML")
+        if "$$" in text:
+            problems.append(f"{page.name}: $$ left as text")
+    return problems
 
 
 def test_every_python_block_on_every_page_runs_at_build_time():
@@ -105,3 +127,60 @@ def test_the_readme_is_a_front_page():
 def test_each_public_module_has_a_reference_page(module_name):
     pages = "\n".join(p.read_text(encoding="utf-8") for p in (DOCS / "reference").glob("*.md"))
     assert re.search(rf"^::: {re.escape(module_name)}$", pages, re.M), module_name
+
+
+def _config_module(name: str) -> types.ModuleType:
+    """A module of docs/config (not a package: MkDocs imports them by path), imported by path."""
+    spec = importlib.util.spec_from_file_location(f"_docs_config_{name}", CONFIG / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _markdown_as_the_site_converts_it(text: str) -> str:
+    """``text`` through mkdocs.yml's Markdown extensions and the maths hook (no MkDocs, no plugins)."""
+    import markdown
+    from mkdocs.utils import yaml_load
+
+    config = yaml_load((CONFIG / "mkdocs.yml").read_text(encoding="utf-8"))
+    names, configs = [], {}
+    for entry in config["markdown_extensions"]:
+        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        names.append(name)
+        configs[name] = options or {}
+    page_html, problems = _config_module("maths").render(markdown.markdown(text, extensions=names,
+                                                                           extension_configs=configs))
+    assert problems == [], problems
+    return page_html
+
+
+def test_maths_becomes_mathml_and_dollars_in_code_stay_as_written():
+    page_html = _markdown_as_the_site_converts_it(
+        "Inline $a_t * b_t$ and `echo $HOME $PATH`, then\n\n"
+        "$$\n\\begin{aligned} h_t &= o \\odot \\tanh c_t \\\\ c_t &= f \\odot c_{t-1} \\end{aligned}\n$$\n\n"
+        "```bash\nA=$x B=$y; echo \"$A$B\" $$\n```\n")
+    assert page_html.count('<math xmlns="http://www.w3.org/1998/Math/MathML" display="inline">') == 1
+    assert page_html.count('display="block"') == 1 and "<mtable" in page_html  # aligned, as split
+    assert "<em>" not in page_html  # the maths' * and _ are not Markdown's emphasis
+    assert "<code>echo $HOME $PATH</code>" in page_html
+    assert 'A=$x B=$y; echo "$A$B" $$' in re.sub(r"<span[^>]*>|</span>", "", page_html)
+
+
+@pytest.mark.parametrize("latex, why", [
+    (r"\frac{a}", "needs 2"), (r"\unknownmacro x", r"unknown command \unknownmacro"),
+    (r"a & b", "& outside an alignment"), (r"{a", "left open"), (r"x^", "MissingSuperScriptOrSubscriptError"),
+])
+def test_maths_that_cannot_be_converted_fails_the_build_naming_page_and_expression(latex, why, caplog, monkeypatch):
+    # hooks.py imports maths.py as a top-level module (MkDocs puts its folder on sys.path)
+    monkeypatch.setitem(sys.modules, "maths", _config_module("maths"))
+    hooks = _config_module("hooks")
+    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri="tutorials/some-page.md"))
+    with caplog.at_level(logging.ERROR, logger="mkdocs"):
+        out = hooks.on_page_content(f'<p>see <span class="arithmatex">\\({html.escape(latex)}\\)</span></p>',
+                                    page=page, config=None, files=None)
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.name.startswith("mkdocs.")  # a strict build stops on it
+    assert "tutorials/some-page.md" in record.getMessage() and f"${latex}$" in record.getMessage()
+    assert why in record.getMessage()
+    assert f"<code>{html.escape(latex)}</code>" in out
+

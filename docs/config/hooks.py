@@ -1,17 +1,26 @@
-"""MkDocs hooks: the repository's top-level Markdown files become pages of the site.
+"""MkDocs hooks: the repository's top-level Markdown files become pages of the site, and the
+pages' LaTeX maths becomes MathML.
 
 ``README.md`` is the home page, ``CHANGELOG.md`` and ``CONTRIBUTING.md`` pages of their own.
 They are read at build time (never copied into ``docs/``, so they cannot drift), and their
 links into ``docs/`` are rewritten to the site's paths; a link the site cannot resolve stays
 as written, so the strict build reports it.
+
+Maths: see ``maths.py``. An expression it cannot convert is logged as an error naming the page
+and the expression, which fails the (strict) build.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from mkdocs.structure.files import File
+
+import maths  # docs/config/maths.py: MkDocs puts this file's folder on sys.path while importing it
+
+log = logging.getLogger("mkdocs.hooks.maths")
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Site page <- repository file.
@@ -47,3 +56,10 @@ def on_files(files, config):
         if files.get_file_from_path(name) is None:
             files.append(File.generated(config, name, content=page_text(name)))
     return files
+
+
+def on_page_content(html, page, config, files):
+    html, problems = maths.render(html)
+    for problem in problems:
+        log.error(f"{page.file.src_uri}: {problem}")
+    return html
