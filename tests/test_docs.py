@@ -4,10 +4,22 @@ The build (``mkdocs build --strict``, the command between CONTRIBUTING.md's docs
 markers) runs every ``exec="on"`` Python block of every page, so a failing example fails here;
 the reference's cross-references and the tutorials' maths (MathML made at build time) are
 checked by the same build. One build serves the checks.
+
+The how-to guides' ``bash`` blocks run here too, page by page, each page's blocks in order in a
+fresh folder. A block that needs what a test machine has not got says so in an HTML comment
+just above its fence, which the site does not show:
+
+- ``<!-- needs: gpu -->`` (GPUs) or ``<!-- needs: hosts -->`` (several machines): skipped, with
+  that reason;
+- ``<!-- run by: tests/FILE.py -->``: the commands of a test of the suite (several programs side
+  by side on free ports): skipped here, with that reason;
+- ``<!-- given: a.txt b.txt -->``: the block reads files a reader brings; the test writes a short
+  text into each first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib
 import importlib.util
@@ -15,6 +27,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import types
@@ -184,3 +197,120 @@ def test_maths_that_cannot_be_converted_fails_the_build_naming_page_and_expressi
     assert why in record.getMessage()
     assert f"<code>{html.escape(latex)}</code>" in out
 
+
+# -- the how-to guides' bash blocks -------------------------------------------------------------
+
+#: ``<!-- needs: X -->`` -> why a block is skipped.
+NEEDS = {"gpu": "needs GPUs, which a test machine may not have", "hosts": "needs several hosts"}
+#: What a ``<!-- given: FILE -->`` file holds: a reader's own text.
+GIVEN_TEXT = ("From fairest creatures we desire increase,\nThat thereby beauty's rose might never die,\n"
+              "But as the riper should by time decease,\nHis tender heir might bear his memory:\n") * 8
+#: Seconds one block may take (the slowest, `portable-rnn check`, takes about 25 on 2 cores).
+BLOCK_TIMEOUT_S = 300
+_MARK = re.compile(r"<!--\s*(needs|run by|given):\s*(.*?)\s*-->")
+
+
+@dataclasses.dataclass
+class BashBlock:
+    page: Path
+    line: int  # of the opening fence
+    code: str
+    marks: dict  # "needs" / "run by" / "given" -> the comment's text
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+    def skip_reason(self) -> str | None:
+        if "needs" in self.marks:
+            return f"{self.where}: {NEEDS[self.marks['needs']]}"
+        if "run by" in self.marks:
+            return f"{self.where}: run by {self.marks['run by']} (programs side by side on free ports)"
+        return None
+
+
+def bash_blocks(page: Path) -> list[BashBlock]:
+    """The ``bash`` fenced blocks of ``page``, each with the marks of the comments just above it."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        opening = re.match(r"\s*(`{3,}|~{3,})\s*(\S*)", lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence, language, start = opening.group(1), opening.group(2), i
+        i += 1
+        while i < len(lines) and not re.match(rf"\s*{fence[0]}{{{len(fence)},}}\s*$", lines[i]):
+            i += 1
+        if language == "bash":
+            marks, above = {}, start - 1
+            while above >= 0 and _MARK.fullmatch(lines[above].strip()):
+                kind, text = _MARK.fullmatch(lines[above].strip()).groups()
+                marks[kind] = text
+                above -= 1
+            blocks.append(BashBlock(page, start + 1, "\n".join(lines[start + 1 : i]), marks))
+        i += 1
+    return blocks
+
+
+HOW_TO_BLOCKS = [block for page in sorted((DOCS / "how-to").glob("*.md")) for block in bash_blocks(page)]
+
+
+def test_the_how_to_blocks_marks_are_known_and_its_shell_blocks_are_bash():
+    """A mark this test does not know would skip a block silently; a ``sh`` or ``console`` block
+    would not run at all."""
+    for block in HOW_TO_BLOCKS:
+        assert set(block.marks) <= {"needs", "run by", "given"}, block.where
+        assert block.marks.get("needs", "gpu") in NEEDS, f"{block.where}: unknown need {block.marks['needs']!r}"
+        if "run by" in block.marks:
+            assert (ROOT / block.marks["run by"]).is_file(), f"{block.where}: no {block.marks['run by']}"
+    for page in sorted((DOCS / "how-to").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        other_shells = re.findall(r"^\s*```+\s*(sh|shell|console|zsh|shell-session)\b", text, re.M)
+        assert other_shells == [], f"{page.name}: write shell commands as ```bash blocks, which run here"
+        marks = len(_MARK.findall(text))
+        assert marks == sum(len(b.marks) for b in HOW_TO_BLOCKS if b.page == page), \
+            f"{page.name}: a mark that is not just above a bash block's fence"
+
+
+def _run_bash(code: str, folder: Path) -> tuple[int, str]:
+    """Run ``code`` with bash (-e, -u, pipefail) in ``folder``, the tools of this interpreter's
+    environment first on PATH; kill whatever it started when it ends or overruns."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+               PYTHONPATH=os.pathsep.join(sys.path), MPLBACKEND="Agg")
+    for name in ("KERAS_BACKEND", "JAX_PLATFORMS", "XLA_FLAGS", "PORTABLE_RNN_BACKEND"):
+        env.pop(name, None)  # a block sets what it needs itself
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", code], cwd=folder, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        return -1, f"(killed after {BLOCK_TIMEOUT_S} s)\n{output}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a worker or server the block left behind
+        except ProcessLookupError:
+            pass
+    return proc.returncode, output
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("page", sorted({b.page for b in HOW_TO_BLOCKS if b.skip_reason() is None}),
+                         ids=lambda page: page.name)
+def test_the_bash_blocks_of_each_how_to_page_run(page, tmp_path):
+    """Each block a reader can run here, in the page's order, in one fresh folder (a block may use
+    what an earlier one wrote)."""
+    for block in (b for b in HOW_TO_BLOCKS if b.page == page and b.skip_reason() is None):
+        for name in block.marks.get("given", "").split():
+            (tmp_path / name).write_text(GIVEN_TEXT, encoding="utf-8")
+        status, output = _run_bash(block.code, tmp_path)
+        assert status == 0, f"{block.where} exited with {status}:\n{block.code}\n---\n{output[-4000:]}"
+
+
+@pytest.mark.parametrize("block", [b for b in HOW_TO_BLOCKS if b.skip_reason() is not None],
+                         ids=lambda block: f"{block.page.name}:{block.line}")
+def test_a_how_to_block_that_needs_what_this_machine_lacks_is_skipped(block):
+    pytest.skip(block.skip_reason())
