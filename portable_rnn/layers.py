@@ -94,9 +94,9 @@ from ._validation import (
     namespace_of,
     placement,
 )
-from .engine.cells import cell_for
+from .engine.cells import Cell, cell_for
 
-__all__ = ["RNN", "LSTM", "GRU", "RecurrentTape", "LAYERS"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "RecurrentTape", "LAYERS"]
 
 
 class RecurrentTape(NamedTuple):
@@ -231,10 +231,7 @@ class _LayerSpec:
 
     # ----------------------------------------------------------- static facts
 
-    @property
-    def cell(self):
-        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
-        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0))
+    cell: ClassVar[Cell]  # the per-step cell: a field of Recurrent, a property of the built-in layers
 
     @property
     def num_directions(self) -> int:
@@ -251,8 +248,8 @@ class _LayerSpec:
         return getattr(self, "proj_size", 0) or self.hidden_size
 
     def _state_sizes(self) -> tuple:
-        """Features of each state: ``(R,)``, or ``(R, H)`` for LSTM's ``(h, c)``."""
-        return (self.output_size, self.hidden_size)[: self.cell.n_states]
+        """Features of each state: ``(R,)``, ``(R, H)`` for LSTM's ``(h, c)``: R for h, H for the others."""
+        return (self.output_size,) + (self.hidden_size,) * (self.cell.n_states - 1)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, in ``torch.nn`` ``state_dict`` order.
@@ -379,21 +376,26 @@ class _LayerSpec:
         GRU, one array for an LSTM) is a ``TypeError`` naming ``name``;
         ``allow_none`` admits ``None`` entries (gradients that are zero).
         """
-        if self.cell.n_states == 2:
-            if not (isinstance(state, (tuple, list)) and len(state) == 2):
+        states = self.cell.states
+        if len(states) > 1:
+            names, kind = ", ".join(states), "pair" if len(states) == 2 else "tuple"
+            if not (isinstance(state, (tuple, list)) and len(state) == len(states)):
                 raise TypeError(
-                    f"{name} must be a pair (h, c) of arrays (L*dirs, N, H) for LSTM, "
+                    f"{name} must be a {kind} ({names}) of arrays (L*dirs, N, .) for {self._cell_name()}, "
                     f"got {type(state).__name__}"
                 )
             if not allow_none and any(s is None for s in state):
-                raise TypeError(f"{name} must be a pair (h, c) of arrays; use state=None for zeros")
+                raise TypeError(f"{name} must be a {kind} ({names}) of arrays; use state=None for zeros")
             return tuple(state)
         if isinstance(state, (tuple, list)):
             raise TypeError(
-                f"{name} must be one array (L*dirs, N, H) for {type(self).__name__} "
-                f"(only LSTM has a (h, c) pair), got a {type(state).__name__}"
+                f"{name} must be one array (L*dirs, N, H) for {self._cell_name()} "
+                f"(its one state is {states[0]}), got a {type(state).__name__}"
             )
         return (state,)
+
+    def _cell_name(self) -> str:
+        return type(self).__name__
 
     def _state_names(self, name):
         states = self.cell.states
@@ -710,7 +712,17 @@ class _LayerSpec:
 
 
 @dataclass(frozen=True)
-class RNN(_LayerSpec):
+class _BuiltIn(_LayerSpec):
+    """A layer of one of the built-in cells, named by ``mode``."""
+
+    @property
+    def cell(self):  # type: ignore[override]  # the base declares it; Recurrent makes it a field
+        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
+        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0))
+
+
+@dataclass(frozen=True)
+class RNN(_BuiltIn):
     r"""Stacked Elman RNN, as ``torch.nn.RNN``.
 
     .. math::
@@ -745,7 +757,7 @@ class RNN(_LayerSpec):
 
 
 @dataclass(frozen=True)
-class LSTM(_LayerSpec):
+class LSTM(_BuiltIn):
     r"""Stacked LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o; optional projections).
 
     .. math::
@@ -786,7 +798,7 @@ class LSTM(_LayerSpec):
 
 
 @dataclass(frozen=True)
-class GRU(_LayerSpec):
+class GRU(_BuiltIn):
     r"""Stacked GRU, as ``torch.nn.GRU`` (gate order r, z, n).
 
     .. math::
@@ -808,6 +820,60 @@ class GRU(_LayerSpec):
     """
 
     mode: ClassVar[str] = "gru"
+
+
+@dataclass(frozen=True)
+class Recurrent(_LayerSpec):
+    r"""Stacked layer of a cell of your own (or any :class:`~portable_rnn.engine.cells.Cell`).
+
+    The cell declares its gates and states and writes its step, its local
+    derivatives and its step backward (see :class:`~portable_rnn.engine.cells.Cell`);
+    the layer gives it what :class:`LSTM` has: stacking, both directions,
+    ``lengths``, ``truncate``, dropout between layers, the three tapes, every
+    backend, :func:`portable_rnn.jax.apply` and :class:`portable_rnn.torch.Recurrent`.
+    Check the cell's backward with :func:`portable_rnn.check_cell` first.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    cell : Cell, keyword-only
+        An instance (hashable, like a frozen dataclass): its ``gates`` give the
+        G*H rows of ``weight_ih`` and ``weight_hh``, its ``states`` the state
+        tuple, h first (one state is a bare array).
+    bidirectional, batch_first, bias : bool, keyword-only
+    dropout : float in [0, 1), keyword-only, default 0.0
+
+    Parameters have the names and layout of the built-in layers
+    (:meth:`param_shapes`). A layer of a cell of your own has no file format
+    or importer: :func:`portable_rnn.io.save` refuses it.
+    """
+
+    _: KW_ONLY
+    cell: Cell  # type: ignore[misc]
+
+    def __post_init__(self):
+        super().__post_init__()
+        cell = self.cell
+        if not isinstance(cell, Cell):
+            raise TypeError(f"cell must be an instance of a portable_rnn.engine.cells.Cell subclass, "
+                            f"got {type(cell).__name__}")
+        for name in ("gates", "n_gates", "states", "n_states"):
+            if not hasattr(cell, name):
+                raise TypeError(f"cell {type(cell).__name__} does not declare {name!r} (see Cell)")
+        if cell.n_gates != len(cell.gates) or cell.n_states != len(cell.states) or not cell.n_states:
+            raise ValueError(f"cell {type(cell).__name__} declares n_gates={cell.n_gates} for gates {cell.gates} "
+                             f"and n_states={cell.n_states} for states {cell.states}; they must agree")
+        if cell.proj_size:
+            raise ValueError("cell must have no projection (proj_size); LSTM(proj_size=P) is the projected layer")
+        try:
+            hash(cell)
+        except TypeError:
+            raise TypeError(f"cell must be hashable (a frozen dataclass, for instance), "
+                            f"got an unhashable {type(cell).__name__}") from None
+
+    def _cell_name(self) -> str:
+        return type(self.cell).__name__
 
 
 #: Every layer spec class by its ``mode`` (the key of :data:`portable_rnn.engine.cells.CELLS`).

@@ -70,9 +70,10 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
+from . import layers
 from .layers import LAYERS
 
-__all__ = ["RNN", "LSTM", "GRU"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -293,7 +294,7 @@ class _DropIn(torch.nn.RNNBase):
         if x.shape[1 if self.batch_first else 0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        out, finals = self._run(x, parts, lengths)
+        out, finals = _run(self, x, parts, lengths)
 
         if packed:
             if sorted_indices is not None:
@@ -338,43 +339,43 @@ class _DropIn(torch.nn.RNNBase):
         else:
             self.check_forward_args(x, parts[0], batch_sizes)
 
-    def _run(self, x, parts, lengths):
-        """Output and final state parts of the padded, batched ``x``: casts, dropout, the autograd function."""
-        weights = self._flat_weights
-        dtype = weights[0].dtype
-        inside = torch.float32 if dtype in _HALF else dtype
-        if inside != dtype or x.dtype != inside:  # x's may differ under autocast (check_input allows it)
-            x = x.to(inside)
-            weights = [w.to(inside) for w in weights]
-            parts = None if parts is None else tuple(p.to(inside) for p in parts)
-        masks = self._dropout_masks(x)
-        spec = self._engine(bool(masks))
-        n_state = 0 if parts is None else len(parts)
-        with torch.autocast(x.device.type, enabled=False):
-            out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, len(masks), _TapeBox(), x,
-                                                  *(parts or ()), *masks, *weights)
-        if out.dtype != dtype:
-            out, finals = out.to(dtype), [f.to(dtype) for f in finals]
-        return out, finals
+def _run(module, x, parts, lengths):
+    """Output and final state parts of ``module`` on the padded, batched ``x``: casts, dropout, the autograd function."""
+    weights = module._flat_weights
+    dtype = weights[0].dtype
+    inside = torch.float32 if dtype in _HALF else dtype
+    if inside != dtype or x.dtype != inside:  # x's may differ under autocast (check_input allows it)
+        x = x.to(inside)
+        weights = [w.to(inside) for w in weights]
+        parts = None if parts is None else tuple(p.to(inside) for p in parts)
+    masks = _dropout_masks(module, x)
+    spec = module._engine(bool(masks))
+    n_state = 0 if parts is None else len(parts)
+    with torch.autocast(x.device.type, enabled=False):
+        out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, len(masks), _TapeBox(), x,
+                                              *(parts or ()), *masks, *weights)
+    if out.dtype != dtype:
+        out, finals = out.to(dtype), [f.to(dtype) for f in finals]
+    return out, finals
 
-    def _dropout_masks(self, x):
-        """In training mode, the dropout factors of every layer but the last, from torch's generator.
+def _dropout_masks(module, x):
+    """In training mode, the dropout factors of every layer but the last, from torch's generator.
 
-        Drawn time-major, (T, N, dirs*R) like the layer outputs ``torch.nn``
-        drops, then laid out like ``x``'s batch_first.
-        """
-        p = self.dropout
-        if not (self.training and p > 0 and self.num_layers > 1):
-            return ()
-        T, N = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
-        shape = (T, N, (2 if self.bidirectional else 1) * (self.proj_size or self.hidden_size))
-        if p == 1:
-            masks = [torch.zeros(shape, dtype=x.dtype, device=x.device) for _ in range(self.num_layers - 1)]
-        else:
-            keep = 1.0 - p
-            masks = [torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-                     for _ in range(self.num_layers - 1)]
-        return tuple(m.transpose(0, 1) if self.batch_first else m for m in masks)
+    Drawn time-major, (T, N, dirs*R) like the layer outputs ``torch.nn``
+    drops, then laid out like ``x``'s batch_first.
+    """
+    p = module.dropout
+    if not (module.training and p > 0 and module.num_layers > 1):
+        return ()
+    T, N = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    shape = (T, N, (2 if module.bidirectional else 1) * (getattr(module, "proj_size", 0) or module.hidden_size))
+    if p == 1:
+        masks = [torch.zeros(shape, dtype=x.dtype, device=x.device) for _ in range(module.num_layers - 1)]
+    else:
+        keep = 1.0 - p
+        masks = [torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
+                 for _ in range(module.num_layers - 1)]
+    return tuple(m.transpose(0, 1) if module.batch_first else m for m in masks)
 
 
 class RNN(_DropIn):
@@ -416,3 +417,68 @@ class GRU(_DropIn):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
+
+@functools.lru_cache(maxsize=64)
+def _cell_spec(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional):
+    """The engine's :class:`~portable_rnn.layers.Recurrent` for a module's current settings (one per settings)."""
+    return layers.Recurrent(input_size, hidden_size, num_layers, cell=cell, bidirectional=bidirectional,
+                            batch_first=batch_first, bias=bias, dropout=dropout)
+
+
+class Recurrent(torch.nn.Module):
+    r"""A layer of any cell (:class:`~portable_rnn.engine.cells.Cell`, your own included) as a torch module.
+
+    ``Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None)``: the arguments and parameters of
+    the drop-in modules (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ...,
+    :math:`U(-1/\sqrt H, 1/\sqrt H)` as ``torch.nn``), with the cell's hand-written BPTT as the
+    autograd backward. ``forward(input, hx=None)`` takes (T, N, D), (N, T, D) with
+    ``batch_first``, or an unbatched (T, D), and ``hx`` as one tensor (L*dirs, N, H) for a cell
+    with one state or a tuple with one per state; it returns ``(output, h_n)``, or
+    ``(output, (h_n, c_n, ...))``. Dropout between layers is drawn from torch's generator in
+    training mode.
+    """
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+        super().__init__()
+        self.cell, self.input_size, self.hidden_size, self.num_layers = cell, input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout = float(dropout)
+        for name, shape in self._engine(False).param_shapes().items():
+            self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        bound = self.hidden_size ** -0.5
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -bound, bound)
+
+    def _engine(self, training_dropout):
+        rate = 0.5 if training_dropout else 0.0  # the factors are drawn by _dropout_masks
+        return _cell_spec(self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                          self.batch_first, rate, self.bidirectional)
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, name) for name in self._engine(False).param_shapes()]
+
+    def extra_repr(self):
+        return (f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
+                f"bidirectional={self.bidirectional}")
+
+    @torch.compiler.disable
+    def forward(self, input, hx=None):
+        if input.dim() not in (2, 3):
+            raise ValueError(f"Recurrent: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+        parts = None
+        if hx is not None:
+            parts = self._engine(False).state_parts(hx, name="hx")
+            parts = tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
+        out, finals = _run(self, x, parts, None)
+        if unbatched:
+            out, finals = out.squeeze(0 if self.batch_first else 1), [f.squeeze(1) for f in finals]
+        return out, (tuple(finals) if len(finals) > 1 else finals[0])
