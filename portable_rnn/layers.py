@@ -718,7 +718,8 @@ class _BuiltIn(_LayerSpec):
     @property
     def cell(self):  # type: ignore[override]  # the base declares it; Recurrent makes it a field
         """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
-        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0))
+        return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0),
+                        getattr(self, "reset_after", True))
 
 
 @dataclass(frozen=True)
@@ -817,9 +818,20 @@ class GRU(_BuiltIn):
     bidirectional, batch_first, bias : bool, keyword-only
     dropout : float in [0, 1), keyword-only, default 0.0
         Dropout between layers (see the module docstring).
+    reset_after : bool, keyword-only, default True
+        ``False`` is the form of Cho et al. (2014) and Keras's
+        ``GRU(reset_after=False)``, whose reset gate scales the state before
+        the recurrent product: :math:`n = \tanh(x_n + (r \odot h_{t-1}) W_{hn}^T + b_{hn})`
+        (see :class:`~portable_rnn.engine.cells.GRUCell`). It runs the portable engine on every backend.
     """
 
+    _: KW_ONLY
+    reset_after: bool = True
     mode: ClassVar[str] = "gru"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_bool("reset_after", self.reset_after)
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-from .._validation import check_int
+from .._validation import check_bool, check_int
 from .._validation import placement as device
 
 __all__ = ["Cell", "RNNCell", "LSTMCell", "GRUCell", "LSTMTape", "GRUTape", "LSTMDerivatives", "GRUDerivatives",
-           "CELLS", "cell_for"]
+           "ResetBeforeDerivatives", "CELLS", "cell_for"]
 
 
 class LSTMTape(NamedTuple):
@@ -115,6 +115,20 @@ class GRUDerivatives(NamedTuple):
     z: object
 
 
+class ResetBeforeDerivatives(NamedTuple):
+    r"""A ``GRUCell(reset_after=False)`` step's local derivatives, each (..., H).
+
+    The pre-activation gradients of n and z are ``dh`` times ``through_n`` and
+    ``through_z``; r's is :math:`d(r h_{t-1}) = dn\, W_{hn}` times ``through_r``.
+    """
+
+    through_n: object
+    through_z: object
+    through_r: object
+    r: object
+    z: object
+
+
 class Cell:
     """What the engine asks of a cell: its declarations, with their defaults, and three methods.
 
@@ -139,6 +153,11 @@ class Cell:
         states alone suffice (default);
     ``proj_size``
         the size of a projected h, 0 for none (default; only the LSTM has one);
+    ``applies_W_hh``
+        whether :meth:`step_backward` applies ``W_hh`` itself (it is then given
+        ``W_hh=``) and returns the previous state's whole gradient; by default
+        (``False``) the engine adds ``d_hw @ W_hh``, right for every cell whose
+        recurrent product is :math:`h_{t-1} W_{hh}^T` for all gates;
     ``fast_kernel``
         the name of the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
         that computes exactly this class's maths, or ``None`` (default). It
@@ -146,7 +165,8 @@ class Cell:
         maths, so it runs the portable engine until it names a kernel of its own.
 
     and writes :meth:`step`, :meth:`step_derivatives` and :meth:`step_backward`
-    (see the module docstring for what each returns).
+    (see the module docstring for what each returns); a cell whose recurrent
+    product is not :math:`h_{t-1} W_{hh}^T` also writes :meth:`weight_hh_grad`.
     """
 
     mode: ClassVar[str]
@@ -158,6 +178,7 @@ class Cell:
     halved_gates: ClassVar[tuple] = ()
     tape_type: ClassVar[type | None] = None
     proj_size: int = 0
+    applies_W_hh: ClassVar[bool] = False
     fast_kernel: ClassVar[str | None] = None
 
     def prepared(self, W_ih, W_hh, b_ih, b_hh, *, xp):
@@ -191,6 +212,14 @@ class Cell:
     def step_backward(self, d_state, derivatives, *, xp):
         """``(d_xw, d_hw or None, d_state_prev without the W_hh path)`` from the carried gradient."""
         raise NotImplementedError
+
+    def weight_hh_grad(self, d_hw, h_prev, tape, *, xp):
+        r""":math:`dW_{hh} = \sum_{t,n} d_{hw}^T h_{t-1}` (G*H, H) from every step's ``d_hw`` (T, N, G*H).
+
+        A contraction over time and batch together, never a reshape that
+        would merge them (a batch-sharded array would be gathered).
+        """
+        return xp.tensordot(d_hw, h_prev, axes=([0, 1], [0, 1]))
 
 
 @dataclass(frozen=True)
@@ -331,19 +360,53 @@ class GRUCell(Cell):
     in the step. The tape of a step is a :class:`GRUTape`
     ``(r, z, n, h_{t-1} W_{hn}^T + b_{hn})``. :meth:`step` receives ``xw``,
     ``W_hh`` and ``b_hh`` with the r and z rows halved (``halved_gates``).
+
+    With ``reset_after=False``, the form of Cho et al. (2014) and Keras's
+    ``GRU(reset_after=False)``, the reset gate scales the state before the
+    recurrent product:
+
+    .. math::
+
+        n = \tanh(x_n + (r \odot h_{t-1}) W_{hn}^T + b_{hn})
+
+    so :math:`b_{hn}` joins the hoisted projection, the tape's ``hw_n`` is
+    :math:`(r \odot h_{t-1}) W_{hn}^T`, and the step's backward applies
+    ``W_hh`` itself (r's gradient needs :math:`dn\, W_{hn}`).
+
+    Parameters
+    ----------
+    reset_after : bool, default True
     """
 
+    reset_after: bool = True
     mode: ClassVar[str] = "gru"
     gates: ClassVar[tuple] = ("r", "z", "n")
     n_gates: ClassVar[int] = 3
-    recurrent_bias_inside: ClassVar[bool] = True
     halved_gates: ClassVar[tuple] = (0, 1)
     tape_type: ClassVar[type] = GRUTape
     fast_kernel: ClassVar[str | None] = "gru"
 
+    def __post_init__(self):
+        check_bool("reset_after", self.reset_after)
+
+    @property
+    def recurrent_bias_inside(self):  # type: ignore[override]
+        return self.reset_after
+
+    @property
+    def applies_W_hh(self):  # type: ignore[override]
+        return not self.reset_after
+
     def step(self, xw, state, W_hh, b_hh, *, xp):
         (h_prev,) = state
         H = h_prev.shape[-1]
+        if not self.reset_after:
+            W_hrz, W_hn = W_hh[: 2 * H, ...], W_hh[2 * H :, ...]
+            rz = 0.5 * xp.tanh(xw[..., : 2 * H] + h_prev @ xp.matrix_transpose(W_hrz)) + 0.5
+            r, z = rz[..., :H], rz[..., H:]
+            hw_n = (r * h_prev) @ xp.matrix_transpose(W_hn)
+            n = xp.tanh(xw[..., 2 * H :] + hw_n)
+            return (n + z * (h_prev - n),), GRUTape(r, z, n, hw_n)
         hw = h_prev @ xp.matrix_transpose(W_hh)
         if b_hh is not None:
             hw = hw + b_hh
@@ -367,6 +430,8 @@ class GRUCell(Cell):
         r, z, n, hw_n = tape
         through_n = (1 - z) * (1 - n * n)
         through_z = (h_prev - n) * (z * (1 - z))
+        if not self.reset_after:
+            return ResetBeforeDerivatives(through_n, through_z, h_prev * (r * (1 - r)), r, z)
         through_r = through_n * (hw_n * (r * (1 - r)))
         return GRUDerivatives(
             xp.concat([through_r, through_z, through_n], axis=-1),
@@ -374,10 +439,26 @@ class GRUCell(Cell):
             z,
         )
 
-    def step_backward(self, d_state, derivatives, *, xp):
+    def step_backward(self, d_state, derivatives, *, xp, W_hh=None):
         (dh,) = d_state
+        if not self.reset_after:  # d(r h_prev) = dn W_hn feeds r and h_prev
+            H = dh.shape[-1]
+            d = derivatives
+            dn, dz = dh * d.through_n, dh * d.through_z
+            d_rh = dn @ W_hh[2 * H :, ...]
+            dr = d_rh * d.through_r
+            d_h_prev = dh * d.z + xp.concat([dr, dz], axis=-1) @ W_hh[: 2 * H, ...] + d_rh * d.r
+            return xp.concat([dr, dz, dn], axis=-1), None, (d_h_prev,)
         dh3 = xp.concat([dh, dh, dh], axis=-1)
         return dh3 * derivatives.input_side, dh3 * derivatives.hidden_side, (dh * derivatives.z,)
+
+    def weight_hh_grad(self, d_hw, h_prev, tape, *, xp):
+        """With ``reset_after=False`` the n rows of ``W_hh`` multiply :math:`r \\odot h_{t-1}`."""
+        if self.reset_after:
+            return super().weight_hh_grad(d_hw, h_prev, tape, xp=xp)
+        H, steps_and_batch = h_prev.shape[-1], ([0, 1], [0, 1])
+        return xp.concat([xp.tensordot(d_hw[..., : 2 * H], h_prev, axes=steps_and_batch),
+                          xp.tensordot(d_hw[..., 2 * H :], tape.r * h_prev, axes=steps_and_batch)], axis=0)
 
 
 #: Every cell class by its ``mode``: the one table of cells (a new cell is added here).
@@ -385,10 +466,13 @@ class GRUCell(Cell):
 CELLS: dict[str, type[Any]] = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
 
 
-def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0):
-    """The cell for ``mode`` (a key of :data:`CELLS`); ``nonlinearity`` is the RNN's, ``proj_size`` the LSTM's."""
+def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0, reset_after: bool = True):
+    """The cell for ``mode`` (a key of :data:`CELLS`), with the RNN's ``nonlinearity``, the LSTM's
+    ``proj_size`` or the GRU's ``reset_after``."""
     if mode not in CELLS:
         raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
     if mode == "rnn":
         return CELLS[mode](nonlinearity)
+    if mode == "gru":
+        return CELLS[mode](reset_after)
     return CELLS[mode](proj_size) if proj_size else CELLS[mode]()

@@ -466,6 +466,7 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         return Grads(*kernels.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
     d_carry = _zeros_for_none(d_final, state0, xp)
     prev_states = _shifted(state0, states, xp)
+    recurrent = {"W_hh": W_hh} if cell.applies_W_hh else {}
 
     def step(d_state, inputs):
         d_out_t, derivatives_t, m_t, keep_t = inputs
@@ -475,9 +476,10 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         d_new = (d_h,) + d_state[1:]
         if m_t is not None:
             d_new = tuple(m_t * d for d in d_new)
-        d_xw, d_hw, d_direct = cell.step_backward(d_new, derivatives_t, xp=xp, **projection)
-        d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
-        d_prev = (d_rec if d_direct[0] is None else d_direct[0] + d_rec,) + d_direct[1:]
+        d_xw, d_hw, d_prev = cell.step_backward(d_new, derivatives_t, xp=xp, **projection, **recurrent)
+        if not recurrent:  # the path through W_hh, unless the cell applied it
+            d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
+            d_prev = (d_rec if d_prev[0] is None else d_prev[0] + d_rec,) + d_prev[1:]
         if m_t is not None:  # padded steps pass the state gradient straight through
             d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
         # The projection's gradient needs the gradient of each step's h.
@@ -502,14 +504,14 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         # a portable backward may still use the fast segment runner, unless fast_path is False
         d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
-    dW_ih, dW_hh, db_ih, db_hh = _weight_grads(d_xw, d_hw, x, prev_states[0], bias, xp)
+    dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, prev_states[0], cell_tape, bias, xp)
     if not projection:
         return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh)
     dW_hr = xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1]))
     return ProjectedGrads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
-def _weight_grads(d_xw, d_hw, x, h_prev, bias, xp):
+def _weight_grads(cell, d_xw, d_hw, x, h_prev, cell_tape, bias, xp):
     """``(dW_ih, dW_hh, db_ih, db_hh)`` from the pre-activation gradients of every step.
 
     Weight gradients contract over time and batch together. A reshape to
@@ -520,7 +522,7 @@ def _weight_grads(d_xw, d_hw, x, h_prev, bias, xp):
         d_hw = d_xw
     steps_and_batch = ([0, 1], [0, 1])
     dW_ih = xp.tensordot(d_xw, x, axes=steps_and_batch)
-    dW_hh = xp.tensordot(d_hw, h_prev, axes=steps_and_batch)
+    dW_hh = cell.weight_hh_grad(d_hw, h_prev, cell_tape, xp=xp)
     db_ih = db_hh = None
     if bias:
         db_ih = xp.sum(d_xw, axis=(0, 1))

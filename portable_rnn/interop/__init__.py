@@ -29,7 +29,7 @@ One module per format:
 Nothing is guessed: an importer checks the type, configuration, parameter
 names and shapes of what it gets and raises ``TypeError``/``ValueError``
 naming the part that does not fit, in particular for configurations whose
-equations differ from ours (Keras ``GRU(reset_after=False)``, activations
+equations differ from ours (Keras activations
 other than tanh/sigmoid, Keras without LSTM projections, ...).
 
 Biases. Where a source has one bias per gate (Keras LSTM and SimpleRNN,

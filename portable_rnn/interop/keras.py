@@ -64,17 +64,11 @@ def _check_equations(keras, layer, mode, where) -> str:
     rec = _activation(keras, layer.cell.recurrent_activation)
     if rec != "sigmoid":
         raise ValueError(f"{where} ({layer.name}) has recurrent_activation={rec!r}; only 'sigmoid' is supported")
-    if mode == "gru" and not layer.cell.reset_after:
-        raise ValueError(
-            f"{where} ({layer.name}) has reset_after=False: that GRU applies the reset gate before "
-            "the recurrent matmul, a different equation from torch's (and ours); only "
-            "reset_after=True (the Keras default) converts exactly"
-        )
     return "tanh"
 
 
 def _layer_info(keras, layer, where, go_backwards=False):
-    """Check one Keras SimpleRNN/LSTM/GRU; return (mode, nonlinearity, units, input_dim, use_bias)."""
+    """Check one Keras SimpleRNN/LSTM/GRU; return (mode, nonlinearity, units, input_dim, use_bias, reset_after)."""
     kind = next(((m, k) for m, k in _kinds(keras).items() if isinstance(layer, k[0])), None)
     if kind is None:
         raise TypeError(
@@ -98,7 +92,9 @@ def _layer_info(keras, layer, where, go_backwards=False):
             "(wrap it in Bidirectional, or flip x yourself and use go_backwards=False)"
         )
     nonlinearity = _check_equations(keras, layer, mode, where)
-    return mode, nonlinearity, int(layer.cell.units), int(layer.cell.kernel.shape[0]), bool(layer.cell.use_bias)
+    reset_after = bool(layer.cell.reset_after) if mode == "gru" else True
+    return (mode, nonlinearity, int(layer.cell.units), int(layer.cell.kernel.shape[0]), bool(layer.cell.use_bias),
+            reset_after)
 
 
 def _host(keras, variable, name):
@@ -106,7 +102,7 @@ def _host(keras, variable, name):
     return to_host(np.asarray(keras.ops.convert_to_numpy(value)), name)
 
 
-def _read(keras, layer, mode, H, D, use_bias, k, d, where):
+def _read(keras, layer, mode, H, D, use_bias, reset_after, k, d, where):
     """Host torch-layout weights of one Keras layer (direction ``d`` of layer ``k``)."""
     order = _gate_order(mode)
     G = len(order)
@@ -121,13 +117,13 @@ def _read(keras, layer, mode, H, D, use_bias, k, d, where):
     }
     if use_bias:
         bias = _host(keras, layer.cell.bias, f"{where}.bias")
-        if mode == "gru":
+        if mode == "gru" and reset_after:
             check_shape(f"{where}.bias", bias, (2, G * H), "(2, 3H): input and recurrent biases")
             out[b_ih] = _blocks(bias[0], order, H, axis=0)
             out[b_hh] = _blocks(bias[1], order, H, axis=0)
         else:
             check_shape(f"{where}.bias", bias, (G * H,))
-            out[b_ih] = bias
+            out[b_ih] = _blocks(bias, order, H, axis=0)
             out[b_hh] = np.zeros_like(bias)
     return out
 
@@ -157,15 +153,15 @@ def _stack(keras, layers, listed):
         if len(infos) == 2 and infos[0] != infos[1]:
             raise ValueError(
                 f"{where}: forward and backward layers differ (mode, nonlinearity, units, input_dim, "
-                f"use_bias) {infos[0]} vs {infos[1]}"
+                f"use_bias, reset_after) {infos[0]} vs {infos[1]}"
             )
-        mode, nonlinearity, H, D, use_bias = infos[0]
-        this = (mode, nonlinearity, H, use_bias, len(parts))
+        mode, nonlinearity, H, D, use_bias, reset_after = infos[0]
+        this = (mode, nonlinearity, H, use_bias, len(parts), reset_after)
         if config is None:
             config, D0 = this, D
         elif this != config:
             raise ValueError(
-                f"{where} differs from layer[0] (mode, nonlinearity, units, use_bias, directions): "
+                f"{where} differs from layer[0] (mode, nonlinearity, units, use_bias, directions, reset_after): "
                 f"{this} vs {config}; a stacked spec needs identical layers"
             )
         elif D != D_next:
@@ -174,7 +170,7 @@ def _stack(keras, layers, listed):
             raise ValueError(f"{where} has return_sequences=False, so the next layer would see only its last output")
         D_next = len(parts) * H
         for d, (p, _, w) in enumerate(parts):
-            host.update(_read(keras, p, mode, H, D, use_bias, k, d, w))
+            host.update(_read(keras, p, mode, H, D, use_bias, reset_after, k, d, w))
     return config, D0, host
 
 
@@ -201,17 +197,19 @@ def from_keras(layer, *, like=None, xp=None, dtype=None, device=None):
     params : dict of str to array
         ``weight_ih = kernel.T`` and ``weight_hh = recurrent_kernel.T`` with the
         gate blocks reordered (GRU z, r, h -> r, z, n; LSTM i, f, c, o is
-        already i, f, g, o). Keras LSTM and SimpleRNN have one bias, which
-        becomes ``bias_ih`` (``bias_hh`` zero); GRU's (2, 3H) bias is the
-        input and recurrent bias. ``use_bias=False`` gives ``bias=False``.
+        already i, f, g, o). Keras LSTM, SimpleRNN and ``GRU(reset_after=False)``
+        have one bias, which becomes ``bias_ih`` (``bias_hh`` zero); a
+        ``reset_after=True`` GRU's (2, 3H) bias is the input and recurrent bias.
+        ``use_bias=False`` gives ``bias=False``. A ``GRU(reset_after=False)``
+        (the reset gate before the recurrent product) becomes
+        ``GRU(..., reset_after=False)``.
 
     Raises
     ------
     TypeError
         Another layer type (including a generic ``keras.layers.RNN(cell)``).
     ValueError
-        A layer that computes something else: GRU ``reset_after=False`` (reset
-        gate before the recurrent matmul), ``activation`` other than tanh
+        A layer that computes something else: ``activation`` other than tanh
         (SimpleRNN: tanh or relu), ``recurrent_activation`` other than
         sigmoid, ``go_backwards=True`` outside a Bidirectional, a merge mode
         other than ``"concat"``, a subclass overriding ``call``, an unbuilt
@@ -235,17 +233,19 @@ def from_keras(layer, *, like=None, xp=None, dtype=None, device=None):
     layers = list(layer) if listed else [layer]
     if not layers:
         raise ValueError("from_keras got an empty list of layers")
-    (mode, nonlinearity, H, use_bias, dirs), D0, host = _stack(keras, layers, listed)
-    kw = dict(bidirectional=dirs == 2, batch_first=True, bias=use_bias)
+    (mode, nonlinearity, H, use_bias, dirs, reset_after), D0, host = _stack(keras, layers, listed)
+    kw: dict = dict(bidirectional=dirs == 2, batch_first=True, bias=use_bias)
     if mode == "rnn":
         kw["nonlinearity"] = nonlinearity
+    if mode == "gru":
+        kw["reset_after"] = reset_after
     spec = _common.spec_class(mode)(D0, H, len(layers), **kw)
     host = {key: host[key] for key in spec.param_shapes()}
     source_dtype = _common.host_dtype(host, "keras weights")
     return spec, _common.to_target(host, like, xp, dtype, device, source_dtype=source_dtype)
 
 
-def _write(keras, layer, mode, host, H, k, d, use_bias, where):
+def _write(keras, layer, mode, host, H, k, d, use_bias, reset_after, where):
     """Assign the host weights of direction ``d`` of layer ``k`` to a built Keras layer, exactly."""
     w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
     order = _gate_order(mode)
@@ -254,10 +254,10 @@ def _write(keras, layer, mode, host, H, k, d, use_bias, where):
         "recurrent_kernel": _blocks(host[w_hh].T, order, H, axis=1),
     }
     if use_bias:
-        if mode == "gru":
+        if mode == "gru" and reset_after:
             values["bias"] = np.stack([_blocks(host[b_ih], order, H, 0), _blocks(host[b_hh], order, H, 0)])
-        else:
-            values["bias"] = host[b_ih] + host[b_hh]
+        else:  # one bias: b_hh is outside every gate's nonlinearity-free part, so it folds into b_ih
+            values["bias"] = _blocks(host[b_ih] + host[b_hh], order, H, 0)
     for attr, value in values.items():
         var = getattr(layer.cell, attr)
         var.assign(np.ascontiguousarray(value))
@@ -285,12 +285,12 @@ def to_keras(spec, params, *, return_sequences=True, return_state=False):
     Returns
     -------
     keras layer or list of keras layers
-        One built ``SimpleRNN``/``LSTM``/``GRU`` (``reset_after=True``), wrapped
+        One built ``SimpleRNN``/``LSTM``/``GRU`` (with the spec's ``reset_after``), wrapped
         in ``Bidirectional(merge_mode="concat")`` when ``spec.bidirectional``;
         for ``num_layers > 1`` a list of them, to apply in order (all but the
         last with ``return_sequences=True``). A relu RNN gets
-        ``activation="relu"``. Keras has one bias per gate for SimpleRNN and
-        LSTM, which gets ``bias_ih + bias_hh``; ``bias=False`` gives
+        ``activation="relu"``. Keras has one bias per gate for SimpleRNN, LSTM
+        and ``GRU(reset_after=False)``, which gets ``bias_ih + bias_hh``; ``bias=False`` gives
         ``use_bias=False``.
     """
     keras = _keras()
@@ -311,13 +311,14 @@ def to_keras(spec, params, *, return_sequences=True, return_state=False):
         if spec.mode == "rnn":
             kw["activation"] = spec.nonlinearity
         if spec.mode == "gru":
-            kw["reset_after"] = True
+            kw["reset_after"] = spec.reset_after
         layer = cls(**kw)
         if spec.bidirectional:
             layer = L.Bidirectional(layer, merge_mode="concat", dtype=dtype_name)
         layer.build((None, None, spec.input_size if k == 0 else dirs * H))
         parts = [layer.forward_layer, layer.backward_layer] if spec.bidirectional else [layer]
         for d, part in enumerate(parts):
-            _write(keras, part, spec.mode, host, H, k, d, spec.bias, f"layer {k} direction {d}")
+            _write(keras, part, spec.mode, host, H, k, d, spec.bias, getattr(spec, "reset_after", True),
+                   f"layer {k} direction {d}")
         out.append(layer)
     return out[0] if spec.num_layers == 1 else out

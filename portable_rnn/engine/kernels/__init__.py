@@ -80,7 +80,7 @@ def _fast_mode(cell):
     subclass does not inherit it). An LSTM with a projection (``proj_size``)
     has no kernel here: the portable path runs it.
     """
-    if getattr(cell, "proj_size", 0):
+    if getattr(cell, "proj_size", 0) or getattr(cell, "applies_W_hh", False):
         return None
     mode = vars(type(cell)).get("fast_kernel")
     return mode if isinstance(mode, str) and mode in KERNELS else None
@@ -113,6 +113,7 @@ def _checked_library(cell, xp) -> str:
     library = _fast_library(xp)
     if _fast_mode(cell) is None:
         _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
+        _check(not getattr(cell, "applies_W_hh", False), f"{cell!r} applies W_hh in its own step backward; no fast kernel does")
         raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
     return library
 
