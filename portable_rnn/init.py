@@ -41,7 +41,7 @@ import numpy as np
 
 from ._validation import check_int
 
-__all__ = ["SCHEMES", "param_names", "projection_name", "draw", "dropout_factors", "check_seed"]
+__all__ = ["SCHEMES", "param_names", "projection_name", "draw", "dropout_factors", "check_seed", "zeros"]
 
 #: The weight initialisation schemes.
 SCHEMES = ("uniform", "xavier", "orthogonal")
@@ -163,3 +163,8 @@ def dropout_factors(seed: int, shape: tuple, p: float, count: int) -> list[np.nd
 def check_seed(seed) -> int:
     """A non-negative int seed (``bool`` is refused)."""
     return check_int("seed", seed, minimum=0)
+
+
+def zeros(shape) -> np.ndarray:
+    """A float64 host array of zeros (a learned initial state starts at the usual zero state)."""
+    return np.zeros(shape)

@@ -217,13 +217,14 @@ class _LayerSpec:
     batch_first: bool = False
     bias: bool = True
     dropout: float = 0.0
+    learn_initial_state: bool = False
 
     mode: ClassVar[str] = ""
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "num_layers"):
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
-        for name in ("bidirectional", "batch_first", "bias"):
+        for name in ("bidirectional", "batch_first", "bias", "learn_initial_state"):
             check_bool(name, getattr(self, name))
         # 1 is refused: torch.nn's dropout=1 zeroes every layer's output but the
         # last, which no inverted scaling 1/(1-p) can express.
@@ -259,8 +260,10 @@ class _LayerSpec:
         dict of str to tuple of int
             ``weight_ih_l{k}[_reverse]`` (G*H, D_k), ``weight_hh_l{k}[_reverse]``
             (G*H, R), with ``bias`` ``bias_ih_l{k}[_reverse]`` and
-            ``bias_hh_l{k}[_reverse]`` (G*H,), and with an LSTM's
-            ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H).
+            ``bias_hh_l{k}[_reverse]`` (G*H,), with an LSTM's
+            ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H), and with
+            ``learn_initial_state`` one ``initial_{state}`` (L*dirs, size) per
+            state of the cell (``initial_h``, and the LSTM's ``initial_c``).
         """
         GH, H, R = self.n_gates * self.hidden_size, self.hidden_size, self.output_size
         shapes: dict[str, tuple[int, ...]] = {}
@@ -275,6 +278,9 @@ class _LayerSpec:
                     shapes[b_hh] = (GH,)
                 if R != H:  # an LSTM with proj_size
                     shapes[_init.projection_name(k, d)] = (R, H)
+        if self.learn_initial_state:
+            for name, size in zip(self.cell.states, self._state_sizes()):
+                shapes[f"initial_{name}"] = (self.num_layers * self.num_directions, size)
         return shapes
 
     # ----------------------------------------------------------- init
@@ -328,7 +334,9 @@ class _LayerSpec:
             num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
             seed=seed, scheme=init, forget_bias=forget_bias, proj_size=getattr(self, "proj_size", 0),
         )
-        return to_namespace(host, xp, dtype, device)
+        shapes = self.param_shapes()
+        host.update({name: _init.zeros(shapes[name]) for name in shapes if name.startswith("initial_")})
+        return to_namespace({name: host[name] for name in shapes}, xp, dtype, device)
 
     def dropout_masks(self, seed, x):
         r"""Training-mode dropout factors for one :meth:`forward` over ``x``, drawn from a seed.
@@ -483,6 +491,8 @@ class _LayerSpec:
         mask = index = None
         if lengths is not None:
             mask, index = _length_maps(lengths, x.shape[0], dtype, dev, xp)
+        if self.learn_initial_state:
+            parts = self._learned_states(params, x.shape[1], xp)
         states0 = self._initial_states(x, parts, dtype, dev, xp)
 
         layer_in, finals, tapes = x, [], []
@@ -516,6 +526,12 @@ class _LayerSpec:
         if tape == "none":
             return out, self.state_value(final), None
         return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks)
+
+    def _learned_states(self, params, N, xp):
+        """The ``initial_*`` parameters, (L*dirs, size) each, broadcast over the batch of ``N``."""
+        return tuple(xp.broadcast_to(params[f"initial_{name}"][:, None, :], (self.num_layers * self.num_directions,
+                                                                             N, size))
+                     for name, size in zip(self.cell.states, self._state_sizes()))
 
     def _initial_states(self, x, parts, dtype, dev, xp):
         """Per layer and direction, the initial state tuple: from ``parts`` (L*dirs, N, .), or zeros."""
@@ -554,6 +570,9 @@ class _LayerSpec:
     def _check_forward(self, params, x, state, lengths, dropout_masks):
         """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None, masks)``."""
         self._check_params(params)
+        if self.learn_initial_state and state is not None:
+            raise ValueError("state must be None: the initial state is a parameter of this layer "
+                             "(learn_initial_state=True), params['initial_h'] and the like")
         parts = None if state is None else self.state_parts(state, "state")
         masks = self._mask_parts(dropout_masks)
         named = {"x": x}
@@ -661,9 +680,11 @@ class _LayerSpec:
                 dstate0[k * dirs + d] = g.dstate0
             d_layer_out = d_in * dropout[k - 1] if k > 0 and dropout else d_in
 
-        grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         dx = xp.permute_dims(d_layer_out, (1, 0, 2)) if self.batch_first else d_layer_out
         d0 = tuple(xp.stack([s[j] for s in dstate0], axis=0) for j in range(self.cell.n_states))
+        if self.learn_initial_state:  # broadcast over the batch in forward: summed over it here
+            grads.update({f"initial_{name}": xp.sum(d, axis=1) for name, d in zip(self.cell.states, d0)})
+        grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         return grads, dx, self.state_value(d0)
 
     def _collect(self, grads, g, k, d):
@@ -742,6 +763,11 @@ class RNN(_BuiltIn):
     dropout : float in [0, 1), keyword-only, default 0.0
         Dropout between layers, as ``torch.nn``: applied only when
         :meth:`forward` gets ``dropout_masks`` (see the module docstring).
+    learn_initial_state : bool, keyword-only, default False
+        The initial state as parameters, ``initial_h`` (and an LSTM's
+        ``initial_c``) of shape (L*dirs, R), shared by every sequence of the
+        batch, starting at zero; :meth:`forward` then takes no ``state``.
+        Every layer class takes it.
     nonlinearity : {"tanh", "relu"}, keyword-only, default "tanh"
 
     See the module docstring for shapes, lengths and the reverse direction;

@@ -419,29 +419,34 @@ class GRU(_DropIn):
 
 
 @functools.lru_cache(maxsize=64)
-def _cell_spec(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional):
+def _cell_spec(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+               learn_initial_state):
     """The engine's :class:`~portable_rnn.layers.Recurrent` for a module's current settings (one per settings)."""
     return layers.Recurrent(input_size, hidden_size, num_layers, cell=cell, bidirectional=bidirectional,
-                            batch_first=batch_first, bias=bias, dropout=dropout)
+                            batch_first=batch_first, bias=bias, dropout=dropout,
+                            learn_initial_state=learn_initial_state)
 
 
 class Recurrent(torch.nn.Module):
     r"""A layer of any cell (:class:`~portable_rnn.engine.cells.Cell`, your own included) as a torch module.
 
     ``Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None)``: the arguments and parameters of
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False)``: the
+    arguments and parameters of
     the drop-in modules (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ...,
     :math:`U(-1/\sqrt H, 1/\sqrt H)` as ``torch.nn``), with the cell's hand-written BPTT as the
     autograd backward. ``forward(input, hx=None)`` takes (T, N, D), (N, T, D) with
     ``batch_first``, or an unbatched (T, D), and ``hx`` as one tensor (L*dirs, N, H) for a cell
     with one state or a tuple with one per state; it returns ``(output, h_n)``, or
     ``(output, (h_n, c_n, ...))``. Dropout between layers is drawn from torch's generator in
-    training mode.
+    training mode. With ``learn_initial_state=True`` the initial state is a parameter
+    (``initial_h``, ``initial_c``, ..., (L*dirs, H) each, starting at zero) and ``hx`` is not taken.
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False):
         super().__init__()
+        self.learn_initial_state = learn_initial_state
         self.cell, self.input_size, self.hidden_size, self.num_layers = cell, input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout = float(dropout)
@@ -451,13 +456,16 @@ class Recurrent(torch.nn.Module):
 
     def reset_parameters(self):
         bound = self.hidden_size ** -0.5
-        for weight in self.parameters():
-            torch.nn.init.uniform_(weight, -bound, bound)
+        for name, weight in self.named_parameters():
+            if name.startswith("initial_"):
+                torch.nn.init.zeros_(weight)
+            else:
+                torch.nn.init.uniform_(weight, -bound, bound)
 
     def _engine(self, training_dropout):
         rate = 0.5 if training_dropout else 0.0  # the factors are drawn by _dropout_masks
         return _cell_spec(self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                          self.batch_first, rate, self.bidirectional)
+                          self.batch_first, rate, self.bidirectional, self.learn_initial_state)
 
     @property
     def _flat_weights(self):

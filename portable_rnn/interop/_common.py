@@ -28,6 +28,7 @@ __all__ = [
     "dtype_name",
     "host_dtype",
     "check_spec_params",
+    "no_learned_state",
     "host_params",
     "to_target",
 ]
@@ -89,12 +90,24 @@ def param_count(spec) -> tuple[int, int]:
     R, p = spec.output_size, int(spec.output_size != spec.hidden_size)  # R = P with a projection
     per_direction = GH * (R + 2 * b) + p * R * H  # weight_hh, the two biases, weight_hr
     numbers = dirs * (GH * spec.input_size + per_direction) + (L - 1) * dirs * (GH * dirs * R + per_direction)
-    return L * dirs * (2 + 2 * b + p), numbers
+    arrays = L * dirs * (2 + 2 * b + p)
+    if spec.learn_initial_state:  # initial_h (L*dirs, R), and an LSTM's initial_c (L*dirs, H)
+        n_states = spec.cell.n_states
+        arrays, numbers = arrays + n_states, numbers + L * dirs * (R + (n_states - 1) * H)
+    return arrays, numbers
+
+
+def no_learned_state(spec, target: str) -> None:
+    """Refuse a spec with ``learn_initial_state``, whose initial-state parameters ``target`` has no place for."""
+    if check_spec(spec).learn_initial_state:
+        raise ValueError(f"{target} has no learned initial state; got a spec with learn_initial_state=True "
+                         "(pass its initial_* parameters as the state instead)")
 
 
 def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
     """Refuse a spec that ``target`` cannot hold: another mode, or more than one unidirectional layer."""
     check_spec(spec)
+    no_learned_state(spec, target)
     if spec.mode not in modes:
         raise ValueError(f"{target} has no {type(spec).__name__}; supported: {[m.upper() for m in modes]}")
     if getattr(spec, "proj_size", 0):

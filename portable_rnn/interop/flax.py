@@ -228,6 +228,7 @@ def to_flax(spec, params, *, optimized=False):
     import flax.linen as nn
     import jax.numpy as jnp
 
+    _common.no_learned_state(spec, "Flax")
     host, dtype_name = _common.host_params(spec, params)
     kw = dict(features=spec.hidden_size, param_dtype=getattr(jnp, dtype_name))
     cell: nn.RNNCellBase

@@ -294,6 +294,7 @@ def to_keras(spec, params, *, return_sequences=True, return_state=False):
         ``use_bias=False``.
     """
     keras = _keras()
+    _common.no_learned_state(spec, "Keras")
     host, dtype_name = _common.host_params(spec, params)
     L = keras.layers
     cls = _kinds(keras)[spec.mode][0]

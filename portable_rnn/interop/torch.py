@@ -134,6 +134,7 @@ def to_torch(spec, params, *, device=None):
         ``state_dict()`` equals ``params`` bit for bit.
     """
     torch = _common.require("torch", "to_torch")
+    _common.no_learned_state(spec, "torch.nn")
     host, dtype_name = _common.host_params(spec, params)
     if device is None:
         first = next(iter(params.values()))
