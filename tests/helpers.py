@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import numpy as np
 import pytest
@@ -65,6 +67,29 @@ def _jitted(fn, static):
     import jax
 
     return jax.jit(functools.partial(fn, **dict(static)))
+
+
+def once_per_session(tmp_path_factory, name: str, compute) -> dict:
+    """``compute(folder)`` (a JSON-able dict) once per test session, shared by the pytest-xdist workers.
+
+    For an expensive program whose findings tests in several workers read (a subprocess with
+    forced JAX devices): the first worker to ask runs it in a fresh folder under the session's
+    temporary root, holding a lock; the others wait and read what it wrote. Nothing is kept
+    between sessions. A failed ``compute`` writes nothing, so each test that asks fails alike.
+    """
+    import fcntl  # POSIX, like the process handling of the tests that need this
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders sit side by side in the session's root
+    found = root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not found.is_file():
+            result = compute(tmp_path_factory.mktemp(name))
+            found.with_suffix(".partial").write_text(json.dumps(result))
+            found.with_suffix(".partial").replace(found)
+        return json.loads(found.read_text())
 
 
 def every_cell() -> dict:

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -101,7 +102,10 @@ def _history(folder):
 
 
 def _assert_same_checkpoint(got, expected) -> None:
-    """Parameters, Adam's moments and the carried state equal (float64, 1e-10); the same step and history."""
+    """The same members; parameters, Adam's moments and the carried state equal (float64, 1e-10); the same step
+    and history."""
+    with zipfile.ZipFile(got) as x, zipfile.ZipFile(expected) as y:
+        assert sorted(x.namelist()) == sorted(y.namelist())
     a, b = load_checkpoint(got), load_checkpoint(expected)
     assert a.meta["step"] == b.meta["step"] and a.meta["history"]["step"] == b.meta["history"]["step"]
     pairs = [(a.params, b.params)] + [(a.opt_state[m], b.opt_state[m]) for m in ("exp_avg", "exp_avg_sq")]
