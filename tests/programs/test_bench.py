@@ -5,6 +5,7 @@ No timing is asserted: the numbers depend on the machine and its load.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -103,10 +104,20 @@ def test_quick_torch_and_portable(tmp_path):
             module["median_s"] / result["contenders"][key.split("/")[1]]["median_s"])
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
-def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
-    report = _quick(tmp_path, "--backend", "jax", "--cells", "rnn")
-    (result,) = report["results"]
+@pytest.fixture(scope="module")
+def jax_quick(tmp_path_factory):
+    """``bench --quick --backend jax --cells rnn,gru``: the report and what it printed (one run, two tests)."""
+    if not HAS_JAX:
+        pytest.skip("jax: not installed")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report = _quick(tmp_path_factory.mktemp("bench"), "--backend", "jax", "--cells", "rnn,gru", "--repeats", "5")
+    return report, printed.getvalue()
+
+
+def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(jax_quick):
+    report, _ = jax_quick
+    result = report["results"][0]
     _check_result(result, "rnn", ["jax", "jax.apply", "jax.grad", "gemm"])
     for name in ("jax", "jax.apply", "jax.grad"):
         assert result["contenders"][name]["compile_s"] > 0
@@ -121,10 +132,9 @@ def test_quick_jax_reports_compile_time_and_compares_with_jax_grad(tmp_path):
             apply["median_s"] / result["contenders"][key.split("/")[1]]["median_s"])
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="jax: not installed")
-def test_quick_is_a_smoke_run_one_thread_and_each_jax_program_once(tmp_path, capsys):
+def test_quick_is_a_smoke_run_one_thread_and_each_jax_program_once(jax_quick):
     """--quick: one thread, ``repeats`` rounds, jax.apply and jax.grad compiled for the first cell only."""
-    report = _quick(tmp_path, "--backend", "jax", "--cells", "rnn,gru", "--repeats", "5")
+    report, printed = jax_quick
     assert report["settings"]["threads"] == 1
     first, second = report["results"]
     assert {"jax.apply", "jax.grad"} <= set(first["contenders"]) and not first["skipped"]
@@ -132,7 +142,6 @@ def test_quick_is_a_smoke_run_one_thread_and_each_jax_program_once(tmp_path, cap
     assert set(second["skipped"]) == {"jax.apply", "jax.grad"}
     for result in report["results"]:
         assert all(len(c["times_s"]) == 5 for c in result["contenders"].values())
-    printed = capsys.readouterr().out
     assert "skipped jax.grad: --quick runs it for the first configuration and cell only" in printed
     kernel_lines = [line for line in printed.splitlines() if "kernels per step" in line]
     assert kernel_lines and all(len(n) <= 4 for line in kernel_lines
