@@ -90,6 +90,9 @@ def pytest_configure(config):
         "markers", "jit(**subset): calls the code under test through backend.run, so it also runs on "
                    "jax:jit (float64; only for the parameter values in subset, when given)")
     config.addinivalue_line(
+        "markers", "eager_jax(**subset): eager JAX (the jax id) runs only the parameter values in subset "
+                   "(e.g. dtype=['float32']), where jax:jit and the other eager backends cover the rest")
+    config.addinivalue_line(
         "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
                    "on the reference backends, or code that serves only these)")
     config.addinivalue_line(
@@ -177,19 +180,34 @@ def backend(request):
                     "on jax:jit it only repeats the jax test", pytrace=False)
 
 
+def _outside_subset(item, marker_name: str, backend_id: str) -> bool:
+    """A ``backend_id`` item outside its ``marker_name`` marker's ``param=[values]`` subset."""
+    callspec = getattr(item, "callspec", None)
+    marker = item.get_closest_marker(marker_name)
+    if callspec is None or marker is None or not marker.kwargs:
+        return False
+    if getattr(callspec.params.get("backend"), "name", None) != backend_id:
+        return False
+    return any(callspec.params[param] not in values for param, values in marker.kwargs.items())
+
+
 def _jit_excluded(item) -> bool:
     """A ``jax:jit`` item outside its ``jit`` marker's ``param=[values]`` subset.
 
     Each compile costs seconds: a test may name the parameter values worth
     compiling (``@pytest.mark.jit(name=["lstm-2l-bi-lengths"])``).
     """
-    callspec = getattr(item, "callspec", None)
-    marker = item.get_closest_marker("jit")
-    if callspec is None or marker is None or not marker.kwargs:
-        return False
-    if getattr(callspec.params.get("backend"), "name", None) != JIT:
-        return False
-    return any(callspec.params[param] not in values for param, values in marker.kwargs.items())
+    return _outside_subset(item, "jit", JIT)
+
+
+def _eager_jax_excluded(item) -> bool:
+    """An eager ``jax`` item outside its ``eager_jax`` marker's ``param=[values]`` subset.
+
+    Eager JAX compiles every operation once per shape and dtype: a test whose other values
+    jax:jit and the other eager backends cover may name the ones eager JAX runs
+    (``@pytest.mark.eager_jax(dtype=["float32"])``).
+    """
+    return _outside_subset(item, "eager_jax", "jax")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -197,11 +215,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
-    excluded = [item for item in items if _jit_excluded(item)]
-    if excluded:
-        config.hook.pytest_deselected(items=excluded)
-        items[:] = [item for item in items if not _jit_excluded(item)]
-    config._prnn_jit_deselected = len(excluded)
+    for rule, attribute in ((_jit_excluded, "_prnn_jit_deselected"), (_eager_jax_excluded, "_prnn_eager_deselected")):
+        excluded = [item for item in items if rule(item)]
+        if excluded:
+            config.hook.pytest_deselected(items=excluded)
+            items[:] = [item for item in items if not rule(item)]
+        setattr(config, attribute, len(excluded))
 
 
 def _backend_of(nodeid: str) -> str:
@@ -237,6 +256,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if deselected:
         terminalreporter.write_line(
             f"{JIT} compiles the parameter values its tests name (@pytest.mark.jit(...)): "
+            f"{deselected} other parametrizations deselected")
+    deselected = getattr(config, "_prnn_eager_deselected", 0)
+    if deselected:
+        terminalreporter.write_line(
+            f"jax (eager) runs the parameter values its tests name (@pytest.mark.eager_jax(...)): "
             f"{deselected} other parametrizations deselected")
     reasons = collections.Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", []))
     if reasons:
