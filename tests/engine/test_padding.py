@@ -48,7 +48,10 @@ def _layer_results(backend, spec, params, x, lengths, d_out):
     return leaves
 
 
+# The portable code runs every mode and layout on array_api_strict; JAX runs it compiled (an LSTM,
+# batch-first) and eagerly, op by op (a stacked GRU, time-major).
 @pytest.mark.jit(mode=["lstm"], batch_first=[True])
+@pytest.mark.eager_jax(mode=["gru"], batch_first=[False])
 @pytest.mark.parametrize("mode", list(LAYERS))
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_garbage_at_padded_steps_of_x_and_d_out_changes_nothing(backend, mode, batch_first):

@@ -144,7 +144,10 @@ def _numpy_result(cell, truncate):
     return params, tokens, targets, model.loss_and_grads(params, tokens, targets, truncate=truncate)
 
 
+# Eager JAX runs float32, where its dtype handling could differ from the other backends';
+# float64 JAX is jax:jit's, every configuration.
 @pytest.mark.jit
+@pytest.mark.eager_jax(dtype=["float32"])
 @pytest.mark.parametrize("cell, truncate", [("lstm", None), ("lstm", 3), ("gru", None), ("rnn", None)])
 def test_every_backend_matches_numpy(backend, dtype, cell, truncate):
     model = _model(cell)
