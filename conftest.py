@@ -96,6 +96,10 @@ def pytest_configure(config):
         "markers", "backends(*names): run only on these backends of the matrix (an identity proven "
                    "on the reference backends, or code that serves only these)")
     config.addinivalue_line(
+        "markers", "shared_program: reads the findings of a program run once per session "
+                   "(tests.helpers.once_per_session); such tests are collected first, together, so that "
+                   "pytest-xdist gives them to one worker and the other never waits for the program")
+    config.addinivalue_line(
         "markers", "processes: starts other processes (the CLI, several JAX or torch processes, a Dask "
                    "cluster, forced host devices); -m 'not processes' leaves them out of the inner loop")
     # The test program opts in to float64 on JAX for the whole session (the library never
@@ -215,6 +219,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
+    # Stable: the tests of a once-per-session program first, in their order, then every other test.
+    items.sort(key=lambda item: item.get_closest_marker("shared_program") is None)
     for rule, attribute in ((_jit_excluded, "_prnn_jit_deselected"), (_eager_jax_excluded, "_prnn_eager_deselected")):
         excluded = [item for item in items if rule(item)]
         if excluded:

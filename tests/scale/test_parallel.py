@@ -17,6 +17,7 @@ pytest.importorskip("jax")
 
 
 @pytest.mark.processes
+@pytest.mark.shared_program
 def test_data_parallel_step_on_four_devices_equals_one_device(tmp_path_factory):
     found = findings(tmp_path_factory, "data_parallel")
     assert found["token_devices"] == 4

@@ -14,7 +14,7 @@ from .four_devices import findings
 
 pytest.importorskip("jax")
 
-pytestmark = pytest.mark.processes  # the findings come from a program with four forced devices
+pytestmark = [pytest.mark.processes, pytest.mark.shared_program]  # a program with four forced devices
 
 
 @pytest.fixture(scope="module")
