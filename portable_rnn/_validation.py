@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 
 from array_api_compat import array_namespace, device, is_array_api_obj, is_jax_array
@@ -368,9 +369,9 @@ def check_truncate(truncate) -> int | None:
     return int(truncate)
 
 
-#: What a forward can keep for the backward (the ``tape`` argument of the layers and of
-#: :func:`portable_rnn.engine.sequence.forward`).
-TAPES = ("full", "checkpoint", "none")
+#: What a forward can retain for the backward: the ``retain`` argument of the layers,
+#: :func:`portable_rnn.jax.apply` and :func:`portable_rnn.engine.sequence.forward`.
+RETAIN = ("full", "checkpoint", "none")
 
 
 def check_fast_path(fast_path):
@@ -380,26 +381,33 @@ def check_fast_path(fast_path):
     raise ValueError(f"fast_path must be 'auto', True or False, got {fast_path!r}")
 
 
-def check_tape(tape, checkpoint_every, *, backward_by: str | None = None) -> tuple[str, int | None]:
-    """What a forward keeps (``"full"``, ``"checkpoint"``, ``"none"``) and its segment length, checked.
+def check_retain(retain, checkpoint_every, *, backward_by: str | None = None,
+                 tape: str | None = None) -> tuple[str, int | None]:
+    """What a forward retains (``"full"``, ``"checkpoint"``, ``"none"``) and its segment length, checked.
 
     ``checkpoint_every`` (None, or an int >= 1) only means something when the
-    forward runs in segments, so it is refused with ``tape="full"``.
+    forward runs in segments, so it is refused with ``retain="full"``.
     ``backward_by`` names a caller that runs the backward too, for which
-    ``"none"`` is refused.
+    ``"none"`` is refused. ``tape`` is ``retain``'s deprecated spelling: it
+    still works, with a ``DeprecationWarning`` (give one of them).
     """
-    if not isinstance(tape, str) or tape not in TAPES:
-        raise ValueError(f"tape must be one of {', '.join(map(repr, TAPES))}, got {tape!r}")
-    if backward_by is not None and tape == "none":
-        raise ValueError(f"tape='none' keeps nothing for the backward that {backward_by} runs; "
+    if tape is not None:
+        if retain != "full":
+            raise TypeError(f"give retain= or its other name tape=, not both (got retain={retain!r}, tape={tape!r})")
+        warnings.warn("tape= is deprecated, use retain= (the same values)", DeprecationWarning, stacklevel=3)
+        retain = tape
+    if not isinstance(retain, str) or retain not in RETAIN:
+        raise ValueError(f"retain must be one of {', '.join(map(repr, RETAIN))}, got {retain!r}")
+    if backward_by is not None and retain == "none":
+        raise ValueError(f"retain='none' keeps nothing for the backward that {backward_by} runs; "
                          "use 'full' or 'checkpoint'")
     if checkpoint_every is None:
-        return tape, None
-    if tape == "full":
+        return retain, None
+    if retain == "full":
         raise ValueError(
-            f"checkpoint_every={checkpoint_every!r} needs tape='checkpoint' (or 'none'); the full tape has no segments"
+            f"checkpoint_every={checkpoint_every!r} needs retain='checkpoint' (or 'none'); the full tape has no segments"
         )
-    return tape, check_int("checkpoint_every", checkpoint_every)
+    return retain, check_int("checkpoint_every", checkpoint_every)
 
 
 def check_integer_dtype(xp, name: str, value, meaning: str = "indices") -> None:

@@ -31,13 +31,13 @@ import functools
 
 import jax
 
-from ._validation import check_tape, check_truncate
+from ._validation import check_retain, check_truncate
 
 __all__ = ["apply", "dropout_masks"]
 
 
-def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None, tape="full",
-          checkpoint_every=None):
+def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None, retain="full",
+          checkpoint_every=None, tape=None):
     """Run ``spec.forward`` with the hand-written backward as its vector-Jacobian product.
 
     Parameters
@@ -59,7 +59,7 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         changes nothing): the factors of :func:`dropout_masks` for this key
         are applied between layers, in the forward pass and to the gradients.
         ``None`` is evaluation mode.
-    tape : {"full", "checkpoint"}
+    retain : {"full", "checkpoint"}
         What the forward pass keeps for the backward (the residuals of the
         VJP): every step (``"full"``), or the states entering segments of at
         most ``checkpoint_every`` steps (``"checkpoint"``), which the backward
@@ -67,6 +67,8 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         forward pass of work. Outside differentiation nothing is kept either way.
     checkpoint_every : int, optional
         Steps per segment at most with ``"checkpoint"``; ``None`` is ceil(sqrt(T)).
+    tape : {"full", "checkpoint"}, optional
+        ``retain``'s deprecated spelling.
 
     Returns
     -------
@@ -74,9 +76,9 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         R is the hidden size, or an LSTM's ``proj_size`` when it is > 0.
     final_state : array (L*dirs, N, R), or the pair ``(h_n, c_n)`` for LSTM
     """
-    tape, checkpoint_every = check_tape(tape, checkpoint_every, backward_by="apply")
+    retain, checkpoint_every = check_retain(retain, checkpoint_every, backward_by="apply", tape=tape)
     masks = () if dropout_key is None else dropout_masks(spec, dropout_key, x)
-    layer = _layer(spec, check_truncate(truncate), state is None, tape, checkpoint_every)
+    layer = _layer(spec, check_truncate(truncate), state is None, retain, checkpoint_every)
     return layer(params, x, state, lengths, masks)
 
 
@@ -108,8 +110,8 @@ def dropout_masks(spec, key, x):
 
 
 @functools.lru_cache(maxsize=128)
-def _layer(spec, truncate, zero_state, tape, checkpoint_every):
-    """The ``custom_vjp`` function of one (spec, truncate, state given or not, tape), built once.
+def _layer(spec, truncate, zero_state, retain, checkpoint_every):
+    """The ``custom_vjp`` function of one (spec, truncate, state given or not, retain), built once.
 
     One function object per key keeps ``jax.jit``'s caches warm; whether a
     state was given is part of the key because the backward must return no
@@ -118,12 +120,12 @@ def _layer(spec, truncate, zero_state, tape, checkpoint_every):
 
     @jax.custom_vjp
     def layer(params, x, state, lengths, masks):  # not differentiated: nothing to keep
-        out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks, tape="none",
+        out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks, retain="none",
                                      checkpoint_every=checkpoint_every)
         return out, final
 
     def forward(params, x, state, lengths, masks):
-        out, final, kept = spec.forward(params, x, state, lengths, dropout_masks=masks, tape=tape,
+        out, final, kept = spec.forward(params, x, state, lengths, dropout_masks=masks, retain=retain,
                                         checkpoint_every=checkpoint_every)
         return (out, final), (params, kept, lengths)
 

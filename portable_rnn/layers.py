@@ -83,7 +83,7 @@ from ._validation import (
     check_floating,
     check_int,
     check_real,
-    check_tape,
+    check_retain,
     check_integer_dtype,
     check_params,
     check_probability,
@@ -427,8 +427,8 @@ class _LayerSpec:
 
     # ----------------------------------------------------------- forward
 
-    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, tape="full",
-                checkpoint_every=None, fast_path="auto"):
+    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, retain="full",
+                checkpoint_every=None, fast_path="auto", tape=None):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -452,8 +452,8 @@ class _LayerSpec:
             multiplied by before the next layer reads it (one array per layer
             but the last, e.g. from :meth:`dropout_masks`); only for a spec
             with ``dropout > 0``. ``None`` (or ``()``) is evaluation mode.
-        tape : {"full", "checkpoint", "none"}, keyword-only
-            What each layer keeps for :meth:`backward`: every step's states
+        retain : {"full", "checkpoint", "none"}, keyword-only
+            What each layer keeps for :meth:`backward`, its tape: every step's states
             and gates (``"full"``, about 7 T N H numbers per LSTM layer and
             direction); only the states entering segments of at most
             ``checkpoint_every`` steps (``"checkpoint"``: the backward
@@ -472,6 +472,8 @@ class _LayerSpec:
             (``True``: a ``ValueError`` says why they decline, e.g. an LSTM
             with ``proj_size`` or JAX arrays), or never (``False``: the
             portable code). The same numbers either way, to rounding.
+        tape : {"full", "checkpoint", "none"}, keyword-only, optional
+            ``retain``'s deprecated spelling.
 
         Returns
         -------
@@ -481,9 +483,9 @@ class _LayerSpec:
             The state after each sequence's last valid step (for the reverse
             direction: after it has consumed step 0).
         tape : RecurrentTape or None
-            For :meth:`backward`; ``None`` for ``tape="none"``.
+            For :meth:`backward`; ``None`` for ``retain="none"``.
         """
-        tape, checkpoint_every = check_tape(tape, checkpoint_every)
+        retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
         xp, dtype, dev, parts, masks = self._check_forward(params, x, state, lengths, dropout_masks)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
@@ -505,7 +507,7 @@ class _LayerSpec:
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
                     self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
-                    xp=xp, W_hr=W_hr, tape=tape, checkpoint_every=checkpoint_every, fast_path=fast_path,
+                    xp=xp, W_hr=W_hr, retain=retain, checkpoint_every=checkpoint_every, fast_path=fast_path,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -513,7 +515,7 @@ class _LayerSpec:
             layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
             tapes.append(tuple(layer_tapes))
 
-        if tape == "full" and self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
+        if retain == "full" and self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
             # Here the output is the tape's own state array: hand back a copy, so that
             # writing into ``out`` cannot change what backward() computes. (JAX arrays
             # are immutable; with a mask or two directions ``out`` is already new.)
@@ -523,7 +525,7 @@ class _LayerSpec:
             layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
-        if tape == "none":
+        if retain == "none":
             return out, self.state_value(final), None
         return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks)
 
@@ -690,13 +692,13 @@ class _LayerSpec:
     def _collect(self, grads, g, k, d):
         """Enter the parameter gradients ``g`` of layer ``k``, direction ``d`` under their names in ``grads``.
 
-        ``g`` is a ``sequence.Grads``, or a ``sequence.ProjectedGrads`` with ``dW_hr``.
+        ``g`` is a ``sequence.Grads`` (with ``dW_hr`` when the layer is projected).
         """
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
         grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
         if self.bias:
             grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
-        if isinstance(g, sequence.ProjectedGrads):
+        if g.dW_hr is not None:
             grads[_init.projection_name(k, d)] = g.dW_hr
 
     def _check_backward(self, params, tape, d_out, d_state):
@@ -704,8 +706,8 @@ class _LayerSpec:
         self._check_params(params)
         L, dirs = self.num_layers, self.num_directions
         if tape is None:
-            raise TypeError("tape is None: forward(tape='none') keeps nothing to differentiate; "
-                            "run forward() with tape='full' or tape='checkpoint'")
+            raise TypeError("tape is None: forward(retain='none') keeps nothing to differentiate; "
+                            "run forward() with retain='full' or retain='checkpoint'")
         made_by = getattr(tape, "spec", None)
         if not (isinstance(tape, RecurrentTape) and made_by is not None):
             raise TypeError(

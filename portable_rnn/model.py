@@ -53,7 +53,7 @@ from array_api_compat import is_jax_namespace
 
 from . import init as _init
 from .backends import resolve_dtype, resolve_namespace, to_host, to_namespace
-from ._validation import (check_int, check_integer_dtype, check_params, check_real, check_same_device, check_shape, check_tape,
+from ._validation import (check_int, check_integer_dtype, check_params, check_real, check_same_device, check_shape, check_retain,
                           namespace_of)
 from .dense import (
     temporal_affine_backward,
@@ -220,16 +220,16 @@ class CharModel:
 
     # ----------------------------------------------------------- forward / backward
 
-    def _forward(self, params, tokens, state, *, xp, tape="none", checkpoint_every=None):
+    def _forward(self, params, tokens, state, *, xp, retain="none", checkpoint_every=None):
         """Tokens (N, T) -> time-major logits (T, N, V), final state, caches.
 
         The lookup runs on the batch-major tokens: its flattening then keeps
         the batch axis major, so a batch-sharded input needs no gather.
-        ``tape`` is the recurrent layer's (``"none"`` unless a backward follows).
+        ``retain`` is the recurrent layer's (``"none"`` unless a backward follows).
         """
         emb, emb_cache = word_embedding_forward(tokens, params[_EMBED])
         out, final, tape = self.rnn.forward(self._split(params), xp.permute_dims(emb, (1, 0, 2)), state,
-                                            tape=tape, checkpoint_every=checkpoint_every)
+                                            retain=retain, checkpoint_every=checkpoint_every)
         logits, aff_cache = temporal_affine_forward(out, xp.matrix_transpose(params[_W]), params[_B])
         return logits, final, (emb_cache, tape, aff_cache)
 
@@ -257,8 +257,8 @@ class CharModel:
         logits, final, _ = self._forward(params, tokens, state, xp=xp)
         return xp.permute_dims(logits, (1, 0, 2)), final
 
-    def loss_and_grads(self, params, tokens, targets, state=None, truncate=None, *, tape="full",
-                       checkpoint_every=None):
+    def loss_and_grads(self, params, tokens, targets, state=None, truncate=None, *, retain="full",
+                       checkpoint_every=None, tape=None):
         r"""Mean cross-entropy of the next-token predictions and its gradient.
 
         One forward pass and one backward pass through the whole model:
@@ -285,14 +285,16 @@ class CharModel:
         truncate : int, optional
             Truncated BPTT inside the sequence: windows of ``truncate`` steps
             (see :meth:`portable_rnn.layers.LSTM.backward`). ``None``: full BPTT.
-        tape : {"full", "checkpoint"}, keyword-only
+        retain : {"full", "checkpoint"}, keyword-only
             What the recurrent layers keep between the passes: everything, or
             only the states entering segments of at most ``checkpoint_every``
             steps, recomputed in the backward (memory like sqrt(T) instead of
             T, one more forward pass of work; the same gradients). See
             :meth:`portable_rnn.layers.LSTM.forward`.
         checkpoint_every : int, keyword-only, optional
-            Steps per segment with ``tape="checkpoint"``; ``None`` is ceil(sqrt(T)).
+            Steps per segment with ``retain="checkpoint"``; ``None`` is ceil(sqrt(T)).
+        tape : {"full", "checkpoint"}, keyword-only, optional
+            ``retain``'s deprecated spelling.
 
         Returns
         -------
@@ -307,8 +309,8 @@ class CharModel:
         check_same_device(params=params[_W], tokens=tokens, targets=targets)
         _check_tokens(xp, "tokens", tokens, (None, None), "(N, T) token indices")
         _check_tokens(xp, "targets", targets, tuple(tokens.shape), "(N, T), the shape of tokens")
-        tape, checkpoint_every = check_tape(tape, checkpoint_every, backward_by="loss_and_grads")
-        logits, final, (emb_cache, tape, aff_cache) = self._forward(params, tokens, state, xp=xp, tape=tape,
+        retain, checkpoint_every = check_retain(retain, checkpoint_every, backward_by="loss_and_grads", tape=tape)
+        logits, final, (emb_cache, tape, aff_cache) = self._forward(params, tokens, state, xp=xp, retain=retain,
                                                                     checkpoint_every=checkpoint_every)
         loss, dlogits = softmax_cross_entropy(logits, xp.permute_dims(targets, (1, 0)))
         d_out, d_wt, d_b = temporal_affine_backward(dlogits, aff_cache)

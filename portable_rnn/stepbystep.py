@@ -13,7 +13,7 @@ Each function is thin: it checks its inputs, maps them onto the engine's
 batch-major layout (transposes are views) and calls
 :mod:`portable_rnn.engine.sequence`, where the maths lives once for every API.
 
-The engine's ``tape="checkpoint"`` and ``"none"`` have no counterpart here:
+The engine's ``retain="checkpoint"`` and ``"none"`` have no counterpart here:
 the exercise's caches *are* the full tape by definition (``lstm_forward``
 also returns ``c`` for every step), and ``rnn_forward``'s caches are views
 of ``a`` and ``x`` that cost nothing. Long sequences in bounded memory are

@@ -233,7 +233,7 @@ def _autograd_of_portable_forward(ctx, x, parts, masks, weights, d_outputs):
     with torch.enable_grad(), engine_kernels.portable_only():
         state = spec.state_value(tuple(parts_)) if ctx.n_state else None
         out, final, _ = spec.forward(dict(zip(spec.param_shapes(), weights_)), x_, state, ctx.lengths,
-                                     dropout_masks=masks, tape="none")
+                                     dropout_masks=masks, retain="none")
         outputs = (out, *spec.state_parts(final))
         return list(torch.autograd.grad(outputs, inputs, d_outputs, allow_unused=True, materialize_grads=True))
 

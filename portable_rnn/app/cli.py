@@ -170,11 +170,15 @@ def _add_train(sub):
                    help=f"total optimiser steps (default {DEFAULT_STEPS}; with --resume, the checkpoint's)")
     p.add_argument("--truncate", type=_POS_INT, metavar="K",
                    help="truncated BPTT window inside a sequence (default: full BPTT over --seq-len)")
-    p.add_argument("--tape", choices=("full", "checkpoint"), default="full",
+    p.add_argument("--retain", choices=("full", "checkpoint"), default="full",
                    help="what the layers keep for the backward: every step, or only the states entering "
                         "segments that the backward recomputes (memory like sqrt(seq-len); default full)")
-    p.add_argument("--tape-segment", type=_POS_INT, metavar="K",
-                   help="steps per recomputed segment with --tape checkpoint (default: ceil(sqrt(seq-len)))")
+    p.add_argument("--tape", dest="retain", choices=("full", "checkpoint"), action=_renamed("--retain"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--segment-steps", type=_POS_INT, metavar="K",
+                   help="steps per recomputed segment with --retain checkpoint (default: ceil(sqrt(seq-len)))")
+    p.add_argument("--tape-segment", dest="segment_steps", type=_POS_INT, action=_renamed("--segment-steps"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--lr", type=_POS_FLOAT, help=f"Adam learning rate (default {d['lr']})")
     p.add_argument("--clip", type=_POS_FLOAT, help=f"global gradient-norm clip (default {d['clip']})")
     p.add_argument("--seed", type=_NONNEG_INT, help=f"initialisation and batch seed (default {d['seed']})")
@@ -332,7 +336,7 @@ def _train(args) -> int:
               "embed", "seq_len", "batch", "truncate", "lr", "clip", "seed", "dtype", "val_fraction", "val_every",
               "sample_every",
               "checkpoint_every", "log_every", "progress", "devices", "coordinator", "num_processes", "process_id",
-              "tape", "tape_segment")
+              "retain", "segment_steps")
     return train(TrainConfig(**{k: getattr(args, k) for k in fields})).status
 
 

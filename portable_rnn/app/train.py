@@ -85,7 +85,7 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from .._validation import check_tape
+from .._validation import check_retain
 from ..model import CharModel
 from ..optim import adam, clip_by_global_norm
 from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
@@ -122,7 +122,7 @@ class TrainConfig:
     last step). ``devices`` (JAX: data parallel over that many devices) and
     ``coordinator``, ``num_processes``, ``process_id`` (JAX on several hosts)
     are described in the section "Data parallel" of the module docstring.
-    ``tape`` (``"full"`` or ``"checkpoint"``) and ``tape_segment`` choose
+    ``retain`` (``"full"`` or ``"checkpoint"``) and ``segment_steps`` choose
     what the recurrent layers keep for the backward
     (:meth:`CharModel.loss_and_grads`); the gradients are the same, so a
     checkpoint does not record them and a resumed run may change them.
@@ -158,8 +158,8 @@ class TrainConfig:
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
-    tape: str = "full"
-    tape_segment: int | None = None
+    retain: str = "full"
+    segment_steps: int | None = None
 
 
 @dataclass
@@ -385,12 +385,13 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
 
     Enters :func:`portable_rnn.backends.jax_float64` on ``stack`` for a float64 run on JAX.
     """
-    if config.tape_segment is not None and config.tape != "checkpoint":
-        raise UsageError(f"--tape-segment {config.tape_segment} needs --tape checkpoint (the full tape has no segments)")
+    if config.segment_steps is not None and config.retain != "checkpoint":
+        raise UsageError(f"--segment-steps {config.segment_steps} needs --retain checkpoint "
+                         "(the full tape has no segments)")
     try:
-        check_tape(config.tape, config.tape_segment, backward_by="training")
+        check_retain(config.retain, config.segment_steps, backward_by="training")
     except ValueError as error:
-        raise UsageError(f"tape / tape_segment: {error}") from None
+        raise UsageError(f"retain / segment_steps: {error}") from None
     world = _check_scale_out(config)
     if config.coordinator is not None:  # early: an input error then stops every process at once
         _start_jax_processes(config)
@@ -705,10 +706,10 @@ def _step_function(run: _Run):
     """
     model, truncate, clip = run.model, run.settings["truncate"], run.settings["clip"]
     opt, world = adam(run.settings["lr"]), run.world
-    tape = dict(tape=run.config.tape, checkpoint_every=run.config.tape_segment)
+    retain = dict(retain=run.config.retain, checkpoint_every=run.config.segment_steps)
 
     def train_step(params, opt_state, state, tokens, targets):
-        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate, **tape)
+        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate, **retain)
         if world is not None:
             grads, loss = _all_reduce_mean(run, grads, loss)
         grads, _ = clip_by_global_norm(grads, clip)

@@ -1,43 +1,21 @@
 r"""One time step of each recurrent cell, forward and backward.
 
-A cell sees the *pre-activations*: the sequence loop hoists the input
-projection :math:`x_t W_{ih}^T + b` out of the time loop (one matmul for all
-steps) and hands each step its slice ``xw`` of shape (N, G*H), where G is the
-number of gates. The step adds the recurrent projection
-:math:`h_{t-1} W_{hh}^T` and applies the gate equations. Layout is PyTorch's:
-batch-major states (N, H), gates stacked along the last axis in PyTorch's
-order (LSTM i, f, g, o; GRU r, z, n).
+A cell sees *pre-activations*: the sequence loop hoists the input projection
+:math:`x_t W_{ih}^T + b` out of the time loop (one matmul for all steps) and
+hands each step its slice ``xw`` (N, G*H), G being the number of gates. The
+step adds the recurrent projection :math:`h_{t-1} W_{hh}^T` and applies the
+gate equations. Layout is PyTorch's: batch-major states (N, H), gates stacked
+along the last axis in PyTorch's order (LSTM i, f, g, o; GRU r, z, n).
 
-The backward of a step is split in two, so that the time loop holds only
-what is sequential:
-
-``step_derivatives(state, state_prev, tape, *, xp)``
-    the step's local derivatives: every factor of the chain rule that
-    depends on the forward's values alone (gate derivatives times tape
-    values). It is elementwise, so an eager engine calls it on many steps at
-    once (leading axes (K, N, ...)), before the loop over those steps; a
-    compiled one (``lax.scan``) calls it in the step, where XLA fuses it.
-``step_backward(d_state, derivatives, *, xp)``
-    applies one step's derivatives to the carried gradient and returns
-
-    ``d_xw``
-        the gradient of the input pre-activation (N, G*H),
-    ``d_hw``
-        the gradient of the recurrent pre-activation, or ``None`` when it
-        equals ``d_xw`` (RNN and LSTM; only GRU's candidate gate tells them
-        apart),
-    ``d_state_prev``
-        the gradient of the previous state *except* the path through
-        :math:`W_{hh}`, which the sequence loop adds as ``d_hw @ W_hh``;
-        ``None`` in place of an entry that has no such direct path (the RNN's h).
-
-An eager step on a GPU is launch-bound, so the split is what makes the
-backward cheap there: an LSTM step applies its derivatives in five kernels,
-where computing them in the step took twenty-three.
-
-An LSTM with a projection (``LSTMCell(proj_size=P)``) takes the projection
-weight as the keyword ``W_hr`` (P, H) in both methods; its h state and
-``W_hh``'s second axis have P features.
+The backward of a step is split in two so that the time loop holds only what
+is sequential: :meth:`Cell.step_derivatives` computes every factor of the
+chain rule that depends on the forward's values alone, elementwise, so an
+eager engine calls it on many steps at once before the loop (a compiled
+``lax.scan`` calls it in the step, where XLA fuses it), and
+:meth:`Cell.step_backward` applies them to the carried gradient. On a GPU,
+where an eager step is launch-bound, this is what makes the backward cheap:
+an LSTM step applies its derivatives in five kernels, where computing them in
+the step took twenty-three.
 
 Sigmoid gates use :math:`\sigma(z) = \tfrac12\tanh(z/2) + \tfrac12` on the
 rows :meth:`Cell.prepared` halved: a gate only multiplies other terms, so an
@@ -79,17 +57,12 @@ class GRUTape(NamedTuple):
 
 
 class LSTMDerivatives(NamedTuple):
-    r"""An LSTM step's local derivatives (see :meth:`LSTMCell.step_derivatives`).
+    r"""An LSTM step's local derivatives (:meth:`LSTMCell.step_derivatives`).
 
-    Attributes
-    ----------
-    gates : array (..., 4H)
-        :math:`[g\,\sigma'(z_i),\ c_{t-1}\sigma'(z_f),\ i\tanh'(z_g),\ \tanh(c_t)\,\sigma'(z_o)]`:
-        the pre-activation gradients are :math:`[dc, dc, dc, dm]` times these.
-    m_to_c : array (..., H)
-        :math:`\partial m_t / \partial c_t = o \odot (1 - \tanh^2 c_t)`.
-    f : array (..., H)
-        :math:`\partial c_t / \partial c_{t-1} = f`.
+    ``gates`` (..., 4H) is :math:`[g\,\sigma'(z_i),\ c_{t-1}\sigma'(z_f),\ i\tanh'(z_g),\ \tanh(c_t)\,\sigma'(z_o)]`,
+    whose product with :math:`[dc, dc, dc, dm]` is the pre-activation gradient;
+    ``m_to_c`` (..., H) is :math:`\partial m_t / \partial c_t = o (1 - \tanh^2 c_t)`
+    and ``f`` (..., H) is :math:`\partial c_t / \partial c_{t-1}`.
     """
 
     gates: object
@@ -98,16 +71,12 @@ class LSTMDerivatives(NamedTuple):
 
 
 class GRUDerivatives(NamedTuple):
-    r"""A GRU step's local derivatives (see :meth:`GRUCell.step_derivatives`).
+    r"""A GRU step's local derivatives (:meth:`GRUCell.step_derivatives`).
 
-    Attributes
-    ----------
-    input_side, hidden_side : array (..., 3H)
-        The input and recurrent pre-activation gradients are ``dh`` (repeated
-        over the three gates) times these; they differ in the n block only,
-        by the factor r that the reset gate puts on :math:`h_{t-1} W_{hn}^T`.
-    z : array (..., H)
-        :math:`\partial h_t / \partial h_{t-1}` outside :math:`W_{hh}`.
+    The input and recurrent pre-activation gradients are ``dh`` (repeated over
+    the three gates) times ``input_side`` and ``hidden_side`` (..., 3H), which
+    differ in the n block by the factor r on :math:`h_{t-1} W_{hn}^T`; ``z``
+    (..., H) is :math:`\partial h_t / \partial h_{t-1}` outside :math:`W_{hh}`.
     """
 
     input_side: object
@@ -130,43 +99,41 @@ class ResetBeforeDerivatives(NamedTuple):
 
 
 class Cell:
-    """What the engine asks of a cell: its declarations, with their defaults, and three methods.
+    """What the engine asks of a cell: declarations with defaults, and three methods.
 
     A cell class subclasses this (usually as a frozen dataclass whose fields
-    are its options) and declares, as class attributes:
+    are its options) and declares as class attributes:
 
     ``mode``
         its name in :data:`CELLS` and in the layer specs ("rnn", "lstm", "gru");
-    ``gates``
-        the names of its gate blocks, in the order of the rows of ``W_ih``,
-        ``W_hh`` and the biases; ``n_gates`` is their number (G);
-    ``states``
-        the names of its states, h first; ``n_states`` is their number;
+    ``gates``, ``n_gates``
+        the names of its gate blocks, in the row order of ``W_ih``, ``W_hh``
+        and the biases, and their number G;
+    ``states``, ``n_states``
+        the names of its states, h first, and their number (default ``("h",)``);
     ``recurrent_bias_inside``
-        whether ``b_hh`` is added inside the step (GRU) rather than folded
-        into the hoisted input projection (default ``False``);
+        whether ``b_hh`` is added in the step (GRU) rather than folded into
+        the hoisted input projection (default ``False``);
     ``halved_gates``
-        the gate blocks whose weight and bias rows the engine halves before
-        the loop, so the step receives :math:`z/2` there (default none);
+        the gate blocks whose weight and bias rows :meth:`prepared` halves, so
+        the step receives :math:`z/2` there (default none);
     ``tape_type``
-        the NamedTuple a step keeps for its backward, or ``None`` when the
-        states alone suffice (default);
+        the NamedTuple a step keeps for its backward (default ``None``: the
+        states suffice);
     ``proj_size``
-        the size of a projected h, 0 for none (default; only the LSTM has one);
+        the size of a projected h, 0 for none (default);
     ``applies_W_hh``
-        whether :meth:`step_backward` applies ``W_hh`` itself (it is then given
-        ``W_hh=``) and returns the previous state's whole gradient; by default
-        (``False``) the engine adds ``d_hw @ W_hh``, right for every cell whose
-        recurrent product is :math:`h_{t-1} W_{hh}^T` for all gates;
+        whether :meth:`step_backward` takes ``W_hh=`` and returns the whole
+        gradient of the previous state (default ``False``: the engine adds
+        ``d_hw @ W_hh``, right when the recurrent product is
+        :math:`h_{t-1} W_{hh}^T` for all gates; otherwise also write
+        :meth:`weight_hh_grad`);
     ``fast_kernel``
-        the name of the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
-        that computes exactly this class's maths, or ``None`` (default). It
-        counts only where the class itself sets it: a subclass may change the
-        maths, so it runs the portable engine until it names a kernel of its own.
+        the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
+        computing exactly this class's maths, or ``None`` (default). Only the
+        class that sets it gets it: a subclass may change the maths.
 
-    and writes :meth:`step`, :meth:`step_derivatives` and :meth:`step_backward`
-    (see the module docstring for what each returns); a cell whose recurrent
-    product is not :math:`h_{t-1} W_{hh}^T` also writes :meth:`weight_hh_grad`.
+    and writes :meth:`step`, :meth:`step_derivatives` and :meth:`step_backward`.
     """
 
     mode: ClassVar[str]
@@ -206,11 +173,18 @@ class Cell:
         raise NotImplementedError
 
     def step_derivatives(self, state, state_prev, tape, *, xp):
-        """The step's local derivatives from its forward values (elementwise; any leading axes)."""
+        """The step's local derivatives (gate derivatives times tape values), elementwise over any leading axes."""
         raise NotImplementedError
 
     def step_backward(self, d_state, derivatives, *, xp):
-        """``(d_xw, d_hw or None, d_state_prev without the W_hh path)`` from the carried gradient."""
+        """``(d_xw, d_hw, d_state_prev)`` from the carried gradient ``d_state`` of one step.
+
+        ``d_xw`` (N, G*H) is the gradient of the input pre-activation;
+        ``d_hw`` that of the recurrent one, or ``None`` when it equals
+        ``d_xw``; ``d_state_prev`` the previous state's gradient without the
+        path through ``W_hh`` (the engine adds ``d_hw @ W_hh``), with
+        ``None`` for a part that has no other path (the RNN's h).
+        """
         raise NotImplementedError
 
     def weight_hh_grad(self, d_hw, h_prev, tape, *, xp):
@@ -279,8 +253,8 @@ class LSTMCell(Cell):
         h_t &= m_t \quad\text{or, with } \texttt{proj\_size} = P > 0, \quad
         h_t = m_t W_{hr}^T
 
-    With a projection, ``W_hr`` is (P, H), h is (N, P) and ``W_hh`` is
-    (4H, P); c stays (N, H). The tape of a step is an :class:`LSTMTape`
+    With a projection, ``W_hr`` (P, H) is a keyword of :meth:`step` and
+    :meth:`step_backward`, h is (N, P) and ``W_hh`` (4H, P); c stays (N, H). The tape of a step is an :class:`LSTMTape`
     ``(i, f, g, o, tanh(c_t))`` either way: :math:`m_t` is recomputed from it.
     :meth:`step` receives ``xw`` and ``W_hh`` with the i, f and o rows
     halved (``halved_gates``), so that one ``tanh`` serves all four gates.
@@ -471,8 +445,4 @@ def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0, reset_af
     ``proj_size`` or the GRU's ``reset_after``."""
     if mode not in CELLS:
         raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
-    if mode == "rnn":
-        return CELLS[mode](nonlinearity)
-    if mode == "gru":
-        return CELLS[mode](reset_after)
-    return CELLS[mode](proj_size) if proj_size else CELLS[mode]()
+    return CELLS[mode](*{"rnn": (nonlinearity,), "lstm": (proj_size,), "gru": (reset_after,)}.get(mode, ()))

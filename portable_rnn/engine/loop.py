@@ -29,16 +29,6 @@ def _index(tree, t):
     return tree[t, ...]
 
 
-def _length(tree):
-    if isinstance(tree, (tuple, list)):
-        for leaf in tree:
-            n = _length(leaf)
-            if n is not None:
-                return n
-        return None
-    return None if tree is None else tree.shape[0]
-
-
 def _tracing(*trees) -> bool:
     """Whether any leaf is a JAX tracer (we are inside jit, grad or vmap)."""
     from jax.core import Tracer
@@ -66,26 +56,21 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
     step : callable
         ``step(carry, x_t) -> (carry, y_t)``.
     carry : tree of arrays
-        The initial carry (e.g. the initial hidden state).
-    xs : tree of arrays, each of shape (T, ...)
+    xs : tree of arrays, each (T, ...)
         Per-step inputs, sliced along the first axis.
     xp : namespace
-        The array namespace of the inputs.
     reverse : bool, default False
         Run from ``t = T-1`` down to ``0``; outputs stay in time order.
     use_lax : bool or None
-        ``None`` picks ``jax.lax.scan`` exactly when ``xp`` is JAX and the
-        inputs are tracers. ``True``/``False`` force one path (the tests
-        compare both).
+        ``None`` picks ``jax.lax.scan`` exactly when :func:`compiles`;
+        ``True``/``False`` force one path (the tests compare both).
     unroll : int, default 1
-        Steps per iteration of ``jax.lax.scan``'s loop (its ``unroll``): more
-        code to compile, less loop overhead per step. Ignored by the Python loop.
+        Steps per iteration of ``jax.lax.scan``'s loop; ignored by the Python loop.
 
     Returns
     -------
     carry : tree of arrays
-        The final carry.
-    ys : tree of arrays, each of shape (T, ...)
+    ys : tree of arrays, each (T, ...)
         The stacked per-step outputs, in time order.
     """
     if use_lax is None:
@@ -94,8 +79,8 @@ def scan(step, carry, xs, *, xp, reverse: bool = False, use_lax: bool | None = N
         import jax
 
         return jax.lax.scan(step, carry, xs, reverse=reverse, unroll=unroll)
-    n_steps = _length(xs)
-    if n_steps is None or n_steps == 0:
+    n_steps = next((leaf.shape[0] for leaf in leaves(xs)), None)
+    if not n_steps:
         raise ValueError("scan needs at least one time step in xs")
     order = range(n_steps - 1, -1, -1) if reverse else range(n_steps)
     ys = []

@@ -6,22 +6,17 @@ projection (``cell.proj_size = P``) has h states (N, P), ``W_hh`` (4H, P) and
 the projection ``W_hr`` (P, H), whose gradient is one more contraction after
 the loop, :math:`dW_{hr} = dH^T M` with :math:`m_t = o \odot \tanh(c_t)`.
 
-The work is arranged so that only what must be sequential is in the loop:
+Only what must be sequential is in the loop (:func:`portable_rnn.engine.loop.scan`:
+a Python loop, or ``jax.lax.scan`` under JAX tracing). The input projection
+:math:`X W_{ih}^T + b` is one matmul for all steps; each step does the
+recurrent matmul and the cell's elementwise maths. The backward carries only
+:math:`dh_{t-1} = dz_t W_{hh}`, with :math:`dX = dZ\,W_{ih}`,
+:math:`dW_{ih} = dZ^T X` and :math:`dW_{hh} = dZ_h^T H_{prev}` as single
+matmuls after the loop; an eager backward computes the cells' local
+derivatives for :data:`BACKWARD_CHUNK` steps at a time ahead of the loop over
+them.
 
-- the input projection :math:`X W_{ih}^T + b` is one matmul for all steps;
-- each step does the recurrent matmul and the cell's elementwise maths;
-- in the backward, :math:`dX = dZ\,W_{ih}`, :math:`dW_{ih} = dZ^T X` and
-  :math:`dW_{hh} = dZ_h^T H_{prev}` are single matmuls over all steps after
-  the loop, and the loop itself carries only :math:`dh_{t-1} = dz_t W_{hh}`.
-  In an eager loop, where every operation is a dispatch (a kernel launch on a
-  GPU), the cells' local derivatives are computed for :data:`BACKWARD_CHUNK`
-  steps at a time ahead of the loop over them, which then only applies them
-  to the carried gradient.
-
-The loop goes through :func:`portable_rnn.engine.loop.scan`, so it is a Python loop
-on eager backends and ``jax.lax.scan`` on JAX.
-
-What the forward keeps is chosen by ``tape``:
+What the forward keeps for the backward, its *tape*, is chosen by ``retain``:
 
 ``"full"``
     every step's states and gate values, about :math:`(2 + 5) T N H`
@@ -29,18 +24,15 @@ What the forward keeps is chosen by ``tape``:
 ``"checkpoint"``
     only the states entering each segment of at most ``checkpoint_every``
     steps (default :math:`\lceil\sqrt T\rceil`, :class:`CheckpointTape`):
-    the backward runs segment by segment from the end, recomputing each
-    segment's :class:`Tape` from its checkpoint, so the memory of the
-    backward grows like :math:`\sqrt T` instead of :math:`T` for one more
-    forward pass of compute;
+    the backward recomputes each segment's :class:`Tape` from its
+    checkpoint, from the last segment to the first, so its memory grows like
+    :math:`\sqrt T` instead of :math:`T` for one more forward pass of compute;
 ``"none"``
-    nothing: inference. The forward runs segment by segment too
-    (:data:`INFERENCE_SEGMENT` steps), so even the hoisted input projection
-    (4 numbers per output number for an LSTM) is only ever held for one
-    segment: the memory beyond ``out`` does not grow with T.
+    nothing: inference, run in segments of :data:`INFERENCE_SEGMENT` steps
+    so that not even the hoisted input projection grows with T.
 
-Segments are nested loops: under ``jax.jit`` a ``lax.scan`` over segments
-around the ``lax.scan`` over steps, so the compiled program stays one step's
+Segments are nested loops (under ``jax.jit``, a ``lax.scan`` over segments
+around the ``lax.scan`` over steps), so a compiled program stays one step's
 code whatever T is.
 """
 
@@ -50,13 +42,13 @@ import math
 from typing import NamedTuple
 
 from . import kernels
-from .._validation import TAPES, check_fast_path, check_tape
+from .._validation import RETAIN, check_fast_path, check_retain
 from .._validation import placement as device
 from ..trees import leaves, tree_map
 from .loop import compiles, scan
 
 __all__ = [
-    "TAPES", "INFERENCE_SEGMENT", "BACKWARD_CHUNK", "Tape", "CheckpointTape", "Grads", "ProjectedGrads",
+    "RETAIN", "INFERENCE_SEGMENT", "BACKWARD_CHUNK", "Tape", "CheckpointTape", "Grads",
     "forward", "backward", "window_keep", "segment_length",
 ]
 
@@ -67,7 +59,7 @@ __all__ = [
 #: (``lax.scan``) computes them in its step, where XLA fuses them.
 BACKWARD_CHUNK = 32
 
-#: Steps per segment of a ``tape="none"`` forward by default: a constant, so
+#: Steps per segment of a ``retain="none"`` forward by default: a constant, so
 #: that its scratch does not grow with T; long enough that the per-segment
 #: overhead (a few small copies of the weights on the NumPy path) stays small.
 INFERENCE_SEGMENT = 128
@@ -76,18 +68,11 @@ INFERENCE_SEGMENT = 128
 class Tape(NamedTuple):
     """What the backward of one layer needs (a pytree: fine under ``jax.jit``).
 
-    Attributes
-    ----------
-    x : array (T, N, D)
-        The layer input.
-    state0 : tuple of arrays (N, H)
-        The initial state, ``(h0,)`` or ``(h0, c0)``.
-    states : tuple of arrays (T, N, H)
-        The state after every step (frozen past a sequence's length).
-    cell_tape : tree of arrays (T, ...) or None
-        What the cell kept per step (see :mod:`portable_rnn.engine.cells`).
-    mask : array (T, N, 1) or None
-        1.0 for valid steps and 0.0 for padding.
+    ``x`` (T, N, D) is the layer input; ``state0`` the initial state,
+    ``(h0,)`` or ``(h0, c0)``; ``states`` the state after every step, each
+    (T, N, H), frozen past a sequence's length; ``cell_tape`` what the cell
+    kept per step (:mod:`portable_rnn.engine.cells`), or None; ``mask``
+    (T, N, 1) is 1.0 at valid steps and 0.0 at padding, or None.
     """
 
     x: object
@@ -100,20 +85,13 @@ class Tape(NamedTuple):
 class CheckpointTape(NamedTuple):
     """What the checkpointed backward needs: the input and the state entering every segment.
 
-    The segments are those of :func:`segment_length` for T = ``x.shape[0]``
+    ``x`` (T, N, D) is the layer input (zero at masked steps);
+    ``checkpoints[j][s]`` (N, H) is state part ``j`` entering segment ``s``
+    (segment 0's is the initial state); ``mask`` is (T, N, 1) or None;
+    ``b_ih``, ``b_hh`` are the biases the recomputation needs (the backward
+    is given the weights). The segments are :func:`segment_length`'s for T
     and S = the number of checkpoints, so the layout travels in the shapes
     (static under ``jax.jit``), not in a field.
-
-    Attributes
-    ----------
-    x : array (T, N, D)
-        The layer input (zero at masked steps).
-    checkpoints : tuple of arrays (S, N, H)
-        ``checkpoints[j][s]`` is state part ``j`` entering segment ``s``;
-        segment 0's is the initial state.
-    mask : array (T, N, 1) or None
-    b_ih, b_hh : array (G*H,) or None
-        The biases the recomputation needs (the backward is given the weights).
     """
 
     x: object
@@ -124,7 +102,7 @@ class CheckpointTape(NamedTuple):
 
 
 class Grads(NamedTuple):
-    """Gradients of one layer: input, initial state and parameters."""
+    """Gradients of one layer: input, initial state, parameters, and ``dW_hr`` (P, H) with a projection."""
 
     dx: object
     dstate0: tuple
@@ -132,36 +110,17 @@ class Grads(NamedTuple):
     dW_hh: object
     db_ih: object
     db_hh: object
-
-
-class ProjectedGrads(NamedTuple):
-    """The :class:`Grads` of a layer with a projection (LSTM ``proj_size``), then ``dW_hr`` (P, H).
-
-    A type of its own, so that :class:`Grads` keeps its six fields for every
-    other layer (code that unpacks or slices it stays right).
-    """
-
-    dx: object
-    dstate0: tuple
-    dW_ih: object
-    dW_hh: object
-    db_ih: object
-    db_hh: object
-    dW_hr: object
+    dW_hr: object = None
 
 
 def _lax_unroll(x, W_hh) -> int:
-    """``unroll`` for ``lax.scan``: 4 when a step is tiny (N*H <= 1024), else 1.
-
-    At (N, H) = (1, 64) a step is a few hundred flops and the XLA loop's own
-    overhead per iteration dominates (a GRU at T = 1000 ran in 0.56x the time with 4);
-    from N*H ~ 4096 on, unrolling stops paying and only adds compile time.
-    """
+    """``unroll`` for ``lax.scan``: 4 when a step is tiny (N*H <= 1024), where the XLA loop's own
+    overhead per iteration dominates (a GRU at (N, H) = (1, 64) ran in 0.56x the time); else 1."""
     return 4 if x.shape[1] * W_hh.shape[-1] <= 1024 else 1
 
 
 def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None,
-            tape="full", checkpoint_every=None, fast_path="auto"):
+            retain="full", checkpoint_every=None, fast_path="auto", tape=None):
     """Run one layer of ``cell`` over a sequence.
 
     Parameters
@@ -181,19 +140,18 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     xp : namespace
     W_hr : array (P, H) or None
         The projection of an LSTM cell with ``proj_size = P``; ``None`` otherwise.
-    tape : {"full", "checkpoint", "none"}
+    retain : {"full", "checkpoint", "none"}
         What to keep for :func:`backward` (see the module docstring).
     checkpoint_every : int or None
         Steps per segment at most, for ``"checkpoint"`` and ``"none"``
-        (:func:`segment_length`); ``None`` is :math:`\\lceil\\sqrt T\\rceil`
-        for ``"checkpoint"`` and :data:`INFERENCE_SEGMENT` for ``"none"``.
+        (:func:`segment_length`; ``None``: its default).
     fast_path : {"auto", True, False}
-        Whether the fast kernels (:mod:`portable_rnn.engine.kernels`: NumPy arrays
-        and CPU torch tensors of the built-in cells) run the layer: where they
-        accept the case (``"auto"``), always (``True``: a ``ValueError`` says
-        why when they decline, e.g. an LSTM with ``proj_size``, or JAX
-        arrays), or never (``False``: the portable path, the definition of
-        the maths). Both give the same numbers, to rounding.
+        Whether a fast kernel (:mod:`portable_rnn.engine.kernels`) runs the
+        layer: where one accepts the case, always (``True``: a ``ValueError``
+        says why none does, e.g. for a projected LSTM or JAX arrays), or
+        never (``False``: the portable path). Both give the same numbers, to rounding.
+    tape : {"full", "checkpoint", "none"} or None
+        ``retain``'s deprecated spelling.
 
     Returns
     -------
@@ -202,15 +160,15 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     final : tuple of arrays (N, H)
         The state after the last valid step of each sequence.
     tape : Tape, CheckpointTape or None
-        ``None`` for ``tape="none"``.
+        ``None`` for ``retain="none"``.
     """
-    tape, checkpoint_every = check_tape(tape, checkpoint_every)
+    retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
     fast_path = check_fast_path(fast_path)
     projection = _projection(cell, W_hr)
     x = _zero_padding(x, mask, xp)
-    if tape == "full":
+    if retain == "full":
         return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path)
-    keep_checkpoints = tape == "checkpoint"
+    keep_checkpoints = retain == "checkpoint"
 
     def segment(state, inputs):
         (x_s, mask_s), _ = inputs
@@ -262,13 +220,11 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection,
 def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
     """Steps per segment when a sequence of ``n_steps`` is cut into segments of at most ``checkpoint_every``.
 
-    Equal segments when T has a divisor k with every/2 < k <= every (the
-    largest such k): no short last segment, whose results XLA would join to
-    the others' by copying ``out`` and ``dx``. Otherwise balanced segments:
-    S = ceil(T / every) of them, each of k = ceil(T / S) steps but the last,
-    which holds the remaining T - (S - 1) k >= 1. Either way k = ceil(T / S),
-    so the backward reads S off the checkpoints and knows k. ``None`` is
-    every = ceil(sqrt(T)), which about minimises checkpoints plus one
+    The largest divisor k of T with every/2 < k <= every, so no short last
+    segment (whose results XLA would join to the others' by copying); else
+    S = ceil(T / every) balanced segments of k = ceil(T / S) steps, the last
+    shorter. Either way the backward reads S off the checkpoints and knows k.
+    ``None`` is every = ceil(sqrt(T)), about minimising checkpoints plus one
     segment's tape.
     """
     if checkpoint_every is None:
@@ -284,15 +240,11 @@ def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
 def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False, fast_path="auto"):
     """Run ``fn`` over consecutive segments of ``k`` steps: a scan over full segments, then the short tail.
 
-    ``fn(carry, (step_xs_s, segment_xs_s)) -> (carry, (step_ys_s, segment_ys_s))``,
-    where ``step_xs`` leaves are (T, ...) and are cut into segments, and
-    ``segment_xs`` leaves are (S, ...), one entry per segment. The results
-    come back the same way: ``step_ys`` joined along time into (T, ...),
-    ``segment_ys`` stacked into (S, ...). ``reverse`` runs from the last
-    segment to the first (the tail first).
-
-    Time is split into (segments, steps) by a reshape of the time axis
-    alone; the batch axis, and a sharding along it, is untouched.
+    ``fn(carry, (step_xs_s, segment_xs_s)) -> (carry, (step_ys_s, segment_ys_s))``:
+    ``step_xs`` leaves (T, ...) are cut into segments and ``step_ys`` joined
+    back into (T, ...); ``segment_xs`` and ``segment_ys`` leaves are (S, ...),
+    one entry per segment. ``reverse`` runs from the last segment (the tail)
+    to the first. Only the time axis is reshaped: a batch sharding is untouched.
     """
     if _fast(fast_path, kernels.why_not_segments, xp, step_xs, segment_xs):
         return kernels.over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse)
@@ -338,25 +290,16 @@ def _zero_padding(a, mask, xp):
 
 
 def window_keep(n_steps: int, truncate: int | None, mask=None, *, dtype, device, xp):
-    """Per-step factor on the carried gradient for truncated BPTT.
+    """Per-step factor on the carried gradient for truncated BPTT: (T,), (T, N, 1) with ``mask``, or None.
 
     The sequence is cut into windows ``[0, k), [k, 2k), ...``. Going backward,
     the gradient carried into step ``t`` from step ``t + 1`` is dropped when
     step ``t + 1`` starts a window, and only if it is a valid step: the
     final-state gradient enters at ``T - 1`` and crosses a short sequence's
-    padding untouched, reaching its last valid step whole.
-
-    Returns
-    -------
-    array (T,) or (T, N, 1), or None
-        ``None`` means full BPTT (nothing dropped); (T, N, 1) when ``mask``
-        is given.
-
-    Notes
-    -----
-    The factors are computed on ``device`` from ``arange`` and comparisons:
+    padding untouched, reaching its last valid step whole. ``None`` is full
+    BPTT. The factors are made on ``device`` from ``arange`` and comparisons:
     an array built from a host list would be a blocking host-to-device copy
-    on every backward of every layer and direction on a GPU.
+    in every backward of every layer and direction on a GPU.
     """
     if truncate is None or truncate >= n_steps:
         return None
@@ -386,14 +329,11 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
     cell : RNNCell, LSTMCell or GRUCell
         The cell used in :func:`forward`.
     tape : Tape or CheckpointTape
-        From :func:`forward`. A :class:`CheckpointTape` is consumed segment
-        by segment from the end: each segment's :class:`Tape` is recomputed
-        from its checkpoint and backpropagated with the gradient carried in
-        from the segment after it. Every per-step result is the full tape's
-        computation (bit-identical where the backend rounds a segment's
-        input projection as it rounds the whole one; else to a few ulps); the
-        weight gradients are sums of per-segment contractions, equal to the
-        full tape's up to the order of the additions (a few ulps).
+        From :func:`forward`. With a :class:`CheckpointTape`, every per-step
+        result is the full tape's computation (bit-identical where the backend
+        rounds a segment's input projection as it rounds the whole one, else
+        to a few ulps) and the weight gradients are sums of per-segment
+        contractions (equal up to the order of the additions).
     d_out : array (T, N, H) or None
         Gradient of the loss with respect to ``out``; ignored (read as zero)
         at masked steps.
@@ -413,7 +353,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
 
     Returns
     -------
-    Grads, or ProjectedGrads with a projection
+    Grads
         ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
     """
     fast_path = check_fast_path(fast_path)
@@ -435,16 +375,14 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         (x_s, mask_s, d_out_s, keep_s), state_s = inputs
         _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection, fast_path)
         g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, projection, fast_path)
-        sums = tree_map(lambda total, part: total + part, sums, _param_grads(g))
+        sums = tree_map(lambda total, part: total + part, sums, tuple(g[2:]))
         return (g.dstate0, sums), (g.dx, None)
 
     k = -(-x.shape[0] // tape.checkpoints[0].shape[0])  # ceil(T / S): see segment_length
     (d_state0, sums), (dx, _) = _over_segments(
         segment, (d_carry, sums), (x, mask, d_out, keep), tape.checkpoints, k, xp, reverse=True, fast_path=fast_path
     )
-    if projection:
-        return ProjectedGrads(dx, d_state0, *sums)
-    return Grads(dx, d_state0, *sums[:4])
+    return Grads(dx, d_state0, *sums)
 
 
 def _zeros_for_none(d_final, state0, xp):
@@ -452,11 +390,6 @@ def _zeros_for_none(d_final, state0, xp):
     if d_final is None:
         d_final = (None,) * len(state0)
     return tuple(xp.zeros_like(s0) if d is None else d for s0, d in zip(state0, d_final))
-
-
-def _param_grads(g):
-    """``(dW_ih, dW_hh, db_ih, db_hh, dW_hr or None)`` of a :class:`Grads` or :class:`ProjectedGrads`."""
-    return (*g[2:6], g.dW_hr if isinstance(g, ProjectedGrads) else None)
 
 
 def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path):
@@ -505,10 +438,8 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
     dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, prev_states[0], cell_tape, bias, xp)
-    if not projection:
-        return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh)
-    dW_hr = xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1]))
-    return ProjectedGrads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    dW_hr = xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1])) if projection else None
+    return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dW_hr)
 
 
 def _weight_grads(cell, d_xw, d_hw, x, h_prev, cell_tape, bias, xp):

@@ -1,9 +1,9 @@
 """Checkpointed BPTT and the tape-free forward give the full tape's numbers, in less memory.
 
-``tape="checkpoint"`` keeps the states entering each segment and recomputes
+``retain="checkpoint"`` keeps the states entering each segment and recomputes
 the segment's tape in the backward; every result must equal the full tape's
 (float64, to the rounding of the weight gradients' sum over segments).
-``tape="none"`` keeps nothing and must give the same outputs and final states.
+``retain="none"`` keeps nothing and must give the same outputs and final states.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ def _engine_inputs(cell, T, N=3, D=4, H=5, seed=0):
     return arrays
 
 
-def _engine_run(cell, a, tape, every, truncate, with_mask, xp):
+def _engine_run(cell, a, retain, every, truncate, with_mask, xp):
     mask = a["mask"] if with_mask else None
     out, final, kept = sequence.forward(
         cell, a["x"], a["state0"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], mask,
-        xp=xp, W_hr=a.get("W_hr"), tape=tape, checkpoint_every=every,
+        xp=xp, W_hr=a.get("W_hr"), retain=retain, checkpoint_every=every,
     )
     g = sequence.backward(cell, kept, a["d_out"], a["d_final"], a["W_ih"], a["W_hh"], xp=xp,
                           truncate=truncate, W_hr=a.get("W_hr"))
@@ -75,11 +75,11 @@ def test_engine_checkpoint_equals_full_tape(backend, cell, case):
     a = {k: backend.asarray(v, "float64") if not isinstance(v, tuple) else tuple(backend.asarray(s, "float64") for s in v)
          for k, v in _engine_inputs(cell, T).items()}
 
-    def run(a, tape):
-        return _engine_run(cell, a, tape, every if tape == "checkpoint" else None, truncate, with_mask, backend.xp)
+    def run(a, retain):
+        return _engine_run(cell, a, retain, every if retain == "checkpoint" else None, truncate, with_mask, backend.xp)
 
-    full = backend.run(run, a, tape="full")
-    ckpt = backend.run(run, a, tape="checkpoint")
+    full = backend.run(run, a, retain="full")
+    ckpt = backend.run(run, a, retain="checkpoint")
     for (name, f), c in zip(_named(full), [leaf for _, leaf in _named(ckpt)]):
         assert rel_error(backend.to_numpy(c), backend.to_numpy(f)) <= TOL, name
 
@@ -125,16 +125,16 @@ def test_layer_checkpoint_and_none_equal_the_full_tape(backend, name):
     x, lengths, d_out = backend.asarray(x, "float64"), backend.asarray(lengths), backend.asarray(d_out, "float64")
     masks = tuple(backend.asarray(m, "float64") for m in masks)
 
-    def run(params, x, lengths, d_out, masks, tape, every):
-        out, state, kept = spec.forward(params, x, lengths=lengths, dropout_masks=masks, tape=tape,
+    def run(params, x, lengths, d_out, masks, retain, every):
+        out, state, kept = spec.forward(params, x, lengths=lengths, dropout_masks=masks, retain=retain,
                                         checkpoint_every=every)
         if kept is None:
             return out, state
         return out, state, spec.backward(params, kept, d_out, state, truncate=3)
 
-    full = backend.run(run, params, x, lengths, d_out, masks, tape="full", every=None)
-    ckpt = backend.run(run, params, x, lengths, d_out, masks, tape="checkpoint", every=2)
-    none = backend.run(run, params, x, lengths, d_out, masks, tape="none", every=4)
+    full = backend.run(run, params, x, lengths, d_out, masks, retain="full", every=None)
+    ckpt = backend.run(run, params, x, lengths, d_out, masks, retain="checkpoint", every=2)
+    none = backend.run(run, params, x, lengths, d_out, masks, retain="none", every=4)
     flat = {name: _flat(full), "checkpoint": _flat(ckpt), "none": _flat(none)}
     assert len(flat["checkpoint"]) == len(flat[name]) > len(flat["none"]) > 0
     for other in ("checkpoint", "none"):
@@ -163,9 +163,9 @@ def test_jax_apply_with_a_checkpointed_tape_gives_the_same_gradients():
         params = {k: jnp.asarray(v) for k, v in params.items()}
         x, lengths, d_out = jnp.asarray(x), jnp.asarray(lengths), jnp.asarray(d_out)
 
-        def loss(params, x, tape):
-            out, _ = apply(spec, params, x, lengths=lengths, truncate=4, tape=tape, checkpoint_every=3 if
-                           tape == "checkpoint" else None)
+        def loss(params, x, retain):
+            out, _ = apply(spec, params, x, lengths=lengths, truncate=4, retain=retain, checkpoint_every=3 if
+                           retain == "checkpoint" else None)
             return jnp.sum(out * d_out)
 
         grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
@@ -173,8 +173,8 @@ def test_jax_apply_with_a_checkpointed_tape_gives_the_same_gradients():
         assert rel_error(dx_ckpt, dx_full) <= TOL
         for key in g_full:
             assert rel_error(g_ckpt[key], g_full[key]) <= TOL, key
-        with pytest.raises(ValueError, match="tape='none' keeps nothing for the backward that apply runs"):
-            apply(spec, params, x, tape="none")
+        with pytest.raises(ValueError, match="retain='none' keeps nothing for the backward that apply runs"):
+            apply(spec, params, x, retain="none")
 
 
 def test_charmodel_checkpointed_loss_and_grads_equal_the_full_tape():
@@ -182,13 +182,13 @@ def test_charmodel_checkpointed_loss_and_grads_equal_the_full_tape():
     params = model.init(seed=3, dtype="float64")
     tokens = np.random.default_rng(0).integers(0, 7, size=(2, 13))
     loss, grads, state = model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:])
-    loss_c, grads_c, state_c = model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], tape="checkpoint",
+    loss_c, grads_c, state_c = model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], retain="checkpoint",
                                                     checkpoint_every=5)
     assert loss_c == loss and np.array_equal(state_c, state)
     for key in grads:
         assert rel_error(grads_c[key], grads[key]) <= TOL, key
     with pytest.raises(ValueError, match="loss_and_grads"):
-        model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], tape="none")
+        model.loss_and_grads(params, tokens[:, :-1], tokens[:, 1:], retain="none")
 
 
 @pytest.mark.backends("numpy", "torch")
@@ -202,7 +202,7 @@ def test_the_in_place_segments_of_the_fast_path_equal_the_portable_ones(backend,
     monkeypatch.setattr(kernels, "over_segments", lambda *a: runs.append(1) or real(*a))
 
     def run():
-        out, _, tape = spec.forward(params, x, lengths=lengths, tape="checkpoint", checkpoint_every=3)
+        out, _, tape = spec.forward(params, x, lengths=lengths, retain="checkpoint", checkpoint_every=3)
         return [out, *spec.backward(params, tape, d_out)[:2]]
 
     fast = run()
@@ -237,13 +237,13 @@ def test_memory_checkpoint_grows_like_sqrt_T_and_none_only_with_the_output():
         d_out = np.ones((T, N, 32), dtype=np.float32)
         results = x.nbytes + d_out.nbytes  # dx and out have the shapes of x and d_out
 
-        def fwd_bwd(tape):
-            out, _, kept = spec.forward(params, x, tape=tape)
+        def fwd_bwd(retain):
+            out, _, kept = spec.forward(params, x, retain=retain)
             if kept is not None:
                 spec.backward(params, kept, d_out)
 
-        for tape in ("full", "checkpoint"):
-            scratch[tape, T] = _peak_bytes(lambda: fwd_bwd(tape)) - results
+        for retain in ("full", "checkpoint"):
+            scratch[retain, T] = _peak_bytes(lambda: fwd_bwd(retain)) - results
         scratch["none", T] = _peak_bytes(lambda: fwd_bwd("none")) - d_out.nbytes
     assert scratch["full", 4096] > 12 * scratch["full", 256]  # the full tape: linear in T (16x)
     assert scratch["checkpoint", 4096] < 6 * scratch["checkpoint", 256]  # sqrt(16) = 4, plus fixed costs
@@ -252,10 +252,12 @@ def test_memory_checkpoint_grows_like_sqrt_T_and_none_only_with_the_output():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"tape": "partial"}, ValueError, r"tape must be one of 'full', 'checkpoint', 'none', got 'partial'"),
-    ({"tape": "checkpoint", "checkpoint_every": 0}, ValueError, r"checkpoint_every must be an int >= 1, got 0"),
-    ({"tape": "checkpoint", "checkpoint_every": 2.5}, ValueError, r"checkpoint_every must be an int >= 1"),
-    ({"checkpoint_every": 4}, ValueError, r"checkpoint_every=4 needs tape='checkpoint'"),
+    ({"retain": "partial"}, ValueError, r"retain must be one of 'full', 'checkpoint', 'none', got 'partial'"),
+    ({"retain": "checkpoint", "checkpoint_every": 0}, ValueError, r"checkpoint_every must be an int >= 1, got 0"),
+    ({"retain": "checkpoint", "checkpoint_every": 2.5}, ValueError, r"checkpoint_every must be an int >= 1"),
+    ({"checkpoint_every": 4}, ValueError, r"checkpoint_every=4 needs retain='checkpoint'"),
+    ({"tape": "partial"}, ValueError, r"retain must be one of 'full', 'checkpoint', 'none', got 'partial'"),
+    ({"retain": "checkpoint", "tape": "none"}, TypeError, r"give retain= or its other name tape=, not both"),
 ])
 def test_bad_tape_arguments_are_refused(kwargs, error, match):
     spec = GRU(2, 3)
@@ -264,22 +266,42 @@ def test_bad_tape_arguments_are_refused(kwargs, error, match):
         spec.forward(spec.init(like=x), x, **kwargs)
 
 
+def test_tape_is_a_deprecated_spelling_of_retain():
+    """``tape=`` still chooses what the forward keeps, on every function that took it, with a warning."""
+    spec, x = GRU(2, 3), np.random.default_rng(0).normal(size=(5, 2, 2))
+    params = spec.init(seed=0, like=x)
+    with pytest.warns(DeprecationWarning, match=r"tape= is deprecated, use retain="):
+        old = spec.forward(params, x, tape="checkpoint", checkpoint_every=2)
+    new = spec.forward(params, x, retain="checkpoint", checkpoint_every=2)
+    assert type(old[2].layers[0][0]) is type(new[2].layers[0][0]) is sequence.CheckpointTape
+    np.testing.assert_array_equal(old[0], new[0])
+    with pytest.warns(DeprecationWarning):
+        assert spec.forward(params, x, tape="none")[2] is None
+    model = CharModel(vocab_size=5, hidden_size=3)
+    tokens = np.random.default_rng(1).integers(0, 5, size=(2, 7))
+    model_params = model.init(seed=0)
+    with pytest.warns(DeprecationWarning):
+        loss_old, _, _ = model.loss_and_grads(model_params, tokens[:, :-1], tokens[:, 1:], tape="checkpoint")
+    loss_new, _, _ = model.loss_and_grads(model_params, tokens[:, :-1], tokens[:, 1:], retain="checkpoint")
+    np.testing.assert_array_equal(loss_old, loss_new)
+
+
 def test_the_engine_checks_its_tape_arguments_too():
     cell, x = CELLS["gru"], np.zeros((5, 1, 2))
     args = (cell, x, (np.zeros((1, 3)),), np.zeros((9, 2)), np.zeros((9, 3)))
     with pytest.raises(ValueError, match=r"checkpoint_every must be an int >= 1, got 0"):
-        sequence.forward(*args, xp=np, tape="checkpoint", checkpoint_every=0)
-    with pytest.raises(ValueError, match=r"tape must be one of"):
-        sequence.forward(*args, xp=np, tape="partial")
+        sequence.forward(*args, xp=np, retain="checkpoint", checkpoint_every=0)
+    with pytest.raises(ValueError, match=r"retain must be one of"):
+        sequence.forward(*args, xp=np, retain="partial")
 
 
 def test_backward_of_no_tape_says_why():
     spec = GRU(2, 3)
     x = np.zeros((5, 1, 2))
     params = spec.init(like=x)
-    out, _, tape = spec.forward(params, x, tape="none")
+    out, _, tape = spec.forward(params, x, retain="none")
     assert tape is None
-    with pytest.raises(TypeError, match=r"forward\(tape='none'\) keeps nothing to differentiate"):
+    with pytest.raises(TypeError, match=r"forward\(retain='none'\) keeps nothing to differentiate"):
         spec.backward(params, tape, out)
 
 

@@ -70,7 +70,7 @@ def reference(spec, params, x, h0, lengths, truncate):
 
 CASES = {
     "lengths": dict(spec=dict(), lengths=[6, 2, 4]),
-    "truncate-checkpoint": dict(spec=dict(), truncate=2, tape="checkpoint"),
+    "truncate-checkpoint": dict(spec=dict(), truncate=2, retain="checkpoint"),
     "2l-bi-lengths": dict(spec=dict(num_layers=2, bidirectional=True), lengths=[3, 6, 1]),
 }
 
@@ -92,8 +92,8 @@ def test_forward_and_gradients_match_the_equations(backend, name):
     cv = lambda a: backend.asarray(a, "float64")  # noqa: E731
     p = {k: cv(v) for k, v in params.items()}
     lens = backend.asarray(lengths, "int64") if "lengths" in case else None
-    tape = case.get("tape", "full")
-    out, h_n, kept = backend.run(spec.forward, p, cv(x), cv(h0), lens, tape=tape)
+    retain = case.get("retain", "full")
+    out, h_n, kept = backend.run(spec.forward, p, cv(x), cv(h0), lens, retain=retain)
     grads, dx, dh0 = backend.run(spec.backward, p, kept, cv(d_out), cv(d_h), case.get("truncate"))
     got = {"out": out, "h_n": h_n, **grads, "x": dx, "h0": dh0}
     expected = {"out": ref_out.detach().numpy(), "h_n": ref_h.detach().numpy(),

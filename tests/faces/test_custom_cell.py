@@ -83,7 +83,7 @@ def test_the_cifg_cell_passes_check_cell():
 CASES = {
     "2l-bi-lengths": (dict(num_layers=2, bidirectional=True), dict(lengths=True)),
     "batch_first-nobias": (dict(batch_first=True, bias=False), dict()),
-    "checkpoint-lengths": (dict(num_layers=2), dict(lengths=True, tape="checkpoint", checkpoint_every=2)),
+    "checkpoint-lengths": (dict(num_layers=2), dict(lengths=True, retain="checkpoint", checkpoint_every=2)),
 }
 
 
@@ -104,7 +104,7 @@ def _case(name, seed=0):
                {**params, "x": x, "h0": state[0], "c0": state[1]}.items()}
     p_t = {k: tensors[k] for k in params}
     out, final, _ = spec.forward(p_t, tensors["x"], (tensors["h0"], tensors["c0"]),
-                                 None if lengths is None else torch.tensor(lengths), tape="none")
+                                 None if lengths is None else torch.tensor(lengths), retain="none")
     loss = (out * torch.tensor(d_out)).sum() + sum((f * torch.tensor(g)).sum() for f, g in zip(final, d_state))
     loss.backward()
     reference = {k: t.grad.numpy() for k, t in tensors.items()}
@@ -117,7 +117,7 @@ def test_a_layer_of_a_custom_cell_has_the_gradients_of_autodiff(backend, name):
     cv = lambda a: backend.asarray(a, "float64")  # noqa: E731
     p = {k: cv(v) for k, v in params.items()}
     lens = None if lengths is None else backend.asarray(lengths, "int64")
-    out, final, tape = spec.forward(p, cv(x), tuple(map(cv, state)), lens, tape=run.get("tape", "full"),
+    out, final, tape = spec.forward(p, cv(x), tuple(map(cv, state)), lens, retain=run.get("retain", "full"),
                                     checkpoint_every=run.get("checkpoint_every"))
     grads, dx, (dh0, dc0) = spec.backward(p, tape, cv(d_out), tuple(map(cv, d_state)))
     assert_on_backend(backend, out, "float64", ref_out.shape)

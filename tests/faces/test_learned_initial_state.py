@@ -38,20 +38,20 @@ def _case(name):
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {**params, "x": x}.items()}
     with portable_only():
         out, final, _ = spec.forward({k: leaves[k] for k in params}, leaves["x"], None, torch.tensor(lengths),
-                                     tape="none")
+                                     retain="none")
     final = final if isinstance(final, tuple) else (final,)
     loss = (out * torch.tensor(d_out)).sum() + sum((f * torch.tensor(g)).sum() for f, g in zip(final, d_state))
     loss.backward()
     return spec, params, x, lengths, d_out, d_state, {k: t.grad.numpy() for k, t in leaves.items()}
 
 
-@pytest.mark.parametrize("tape", ["full", "checkpoint"])
+@pytest.mark.parametrize("retain", ["full", "checkpoint"])
 @pytest.mark.parametrize("name", list(SPECS))
-def test_the_learned_initial_state_has_the_gradients_of_autodiff(backend, name, tape):
+def test_the_learned_initial_state_has_the_gradients_of_autodiff(backend, name, retain):
     spec, params, x, lengths, d_out, d_state, ref = _case(name)
     cv = lambda a: backend.asarray(a, "float64")  # noqa: E731
     p = {k: cv(v) for k, v in params.items()}
-    out, final, kept = spec.forward(p, cv(x), None, backend.asarray(lengths, "int64"), tape=tape)
+    out, final, kept = spec.forward(p, cv(x), None, backend.asarray(lengths, "int64"), retain=retain)
     ds = tuple(map(cv, d_state))
     grads, dx, _ = spec.backward(p, kept, cv(d_out), ds if len(ds) > 1 else ds[0])
     assert list(grads) == list(spec.param_shapes()) and list(grads)[-1].startswith("initial_")

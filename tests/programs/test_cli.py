@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -411,7 +412,8 @@ def test_a_missing_backend_names_what_to_install(library, monkeypatch, capsys, t
 
 
 def test_old_flag_spellings_still_work_for_a_release_and_say_so(tmp_path, capsys, monkeypatch):
-    """``gradients --steps`` is ``--seq-len`` and ``bench --backends`` is ``--backend``, with a line on stderr."""
+    """``gradients --steps`` is ``--seq-len``, ``bench --backends`` is ``--backend`` and ``train --tape``
+    (``--tape-segment``) is ``--retain`` (``--segment-steps``), with a line on stderr."""
     assert cli.main(["gradients", "--steps", "12", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().err == ("portable-rnn: --steps is deprecated, use --seq-len "
                                        "(the old spelling goes in the next release)\n")
@@ -421,3 +423,9 @@ def test_old_flag_spellings_still_work_for_a_release_and_say_so(tmp_path, capsys
     assert cli.main(["bench", "--quick", "--backends", "numpy,torch", "--backend", "jax"]) == 0
     assert seen["backend_names"] == ["numpy", "torch", "jax"]
     assert "--backends is deprecated, use --backend" in capsys.readouterr().err
+    configs = []
+    monkeypatch.setattr(cli, "train", lambda config: configs.append(config) or SimpleNamespace(status=0))
+    assert cli.main(["train", "--tape", "checkpoint", "--tape-segment", "7", "--out", str(tmp_path / "run")]) == 0
+    assert (configs[0].retain, configs[0].segment_steps) == ("checkpoint", 7)
+    err = capsys.readouterr().err
+    assert "--tape is deprecated, use --retain" in err and "--tape-segment is deprecated, use --segment-steps" in err

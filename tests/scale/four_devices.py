@@ -91,7 +91,7 @@ with backends.jax_float64():
         return jax.grad(loss, argnums=(0, 1))(p, x)
 
     def checkpointed(p, x, lengths, d_out):  # segments of 4 and 2 steps: the scan and the tail
-        out, final, tape = spec.forward(p, x, lengths=lengths, tape="checkpoint", checkpoint_every=4)
+        out, final, tape = spec.forward(p, x, lengths=lengths, retain="checkpoint", checkpoint_every=4)
         return spec.backward(p, tape, d_out)[:2]
 
     # -- "sharding": where the arrays live, eager and compiled

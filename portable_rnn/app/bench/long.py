@@ -8,10 +8,10 @@ autograd makes it for ``sum(out)``: nothing filled) at T = 1,000, 10,000 and
 Contenders
 ----------
 ``numpy full``, ``numpy checkpoint``
-    This package's layer on NumPy arrays, ``spec.forward(..., tape=...)``
+    This package's layer on NumPy arrays, ``spec.forward(..., retain=...)``
     then ``spec.backward``.
 ``numpy none``
-    The forward alone with ``tape="none"`` (inference): its peak should be
+    The forward alone with ``retain="none"`` (inference): its peak should be
     the output plus a constant, whatever T.
 ``jax full``, ``jax checkpoint``
     This package's layer on ``jax.numpy`` arrays, forward and backward in one
@@ -171,17 +171,17 @@ def _inputs(T: int, D: int):
     return spec, {k: np.asarray(v) for k, v in spec.init(seed=0, like=x).items()}, x
 
 
-def _numpy_ours(tape):
-    """The builder of ``numpy <tape>``: ``build(T, D) -> (run, None)``."""
+def _numpy_ours(retain):
+    """The builder of ``numpy <retain>``: ``build(T, D) -> (run, None)``."""
 
     def build(T, D):
         spec, params, x = _inputs(T, D)
-        if tape == "none":
-            return lambda: spec.forward(params, x, tape="none")[0], None
+        if retain == "none":
+            return lambda: spec.forward(params, x, retain="none")[0], None
         d_out = np.broadcast_to(np.ones((), x.dtype), (T, N, H))
 
         def run():
-            out, _, kept = spec.forward(params, x, tape=tape)
+            out, _, kept = spec.forward(params, x, retain=retain)
             grads, dx, _ = spec.backward(params, kept, d_out)
             return out, grads, dx
 
@@ -203,8 +203,8 @@ def _jitted(fn, params, x):
     return (lambda: jax.block_until_ready(compiled(p, xj))), compile_s
 
 
-def _jax_ours(tape):
-    """The builder of ``jax <tape>``: forward and backward in one compiled function."""
+def _jax_ours(retain):
+    """The builder of ``jax <retain>``: forward and backward in one compiled function."""
 
     def build(T, D):
         import jax.numpy as jnp
@@ -212,7 +212,7 @@ def _jax_ours(tape):
         spec, params, x = _inputs(T, D)
 
         def fwd_bwd(p, x):
-            out, _, kept = spec.forward(p, x, tape=tape)
+            out, _, kept = spec.forward(p, x, retain=retain)
             grads, dx, _ = spec.backward(p, kept, jnp.ones_like(out))
             return out, grads, dx
 

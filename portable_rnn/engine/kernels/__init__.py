@@ -1,23 +1,18 @@
 r"""The NumPy and CPU-torch kernels behind the sequence engine, one per built-in cell.
 
-:func:`portable_rnn.engine.sequence.forward` and
-:func:`~portable_rnn.engine.sequence.backward` ask this registry once per pass
-(:func:`why_not_forward`, :func:`why_not_backward`). A kernel runs when the
-cell's class names one in ``fast_kernel`` (:data:`KERNELS`) and every array is
-a plain NumPy array, or every array a plain CPU torch tensor
-(:func:`~portable_rnn.backends.in_host_memory`), of one float dtype with the
-layer's own shapes; otherwise the portable path runs, which stays the
-definition of the maths, and the reason is what ``fast_path=True`` reports.
+The engine asks this registry once per pass (:func:`why_not_forward`,
+:func:`why_not_backward`). A kernel runs when the cell's class names one in
+``fast_kernel`` (:data:`KERNELS`) and every array is a plain NumPy array, or
+every one a plain CPU torch tensor (:func:`~portable_rnn.backends.in_host_memory`),
+of one float dtype and the layer's own shapes; otherwise the portable path,
+the definition of the maths, runs, and the reason is what ``fast_path=True`` reports.
 
-A kernel is written once, in NumPy, on the engine's layouts: the cell's gate
-order, its :meth:`~portable_rnn.engine.cells.Cell.prepared` weights and its
-named tape, whose fields are views of the kernel's buffers (each kernel's
-docstring maps them); torch tensors run it on the same memory. It writes
-only arrays it allocated: the input projection goes straight into the gate
-buffer and each step computes its gates in place; the backward runs the
-reverse loop of :class:`~._shared.Backward`. ``tests/engine/test_fastpath.py`` proves
-every kernel equal to the portable path and counts its runs (:data:`calls`;
-:func:`portable_only` switches the kernels off).
+A kernel is written once, in NumPy, on the engine's layouts (the cell's gate
+order, its :meth:`~portable_rnn.engine.cells.Cell.prepared` weights, its
+named tape as views of the kernel's buffers, mapped in each kernel's
+docstring); torch tensors run it on the same memory. It writes only arrays it
+allocated. ``tests/engine/test_fastpath.py`` proves every kernel equal to the
+portable path and counts its runs (:data:`calls`; :func:`portable_only` switches them off).
 """
 
 from __future__ import annotations
@@ -61,33 +56,17 @@ def portable_only():
         _local.disabled -= 1
 
 
-def _common_dtype(library, arrays):
-    """The dtype shared by the non-None arrays when all are plain arrays of ``library``, else None."""
-    dtype = None
-    for a in arrays:
-        if a is None:
-            continue
-        if not in_host_memory(a, library) or (dtype is not None and a.dtype != dtype):
-            return None
-        dtype = a.dtype
-    return dtype
-
-
 def _fast_mode(cell):
-    """The kernel this module runs for ``cell`` ("rnn", "lstm" or "gru"), or None.
+    """The kernel that runs ``cell`` (a key of :data:`KERNELS`), or None.
 
     The cell's class names it itself (``fast_kernel`` in its own body; a
-    subclass does not inherit it). An LSTM with a projection (``proj_size``)
-    has no kernel here: the portable path runs it.
+    subclass does not inherit it). No kernel projects h (``proj_size``) or
+    applies ``W_hh`` inside its step backward (``applies_W_hh``).
     """
     if getattr(cell, "proj_size", 0) or getattr(cell, "applies_W_hh", False):
         return None
     mode = vars(type(cell)).get("fast_kernel")
     return mode if isinstance(mode, str) and mode in KERNELS else None
-
-
-def _shaped(a, shape):
-    return a is None or tuple(a.shape) == shape
 
 
 class _Declined(Exception):
@@ -103,41 +82,49 @@ def _fast_library(xp) -> str:
     """The library the fast path runs on ``xp`` ("numpy" or "torch"), or :class:`_Declined`."""
     _check(enabled(), "the fast path is switched off in this thread (portable_only)")
     library = host_memory_library(xp)
-    if library is None:
-        raise _Declined(f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
-    return library
-
-
-def _checked_library(cell, xp) -> str:
-    """:func:`_fast_library`, once ``cell`` has a fast kernel (else :class:`_Declined`)."""
-    library = _fast_library(xp)
-    if _fast_mode(cell) is None:
-        _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
-        _check(not getattr(cell, "applies_W_hh", False), f"{cell!r} applies W_hh in its own step backward; no fast kernel does")
-        raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
+    _check(library is not None, f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
     return library
 
 
 def _check_plain(library, arrays) -> None:
-    _check(_common_dtype(library, arrays) is not None,
+    """:class:`_Declined` unless the non-None ``arrays`` are plain arrays of ``library`` of one float dtype."""
+    present = [a for a in arrays if a is not None]
+    _check(all(in_host_memory(a, library) for a in present) and len({a.dtype for a in present}) <= 1,
            f"not every array is a plain float32 or float64 {_PLAIN[library]} of one dtype")
-
-
-def _layer_sizes(cell, library, x, W_ih, W_hh, mask, others):
-    """(T, N, D, H, G*H) when the layer's arrays share a fast dtype and fit; else :class:`_Declined`."""
-    _check_plain(library, [x, W_ih, W_hh, mask, *others])
-    _check(x.ndim == 3 and x.shape[0] > 0 and W_hh.ndim == 2, "x is not (T, N, D) with T > 0")
-    T, N, D = x.shape
-    H = W_hh.shape[1]
-    GH = cell.n_gates * H
-    _check(_shaped(W_ih, (GH, D)) and _shaped(W_hh, (GH, H)) and _shaped(mask, (T, N, 1)),
-           "the weights or the mask do not have the layer's own shapes (broadcasting)")
-    return T, N, D, H, GH
 
 
 #: What counts as a plain array of each library (see :func:`~portable_rnn.backends.in_host_memory`).
 _PLAIN = {"numpy": "numpy.ndarray",
           "torch": "CPU torch.Tensor (strided, outside autograd and torch.func)"}
+
+
+def _check_layer(cell, xp, x, W_ih, W_hh, mask, *, vectors=(), states=(), per_step=()):
+    """:class:`_Declined` unless a kernel runs ``cell`` on these arrays, all of the layer's own shapes.
+
+    ``vectors`` are (G*H,), ``states`` (N, H) and ``per_step`` (T, N, H); a
+    ``None`` among them is an absent bias or gradient.
+    """
+    library = _fast_library(xp)
+    if _fast_mode(cell) is None:
+        _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
+        _check(not getattr(cell, "applies_W_hh", False),
+               f"{cell!r} applies W_hh in its own step backward; no fast kernel does")
+        raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
+    _check(not any(a is None for a in (x, W_ih, W_hh)), "x or a weight is None")
+    _check_plain(library, [x, W_ih, W_hh, mask, *vectors, *states, *per_step])
+    _check(x.ndim == 3 and x.shape[0] > 0 and W_hh.ndim == 2, "x is not (T, N, D) with T > 0")
+    (T, N, D), H = x.shape, W_hh.shape[1]
+    shapes = {(cell.n_gates * H, D): [W_ih], (cell.n_gates * H, H): [W_hh], (T, N, 1): [mask],
+              (cell.n_gates * H,): vectors, (N, H): states, (T, N, H): per_step}
+    _check(all(a is None or tuple(a.shape) == shape for shape, arrays in shapes.items() for a in arrays),
+           "an array does not have the layer's own shape (broadcasting)")
+
+
+def _states(tree, cell, *, optional=False) -> tuple:
+    """``tree`` as a tuple of one array per state of ``cell`` (None allowed if ``optional``), or :class:`_Declined`."""
+    _check(isinstance(tree, (tuple, list)) and len(tree) == cell.n_states
+           and (optional or not any(a is None for a in tree)), "the states do not fit the cell")
+    return tuple(tree)
 
 
 def _reason(check, *args):
@@ -151,44 +138,25 @@ def _reason(check, *args):
 
 def why_not_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> str | None:
     """``None`` when :func:`forward` runs these inputs, else why not (the portable path then does)."""
-    return _reason(_accept_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
+    def accept():
+        _check_layer(cell, xp, x, W_ih, W_hh, mask, vectors=(b_ih, b_hh), states=_states(state0, cell))
 
-
-def _accept_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
-    library = _checked_library(cell, xp)
-    _check(isinstance(state0, (tuple, list)) and len(state0) == cell.n_states
-           and not any(s is None for s in state0), "the initial state is not one array per state")
-    _check(not any(a is None for a in (x, W_ih, W_hh)), "x or a weight is None")
-    T, N, D, H, GH = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [b_ih, b_hh, *state0])
-    _check(all(_shaped(s, (N, H)) for s in state0) and _shaped(b_ih, (GH,)) and _shaped(b_hh, (GH,)),
-           "a state or a bias does not have the layer's own shape (broadcasting)")
+    return _reason(accept)
 
 
 def why_not_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> str | None:
     """``None`` when :func:`backward` runs this tape, else why not (the portable path then does)."""
-    return _reason(_accept_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp)
-
-
-def _accept_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp):
-    library = _checked_library(cell, xp)
-    try:
+    def accept():
+        _check(isinstance(tape, tuple) and len(tape) == 5, "the tape is not a full Tape")
         x, state0, states, cell_tape, mask = tape
-    except (TypeError, ValueError):
-        raise _Declined("the tape is not a full Tape") from None
-    n = cell.n_states
-    d_final = (None,) * n if d_final is None else d_final
-    _check(isinstance(state0, (tuple, list)) and isinstance(states, (tuple, list))
-           and len(state0) == n and len(states) == n
-           and isinstance(d_final, (tuple, list)) and len(d_final) == n, "the tape's states do not fit the cell")
-    n_leaves = 0 if cell.tape_type is None else len(cell.tape_type._fields)
-    _check(not n_leaves or (isinstance(cell_tape, (tuple, list)) and len(cell_tape) == n_leaves),
-           "the cell's tape does not have the cell's fields")
-    leaves = tuple(cell_tape) if n_leaves else ()
-    _check(not any(a is None for a in (x, W_ih, W_hh, *state0, *states, *leaves)), "an array of the tape is None")
-    T, N, D, H, GH = _layer_sizes(cell, library, x, W_ih, W_hh, mask, [d_out, *state0, *states, *leaves, *d_final])
-    _check(_shaped(d_out, (T, N, H)) and all(_shaped(s, (N, H)) for s in (*state0, *d_final))
-           and all(_shaped(s, (T, N, H)) for s in (*states, *leaves)),
-           "a gradient or a tape entry does not have the layer's own shape (broadcasting)")
+        fields = () if cell.tape_type is None else cell_tape
+        _check(isinstance(fields, (tuple, list)) and len(fields) == len(getattr(cell.tape_type, "_fields", ()))
+               and not any(a is None for a in fields), "the cell's tape does not have the cell's fields")
+        d_final_ = _states((None,) * cell.n_states if d_final is None else d_final, cell, optional=True)
+        _check_layer(cell, xp, x, W_ih, W_hh, mask, states=(*_states(state0, cell), *d_final_),
+                     per_step=(d_out, *_states(states, cell), *fields))
+
+    return _reason(accept)
 
 
 def why_not_segments(xp, *trees) -> str | None:

@@ -149,16 +149,14 @@ class Backward:
     """The reverse loop shared by the three kernels.
 
     Going back one chunk of steps at a time, :meth:`_factors` writes into the
-    chunk buffer ``B`` (chunk, N, width) the parts of the pre-activation
-    gradients that do not depend on the carried gradient (gate derivatives
-    times tape values), for several steps at once; each step then only
+    chunk buffer ``B`` (chunk, N, width) the gradient factors that do not
+    depend on the carried gradient, for several steps at once; each step then
     multiplies them by its ``dh`` (and the LSTM's ``dc``) and runs the
     recurrent matmul (:meth:`_step`); :meth:`_flush` turns the chunk into
     ``dx``, weight and bias gradients with a few large matmuls, so no
     (T, N, G*H) gradient is ever held. ``B`` holds ``d_xw`` in columns
-    ``x_cols`` (``W_ih``'s row order) and ``d_hw`` in ``h_cols``, which match
-    :attr:`W_hh_cols` (``W_hh`` with its rows in that order); each kernel's
-    subclass holds its cell's maths.
+    ``x_cols`` (``W_ih``'s row order) and ``d_hw`` in ``h_cols``, matching
+    :attr:`W_hh_cols` (``W_hh``'s rows in that order).
     """
 
     width = 1  # B's columns per hidden unit
