@@ -41,7 +41,8 @@ import numpy as np
 
 from ._validation import check_int
 
-__all__ = ["SCHEMES", "param_names", "projection_name", "draw", "dropout_factors", "check_seed", "zeros"]
+__all__ = ["SCHEMES", "param_names", "projection_name", "layer_param_name", "draw", "dropout_factors", "check_seed",
+           "zeros"]
 
 #: The weight initialisation schemes.
 SCHEMES = ("uniform", "xavier", "orthogonal")
@@ -53,9 +54,14 @@ def param_names(layer: int, direction: int) -> tuple[str, str, str, str]:
     return (f"weight_ih{suffix}", f"weight_hh{suffix}", f"bias_ih{suffix}", f"bias_hh{suffix}")
 
 
+def layer_param_name(stem: str, layer: int, direction: int) -> str:
+    """The name ``{stem}_l{layer}[_reverse]`` of a parameter of one layer and direction, as PyTorch names them."""
+    return f"{stem}_l{layer}" + ("_reverse" if direction == 1 else "")
+
+
 def projection_name(layer: int, direction: int) -> str:
     """PyTorch's state_dict name ``weight_hr_l{layer}[_reverse]`` of an LSTM projection."""
-    return f"weight_hr_l{layer}" + ("_reverse" if direction == 1 else "")
+    return layer_param_name("weight_hr", layer, direction)
 
 
 def _orthogonal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -91,6 +97,7 @@ def draw(
     scheme: str = "uniform",
     forget_bias: float | None = None,
     proj_size: int = 0,
+    cell_params: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Draw every parameter of a stacked recurrent layer on the host, in float64.
 
@@ -109,6 +116,10 @@ def draw(
         LSTM only (the caller checks): P > 0 adds a ``weight_hr`` (P, H) per
         layer and direction and makes h, hence ``weight_hh``'s second axis and
         the input of layers after the first, P features wide.
+    cell_params : dict of str to shape, optional
+        A cell's own parameters besides the projection, by name stem (e.g.
+        ``{"weight_ci": (H,)}``), drawn per layer and direction from
+        :math:`U(-1/\\sqrt{H}, 1/\\sqrt{H})` after all the others, which keep their numbers.
 
     Returns
     -------
@@ -138,6 +149,10 @@ def draw(
                     out[b_hh][H : 2 * H] = 0.0
             if proj_size:
                 out[projection_name(layer, direction)] = _projection(rng, scheme, H, proj_size)
+    for layer in range(num_layers):  # after all the others, which keep their numbers
+        for direction in range(num_directions):
+            for stem, shape in (cell_params or {}).items():
+                out[layer_param_name(stem, layer, direction)] = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), size=shape)
     return out
 
 

@@ -260,8 +260,10 @@ class _LayerSpec:
         dict of str to tuple of int
             ``weight_ih_l{k}[_reverse]`` (G*H, D_k), ``weight_hh_l{k}[_reverse]``
             (G*H, R), with ``bias`` ``bias_ih_l{k}[_reverse]`` and
-            ``bias_hh_l{k}[_reverse]`` (G*H,), with an LSTM's
-            ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H), and with
+            ``bias_hh_l{k}[_reverse]`` (G*H,), the cell's own parameters
+            (:meth:`~portable_rnn.engine.cells.Cell.cell_params`: an LSTM's
+            ``proj_size`` ``weight_hr_l{k}[_reverse]`` (P, H), its peepholes
+            ``weight_ci_l{k}``, ``weight_cf_l{k}``, ``weight_co_l{k}`` (H,)), and with
             ``learn_initial_state`` one ``initial_{state}`` (L*dirs, size) per
             state of the cell (``initial_h``, and the LSTM's ``initial_c``).
         """
@@ -276,8 +278,8 @@ class _LayerSpec:
                 if self.bias:
                     shapes[b_ih] = (GH,)
                     shapes[b_hh] = (GH,)
-                if R != H:  # an LSTM with proj_size
-                    shapes[_init.projection_name(k, d)] = (R, H)
+                for stem, shape in self.cell.cell_params(H).values():
+                    shapes[_init.layer_param_name(stem, k, d)] = shape
         if self.learn_initial_state:
             for name, size in zip(self.cell.states, self._state_sizes()):
                 shapes[f"initial_{name}"] = (self.num_layers * self.num_directions, size)
@@ -333,6 +335,8 @@ class _LayerSpec:
             n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
             num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
             seed=seed, scheme=init, forget_bias=forget_bias, proj_size=getattr(self, "proj_size", 0),
+            cell_params={stem: shape for stem, shape in self.cell.cell_params(self.hidden_size).values()
+                         if stem != "weight_hr"},  # the projection is drawn by proj_size
         )
         shapes = self.param_shapes()
         host.update({name: _init.zeros(shapes[name]) for name in shapes if name.startswith("initial_")})
@@ -418,12 +422,13 @@ class _LayerSpec:
         return (N, T, F) if self.batch_first else (T, N, F)
 
     def _weights(self, params, k, d):
-        """``(W_ih, W_hh, b_ih, b_hh, W_hr)`` of layer ``k``, direction ``d``; ``None`` for what it lacks."""
+        """``(W_ih, W_hh, b_ih, b_hh, cell_params)`` of layer ``k``, direction ``d``; ``None`` for absent biases."""
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
-        W_hr = params[_init.projection_name(k, d)] if self.output_size != self.hidden_size else None
+        own = {kw: params[_init.layer_param_name(stem, k, d)]
+               for kw, (stem, _) in self.cell.cell_params(self.hidden_size).items()}
         if self.bias:
-            return params[w_ih], params[w_hh], params[b_ih], params[b_hh], W_hr
-        return params[w_ih], params[w_hh], None, None, W_hr
+            return params[w_ih], params[w_hh], params[b_ih], params[b_hh], own
+        return params[w_ih], params[w_hh], None, None, own
 
     # ----------------------------------------------------------- forward
 
@@ -503,11 +508,11 @@ class _LayerSpec:
                 layer_in = layer_in * masks[k - 1]  # dropout on layer k - 1's output
             outs, layer_tapes = [], []
             for d in range(self.num_directions):
-                W_ih, W_hh, b_ih, b_hh, W_hr = self._weights(params, k, d)
+                W_ih, W_hh, b_ih, b_hh, own = self._weights(params, k, d)
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
                     self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
-                    xp=xp, W_hr=W_hr, retain=retain, checkpoint_every=checkpoint_every, fast_path=fast_path,
+                    xp=xp, cell_params=own, retain=retain, checkpoint_every=checkpoint_every, fast_path=fast_path,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -666,7 +671,7 @@ class _LayerSpec:
         for k in reversed(range(L)):
             d_in = None
             for d in range(dirs):
-                W_ih, W_hh, _, _, W_hr = self._weights(params, k, d)
+                W_ih, W_hh, _, _, own = self._weights(params, k, d)
                 d_out_d = None
                 if d_layer_out is not None:
                     d_out_d = d_layer_out[..., d * R : (d + 1) * R] if dirs > 1 else d_layer_out
@@ -674,7 +679,7 @@ class _LayerSpec:
                         d_out_d = _reverse_time(d_out_d, index, xp)
                 g = sequence.backward(
                     self.cell, layers[k][d], d_out_d, d_final(k * dirs + d), W_ih, W_hh,
-                    xp=xp, truncate=truncate, bias=self.bias, W_hr=W_hr, fast_path=fast_path,
+                    xp=xp, truncate=truncate, bias=self.bias, cell_params=own, fast_path=fast_path,
                 )
                 dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
                 d_in = dx_d if d_in is None else d_in + dx_d
@@ -692,14 +697,14 @@ class _LayerSpec:
     def _collect(self, grads, g, k, d):
         """Enter the parameter gradients ``g`` of layer ``k``, direction ``d`` under their names in ``grads``.
 
-        ``g`` is a ``sequence.Grads`` (with ``dW_hr`` when the layer is projected).
+        ``g`` is a ``sequence.Grads``, whose ``dcell_params`` hold the cell's own parameters' gradients.
         """
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
         grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
         if self.bias:
             grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
-        if g.dW_hr is not None:
-            grads[_init.projection_name(k, d)] = g.dW_hr
+        for kw, (stem, _) in self.cell.cell_params(self.hidden_size).items():
+            grads[_init.layer_param_name(stem, k, d)] = g.dcell_params[kw]
 
     def _check_backward(self, params, tape, d_out, d_state):
         """Check :meth:`backward`'s arguments; return ``(xp, d_state parts or None)``."""
@@ -742,7 +747,7 @@ class _BuiltIn(_LayerSpec):
     def cell(self):  # type: ignore[override]  # the base declares it; Recurrent makes it a field
         """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
         return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0),
-                        getattr(self, "reset_after", True))
+                        getattr(self, "reset_after", True), getattr(self, "peephole", False))
 
 
 @dataclass(frozen=True)
@@ -798,6 +803,10 @@ class LSTM(_BuiltIn):
     and with ``proj_size`` P > 0, :math:`h_t = W_{hr} (\sigma(z_o) \odot \tanh(c_t))`
     with ``weight_hr_l{k}`` (P, H): h, the outputs and ``h_0`` have P features,
     ``weight_hh`` is (4H, P) and layers after the first read dirs*P features.
+    With ``peephole=True`` the gates also read the cell state (Gers &
+    Schmidhuber 2000): :math:`z_i + w_{ci} \odot c_{t-1}`,
+    :math:`z_f + w_{cf} \odot c_{t-1}` and :math:`z_o + w_{co} \odot c_t`,
+    with ``weight_ci_l{k}``, ``weight_cf_l{k}``, ``weight_co_l{k}`` (H,).
 
     Parameters
     ----------
@@ -808,6 +817,9 @@ class LSTM(_BuiltIn):
         Dropout between layers (see the module docstring).
     proj_size : int, keyword-only, default 0
         P, ``0 <= P < hidden_size``; 0 is no projection.
+    peephole : bool, keyword-only, default False
+        Peephole connections. No other framework's LSTM layer has them, so
+        the exporters refuse such a spec; it runs the portable engine on every backend.
 
     The state is the pair ``(h, c)`` in and out of :meth:`forward` and
     :meth:`backward`; :meth:`init` takes ``forget_bias``.
@@ -815,11 +827,13 @@ class LSTM(_BuiltIn):
 
     _: KW_ONLY
     proj_size: int = 0
+    peephole: bool = False
     mode: ClassVar[str] = "lstm"
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
+        check_bool("peephole", self.peephole)
         if self.proj_size >= self.hidden_size:
             raise ValueError(
                 f"proj_size must be smaller than hidden_size = {self.hidden_size}, got {self.proj_size}"

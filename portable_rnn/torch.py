@@ -70,10 +70,11 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
+from .engine.cells import LSTMCell
 from . import layers
 from .layers import LAYERS
 
-__all__ = ["RNN", "LSTM", "GRU", "Recurrent"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "PeepholeLSTM"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -490,3 +491,20 @@ class Recurrent(torch.nn.Module):
         if unbatched:
             out, finals = out.squeeze(0 if self.batch_first else 1), [f.squeeze(1) for f in finals]
         return out, (tuple(finals) if len(finals) > 1 else finals[0])
+
+
+class PeepholeLSTM(Recurrent):
+    r"""An LSTM with peephole connections (Gers & Schmidhuber 2000) as a torch module.
+
+    ``PeepholeLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False)``:
+    ``torch.nn.LSTM``'s arguments and parameters (no ``proj_size``) plus ``weight_ci_l{k}``,
+    ``weight_cf_l{k}`` and ``weight_co_l{k}`` (H,), through which the input and forget gates
+    see :math:`c_{t-1}` and the output gate sees :math:`c_t`; the hand-written BPTT of
+    :class:`~portable_rnn.engine.cells.LSTMCell` with ``peephole=True`` is its autograd backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False):
+        super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device, dtype, learn_initial_state)

@@ -137,3 +137,42 @@ def rel_error(a, b, floor: float = 1e-300) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(np.max(np.abs(b), initial=0.0), floor)
     return float(np.max(np.abs(a - b), initial=0.0) / scale)
+
+
+def _reversed_within(x, lengths):
+    """Each sequence of time-major torch ``x`` reversed within its own length (padding stays in place)."""
+    import torch
+
+    steps = torch.arange(x.shape[0])
+    idx = torch.stack([torch.where(steps < n, n - 1 - steps, steps) for n in lengths], dim=1)
+    return torch.take_along_dim(x, idx[:, :, None], dim=0)
+
+
+def torch_stacked_reference(spec, params, x, state0: dict, lengths, truncate, direction):
+    """Eager torch float64 autograd of a stacked, possibly bidirectional layer from its equations.
+
+    ``direction(x, state, weights, lengths, truncate) -> (out, final_state)`` runs one
+    direction over time-major ``x`` (already reversed), ``state`` a tuple of (N, *) tensors and
+    ``weights`` that layer and direction's parameters by their name without the ``_l{k}``
+    suffix. ``state0`` maps a name to a NumPy array (L*dirs, N, *) per state part.
+
+    Returns the leaves (parameters, ``"x"`` and the names of ``state0``, each requiring
+    grad), the last layer's output and the final states, one (L*dirs, N, *) tensor per part.
+    """
+    import torch
+
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {**params, "x": x, **state0}.items()}
+    lens = torch.tensor(lengths)
+    inp, finals = leaves["x"], []
+    for k in range(spec.num_layers):
+        outs = []
+        for d in range(spec.num_directions):
+            suffix = f"_l{k}" + ("_reverse" if d else "")
+            weights = {stem: leaves[name] for name in params
+                       for stem, _, rest in [name.rpartition("_l")] if stem and "_l" + rest == suffix}
+            state = tuple(leaves[name][k * spec.num_directions + d] for name in state0)
+            out, final = direction(_reversed_within(inp, lens) if d else inp, state, weights, lens, truncate)
+            outs.append(_reversed_within(out, lens) if d else out)
+            finals.append(final)
+        inp = torch.cat(outs, dim=-1)
+    return leaves, inp, tuple(torch.stack(part) for part in zip(*finals))

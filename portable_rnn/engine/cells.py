@@ -122,6 +122,10 @@ class Cell:
         states suffice);
     ``proj_size``
         the size of a projected h, 0 for none (default);
+    :meth:`cell_params`
+        the cell's parameters beyond ``W_ih``, ``W_hh`` and the biases (none
+        by default), which :meth:`step`, :meth:`step_backward` and
+        :meth:`cell_params_grads` take as keywords;
     ``applies_W_hh``
         whether :meth:`step_backward` takes ``W_hh=`` and returns the whole
         gradient of the previous state (default ``False``: the engine adds
@@ -167,6 +171,23 @@ class Cell:
                            for gate in range(self.n_gates)])
         rows = scale[:, None]
         return (W_ih * rows, W_hh * rows, None if b_x is None else b_x * scale, None if b_h is None else b_h * scale)
+
+    def cell_params(self, hidden_size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """``{keyword: (name, shape)}`` of the cell's own parameters per layer and direction.
+
+        ``name`` is the stem of the layers' parameter name (``{name}_l{k}``,
+        as ``weight_hh_l{k}``); an LSTM's projection is ``{"W_hr": ("weight_hr", (P, H))}``.
+        """
+        return {}
+
+    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, *, xp, **params) -> dict:
+        """The gradients of :meth:`cell_params`, ``{keyword: array}``, summed over steps and batch.
+
+        ``d_xw`` (T, N, G*H) and ``d_h`` (T, N, R) are every step's
+        pre-activation and h gradients, ``states_prev`` and ``states`` the
+        states entering and leaving each step, ``tape`` the cell's tapes.
+        """
+        return {}
 
     def step(self, xw, state, W_hh, b_hh, *, xp):
         """One step: ``(new_state, tape)`` from the input pre-activation ``xw`` (N, G*H) and ``state``."""
@@ -240,7 +261,7 @@ class RNNCell(Cell):
 
 @dataclass(frozen=True)
 class LSTMCell(Cell):
-    r"""Long short-term memory cell (PyTorch gate order i, f, g, o), optionally projected.
+    r"""Long short-term memory cell (PyTorch gate order i, f, g, o), optionally projected or with peepholes.
 
     .. math::
 
@@ -254,18 +275,30 @@ class LSTMCell(Cell):
         h_t = m_t W_{hr}^T
 
     With a projection, ``W_hr`` (P, H) is a keyword of :meth:`step` and
-    :meth:`step_backward`, h is (N, P) and ``W_hh`` (4H, P); c stays (N, H). The tape of a step is an :class:`LSTMTape`
-    ``(i, f, g, o, tanh(c_t))`` either way: :math:`m_t` is recomputed from it.
-    :meth:`step` receives ``xw`` and ``W_hh`` with the i, f and o rows
-    halved (``halved_gates``), so that one ``tanh`` serves all four gates.
+    :meth:`step_backward`, h is (N, P) and ``W_hh`` (4H, P); c stays (N, H).
+    With ``peephole=True`` (Gers & Schmidhuber 2000) the gates also see the
+    cell state through diagonal weights ``w_ci``, ``w_cf``, ``w_co`` (H,):
+
+    .. math::
+
+        i = \sigma(z_i + w_{ci} \odot c_{t-1}), \quad
+        f = \sigma(z_f + w_{cf} \odot c_{t-1}), \quad
+        o = \sigma(z_o + w_{co} \odot c_t)
+
+    The tape of a step is an :class:`LSTMTape` ``(i, f, g, o, tanh(c_t))``
+    either way: :math:`m_t` is recomputed from it. :meth:`step` receives
+    ``xw`` and ``W_hh`` with the i, f and o rows halved (``halved_gates``),
+    so that one ``tanh`` serves all four gates.
 
     Parameters
     ----------
     proj_size : int, default 0
         P, the size of h; 0 is no projection (h has H features).
+    peephole : bool, default False
     """
 
     proj_size: int = 0
+    peephole: bool = False
     mode: ClassVar[str] = "lstm"
     gates: ClassVar[tuple] = ("i", "f", "g", "o")
     states: ClassVar[tuple] = ("h", "c")
@@ -277,16 +310,29 @@ class LSTMCell(Cell):
 
     def __post_init__(self):
         object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
+        check_bool("peephole", self.peephole)
 
-    def step(self, xw, state, W_hh, b_hh, *, xp, W_hr=None):
+    def cell_params(self, hidden_size):
+        H, params = hidden_size, dict[str, tuple[str, tuple[int, ...]]]()
+        if self.proj_size:
+            params["W_hr"] = ("weight_hr", (self.proj_size, H))
+        if self.peephole:
+            params.update({f"w_c{gate}": (f"weight_c{gate}", (H,)) for gate in "ifo"})
+        return params
+
+    def step(self, xw, state, W_hh, b_hh, *, xp, W_hr=None, w_ci=None, w_cf=None, w_co=None):
         h_prev, c_prev = state
         H = c_prev.shape[-1]
         z = xw + h_prev @ xp.matrix_transpose(W_hh)  # [z_i/2, z_f/2, z_g, z_o/2]
+        if self.peephole:  # the halved rows take half the peephole terms
+            z = z + xp.concat([w_ci * c_prev, w_cf * c_prev, xp.zeros_like(c_prev), xp.zeros_like(c_prev)],
+                              axis=-1) * 0.5
         t = xp.tanh(z)
         s = 0.5 * t + 0.5  # sigmoid(z_i), sigmoid(z_f), sigmoid(z_o); the g block is unused
-        i, f, o = s[..., :H], s[..., H : 2 * H], s[..., 3 * H :]
+        i, f = s[..., :H], s[..., H : 2 * H]
         g = t[..., 2 * H : 3 * H]
         c = f * c_prev + i * g
+        o = 0.5 * xp.tanh(z[..., 3 * H :] + 0.5 * w_co * c) + 0.5 if self.peephole else s[..., 3 * H :]
         tanh_c = xp.tanh(c)
         m = o * tanh_c
         h = m @ xp.matrix_transpose(W_hr) if self.proj_size else m
@@ -310,12 +356,29 @@ class LSTMCell(Cell):
         )
         return LSTMDerivatives(gates, o * (1 - tanh_c * tanh_c), f)
 
-    def step_backward(self, d_state, derivatives, *, xp, W_hr=None):
+    def step_backward(self, d_state, derivatives, *, xp, W_hr=None, w_ci=None, w_cf=None, w_co=None):
         dh, dc_next = d_state
         dm = dh @ W_hr if self.proj_size else dh  # h = m W_hr^T
+        H = dm.shape[-1]
         dc = dc_next + dm * derivatives.m_to_c
+        if self.peephole:  # o sees c_t
+            dc = dc + dm * derivatives.gates[..., 3 * H :] * w_co
         dz = xp.concat([dc, dc, dc, dm], axis=-1) * derivatives.gates  # i, f, g from c; o from m
-        return dz, None, (None, dc * derivatives.f)
+        dc_prev = dc * derivatives.f
+        if self.peephole:  # i and f see c_{t-1}
+            dc_prev = dc_prev + dz[..., :H] * w_ci + dz[..., H : 2 * H] * w_cf
+        return dz, None, (None, dc_prev)
+
+    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, *, xp, **params):
+        grads, H = {}, d_xw.shape[-1] // 4
+        if self.proj_size:
+            grads["W_hr"] = xp.tensordot(d_h, self.unprojected(tape), axes=([0, 1], [0, 1]))
+        if self.peephole:
+            c_prev, c = states_prev[1], states[1]
+            grads["w_ci"] = xp.sum(d_xw[..., :H] * c_prev, axis=(0, 1))
+            grads["w_cf"] = xp.sum(d_xw[..., H : 2 * H] * c_prev, axis=(0, 1))
+            grads["w_co"] = xp.sum(d_xw[..., 3 * H :] * c, axis=(0, 1))
+        return grads
 
 
 @dataclass(frozen=True)
@@ -440,9 +503,11 @@ class GRUCell(Cell):
 CELLS: dict[str, type[Any]] = {cls.mode: cls for cls in (RNNCell, LSTMCell, GRUCell)}
 
 
-def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0, reset_after: bool = True):
+def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0, reset_after: bool = True,
+             peephole: bool = False):
     """The cell for ``mode`` (a key of :data:`CELLS`), with the RNN's ``nonlinearity``, the LSTM's
-    ``proj_size`` or the GRU's ``reset_after``."""
+    ``proj_size`` and ``peephole`` or the GRU's ``reset_after``."""
     if mode not in CELLS:
         raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
-    return CELLS[mode](*{"rnn": (nonlinearity,), "lstm": (proj_size,), "gru": (reset_after,)}.get(mode, ()))
+    options = {"rnn": (nonlinearity,), "lstm": (proj_size, peephole), "gru": (reset_after,)}
+    return CELLS[mode](*options.get(mode, ()))

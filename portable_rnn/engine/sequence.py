@@ -2,9 +2,10 @@ r"""The sequence engine: one recurrent layer over time, forward and backward.
 
 Time-major and batch-major per step, as PyTorch: ``x`` is (T, N, D), each
 state (N, H), weights ``W_ih`` (G*H, D) and ``W_hh`` (G*H, H). An LSTM with a
-projection (``cell.proj_size = P``) has h states (N, P), ``W_hh`` (4H, P) and
-the projection ``W_hr`` (P, H), whose gradient is one more contraction after
-the loop, :math:`dW_{hr} = dH^T M` with :math:`m_t = o \odot \tanh(c_t)`.
+projection (``cell.proj_size = P``) has h states (N, P) and ``W_hh`` (4H, P).
+A cell's own parameters beyond the weights and biases (:meth:`~portable_rnn.engine.cells.Cell.cell_params`:
+an LSTM's projection ``W_hr``, its peepholes) travel as ``cell_params`` and
+get their gradients from one contraction over all steps after the loop.
 
 Only what must be sequential is in the loop (:func:`portable_rnn.engine.loop.scan`:
 a Python loop, or ``jax.lax.scan`` under JAX tracing). The input projection
@@ -102,7 +103,7 @@ class CheckpointTape(NamedTuple):
 
 
 class Grads(NamedTuple):
-    """Gradients of one layer: input, initial state, parameters, and ``dW_hr`` (P, H) with a projection."""
+    """Gradients of one layer: input, initial state, parameters, and ``{keyword: gradient}`` of ``cell_params``."""
 
     dx: object
     dstate0: tuple
@@ -110,7 +111,7 @@ class Grads(NamedTuple):
     dW_hh: object
     db_ih: object
     db_hh: object
-    dW_hr: object = None
+    dcell_params: dict | None = None
 
 
 def _lax_unroll(x, W_hh) -> int:
@@ -119,7 +120,7 @@ def _lax_unroll(x, W_hh) -> int:
     return 4 if x.shape[1] * W_hh.shape[-1] <= 1024 else 1
 
 
-def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, W_hr=None,
+def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, cell_params=None,
             retain="full", checkpoint_every=None, fast_path="auto", tape=None):
     """Run one layer of ``cell`` over a sequence.
 
@@ -138,8 +139,9 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
         replaced by zeros first, so the masked blend below only ever
         multiplies finite numbers (``0 * NaN`` would be NaN).
     xp : namespace
-    W_hr : array (P, H) or None
-        The projection of an LSTM cell with ``proj_size = P``; ``None`` otherwise.
+    cell_params : dict of str to array, optional
+        The cell's own parameters, exactly the keywords of its
+        :meth:`~portable_rnn.engine.cells.Cell.cell_params` (e.g. ``{"W_hr": W_hr}``).
     retain : {"full", "checkpoint", "none"}
         What to keep for :func:`backward` (see the module docstring).
     checkpoint_every : int or None
@@ -164,15 +166,15 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     """
     retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
     fast_path = check_fast_path(fast_path)
-    projection = _projection(cell, W_hr)
+    params = _cell_params(cell, W_ih, cell_params)
     x = _zero_padding(x, mask, xp)
     if retain == "full":
-        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path)
+        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path)
     keep_checkpoints = retain == "checkpoint"
 
     def segment(state, inputs):
         (x_s, mask_s), _ = inputs
-        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection, fast_path)
+        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path)
         return final_s, (out_s, state if keep_checkpoints else None)
 
     if checkpoint_every is None and not keep_checkpoints:
@@ -194,7 +196,7 @@ def _fast(fast_path, why_not, *args) -> bool:
     return reason is None
 
 
-def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection, fast_path):
+def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path):
     """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
     if _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = kernels.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
@@ -206,7 +208,7 @@ def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, projection,
 
     def step(state, inputs):
         xw_t, m_t, om_t = inputs
-        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp, **projection)
+        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp, **params)
         if m_t is not None:
             new_state = tuple(m_t * new + om_t * old for new, old in zip(new_state, state))
         return new_state, (new_state, cell_tape)
@@ -275,11 +277,13 @@ def _over_segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False, fast_pa
     return carry, (step_ys, segment_ys)
 
 
-def _projection(cell, W_hr) -> dict:
-    """The keyword a projected cell's ``step`` and ``step_backward`` take (``W_hr``); ``{}`` for the others."""
-    if bool(cell.proj_size) != (W_hr is not None):
-        raise ValueError(f"W_hr must be given exactly when the cell has a projection; cell {cell!r}")
-    return {} if W_hr is None else {"W_hr": W_hr}
+def _cell_params(cell, W_ih, cell_params) -> dict:
+    """``cell_params`` as a dict, checked against the keywords the cell declares."""
+    params = dict(cell_params or {})
+    expected = cell.cell_params(W_ih.shape[0] // cell.n_gates)
+    if set(params) != set(expected):
+        raise ValueError(f"cell_params must have the keys {sorted(expected)} of cell {cell!r}, got {sorted(params)}")
+    return params
 
 
 def _zero_padding(a, mask, xp):
@@ -320,7 +324,7 @@ def _shifted(state0, states, xp):
     )
 
 
-def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True, W_hr=None,
+def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=True, cell_params=None,
              fast_path="auto"):
     """Backpropagation through time for one layer.
 
@@ -346,8 +350,8 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         Truncated BPTT window (see :func:`window_keep`).
     bias : bool
         Whether to return bias gradients.
-    W_hr : array (P, H) or None
-        The projection used in :func:`forward` (projected LSTM only).
+    cell_params : dict of str to array, optional
+        The cell's own parameters used in :func:`forward`.
     fast_path : {"auto", True, False}
         As in :func:`forward`, for the backward's kernels.
 
@@ -357,24 +361,24 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
         ``db_ih`` and ``db_hh`` are ``None`` when ``bias`` is false.
     """
     fast_path = check_fast_path(fast_path)
-    projection = _projection(cell, W_hr)
+    params = _cell_params(cell, W_ih, cell_params)
     checkpointed = isinstance(tape, CheckpointTape)
     x, mask = tape.x, tape.mask
     state0 = tuple(c[0, ...] for c in tape.checkpoints) if checkpointed else tape.state0
     d_out = _zero_padding(d_out, mask, xp)
     keep = window_keep(x.shape[0], truncate, mask, dtype=x.dtype, device=device(x), xp=xp)
     if not checkpointed:
-        return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path)
+        return _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, params, fast_path)
     d_carry = _zeros_for_none(d_final, state0, xp)
     b_ih, b_hh = tape.b_ih, tape.b_hh
-    sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, W_hr)
+    sums = (W_ih, W_hh, b_ih if bias else None, b_hh if bias else None, params)
     sums = tree_map(xp.zeros_like, sums)
 
     def segment(carry, inputs):
         d_state, sums = carry
         (x_s, mask_s, d_out_s, keep_s), state_s = inputs
-        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, projection, fast_path)
-        g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, projection, fast_path)
+        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path)
+        g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, params, fast_path)
         sums = tree_map(lambda total, part: total + part, sums, tuple(g[2:]))
         return (g.dstate0, sums), (g.dx, None)
 
@@ -392,11 +396,12 @@ def _zeros_for_none(d_final, state0, xp):
     return tuple(xp.zeros_like(s0) if d is None else d for s0, d in zip(state0, d_final))
 
 
-def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, projection, fast_path):
+def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, params, fast_path):
     """:func:`backward` of a full :class:`Tape` (``d_out`` already zero at masked steps)."""
     x, state0, states, cell_tape, mask = tape
     if _fast(fast_path, kernels.why_not_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp):
-        return Grads(*kernels.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))
+        return Grads(*kernels.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))._replace(
+            dcell_params={})
     d_carry = _zeros_for_none(d_final, state0, xp)
     prev_states = _shifted(state0, states, xp)
     recurrent = {"W_hh": W_hh} if cell.applies_W_hh else {}
@@ -409,14 +414,14 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         d_new = (d_h,) + d_state[1:]
         if m_t is not None:
             d_new = tuple(m_t * d for d in d_new)
-        d_xw, d_hw, d_prev = cell.step_backward(d_new, derivatives_t, xp=xp, **projection, **recurrent)
+        d_xw, d_hw, d_prev = cell.step_backward(d_new, derivatives_t, xp=xp, **params, **recurrent)
         if not recurrent:  # the path through W_hh, unless the cell applied it
             d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
             d_prev = (d_rec if d_prev[0] is None else d_prev[0] + d_rec,) + d_prev[1:]
         if m_t is not None:  # padded steps pass the state gradient straight through
             d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
-        # The projection's gradient needs the gradient of each step's h.
-        return d_prev, (d_xw, d_hw, d_new[0] if projection else None)
+        # The cell's own parameters may need the gradient of each step's h.
+        return d_prev, (d_xw, d_hw, d_new[0] if params else None)
 
     def step_computing_derivatives(d_state, inputs):
         d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
@@ -438,8 +443,8 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, proje
         d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
     dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, prev_states[0], cell_tape, bias, xp)
-    dW_hr = xp.tensordot(d_h, cell.unprojected(cell_tape), axes=([0, 1], [0, 1])) if projection else None
-    return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dW_hr)
+    dparams = cell.cell_params_grads(d_xw, d_h, prev_states, states, cell_tape, xp=xp, **params) if params else {}
+    return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dparams)
 
 
 def _weight_grads(cell, d_xw, d_hw, x, h_prev, cell_tape, bias, xp):

@@ -9,6 +9,7 @@ on host copies only.
 from __future__ import annotations
 
 import importlib
+import math
 
 import array_api_compat.numpy as _np_xp
 
@@ -80,15 +81,17 @@ def param_count(spec) -> tuple[int, int]:
         :math:`L \cdot dirs \cdot (2 + 2b + p)`.
     numbers : int
         :math:`dirs \cdot (GH\,D + q) + (L - 1) \, dirs \cdot (GH \cdot dirs \cdot R + q)`,
-        :math:`q = GH (R + 2b) + p R H`, with :math:`GH = G \cdot H`, :math:`b = 1` with
-        bias (else 0), :math:`R` the output size (``proj_size`` or H) and :math:`p = 1`
-        with a projection (else 0).
+        :math:`q = GH (R + 2b) + c`, with :math:`GH = G \cdot H`, :math:`b = 1` with
+        bias (else 0), :math:`R` the output size (``proj_size`` or H), and :math:`p`
+        arrays of :math:`c` numbers in all of the cell's own parameters (a projection's
+        P H, peepholes' 3 H).
     """
     check_spec(spec)
     L, dirs, H, b = spec.num_layers, spec.num_directions, spec.hidden_size, int(spec.bias)
     GH = spec.n_gates * H
-    R, p = spec.output_size, int(spec.output_size != spec.hidden_size)  # R = P with a projection
-    per_direction = GH * (R + 2 * b) + p * R * H  # weight_hh, the two biases, weight_hr
+    R, own = spec.output_size, [shape for _, shape in spec.cell.cell_params(H).values()]  # R = P with a projection
+    p = len(own)
+    per_direction = GH * (R + 2 * b) + sum(math.prod(shape) for shape in own)  # weight_hh, biases, cell's own
     numbers = dirs * (GH * spec.input_size + per_direction) + (L - 1) * dirs * (GH * dirs * R + per_direction)
     arrays = L * dirs * (2 + 2 * b + p)
     if spec.learn_initial_state:  # initial_h (L*dirs, R), and an LSTM's initial_c (L*dirs, H)
@@ -98,10 +101,12 @@ def param_count(spec) -> tuple[int, int]:
 
 
 def no_learned_state(spec, target: str) -> None:
-    """Refuse a spec with ``learn_initial_state``, whose initial-state parameters ``target`` has no place for."""
+    """Refuse a spec with parameters ``target`` has no place for: a learned initial state, peepholes."""
     if check_spec(spec).learn_initial_state:
         raise ValueError(f"{target} has no learned initial state; got a spec with learn_initial_state=True "
                          "(pass its initial_* parameters as the state instead)")
+    if getattr(spec, "peephole", False):
+        raise ValueError(f"{target} has no LSTM with peepholes; got a spec with peephole=True")
 
 
 def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:

@@ -293,8 +293,8 @@ def to_keras(spec, params, *, return_sequences=True, return_state=False):
         and ``GRU(reset_after=False)``, which gets ``bias_ih + bias_hh``; ``bias=False`` gives
         ``use_bias=False``.
     """
+    _common.no_learned_state(spec, "Keras")  # before importing keras: a refusal needs no Keras
     keras = _keras()
-    _common.no_learned_state(spec, "Keras")
     host, dtype_name = _common.host_params(spec, params)
     L = keras.layers
     cls = _kinds(keras)[spec.mode][0]

@@ -35,8 +35,7 @@ def _point(cell, input_size, hidden_size, batch, steps, seed) -> tuple[dict, dic
         point[f"{name}_0"] = rng.normal(size=(N, R if name == "h" else H))
     point.update(W_ih=rng.normal(size=(G * H, D)) / 2, W_hh=rng.normal(size=(G * H, R)) / 2,
                  b_ih=rng.normal(size=(G * H,)) / 2, b_hh=rng.normal(size=(G * H,)) / 2)
-    if cell.proj_size:
-        point["W_hr"] = rng.normal(size=(R, H)) / 2
+    point.update({name: rng.normal(size=shape) / 2 for name, (_, shape) in cell.cell_params(H).items()})
     cotangents = {"out": rng.normal(size=(T, N, R))}
     for name in cell.states:
         cotangents[f"{name}_final"] = rng.normal(size=point[f"{name}_0"].shape)
@@ -46,7 +45,12 @@ def _point(cell, input_size, hidden_size, batch, steps, seed) -> tuple[dict, dic
 def _forward(cell, a, xp):
     states0 = tuple(a[f"{name}_0"] for name in cell.states)
     return sequence.forward(cell, a["x"], states0, a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], xp=xp,
-                            W_hr=a.get("W_hr"), fast_path=False)
+                            cell_params=_own_params(cell, a), fast_path=False)
+
+
+def _own_params(cell, a) -> dict:
+    """The cell's own parameters (:meth:`~portable_rnn.engine.cells.Cell.cell_params`) among the inputs ``a``."""
+    return {name: a[name] for name in cell.cell_params(a["W_ih"].shape[0] // cell.n_gates)}
 
 
 def _loss(cell, a, cotangents, xp):
@@ -63,11 +67,10 @@ def _hand_written(cell, point, cotangents) -> dict:
     _, _, tape = _forward(cell, point, xp)
     d_final = tuple(cotangents[f"{name}_final"] for name in cell.states)
     g = sequence.backward(cell, tape, cotangents["out"], d_final, point["W_ih"], point["W_hh"], xp=xp,
-                          W_hr=point.get("W_hr"), fast_path=False)
+                          cell_params=_own_params(cell, point), fast_path=False)
     grads = {"x": g.dx, "W_ih": g.dW_ih, "W_hh": g.dW_hh, "b_ih": g.db_ih, "b_hh": g.db_hh}
     grads.update({f"{name}_0": d for name, d in zip(cell.states, g.dstate0)})
-    if cell.proj_size:
-        grads["W_hr"] = g.dW_hr
+    grads.update(g.dcell_params)
     return {name: np.asarray(grads[name]) for name in point}
 
 
@@ -142,7 +145,7 @@ def check_cell(cell, *, input_size: int = 3, hidden_size: int = 4, batch: int = 
     dict of str to dict of str to float
         ``{reference: {input: relative error}}`` for every input: ``x``,
         ``<state>_0`` for each state (``h_0``, ``c_0``), ``W_ih``, ``W_hh``,
-        ``b_ih``, ``b_hh`` and, with a projection, ``W_hr``.
+        ``b_ih``, ``b_hh`` and the cell's own parameters (``W_hr``, ...).
 
     Raises
     ------

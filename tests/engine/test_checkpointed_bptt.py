@@ -44,14 +44,19 @@ def _engine_inputs(cell, T, N=3, D=4, H=5, seed=0):
     return arrays
 
 
+def _own(cell, a) -> dict:
+    """The cell's own parameters among the arrays ``a`` (an LSTM's ``W_hr``)."""
+    return {name: a[name] for name in cell.cell_params(a["W_hh"].shape[0] // cell.n_gates)}
+
+
 def _engine_run(cell, a, retain, every, truncate, with_mask, xp):
     mask = a["mask"] if with_mask else None
     out, final, kept = sequence.forward(
         cell, a["x"], a["state0"], a["W_ih"], a["W_hh"], a["b_ih"], a["b_hh"], mask,
-        xp=xp, W_hr=a.get("W_hr"), retain=retain, checkpoint_every=every,
+        xp=xp, cell_params=_own(cell, a), retain=retain, checkpoint_every=every,
     )
     g = sequence.backward(cell, kept, a["d_out"], a["d_final"], a["W_ih"], a["W_hh"], xp=xp,
-                          truncate=truncate, W_hr=a.get("W_hr"))
+                          truncate=truncate, cell_params=_own(cell, a))
     return out, final, g
 
 
@@ -90,7 +95,8 @@ def _named(result):
     for j, s in enumerate(final):
         yield f"final[{j}]", s
     for field, value in zip(g._fields, g):
-        for j, leaf in enumerate(value if isinstance(value, tuple) else (value,)):
+        parts = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else (value,)
+        for j, leaf in enumerate(parts):
             if leaf is not None:
                 yield f"{field}[{j}]", leaf
 

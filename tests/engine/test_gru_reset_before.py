@@ -21,13 +21,16 @@ from portable_rnn import check_cell
 from portable_rnn.engine.cells import GRUCell
 from portable_rnn.layers import GRU
 
+from ..helpers import torch_stacked_reference
+
 torch = pytest.importorskip("torch", reason="torch: not installed, needed as the reference")
 
 T, N, D, H = 6, 3, 4, 5
 
 
-def _reference_direction(x, h, W_ih, W_hh, b_ih, b_hh, lengths, truncate):
+def _reference_direction(x, state, w, lengths, truncate):
     """Outputs (T, N, H) and final state of one direction over time-major ``x`` (already reversed if needed)."""
+    (h,), W_ih, W_hh, b_ih, b_hh = state, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"]
     outs = []
     for t in range(x.shape[0]):
         if truncate and t and t % truncate == 0:
@@ -41,31 +44,7 @@ def _reference_direction(x, h, W_ih, W_hh, b_ih, b_hh, lengths, truncate):
         valid = (t < lengths)[:, None].to(x.dtype)
         h = valid * new + (1 - valid) * h
         outs.append(valid * new)
-    return torch.stack(outs), h
-
-
-def _reversed_within(x, lengths):
-    idx = torch.stack([torch.where(torch.arange(x.shape[0]) < n, n - 1 - torch.arange(x.shape[0]),
-                                   torch.arange(x.shape[0])) for n in lengths], dim=1)
-    return torch.take_along_dim(x, idx[:, :, None], dim=0)
-
-
-def reference(spec, params, x, h0, lengths, truncate):
-    """float64 autograd of the equations above for a stacked, possibly bidirectional spec."""
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {**params, "x": x, "h0": h0}.items()}
-    lens = torch.tensor(lengths)
-    inp, finals = leaves["x"], []
-    for k in range(spec.num_layers):
-        outs = []
-        for d in range(spec.num_directions):
-            sfx = f"l{k}" + ("_reverse" if d else "")
-            w = [leaves[f"{name}_{sfx}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            seq = _reversed_within(inp, lens) if d else inp
-            out, h = _reference_direction(seq, leaves["h0"][k * spec.num_directions + d], *w, lens, truncate)
-            outs.append(_reversed_within(out, lens) if d else out)
-            finals.append(h)
-        inp = torch.cat(outs, dim=-1)
-    return leaves, inp, torch.stack(finals)
+    return torch.stack(outs), (h,)
 
 
 CASES = {
@@ -86,7 +65,8 @@ def test_forward_and_gradients_match_the_equations(backend, name):
     lengths = np.array(case.get("lengths", [T] * N))
     d_out, d_h = rng.normal(size=spec._out_shape(T, N)), rng.normal(size=h0.shape)
 
-    leaves, ref_out, ref_h = reference(spec, params, x, h0, lengths, case.get("truncate"))
+    leaves, ref_out, (ref_h,) = torch_stacked_reference(spec, params, x, {"h0": h0}, lengths, case.get("truncate"),
+                                                        _reference_direction)
     ((ref_out * torch.tensor(d_out)).sum() + (ref_h * torch.tensor(d_h)).sum()).backward()
 
     cv = lambda a: backend.asarray(a, "float64")  # noqa: E731

@@ -113,7 +113,7 @@ def test_truncate_at_least_T_equals_full_bptt(backend, name, T, N, D, H, seed, e
     args = (cell, tape, cv(d["G"]), None, cv(d["W_ih"]), cv(d["W_hh"]))
     full = sequence.backward(*args, xp=backend.xp)
     cut = sequence.backward(*args, xp=backend.xp, truncate=T + extra)
-    for a, b in zip(full.dstate0 + full[2:], cut.dstate0 + cut[2:]):
+    for a, b in zip(full.dstate0 + full[2:6], cut.dstate0 + cut[2:6]):  # the built-in cells have no cell_params
         np.testing.assert_array_equal(backend.to_numpy(b), backend.to_numpy(a))
 
 

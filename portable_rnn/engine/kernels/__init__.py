@@ -60,10 +60,11 @@ def _fast_mode(cell):
     """The kernel that runs ``cell`` (a key of :data:`KERNELS`), or None.
 
     The cell's class names it itself (``fast_kernel`` in its own body; a
-    subclass does not inherit it). No kernel projects h (``proj_size``) or
-    applies ``W_hh`` inside its step backward (``applies_W_hh``).
+    subclass does not inherit it). No kernel takes a cell's own parameters
+    (``cell_params``: a projection, peepholes) or applies ``W_hh`` inside its
+    step backward (``applies_W_hh``).
     """
-    if getattr(cell, "proj_size", 0) or getattr(cell, "applies_W_hh", False):
+    if cell.cell_params(1) or getattr(cell, "applies_W_hh", False):
         return None
     mode = vars(type(cell)).get("fast_kernel")
     return mode if isinstance(mode, str) and mode in KERNELS else None
@@ -82,7 +83,8 @@ def _fast_library(xp) -> str:
     """The library the fast path runs on ``xp`` ("numpy" or "torch"), or :class:`_Declined`."""
     _check(enabled(), "the fast path is switched off in this thread (portable_only)")
     library = host_memory_library(xp)
-    _check(library is not None, f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
+    if library is None:
+        raise _Declined(f"the fast kernels run NumPy arrays and CPU torch tensors, not {xp.__name__}'s")
     return library
 
 
@@ -107,6 +109,8 @@ def _check_layer(cell, xp, x, W_ih, W_hh, mask, *, vectors=(), states=(), per_st
     library = _fast_library(xp)
     if _fast_mode(cell) is None:
         _check(not getattr(cell, "proj_size", 0), "an LSTM with a projection (proj_size) has no fast kernel")
+        _check(not cell.cell_params(1), f"{cell!r} has parameters of its own ({', '.join(cell.cell_params(1))}); "
+               "no fast kernel takes them")
         _check(not getattr(cell, "applies_W_hh", False),
                f"{cell!r} applies W_hh in its own step backward; no fast kernel does")
         raise _Declined(f"{type(cell).__name__} names no fast kernel (fast_kernel, set in its own class body)")
