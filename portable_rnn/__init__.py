@@ -3,6 +3,7 @@
 from . import cs231n, interop, io, losses, optim
 from .activations import log_softmax, relu, sigmoid, softmax
 from .layers import GRU, LSTM, RNN
+from .minimal import MinGRU, MinLSTM
 from .model import CharModel
 from .testing.cellcheck import check_cell
 from .stepbystep import (
@@ -23,6 +24,8 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "MinGRU",
+    "MinLSTM",
     "CharModel",
     "check_cell",
     "cs231n",

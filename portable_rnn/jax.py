@@ -42,7 +42,7 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
 
     Parameters
     ----------
-    spec : portable_rnn.RNN, LSTM or GRU
+    spec : portable_rnn.RNN, LSTM, GRU, Recurrent, MinGRU or MinLSTM
         The layer (hashable: it is a static argument of the VJP).
     params : dict of str to array
         As :meth:`~portable_rnn.LSTM.init` returns them.

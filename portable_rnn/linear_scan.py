@@ -36,6 +36,12 @@ state). :func:`linear_scan_backward` runs it with the same method.
 
 ``mask`` (T, ..., 1 or ...): steps where it is 0 leave the state unchanged
 (:math:`a_t = 1`, :math:`b_t = 0` there) and get zero gradients.
+
+``keep`` (backward only, T broadcasting against ``a``): truncated BPTT, a
+factor :math:`\kappa_t` on the gradient carried from step t+1 into step t,
+:math:`\lambda_t = g_t + \kappa_t\, a_{t+1} \odot \lambda_{t+1}` (0 where a
+window starts at t+1, 1 elsewhere: see
+:func:`portable_rnn.engine.sequence.window_keep`).
 """
 
 from __future__ import annotations
@@ -144,7 +150,8 @@ def linear_scan(a, b, h0, *, mask=None, method: str = "parallel", chunk: int | N
     return _run(_masked_a(a, mask), b, h0, xp, method, chunk)
 
 
-def linear_scan_backward(a, h, h0, d_h, *, mask=None, method: str = "parallel", chunk: int | None = None):
+def linear_scan_backward(a, h, h0, d_h, *, mask=None, keep=None, method: str = "parallel",
+                         chunk: int | None = None):
     r"""Gradients of a :func:`linear_scan` with respect to ``a``, ``b`` and ``h0``.
 
     Parameters
@@ -160,6 +167,10 @@ def linear_scan_backward(a, h, h0, d_h, *, mask=None, method: str = "parallel", 
         gradient of the final state to ``d_h[-1]``).
     mask, method, chunk
         As in the forward.
+    keep : array (T, ...) broadcasting against ``a``, optional
+        Truncated BPTT: the factor on the gradient carried from step t+1 into
+        step t (see the module docstring); ``None`` is 1 everywhere, full
+        BPTT. ``dh0`` is not scaled: the gradient leaving step 0 is whole.
 
     Returns
     -------
@@ -173,6 +184,8 @@ def linear_scan_backward(a, h, h0, d_h, *, mask=None, method: str = "parallel", 
     # lambda_t = g_t + a_{t+1} lambda_{t+1}: a reverse scan whose coefficient at t is a_{t+1}
     one = xp.ones((1, *a.shape[1:]), dtype=a.dtype, device=device(a))
     a_next = xp.concat([a_eff[1:, ...], one], axis=0)
+    if keep is not None:
+        a_next = keep * a_next
     lam = _run(a_next, d_h, xp.zeros_like(h0), xp, method, chunk, reverse=True)
     h_prev = xp.concat([xp.expand_dims(h0, axis=0), h[:-1, ...]], axis=0)
     da, db = lam * h_prev, lam

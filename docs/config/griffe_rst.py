@@ -31,7 +31,7 @@ RENDERED = {
     "portable_rnn.interop", "portable_rnn.interop.torch", "portable_rnn.interop.keras", "portable_rnn.interop.flax",
     "portable_rnn.interop.courses", "portable_rnn.parallel", "portable_rnn.dask", "portable_rnn.engine.cells",
     "portable_rnn.engine.sequence", "portable_rnn.engine.loop", "portable_rnn.course_layouts", "portable_rnn.testing",
-    "portable_rnn.testing.fixtures", "portable_rnn.testing.gradcheck",
+    "portable_rnn.testing.fixtures", "portable_rnn.testing.gradcheck", "portable_rnn.minimal",
 }
 _ROLE = re.compile(r":(?:func|meth|class|mod|data|attr|obj|exc):`(~?)([^`<]+?)(?:\(\))?`")
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")

@@ -1,0 +1,763 @@
+r"""The minimal GRU and LSTM of Feng et al., "Were RNNs All We Needed?" (2024, arXiv 2410.01201).
+
+Their gates read the input alone, never :math:`h_{t-1}`, so each layer is a
+linear recurrence
+
+.. math::
+
+    h_t = a_t \odot h_{t-1} + b_t
+
+whose coefficients come from one matmul over every step at once: with
+:math:`U = X W_{ih}^T + b_{ih}` (T, N, G*H) split into its gate blocks,
+
+- minGRU (G = 2, blocks ``z, h~``): :math:`a_t = 1 - \sigma(u_z)`,
+  :math:`b_t = \sigma(u_z) \odot u_{\tilde h}`;
+- minLSTM (G = 3, blocks ``f, i, h~``): :math:`a_t = f'_t = f/(f+i)`,
+  :math:`b_t = i'_t \odot u_{\tilde h}` with :math:`i'_t = i/(f+i) = 1 - f'_t`.
+
+The recurrence itself is :func:`portable_rnn.linear_scan.linear_scan`: a
+chunked parallel scan of about :math:`2\sqrt T` sequential steps
+(``scan="parallel"``), or the T steps of the definition
+(``scan="sequential"``), with the same numbers to rounding. The backward is
+written by hand: :func:`~portable_rnn.linear_scan.linear_scan_backward` (a
+reverse linear scan) gives :math:`\partial a_t` and :math:`\partial b_t`, the
+gate chain rule turns them into :math:`\partial U`, and
+:math:`dW_{ih} = \sum_{t,n} \partial U_{tn}^T x_{tn}`,
+:math:`db_{ih} = \sum_{t,n} \partial U_{tn}` and :math:`dX = \partial U\, W_{ih}`
+are contractions over time and batch together.
+
+Stability. :math:`1 - \sigma(u)` is computed as :math:`\sigma(-u)` (no
+cancellation near 1), and minLSTM's normalisation in closed form from the
+pre-activations: with :math:`f = \sigma(u_f)`, :math:`i = \sigma(u_i)`,
+
+.. math::
+
+    \frac{i}{f} = \frac{1 + e^{-u_f}}{1 + e^{-u_i}}, \qquad
+    w = \log\frac{i}{f} = \operatorname{softplus}(-u_f) - \operatorname{softplus}(-u_i), \qquad
+    f' = \sigma(-w), \quad i' = \sigma(w),
+
+where :math:`\operatorname{softplus}(y) = \max(y, 0) + \log(1 + e^{-|y|})`
+and :math:`\sigma` is the stable sigmoid: no exponential overflows and no
+0/0 where both gates underflow (:math:`u_f = u_i = -800` gives
+:math:`f' = i' = 1/2`, as the ratio does).
+
+Conventions are those of :mod:`portable_rnn.layers`: a frozen spec, PyTorch's
+parameter names (``weight_ih_l{k}[_reverse]`` (G*H, D_k) and
+``bias_ih_l{k}[_reverse]`` (G*H,), gate blocks stacked in the order above; no
+recurrent weights), ``x`` (T, N, D) or (N, T, D) with ``batch_first``, the
+state (L*dirs, N, H) with index ``layer * dirs + direction``, ``lengths`` for
+right padding (padded steps leave the state unchanged and output zero; the
+reverse direction starts at each sequence's last valid step), truncated BPTT,
+and the ``retain`` choices of the tape.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import KW_ONLY, dataclass
+from typing import ClassVar, NamedTuple
+
+from array_api_compat import is_jax_array
+
+from . import init as _init
+from ._validation import (
+    check_bool,
+    check_floating,
+    check_int,
+    check_params,
+    check_retain,
+    check_same_device,
+    check_shape,
+    check_time_steps,
+    check_truncate,
+    namespace_of,
+)
+from ._validation import placement as device
+from .activations import sigmoid
+from .backends import resolve_target, to_namespace
+from .engine.loop import scan as time_loop
+from .engine.sequence import segment_length, window_keep
+from .layers import _check_lengths, _device_or_none, _length_maps, _reverse_time
+from .linear_scan import METHODS, linear_scan, linear_scan_backward
+
+__all__ = ["MinGRU", "MinLSTM", "MinimalTape", "Kept", "Checkpoints"]
+
+
+class Kept(NamedTuple):
+    """What ``retain="full"`` keeps of one layer and direction: ``pre`` (T, N, G*H), ``h`` (T, N, H)."""
+
+    pre: object
+    h: object
+
+
+class Checkpoints(NamedTuple):
+    """What ``retain="checkpoint"`` keeps of one layer and direction: ``h`` (S, N, H).
+
+    ``h[s]`` is the state entering segment ``s`` of :func:`~portable_rnn.engine.sequence.segment_length`
+    steps (``h[0]`` the initial state); the segment length is ceil(T / S), so
+    the layout travels in the shapes (static under ``jax.jit``), not in a field.
+    """
+
+    h: object
+
+
+class MinimalTape(NamedTuple):
+    """What :meth:`MinGRU.backward` (and :meth:`MinLSTM.backward`) needs; a pytree of arrays.
+
+    Attributes
+    ----------
+    inputs : tuple of arrays (T, N, D_k)
+        Each layer's input, time-major, zero at padded steps.
+    state0 : array (L*dirs, N, H)
+        The initial state.
+    kept : tuple of tuple of Kept or Checkpoints
+        ``kept[k][d]`` for layer ``k``, direction ``d`` (the reverse
+        direction's in its own, time-reversed, order).
+    mask : array (T, N, 1) or None
+        1.0 at valid steps, 0.0 at padding, when lengths were given.
+    index : int array (T, N) or None
+        The within-length time reversal when lengths were given.
+    """
+
+    inputs: tuple
+    state0: object
+    kept: tuple
+    mask: object = None
+    index: object = None  # type: ignore[assignment]  # shadows tuple.index, as RecurrentTape's field
+
+    #: The spec whose forward made the tape, on a per-spec subclass (the tape stays a pytree).
+    spec = None  # type: ignore[misc]  # a class attribute, not a field
+
+
+@functools.lru_cache(maxsize=256)
+def _tape_type(spec):
+    """The :class:`MinimalTape` subclass that remembers ``spec`` (one per spec)."""
+    return type("MinimalTape", (MinimalTape,), {"__slots__": (), "spec": spec})
+
+
+def _softplus(y, xp):
+    r""":math:`\log(1 + e^y) = \max(y, 0) + \log(1 + e^{-|y|})`: no exponential of a positive number."""
+    return xp.maximum(y, xp.zeros_like(y)) + xp.log1p(xp.exp(-xp.abs(y)))
+
+
+def _at_last_step(d_h, d_final, xp):
+    """``d_h`` (T, N, H) with ``d_final`` (N, H) added at its last step (without writing into it)."""
+    if d_final is None:
+        return d_h
+    return xp.concat([d_h[:-1, ...], xp.expand_dims(d_h[-1, ...] + d_final, axis=0)], axis=0)
+
+
+@dataclass(frozen=True)
+class _Minimal:
+    """Shared implementation of :class:`MinGRU` and :class:`MinLSTM`."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    _: KW_ONLY
+    bias: bool = True
+    batch_first: bool = False
+    bidirectional: bool = False
+    scan: str = "parallel"
+
+    gates: ClassVar[tuple] = ()
+    #: No dropout between layers: :func:`portable_rnn.jax.apply` reads it (its ``dropout_key`` changes nothing).
+    dropout: ClassVar[float] = 0.0
+
+    def __post_init__(self):
+        for name in ("input_size", "hidden_size", "num_layers"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
+        for name in ("bias", "batch_first", "bidirectional"):
+            check_bool(name, getattr(self, name))
+        if not isinstance(self.scan, str) or self.scan not in METHODS:
+            raise ValueError(f"scan must be one of {METHODS}, got {self.scan!r}")
+
+    # ----------------------------------------------------------- static facts
+
+    @property
+    def n_gates(self) -> int:
+        """G: 2 (minGRU: z, h~) or 3 (minLSTM: f, i, h~)."""
+        return len(self.gates)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """H, the features of h and of each direction's output."""
+        return self.hidden_size
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the parameters, layer by layer, forward direction first.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            ``weight_ih_l{k}[_reverse]`` (G*H, D_k), with ``D_0 = D`` and
+            ``D_k = dirs*H`` after, and with ``bias`` ``bias_ih_l{k}[_reverse]`` (G*H,).
+        """
+        GH = self.n_gates * self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for k in range(self.num_layers):
+            d_in = self.input_size if k == 0 else self.num_directions * self.hidden_size
+            for d in range(self.num_directions):
+                w_ih, _, b_ih, _ = _init.param_names(k, d)
+                shapes[w_ih] = (GH, d_in)
+                if self.bias:
+                    shapes[b_ih] = (GH,)
+        return shapes
+
+    def init(self, seed=0, *, like=None, xp=None, dtype=None, device=None, init="uniform"):
+        r"""Seeded parameters: same seed, same numbers on every backend.
+
+        Parameters
+        ----------
+        seed : int, default 0
+            Seed of the host-side NumPy generator (see :mod:`portable_rnn.init`).
+        like : array, optional
+            Take the namespace, dtype and device from this array (e.g. ``x``).
+        xp : module, optional
+            The library when ``like`` is not given; default NumPy.
+        dtype : dtype or {"float32", "float64"}, optional
+            Default float32 (or the dtype of ``like``).
+        device : device, optional
+            Default the library's default device (or the device of ``like``).
+        init : {"uniform", "xavier", "orthogonal"}, default "uniform"
+            Weight scheme, as :meth:`portable_rnn.layers.GRU.init`: ``"uniform"``
+            draws weights and biases from :math:`U(-1/\sqrt{H}, 1/\sqrt{H})`.
+
+        Returns
+        -------
+        dict of str to array
+            Keys and shapes of :meth:`param_shapes`.
+        """
+        seed = _init.check_seed(seed)
+        if init not in _init.SCHEMES:
+            raise ValueError(f"init must be one of {list(_init.SCHEMES)}, got {init!r}")
+        xp, dtype, device = resolve_target(like, xp, dtype, device)
+        host = _init.draw(
+            n_gates=self.n_gates, input_size=self.input_size, hidden_size=self.hidden_size,
+            num_layers=self.num_layers, num_directions=self.num_directions, bias=self.bias,
+            seed=seed, scheme=init,
+        )  # it draws recurrent weights too, which these layers have not: they are left out
+        return to_namespace({name: host[name] for name in self.param_shapes()}, xp, dtype, device)
+
+    # ----------------------------------------------------------- the gates
+
+    def coefficients(self, pre, xp):
+        r"""The recurrence's :math:`(a, b)`, each (..., H), from the pre-activations ``pre`` (..., G*H)."""
+        raise NotImplementedError
+
+    def pre_gradient(self, pre, da, db, xp):
+        r"""The gradient of ``pre`` (..., G*H) from those of :math:`a` and :math:`b` (..., H)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- checks
+
+    def _weights(self, params, k, d):
+        w_ih, _, b_ih, _ = _init.param_names(k, d)
+        return params[w_ih], (params[b_ih] if self.bias else None)
+
+    def _out_shape(self, T, N):
+        F = self.num_directions * self.hidden_size
+        return (N, T, F) if self.batch_first else (T, N, F)
+
+    def _check_forward(self, params, x, state, lengths, dropout_masks):
+        """Check :meth:`forward`'s arguments; return ``(xp, dtype, device)``."""
+        check_params("params", params, self.param_shapes(), owner=self)
+        if dropout_masks is not None and (not isinstance(dropout_masks, (tuple, list)) or len(dropout_masks)):
+            raise ValueError(f"dropout_masks must be None or (): {type(self).__name__} has no dropout")
+        named = {"x": x, "state": state, **{f"params['{k}']": v for k, v in params.items()}}
+        xp = namespace_of(**named, lengths=lengths)
+        dtype = check_floating(xp, **named)
+        dev = check_same_device(**named, lengths=lengths)
+        if dev is None:
+            dev = _device_or_none(x)
+        D, LD = self.input_size, self.num_layers * self.num_directions
+        layout = "(N, T, D)" if self.batch_first else "(T, N, D)"
+        check_shape("x", x, (None, None, D), f"{layout} with D = input_size = {D}")
+        time_axis = 1 if self.batch_first else 0
+        check_time_steps("x", x, axis=time_axis)
+        T, N = x.shape[time_axis], x.shape[1 - time_axis]
+        if state is not None:
+            check_shape("state", state, (LD, N, self.hidden_size), f"(num_layers * dirs, N, H) = ({LD}, {N}, "
+                                                                    f"{self.hidden_size})")
+        if lengths is not None:
+            _check_lengths(lengths, T, N, xp)
+        return xp, dtype, dev
+
+    def _check_backward(self, params, tape, d_out, d_state):
+        """Check :meth:`backward`'s arguments; return ``xp``."""
+        check_params("params", params, self.param_shapes(), owner=self)
+        if tape is None:
+            raise TypeError("tape is None: forward(retain='none') keeps nothing to differentiate; "
+                            "run forward() with retain='full' or retain='checkpoint'")
+        made_by = getattr(tape, "spec", None)
+        if not (isinstance(tape, MinimalTape) and made_by is not None):
+            raise TypeError(f"tape must be the MinimalTape returned by forward() of this spec, "
+                            f"got {type(tape).__name__}")
+        if made_by != self:
+            raise ValueError(f"tape was made by {made_by!r}, not by this spec {self!r}")
+        x0 = tape.inputs[0]
+        named = {"tape": x0, "d_out": d_out, "d_state": d_state,
+                 **{f"params['{k}']": v for k, v in params.items()}}
+        xp = namespace_of(**named)
+        check_floating(xp, **named)
+        check_same_device(**named)
+        T, N = x0.shape[0], x0.shape[1]
+        if d_out is not None:
+            check_shape("d_out", d_out, self._out_shape(T, N), "the shape of out from forward()")
+        if d_state is not None:
+            check_shape("d_state", d_state, (self.num_layers * self.num_directions, N, self.hidden_size),
+                        "the shape of the final state from forward()")
+        return xp
+
+    # ----------------------------------------------------------- one layer and direction
+
+    def _run(self, W, b, x, h_in, mask, xp):
+        """Pre-activations (T, N, G*H) and states (T, N, H) of one layer and direction over ``x`` (T, N, D)."""
+        pre = x @ xp.matrix_transpose(W)
+        if b is not None:
+            pre = pre + b
+        a, bb = self.coefficients(pre, xp)
+        return pre, linear_scan(a, bb, h_in, mask=mask, method=self.scan)
+
+    def _run_segments(self, W, b, x, h0, mask, k, xp):
+        """The states (T, N, H) of :meth:`_run`, segment by segment of ``k`` steps: a scratch of one segment."""
+
+        def segment(h_in, inputs):
+            (x_s, mask_s), _ = inputs
+            _, h_s = self._run(W, b, x_s, h_in, mask_s, xp)
+            return h_s[-1, ...], (h_s, None)
+
+        _, (h, _) = _segments(segment, h0, (x, mask), None, k, xp)
+        return h
+
+    def _backward_run(self, W, pre, h, h_in, x, mask, keep, d_out, d_final, xp):
+        r"""Gradients of one run of :meth:`_run` (a sequence or a segment).
+
+        ``d_out`` (T, N, H) is the gradient of each :math:`h_t` from above (zero at
+        padding), ``d_final`` (N, H) that of the last state, carried in from after
+        the run (already scaled by truncation's factor); ``keep`` the per-step
+        factor of truncated BPTT or None. Returns ``(dh_in, dW, db, dx)``.
+        """
+        a, _ = self.coefficients(pre, xp)
+        d_h = _at_last_step(d_out, d_final, xp)
+        da, db, dh_in = linear_scan_backward(a, h, h_in, d_h, mask=mask, keep=keep, method=self.scan)
+        d_pre = self.pre_gradient(pre, da, db, xp)  # zero at padded steps, where da and db are
+        steps_and_batch = ([0, 1], [0, 1])
+        dW = xp.tensordot(d_pre, x, axes=steps_and_batch)
+        return dh_in, dW, xp.sum(d_pre, axis=(0, 1)), d_pre @ W
+
+    def _backward_checkpointed(self, W, b, x, checkpoints, mask, keep, d_out, d_final, xp):
+        """:meth:`_backward_run` over segments, last first, each recomputed from its checkpoint."""
+        k = -(-x.shape[0] // checkpoints.shape[0])  # ceil(T / S): see segment_length
+
+        def segment(carry, inputs):
+            d_next, dW, db = carry
+            (x_s, mask_s, keep_s, d_out_s), h_in = inputs
+            pre_s, h_s = self._run(W, b, x_s, h_in, mask_s, xp)
+            # the gradient entering the segment's last step from the next segment, cut by truncation
+            d_last = d_next if keep_s is None else keep_s[-1, ...] * d_next
+            dh_in, dW_s, db_s, dx_s = self._backward_run(W, pre_s, h_s, h_in, x_s, mask_s, keep_s, d_out_s,
+                                                         d_last, xp)
+            return (dh_in, dW + dW_s, db + db_s), (dx_s, None)
+
+        GH = W.shape[0]
+        carry = (d_final, xp.zeros_like(W), xp.zeros((GH,), dtype=W.dtype, device=device(W)))
+        (dh0, dW, db), (dx, _) = _segments(segment, carry, (x, mask, keep, d_out), checkpoints, k, xp,
+                                           reverse=True)
+        return dh0, dW, db, dx
+
+    # ----------------------------------------------------------- forward
+
+    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, retain="full",
+                checkpoint_every=None, tape=None):
+        r"""Run the stacked layer over a batch of sequences.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            As returned by :meth:`init`.
+        x : array (T, N, D), or (N, T, D) when ``batch_first``
+        state : array (L*dirs, N, H), optional
+            Initial state ``h_0``, index ``layer * dirs + direction``; ``None`` is zeros.
+        lengths : integer array (N,), optional
+            Valid steps of each sequence (right padding), ``1 <= lengths <= T``,
+            checked where the values are concrete (as :meth:`portable_rnn.layers.GRU.forward`).
+        dropout_masks : None or (), keyword-only
+            These layers have no dropout; accepted so that
+            :func:`portable_rnn.jax.apply` can call every spec alike.
+        retain : {"full", "checkpoint", "none"}, keyword-only
+            What each layer keeps for :meth:`backward`: its input, every
+            step's pre-activations (G*H numbers) and state (``"full"``); its
+            input and the states entering segments of at most
+            ``checkpoint_every`` steps (``"checkpoint"``: the backward
+            recomputes one segment at a time, so apart from the inputs the
+            tape grows like sqrt(T)); or nothing (``"none"``: the tape is
+            ``None``). Either way the forward runs each layer over the whole
+            sequence at once, the parallel scan's best case.
+        checkpoint_every : int, keyword-only, optional
+            With ``"checkpoint"``, steps per segment at most (default
+            ceil(sqrt(T))). With ``"none"``, the forward runs segment by
+            segment of at most that many steps, a scratch of one segment
+            instead of the sequence's (default: the whole sequence at once).
+        tape : {"full", "checkpoint", "none"}, keyword-only, optional
+            ``retain``'s deprecated spelling.
+
+        Returns
+        -------
+        out : array (T, N, dirs*H), or (N, T, dirs*H) when ``batch_first``
+            The last layer's states (forward direction first), zero at padded steps.
+        state : array (L*dirs, N, H)
+            The state after each sequence's last valid step (for the reverse
+            direction: after it has consumed step 0).
+        tape : MinimalTape or None
+            For :meth:`backward`; ``None`` for ``retain="none"``.
+        """
+        retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
+        xp, dtype, dev = self._check_forward(params, x, state, lengths, dropout_masks)
+        if self.batch_first:
+            x = xp.permute_dims(x, (1, 0, 2))
+        T, mask, index = x.shape[0], None, None
+        if lengths is not None:
+            mask, index = _length_maps(lengths, T, dtype, dev, xp)
+            x = xp.where(mask > 0, x, xp.zeros((), dtype=dtype, device=dev))  # NaN on the padding cannot leak
+        states0 = self._initial_states(x, state, dtype, dev, xp)
+
+        layer_in, inputs, finals, kept = x, [], [], []
+        for k in range(self.num_layers):
+            outs, kept_k = [], []
+            for d in range(self.num_directions):
+                W, b = self._weights(params, k, d)
+                x_d = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
+                h, kept_d = self._forward_one(W, b, x_d, states0[k * self.num_directions + d], mask, retain,
+                                              checkpoint_every, xp)
+                kept_k.append(kept_d)
+                out_d = h if mask is None else h * mask
+                outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
+                finals.append(h[-1, ...])  # frozen after the last valid step
+            inputs.append(layer_in)
+            kept.append(tuple(kept_k))
+            layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
+
+        if retain == "full" and self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
+            # Here ``out`` is the tape's own state array: hand back a copy, so that writing
+            # into ``out`` cannot change what backward() computes (JAX arrays are immutable).
+            layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
+        out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
+        final = xp.stack(finals, axis=0)
+        if retain == "none":
+            return out, final, None
+        s0 = xp.stack(states0, axis=0)
+        return out, final, _tape_type(self)(tuple(inputs), s0, tuple(kept), mask, index)
+
+    def _forward_one(self, W, b, x, h_in, mask, retain, checkpoint_every, xp):
+        """States (T, N, H) of one layer and direction, and what its tape keeps (None for ``"none"``)."""
+        T = x.shape[0]
+        if retain == "none" and checkpoint_every is not None:
+            return self._run_segments(W, b, x, h_in, mask, segment_length(T, checkpoint_every), xp), None
+        pre, h = self._run(W, b, x, h_in, mask, xp)
+        if retain == "none":
+            return h, None
+        if retain == "full":
+            return h, Kept(pre, h)
+        k = segment_length(T, checkpoint_every)  # the states entering segments 0, 1, ...: h0, h[k-1], h[2k-1], ...
+        return h, Checkpoints(xp.concat([xp.expand_dims(h_in, axis=0), h[k - 1 : T - 1 : k, ...]], axis=0))
+
+    def _initial_states(self, x, state, dtype, dev, xp):
+        """The initial state of every layer and direction, (N, H) each: from ``state``, or zeros."""
+        if state is not None:
+            return [state[i, ...] for i in range(state.shape[0])]
+        # made from x, so that they have x's placement (a batch-sharded JAX x: sharded zeros)
+        zeros = xp.zeros_like(x[0, :, :1]) + xp.zeros((1, self.hidden_size), dtype=dtype, device=dev)
+        return [zeros] * (self.num_layers * self.num_directions)
+
+    # ----------------------------------------------------------- backward
+
+    def backward(self, params, tape, d_out, d_state=None, truncate=None):
+        r"""Backpropagation through time through every layer and direction, by hand.
+
+        Layers are visited top-down; per layer and direction the gradient of
+        its states (from ``d_out`` or the layer above, plus ``d_state`` at the
+        last step) goes through :func:`~portable_rnn.linear_scan.linear_scan_backward`
+        and the gate chain rule to the pre-activations, whose contractions give
+        the weight gradients and the gradient of the layer's input.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            The parameters used in :meth:`forward`.
+        tape : MinimalTape
+            From :meth:`forward` with ``retain="full"`` or ``"checkpoint"``.
+        d_out : array shaped like ``out``, or None
+            Gradient of the loss with respect to ``out``; ``None`` is zero.
+            Entries at padded steps are ignored.
+        d_state : array (L*dirs, N, H), optional
+            Gradient with respect to the final state; ``None`` is zero.
+        truncate : int, optional
+            Truncated BPTT, as :meth:`portable_rnn.layers.GRU.backward`: no
+            gradient crosses the recurrence between windows ``[0, k), [k, 2k), ...``
+            of each direction's own pass (for the reverse direction with
+            lengths, counted from each sequence's last valid step); gradients
+            still flow between layers at every step. ``None`` is full BPTT.
+
+        Returns
+        -------
+        grads : dict of str to array
+            Same keys and shapes as ``params``.
+        dx : array shaped like ``x``
+        dstate0 : array (L*dirs, N, H)
+            Gradient with respect to the initial state (the zero state when
+            :meth:`forward` had none).
+        """
+        truncate = check_truncate(truncate)
+        xp = self._check_backward(params, tape, d_out, d_state)
+        inputs, state0, kept, mask, index = tape
+        T, dirs, H = inputs[0].shape[0], self.num_directions, self.hidden_size
+        x0 = inputs[0]
+        keep = window_keep(T, truncate, mask, dtype=x0.dtype, device=device(x0), xp=xp)
+        if keep is not None and mask is None:
+            keep = xp.reshape(keep, (T, 1, 1))
+        d_layer = d_out
+        if d_out is None:
+            d_layer = xp.zeros(self._out_shape(T, x0.shape[1]), dtype=x0.dtype, device=device(x0))
+        if self.batch_first:
+            d_layer = xp.permute_dims(d_layer, (1, 0, 2))
+        if mask is not None:  # out is constant at padded steps: whatever comes from above is ignored
+            d_layer = xp.where(mask > 0, d_layer, xp.zeros((), dtype=x0.dtype, device=device(x0)))
+
+        grads: dict = {}
+        dstate0: list = [None] * (self.num_layers * dirs)
+        for k in reversed(range(self.num_layers)):
+            d_in = None
+            for d in range(dirs):
+                W, b = self._weights(params, k, d)
+                i = k * dirs + d
+                x_d = inputs[k] if d == 0 else _reverse_time(inputs[k], index, xp)
+                d_out_d = d_layer[..., d * H : (d + 1) * H] if dirs > 1 else d_layer
+                if d == 1:
+                    d_out_d = _reverse_time(d_out_d, index, xp)
+                d_final = xp.zeros_like(state0[i, ...]) if d_state is None else d_state[i, ...]
+                if isinstance(kept[k][d], Checkpoints):
+                    g = self._backward_checkpointed(W, b, x_d, kept[k][d].h, mask, keep, d_out_d, d_final, xp)
+                else:
+                    pre, h = kept[k][d]
+                    g = self._backward_run(W, pre, h, state0[i, ...], x_d, mask, keep, d_out_d, d_final, xp)
+                dstate0[i], dW, db, dx_d = g
+                w_ih, _, b_ih, _ = _init.param_names(k, d)
+                grads[w_ih] = dW
+                if self.bias:
+                    grads[b_ih] = db
+                dx_d = dx_d if d == 0 else _reverse_time(dx_d, index, xp)
+                d_in = dx_d if d_in is None else d_in + dx_d
+            d_layer = d_in
+
+        dx = xp.permute_dims(d_layer, (1, 0, 2)) if self.batch_first else d_layer
+        grads = {name: grads[name] for name in self.param_shapes()}
+        return grads, dx, xp.stack(dstate0, axis=0)
+
+    # ----------------------------------------------------------- one token
+
+    def step(self, params, x_t, state=None):
+        r"""One time step of every layer, for generation token by token.
+
+        Each layer runs :math:`h_t = a_t \odot h_{t-1} + b_t` once; a sequence
+        of calls gives what :meth:`forward` gives step by step.
+
+        Parameters
+        ----------
+        params : dict of str to array
+        x_t : array (N, D)
+            The input at this step.
+        state : array (L, N, H), optional
+            The state after the previous step; ``None`` is zeros.
+
+        Returns
+        -------
+        out_t : array (N, H)
+            The last layer's new state.
+        state : array (L, N, H)
+        """
+        if self.bidirectional:
+            raise ValueError("step runs forward in time, one token at a time; a bidirectional layer "
+                             "needs the whole sequence: use forward()")
+        check_params("params", params, self.param_shapes(), owner=self)
+        named = {"x_t": x_t, "state": state, **{f"params['{k}']": v for k, v in params.items()}}
+        xp = namespace_of(**named)
+        dtype = check_floating(xp, **named)
+        check_same_device(**named)
+        check_shape("x_t", x_t, (None, self.input_size), f"(N, D) with D = input_size = {self.input_size}")
+        N, L, H = x_t.shape[0], self.num_layers, self.hidden_size
+        if state is not None:
+            check_shape("state", state, (L, N, H), f"(num_layers, N, H) = ({L}, {N}, {H})")
+        layer_in, new = x_t, []
+        for k in range(L):
+            W, b = self._weights(params, k, 0)
+            pre = layer_in @ xp.matrix_transpose(W)
+            if b is not None:
+                pre = pre + b
+            a, bb = self.coefficients(pre, xp)
+            h_prev = xp.zeros((N, H), dtype=dtype, device=device(x_t)) if state is None else state[k, ...]
+            layer_in = a * h_prev + bb
+            new.append(layer_in)
+        return layer_in, xp.stack(new, axis=0)
+
+
+def _segments(fn, carry, step_xs, segment_xs, k, xp, reverse=False):
+    """Run ``fn`` over consecutive segments of ``k`` steps: a loop over full segments, then the short tail.
+
+    ``fn(carry, (step_xs_s, segment_xs_s)) -> (carry, (step_ys_s, None))``:
+    ``step_xs`` (a tuple of arrays (T, ...) or None) are cut into segments and
+    the ``step_ys`` (one array) joined back into (T, ...); ``segment_xs`` is
+    an array (S, ...) of one entry per segment, or None. ``reverse`` runs
+    from the last segment (the tail) to the first. Only the time axis is
+    reshaped: a batch sharding is untouched.
+    """
+    T = next(a.shape[0] for a in step_xs if a is not None)
+    n_full, tail = divmod(T, k)
+    head_len = n_full * k
+
+    def head(a):
+        return None if a is None else xp.reshape(a[:head_len, ...], (n_full, k) + tuple(a.shape[1:]))
+
+    def run_tail(carry):
+        xs = tuple(None if a is None else a[head_len:, ...] for a in step_xs)
+        return fn(carry, (xs, None if segment_xs is None else segment_xs[n_full, ...]))
+
+    tail_ys = None
+    if tail and reverse:
+        carry, (tail_ys, _) = run_tail(carry)
+    head_xs = (tuple(head(a) for a in step_xs), None if segment_xs is None else segment_xs[:n_full, ...])
+    if n_full:
+        carry, (ys, _) = time_loop(fn, carry, head_xs, xp=xp, reverse=reverse)
+        ys = xp.reshape(ys, (head_len,) + tuple(ys.shape[2:]))
+    if tail and not reverse:
+        carry, (tail_ys, _) = run_tail(carry)
+    if not n_full:
+        return carry, (tail_ys, None)
+    return carry, (ys if tail_ys is None else xp.concat([ys, tail_ys], axis=0), None)
+
+
+@dataclass(frozen=True)
+class MinGRU(_Minimal):
+    r"""Stacked minimal GRU (Feng et al., 2024): a GRU whose gates read only the input.
+
+    .. math::
+
+        z_t = \sigma(x_t W_z^T + b_z), \qquad \tilde h_t = x_t W_h^T + b_h, \qquad
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    ``weight_ih_l{k}`` (2H, D_k) stacks :math:`[W_z; W_h]` and ``bias_ih_l{k}``
+    (2H,) :math:`[b_z; b_h]`. :math:`1 - z_t` is computed as
+    :math:`\sigma(-u_z)`, exact where :math:`z_t` is near 1.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        D and H.
+    num_layers : int, default 1
+        Layer ``k > 0`` reads the concatenated outputs of both directions of layer ``k - 1``.
+    bias, batch_first, bidirectional : bool, keyword-only
+        Defaults ``True, False, False``.
+    scan : {"parallel", "sequential"}, keyword-only, default "parallel"
+        How the recurrence runs (:func:`portable_rnn.linear_scan.linear_scan`):
+        the chunked parallel scan, or the T steps of the definition (the
+        reference). The same numbers to rounding.
+
+    Methods :meth:`init`, :meth:`forward`, :meth:`backward`, :meth:`step`,
+    :meth:`param_shapes`; see the module docstring for shapes and lengths.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spec = MinGRU(3, 4)
+    >>> x = np.zeros((5, 2, 3))
+    >>> out, h_n, tape = spec.forward(spec.init(like=x), x)
+    >>> out.shape, h_n.shape
+    ((5, 2, 4), (1, 2, 4))
+    """
+
+    gates: ClassVar[tuple] = ("z", "h~")
+
+    def coefficients(self, pre, xp):
+        r""":math:`a = \sigma(-u_z) = 1 - z`, :math:`b = z \odot u_{\tilde h}`."""
+        H = self.hidden_size
+        u_z, u_h = pre[..., :H], pre[..., H:]
+        return sigmoid(-u_z), sigmoid(u_z) * u_h
+
+    def pre_gradient(self, pre, da, db, xp):
+        r"""Through :math:`a = 1 - z`, :math:`b = z \odot \tilde h`.
+
+        :math:`\partial u_z = (\partial b \odot \tilde h - \partial a) \odot z (1 - z)`,
+        :math:`\partial \tilde h = \partial b \odot z`.
+        """
+        H = self.hidden_size
+        u_z, u_h = pre[..., :H], pre[..., H:]
+        z, one_minus_z = sigmoid(u_z), sigmoid(-u_z)
+        dz = db * u_h - da  # a = 1 - z, b = z h~
+        return xp.concat([dz * z * one_minus_z, db * z], axis=-1)
+
+
+@dataclass(frozen=True)
+class MinLSTM(_Minimal):
+    r"""Stacked minimal LSTM (Feng et al., 2024): normalised forget and input gates that read only the input.
+
+    .. math::
+
+        f_t = \sigma(x_t W_f^T + b_f), \quad i_t = \sigma(x_t W_i^T + b_i), \quad
+        \tilde h_t = x_t W_h^T + b_h \\
+        f'_t = \frac{f_t}{f_t + i_t}, \quad i'_t = \frac{i_t}{f_t + i_t}, \qquad
+        h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+
+    ``weight_ih_l{k}`` (3H, D_k) stacks :math:`[W_f; W_i; W_h]` and
+    ``bias_ih_l{k}`` (3H,) :math:`[b_f; b_i; b_h]`. The normalised gates are
+    computed in the closed form of the module docstring,
+    :math:`f' = \sigma(-w)`, :math:`i' = \sigma(w)` with
+    :math:`w = \operatorname{softplus}(-u_f) - \operatorname{softplus}(-u_i)`:
+    finite and exact for pre-activations of any size. The state is h alone
+    (no separate cell state).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    bias, batch_first, bidirectional : bool, keyword-only
+    scan : {"parallel", "sequential"}, keyword-only, default "parallel"
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spec = MinLSTM(3, 4, bidirectional=True)
+    >>> x = np.zeros((5, 2, 3))
+    >>> out, h_n, tape = spec.forward(spec.init(like=x), x)
+    >>> out.shape, h_n.shape
+    ((5, 2, 8), (2, 2, 4))
+    """
+
+    gates: ClassVar[tuple] = ("f", "i", "h~")
+
+    def _normalised(self, pre, xp):
+        """``(u_h, f', i', u_f, u_i)`` with the normalised gates in closed form."""
+        H = self.hidden_size
+        u_f, u_i, u_h = pre[..., :H], pre[..., H : 2 * H], pre[..., 2 * H :]
+        w = _softplus(-u_f, xp) - _softplus(-u_i, xp)  # log(i / f)
+        return u_h, sigmoid(-w), sigmoid(w), u_f, u_i
+
+    def coefficients(self, pre, xp):
+        r""":math:`a = f'`, :math:`b = i' \odot u_{\tilde h}`."""
+        u_h, f_n, i_n, _, _ = self._normalised(pre, xp)
+        return f_n, i_n * u_h
+
+    def pre_gradient(self, pre, da, db, xp):
+        r"""Through :math:`i' = \sigma(w)`, :math:`f' = 1 - i'`, :math:`b = i' \odot \tilde h`.
+
+        :math:`\partial w = (\partial b \odot \tilde h - \partial a) \odot i' f'`,
+        :math:`\partial u_f = -\partial w \odot \sigma(-u_f)`,
+        :math:`\partial u_i = \partial w \odot \sigma(-u_i)`,
+        :math:`\partial \tilde h = \partial b \odot i'`.
+        """
+        u_h, f_n, i_n, u_f, u_i = self._normalised(pre, xp)
+        dw = (db * u_h - da) * i_n * f_n  # d i' = db h~ - da, and d i'/dw = i' f'
+        return xp.concat([-dw * sigmoid(-u_f), dw * sigmoid(-u_i), db * i_n], axis=-1)
