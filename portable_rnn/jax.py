@@ -33,7 +33,7 @@ import jax
 
 from ._validation import check_retain, check_truncate
 
-__all__ = ["apply", "dropout_masks"]
+__all__ = ["apply", "dropout_masks", "weight_drop_masks"]
 
 
 def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None, retain="full",
@@ -57,8 +57,9 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
     dropout_key : jax.random key, optional
         Training mode for a spec with ``dropout > 0`` (without dropout it
         changes nothing): the factors of :func:`dropout_masks` for this key
-        are applied between layers, in the forward pass and to the gradients.
-        ``None`` is evaluation mode.
+        are applied between layers, in the forward pass and to the gradients,
+        and with ``weight_drop > 0`` those of :func:`weight_drop_masks` to
+        the recurrent weights. ``None`` is evaluation mode.
     retain : {"full", "checkpoint"}
         What the forward pass keeps for the backward (the residuals of the
         VJP): every step (``"full"``), or the states entering segments of at
@@ -78,8 +79,9 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
     """
     retain, checkpoint_every = check_retain(retain, checkpoint_every, backward_by="apply", tape=tape)
     masks = () if dropout_key is None else dropout_masks(spec, dropout_key, x)
+    weights = {} if dropout_key is None else weight_drop_masks(spec, dropout_key, params)
     layer = _layer(spec, check_truncate(truncate), state is None, retain, checkpoint_every)
-    return layer(params, x, state, lengths, masks)
+    return layer(params, x, state, lengths, masks, weights)
 
 
 def dropout_masks(spec, key, x):
@@ -109,6 +111,35 @@ def dropout_masks(spec, key, x):
     return tuple(jax.random.bernoulli(k, keep, shape).astype(x.dtype) / keep for k in keys)
 
 
+def weight_drop_masks(spec, key, params):
+    r"""The weight-drop factors :func:`apply` uses for ``dropout_key=key``.
+
+    Parameters
+    ----------
+    spec : portable_rnn.RNN, LSTM, GRU or Recurrent
+    key : jax.random key
+        The factors come from ``jax.random.fold_in(key, 1)``, so that a key
+        gives the same :func:`dropout_masks` with or without weight drop.
+    params : dict of str to array
+        The parameters: the factors' shapes and dtype.
+
+    Returns
+    -------
+    dict of str to array
+        One per ``weight_hh`` name, 0 with probability ``spec.weight_drop``
+        and :math:`1/(1 - \text{weight\_drop})` otherwise; empty when
+        ``weight_drop`` is 0 (or the spec has none).
+    """
+    rate = getattr(spec, "weight_drop", 0.0)  # MinGRU and MinLSTM have no recurrent weights
+    if rate == 0:
+        return {}
+    names = [name for name in spec.param_shapes() if name.startswith("weight_hh_")]
+    keep = 1.0 - rate
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(names))
+    return {name: jax.random.bernoulli(k, keep, params[name].shape).astype(params[name].dtype) / keep
+            for name, k in zip(names, keys)}
+
+
 @functools.lru_cache(maxsize=128)
 def _layer(spec, truncate, zero_state, retain, checkpoint_every):
     """The ``custom_vjp`` function of one (spec, truncate, state given or not, retain), built once.
@@ -118,23 +149,26 @@ def _layer(spec, truncate, zero_state, retain, checkpoint_every):
     cotangent for a ``None`` state.
     """
 
+    def weight_drop(weights):  # a keyword only where there are factors: MinGRU/MinLSTM take none
+        return {"weight_masks": weights} if weights else {}
+
     @jax.custom_vjp
-    def layer(params, x, state, lengths, masks):  # not differentiated: nothing to keep
+    def layer(params, x, state, lengths, masks, weights):  # not differentiated: nothing to keep
         out, final, _ = spec.forward(params, x, state, lengths, dropout_masks=masks, retain="none",
-                                     checkpoint_every=checkpoint_every)
+                                     checkpoint_every=checkpoint_every, **weight_drop(weights))
         return out, final
 
-    def forward(params, x, state, lengths, masks):
+    def forward(params, x, state, lengths, masks, weights):
         out, final, kept = spec.forward(params, x, state, lengths, dropout_masks=masks, retain=retain,
-                                        checkpoint_every=checkpoint_every)
+                                        checkpoint_every=checkpoint_every, **weight_drop(weights))
         return (out, final), (params, kept, lengths)
 
     def backward(residuals, cotangents):
         params, kept, lengths = residuals
         d_out, d_final = cotangents
         grads, dx, dstate0 = spec.backward(params, kept, d_out, d_final, truncate=truncate)
-        # None: no cotangent for the dropout factors, constants drawn from a key
-        return grads, dx, (None if zero_state else dstate0), _no_gradient(lengths), None
+        # None: no cotangent for the dropout and weight-drop factors, constants drawn from a key
+        return grads, dx, (None if zero_state else dstate0), _no_gradient(lengths), None, None
 
     layer.defvjp(forward, backward)
     return layer

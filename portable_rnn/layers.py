@@ -49,6 +49,14 @@ same numbers and the backward applies the same factors to the gradients;
 :mod:`portable_rnn.torch` from torch's generator. Without them the layer
 computes the evaluation mode (no dropout).
 
+Weight drop (``weight_drop=p``, DropConnect on the recurrent weights as in
+Merity et al.'s AWD-LSTM, 2017): in training mode each ``weight_hh`` is
+multiplied by factors drawn the same way, one draw per forward pass, shared
+by every step and sequence. They are an input too, ``forward(...,
+weight_masks=...)``, a dict by ``weight_hh`` name (:meth:`~_LayerSpec.weight_drop_masks`
+draws them from a seed, :func:`portable_rnn.jax.apply` from its key); the
+tape keeps them, so the backward differentiates the weights actually used.
+
 Variable lengths (right padding), as ``torch.nn.utils.rnn.pack_padded_sequence``:
 with ``lengths`` (N,), step ``t`` of sequence ``n`` is valid when
 ``t < lengths[n]``. Outputs at padded steps are zero, the final state is the
@@ -112,11 +120,14 @@ class RecurrentTape(NamedTuple):
     dropout : tuple of arrays (T, N, dirs*R)
         The dropout factors applied to the output of every layer but the
         last, time-major; empty in evaluation mode.
+    weight_masks : dict of str to array, or None
+        The weight-drop factors of each ``weight_hh`` (training mode), else None.
     """
 
     layers: tuple
     index: object = None  # type: ignore[assignment]  # the field's name shadows tuple.index, as documented
     dropout: tuple = ()
+    weight_masks: object = None
 
     #: The spec whose :meth:`~LSTM.forward` made the tape. It lives on a
     #: per-spec subclass, not in a field, so that the tape stays a pytree of
@@ -218,6 +229,7 @@ class _LayerSpec:
     bias: bool = True
     dropout: float = 0.0
     learn_initial_state: bool = False
+    weight_drop: float = 0.0
 
     mode: ClassVar[str] = ""
 
@@ -229,6 +241,7 @@ class _LayerSpec:
         # 1 is refused: torch.nn's dropout=1 zeroes every layer's output but the
         # last, which no inverted scaling 1/(1-p) can express.
         object.__setattr__(self, "dropout", check_probability("dropout", self.dropout))
+        object.__setattr__(self, "weight_drop", check_probability("weight_drop", self.weight_drop))
 
     # ----------------------------------------------------------- static facts
 
@@ -372,6 +385,37 @@ class _LayerSpec:
         made = to_namespace({str(k): a for k, a in enumerate(host)}, xp, dtype, placement(x))
         return tuple(made.values())
 
+    def weight_drop_masks(self, seed, params):
+        r"""Training-mode weight-drop factors for one :meth:`forward`, drawn from a seed.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the host-side NumPy generator: the same seed gives the
+            same factors on every backend.
+        params : dict of str to array
+            The parameters the factors are for: their library, dtype and device.
+
+        Returns
+        -------
+        dict of str to array (G*H, R)
+            One per ``weight_hh`` name, each entry 0 with probability
+            ``weight_drop`` and :math:`1/(1 - \text{weight\_drop})` otherwise; empty
+            when ``weight_drop`` is 0. Pass them as :meth:`forward`'s ``weight_masks``.
+        """
+        seed = _init.check_seed(seed)
+        xp, dtype = self._check_params(params)
+        names = self._recurrent_weight_names()
+        if self.weight_drop == 0:
+            return {}
+        shape = self.param_shapes()[names[0]]
+        host = _init.dropout_factors(seed, shape, self.weight_drop, len(names))
+        return to_namespace(dict(zip(names, host)), xp, dtype, placement(params[names[0]]))
+
+    def _recurrent_weight_names(self) -> list:
+        """The ``weight_hh`` names, layer by layer and direction by direction."""
+        return [_init.param_names(k, d)[1] for k in range(self.num_layers) for d in range(self.num_directions)]
+
     # ----------------------------------------------------------- checks
 
     def _check_params(self, params, name="params"):
@@ -421,19 +465,23 @@ class _LayerSpec:
         F = self.num_directions * self.output_size
         return (N, T, F) if self.batch_first else (T, N, F)
 
-    def _weights(self, params, k, d):
-        """``(W_ih, W_hh, b_ih, b_hh, cell_params)`` of layer ``k``, direction ``d``; ``None`` for absent biases."""
+    def _weights(self, params, k, d, weight_masks=None):
+        """``(W_ih, W_hh, b_ih, b_hh, cell_params)`` of layer ``k``, direction ``d``; ``None`` for absent biases.
+
+        ``W_hh`` is multiplied by its weight-drop factor when ``weight_masks`` has one.
+        """
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
         own = {kw: params[_init.layer_param_name(stem, k, d)]
                for kw, (stem, _) in self.cell.cell_params(self.hidden_size).items()}
+        W_hh = params[w_hh] * weight_masks[w_hh] if weight_masks else params[w_hh]
         if self.bias:
-            return params[w_ih], params[w_hh], params[b_ih], params[b_hh], own
-        return params[w_ih], params[w_hh], None, None, own
+            return params[w_ih], W_hh, params[b_ih], params[b_hh], own
+        return params[w_ih], W_hh, None, None, own
 
     # ----------------------------------------------------------- forward
 
-    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, retain="full",
-                checkpoint_every=None, fast_path="auto", tape=None):
+    def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, weight_masks=None,
+                retain="full", checkpoint_every=None, fast_path="auto", tape=None):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -457,6 +505,10 @@ class _LayerSpec:
             multiplied by before the next layer reads it (one array per layer
             but the last, e.g. from :meth:`dropout_masks`); only for a spec
             with ``dropout > 0``. ``None`` (or ``()``) is evaluation mode.
+        weight_masks : dict of str to array (G*H, R), keyword-only, optional
+            Training mode of a spec with ``weight_drop > 0``: each
+            ``weight_hh`` is multiplied by its factor (e.g. from
+            :meth:`weight_drop_masks`). ``None`` (or ``{}``) is evaluation mode.
         retain : {"full", "checkpoint", "none"}, keyword-only
             What each layer keeps for :meth:`backward`, its tape: every step's states
             and gates (``"full"``, about 7 T N H numbers per LSTM layer and
@@ -492,6 +544,7 @@ class _LayerSpec:
         """
         retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
         xp, dtype, dev, parts, masks = self._check_forward(params, x, state, lengths, dropout_masks)
+        weight_masks = self._check_weight_masks(params, weight_masks)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
             masks = tuple(xp.permute_dims(m, (1, 0, 2)) for m in masks)
@@ -508,7 +561,7 @@ class _LayerSpec:
                 layer_in = layer_in * masks[k - 1]  # dropout on layer k - 1's output
             outs, layer_tapes = [], []
             for d in range(self.num_directions):
-                W_ih, W_hh, b_ih, b_hh, own = self._weights(params, k, d)
+                W_ih, W_hh, b_ih, b_hh, own = self._weights(params, k, d, weight_masks)
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
                 out_d, final_d, tape_d = sequence.forward(
                     self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
@@ -532,7 +585,7 @@ class _LayerSpec:
         final = tuple(xp.stack([f[j] for f in finals], axis=0) for j in range(self.cell.n_states))
         if retain == "none":
             return out, self.state_value(final), None
-        return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks)
+        return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks, weight_masks or None)
 
     def _learned_states(self, params, N, xp):
         """The ``initial_*`` parameters, (L*dirs, size) each, broadcast over the batch of ``N``."""
@@ -573,6 +626,25 @@ class _LayerSpec:
                 f"but the last, got {len(masks)}"
             )
         return tuple(masks)
+
+    def _check_weight_masks(self, params, weight_masks) -> dict:
+        """``weight_masks`` checked against the spec and ``params``: one factor per ``weight_hh``, or ``{}``."""
+        if weight_masks is None or (isinstance(weight_masks, dict) and not weight_masks):
+            return {}
+        if not isinstance(weight_masks, dict):
+            raise TypeError(f"weight_masks must be a dict of arrays by weight_hh name, got {type(weight_masks).__name__}")
+        if self.weight_drop == 0:
+            raise ValueError("weight_masks were given but this spec has weight_drop=0.0; make it with weight_drop=p")
+        names = self._recurrent_weight_names()
+        if sorted(weight_masks) != sorted(names):
+            raise ValueError(f"weight_masks must have the keys {names}, got {sorted(weight_masks)}")
+        named = {f"weight_masks[{name!r}]": weight_masks[name] for name in names}
+        check_floating(namespace_of(**named, **{name: params[name] for name in names}), **named)
+        check_same_device(**named, **{name: params[name] for name in names})
+        for name in names:
+            check_shape(f"weight_masks[{name!r}]", weight_masks[name], tuple(params[name].shape),
+                        f"the shape of {name}")
+        return {name: weight_masks[name] for name in names}
 
     def _check_forward(self, params, x, state, lengths, dropout_masks):
         """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None, masks)``."""
@@ -655,7 +727,7 @@ class _LayerSpec:
         """
         truncate = check_truncate(truncate)
         xp, ds_parts = self._check_backward(params, tape, d_out, d_state)
-        layers, index, dropout = tape
+        layers, index, dropout, weight_masks = tape
         L, dirs, R = self.num_layers, self.num_directions, self.output_size
         d_layer_out = d_out
         if d_out is not None and self.batch_first:
@@ -671,7 +743,7 @@ class _LayerSpec:
         for k in reversed(range(L)):
             d_in = None
             for d in range(dirs):
-                W_ih, W_hh, _, _, own = self._weights(params, k, d)
+                W_ih, W_hh, _, _, own = self._weights(params, k, d, weight_masks)
                 d_out_d = None
                 if d_layer_out is not None:
                     d_out_d = d_layer_out[..., d * R : (d + 1) * R] if dirs > 1 else d_layer_out
@@ -683,7 +755,7 @@ class _LayerSpec:
                 )
                 dx_d = g.dx if d == 0 else _reverse_time(g.dx, index, xp)
                 d_in = dx_d if d_in is None else d_in + dx_d
-                self._collect(grads, g, k, d)
+                self._collect(grads, g, k, d, weight_masks)
                 dstate0[k * dirs + d] = g.dstate0
             d_layer_out = d_in * dropout[k - 1] if k > 0 and dropout else d_in
 
@@ -694,13 +766,15 @@ class _LayerSpec:
         grads = {key: grads[key] for key in self.param_shapes()}  # state_dict order
         return grads, dx, self.state_value(d0)
 
-    def _collect(self, grads, g, k, d):
+    def _collect(self, grads, g, k, d, weight_masks=None):
         """Enter the parameter gradients ``g`` of layer ``k``, direction ``d`` under their names in ``grads``.
 
         ``g`` is a ``sequence.Grads``, whose ``dcell_params`` hold the cell's own parameters' gradients.
         """
         w_ih, w_hh, b_ih, b_hh = _init.param_names(k, d)
         grads[w_ih], grads[w_hh] = g.dW_ih, g.dW_hh
+        if weight_masks:  # the forward used weight_hh * factor
+            grads[w_hh] = g.dW_hh * weight_masks[w_hh]
         if self.bias:
             grads[b_ih], grads[b_hh] = g.db_ih, g.db_hh
         for kw, (stem, _) in self.cell.cell_params(self.hidden_size).items():
@@ -775,6 +849,9 @@ class RNN(_BuiltIn):
         ``initial_c``) of shape (L*dirs, R), shared by every sequence of the
         batch, starting at zero; :meth:`forward` then takes no ``state``.
         Every layer class takes it.
+    weight_drop : float in [0, 1), keyword-only, default 0.0
+        DropConnect on every ``weight_hh`` in training mode (AWD-LSTM's
+        weight drop; see the module docstring). Every layer class takes it.
     nonlinearity : {"tanh", "relu"}, keyword-only, default "tanh"
 
     See the module docstring for shapes, lengths and the reverse direction;
