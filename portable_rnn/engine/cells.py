@@ -510,4 +510,4 @@ def cell_for(mode: str, nonlinearity: str = "tanh", proj_size: int = 0, reset_af
     if mode not in CELLS:
         raise ValueError(f"mode must be one of {list(CELLS)}, got {mode!r}")
     options = {"rnn": (nonlinearity,), "lstm": (proj_size, peephole), "gru": (reset_after,)}
-    return CELLS[mode](*options.get(mode, ()))
+    return CELLS[mode](*(options[mode] if mode in options else ()))
