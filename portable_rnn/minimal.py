@@ -80,7 +80,7 @@ from .engine.sequence import segment_length, window_keep
 from .layers import _check_lengths, _device_or_none, _length_maps, _reverse_time
 from .linear_scan import METHODS, linear_scan, linear_scan_backward
 
-__all__ = ["MinGRU", "MinLSTM", "MinimalTape", "Kept", "Checkpoints"]
+__all__ = ["MinGRU", "MinLSTM", "MinimalCell", "MinimalTape", "Kept", "Checkpoints"]
 
 
 class Kept(NamedTuple):
@@ -148,6 +148,39 @@ def _at_last_step(d_h, d_final, xp):
 
 
 @dataclass(frozen=True)
+class MinimalCell:
+    r"""What one step of a minimal layer declares, in the terms of a cell: ``mode``, ``gates``, ``states``.
+
+    :attr:`MinGRU.cell` and :attr:`MinLSTM.cell` are one of these, so that
+    code written against a layer's ``cell`` (the char model, its checkpoints)
+    reads the minimal layers alike: the state is ``h`` alone. It is not a
+    :class:`~portable_rnn.engine.cells.Cell`: the gates read no state, so the
+    step is :math:`h_t = a_t \odot h_{t-1} + b_t`, run by the layer's
+    :func:`~portable_rnn.linear_scan.linear_scan` or :meth:`MinGRU.step`, not
+    by the engine.
+
+    Attributes
+    ----------
+    mode : str
+        ``"mingru"`` or ``"minlstm"``.
+    gates : tuple of str
+        The blocks of ``weight_ih``: ``("z", "h~")`` or ``("f", "i", "h~")``.
+    states : tuple of str
+        ``("h",)``.
+    """
+
+    mode: str
+    gates: tuple
+
+    states: ClassVar[tuple] = ("h",)
+    n_states: ClassVar[int] = 1
+
+    @property
+    def n_gates(self) -> int:
+        return len(self.gates)
+
+
+@dataclass(frozen=True)
 class _Minimal:
     """Shared implementation of :class:`MinGRU` and :class:`MinLSTM`."""
 
@@ -161,6 +194,8 @@ class _Minimal:
     scan: str = "parallel"
 
     gates: ClassVar[tuple] = ()
+    #: The key of the layer in :data:`portable_rnn.model.MODES` (``CharModel(mode=...)``, ``--cell``).
+    mode: ClassVar[str] = ""
     #: No dropout between layers: :func:`portable_rnn.jax.apply` reads it (its ``dropout_key`` changes nothing).
     dropout: ClassVar[float] = 0.0
 
@@ -187,6 +222,28 @@ class _Minimal:
     def output_size(self) -> int:
         """H, the features of h and of each direction's output."""
         return self.hidden_size
+
+    @property
+    def cell(self) -> MinimalCell:
+        """What one step declares: ``mode``, ``gates`` and the one state ``h`` (:class:`MinimalCell`)."""
+        return MinimalCell(self.mode, self.gates)
+
+    def state_parts(self, state, name="state", allow_none=False):
+        """``state`` as the one-element tuple ``(h,)``, as :meth:`portable_rnn.layers.GRU.state_parts`.
+
+        A tuple or list (the LSTM's ``(h, c)``) is a ``TypeError`` naming ``name``: the
+        state of a minimal layer is h alone. ``allow_none`` is accepted for the
+        layers' signature (one state has no ``None`` entries to allow).
+        """
+        if isinstance(state, (tuple, list)):
+            raise TypeError(f"{name} must be one array (L*dirs, N, H) for {type(self).__name__} "
+                            f"(its one state is h), got a {type(state).__name__}")
+        return (state,)
+
+    def state_value(self, parts):
+        """The public form of a state from its parts ``(h,)``: the array h."""
+        (h,) = parts
+        return h
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the parameters, layer by layer, forward direction first.
@@ -680,6 +737,7 @@ class MinGRU(_Minimal):
     """
 
     gates: ClassVar[tuple] = ("z", "h~")
+    mode: ClassVar[str] = "mingru"
 
     def coefficients(self, pre, xp):
         r""":math:`a = \sigma(-u_z) = 1 - z`, :math:`b = z \odot u_{\tilde h}`."""
@@ -737,6 +795,7 @@ class MinLSTM(_Minimal):
     """
 
     gates: ClassVar[tuple] = ("f", "i", "h~")
+    mode: ClassVar[str] = "minlstm"
 
     def _normalised(self, pre, xp):
         """``(u_h, f', i', u_f, u_i)`` with the normalised gates in closed form."""

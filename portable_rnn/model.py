@@ -17,7 +17,7 @@ whose names are those of the ``state_dict()`` of the PyTorch module
         def __init__(self, V, E, H, L):
             super().__init__()
             self.embedding = torch.nn.Embedding(V, E)
-            self.rnn = torch.nn.LSTM(E, H, L)        # or GRU, RNN
+            self.rnn = torch.nn.LSTM(E, H, L)        # or GRU, RNN, portable_rnn.torch.MinGRU, MinLSTM
             self.decoder = torch.nn.Linear(H, V)
 
 ``embedding.weight`` (V, E), ``rnn.weight_ih_l0`` ... (see
@@ -63,10 +63,15 @@ from .dense import (
 )
 from .layers import LAYERS
 from .losses import softmax_cross_entropy
+from .minimal import MinGRU, MinLSTM
 
-__all__ = ["CharModel"]
+__all__ = ["CharModel", "MODES"]
 
-#: The recurrent layer of each ``cell`` name.
+#: The recurrent layer class of each ``mode`` (``portable-rnn train --cell``): the engine's
+#: cells (:data:`portable_rnn.layers.LAYERS`: ``"rnn"``, ``"lstm"``, ``"gru"``) and the
+#: minimal RNNs (``"mingru"``, ``"minlstm"``: :class:`~portable_rnn.minimal.MinGRU`,
+#: :class:`~portable_rnn.minimal.MinLSTM`).
+MODES = {**LAYERS, **{cls.mode: cls for cls in (MinGRU, MinLSTM)}}
 
 _EMBED = "embedding.weight"
 _RNN = "rnn."
@@ -80,7 +85,7 @@ def _check_tokens(xp, name, tokens, shape, meaning):
 
 @dataclass(frozen=True)
 class CharModel:
-    r"""Embedding, stacked RNN/LSTM/GRU and a linear decoder over a vocabulary.
+    r"""Embedding, stacked RNN/LSTM/GRU (or minimal GRU/LSTM) and a linear decoder over a vocabulary.
 
     Parameters
     ----------
@@ -90,9 +95,11 @@ class CharModel:
         H.
     num_layers : int, default 1
         Stacked recurrent layers (unidirectional: a language model only looks back).
-    mode : {"lstm", "gru", "rnn"}, default "lstm"
-        The recurrent cell (a key of :data:`portable_rnn.layers.LAYERS`);
-        ``"rnn"`` is the Elman RNN with tanh. :attr:`cell` is the cell object.
+    mode : {"lstm", "gru", "rnn", "mingru", "minlstm"}, default "lstm"
+        The recurrent layer (a key of :data:`MODES`); ``"rnn"`` is the
+        Elman RNN with tanh, ``"mingru"`` and ``"minlstm"`` the minimal RNNs
+        of :mod:`portable_rnn.minimal` (gates from the input alone, the
+        recurrence a linear scan). :attr:`cell` describes the step.
     embed_size : int, default 32
         E, the width of the token embedding.
 
@@ -112,19 +119,23 @@ class CharModel:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "embed_size"):
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
-        if self.mode not in LAYERS:
-            raise ValueError(f"mode must be one of {list(LAYERS)}, got {self.mode!r}")
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
 
     # ----------------------------------------------------------- static facts
 
     @property
     def rnn(self):
-        """The recurrent layer spec (time-major, unidirectional)."""
-        return LAYERS[self.mode](self.embed_size, self.hidden_size, self.num_layers)
+        """The recurrent layer spec (time-major, unidirectional): ``MODES[mode](E, H, L)``."""
+        return MODES[self.mode](self.embed_size, self.hidden_size, self.num_layers)
 
     @property
     def cell(self):
-        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
+        """The per-step cell: its ``states`` name the parts of the recurrent state.
+
+        A cell of :mod:`portable_rnn.engine.cells`, or for the minimal RNNs a
+        :class:`~portable_rnn.minimal.MinimalCell`.
+        """
         return self.rnn.cell
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -323,6 +334,11 @@ class CharModel:
     def step(self, params, token, state=None):
         """Feed one token per sequence; the streaming form of :meth:`forward`.
 
+        A layer with a one-token step of its own runs it (the minimal RNNs:
+        :meth:`~portable_rnn.minimal.MinGRU.step`, one :math:`a_t h_{t-1} + b_t`
+        per layer, not a scan of length one); the others run their forward
+        over one step, which is their step.
+
         Parameters
         ----------
         params : dict of str to array
@@ -339,7 +355,15 @@ class CharModel:
         xp = self._check_params(params)
         check_same_device(params=params[_W], token=token)
         _check_tokens(xp, "token", token, (None,), "(N,) one token per sequence")
-        logits, final, _ = self._forward(params, xp.reshape(token, (token.shape[0], 1)), state, xp=xp)
+        tokens = xp.reshape(token, (token.shape[0], 1))
+        layer_step = getattr(self.rnn, "step", None)
+        if layer_step is None:
+            logits, final, _ = self._forward(params, tokens, state, xp=xp)
+            return logits[0, ...], final
+        emb, _ = word_embedding_forward(tokens, params[_EMBED])
+        out_t, final = layer_step(self._split(params), emb[:, 0, :], state)
+        logits, _ = temporal_affine_forward(xp.expand_dims(out_t, axis=0), xp.matrix_transpose(params[_W]),
+                                            params[_B])
         return logits[0, ...], final
 
     # ----------------------------------------------------------- sampling (host side)

@@ -71,10 +71,10 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
 from .engine.cells import LSTMCell
-from . import layers
+from . import layers, minimal
 from .layers import LAYERS
 
-__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "PeepholeLSTM"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "PeepholeLSTM", "MinGRU", "MinLSTM"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -508,3 +508,128 @@ class PeepholeLSTM(Recurrent):
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False):
         super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, device, dtype, learn_initial_state)
+
+
+@functools.lru_cache(maxsize=64)
+def _minimal_spec(spec_class, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, scan):
+    """The :mod:`portable_rnn.minimal` layer for a module's current settings (one per settings)."""
+    return spec_class(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
+                      bidirectional=bidirectional, scan=scan)
+
+
+class _MinimalModule(torch.nn.Module):
+    r"""What :class:`MinGRU` and :class:`MinLSTM` share: parameters, checks and the forward.
+
+    The computation is :func:`_run`'s, as for the drop-ins: one :class:`_HandWrittenBPTT`
+    whose forward is the spec's :meth:`~portable_rnn.minimal.MinGRU.forward` and whose
+    backward is the spec's hand-written :meth:`~portable_rnn.minimal.MinGRU.backward`.
+    """
+
+    _spec_class: type  # minimal.MinGRU or minimal.MinLSTM, set by the subclass
+    #: No dropout between layers (:func:`_dropout_masks` reads it).
+    dropout = 0.0
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False,
+                 device=None, dtype=None, scan="parallel"):
+        super().__init__()
+        # the spec checks the arguments, each by name (ValueError: sizes, flags, scan)
+        spec = _minimal_spec(self._spec_class, input_size, hidden_size, num_layers, bias, batch_first,
+                             bidirectional, scan)
+        self.input_size, self.hidden_size, self.num_layers = spec.input_size, spec.hidden_size, spec.num_layers
+        self.bias, self.batch_first, self.bidirectional, self.scan = bias, batch_first, bidirectional, scan
+        for name, shape in spec.param_shapes().items():
+            self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Every weight and bias from :math:`U(-1/\sqrt H, 1/\sqrt H)`, as ``torch.nn``'s recurrent layers."""
+        bound = self.hidden_size ** -0.5
+        for weight in self.parameters():
+            torch.nn.init.uniform_(weight, -bound, bound)
+
+    def _engine(self, training_dropout):
+        return _minimal_spec(self._spec_class, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                             self.batch_first, self.bidirectional, self.scan)
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, name) for name in self._engine(False).param_shapes()]
+
+    def extra_repr(self):
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+                f"batch_first={self.batch_first}, bidirectional={self.bidirectional}, scan={self.scan!r}")
+
+    @torch.compiler.disable
+    def forward(self, input, hx=None):
+        """``(output, h_n)`` of ``input`` (T, N, D), (N, T, D) with ``batch_first``, or unbatched (T, D)."""
+        name = type(self).__name__
+        if isinstance(input, PackedSequence):
+            raise TypeError(f"{name} takes a padded tensor as input, not a PackedSequence "
+                            "(pad it with torch.nn.utils.rnn.pad_packed_sequence)")
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        dtype = self._flat_weights[0].dtype
+        if input.dtype != dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(f"input must have the type {dtype}, got type {input.dtype}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input has {input.shape[-1]} features on its last axis; expected "
+                             f"input_size = {self.input_size}")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+        if x.shape[1 if self.batch_first else 0] == 0:
+            raise ValueError(f"input has no time steps; {name} needs at least one")
+        parts = None if hx is None else (self._check_hx(hx, x, unbatched),)
+        out, finals = _run(self, x, parts, None)
+        (h_n,) = finals
+        if unbatched:
+            out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return out, h_n
+
+    def _check_hx(self, hx, x, unbatched):
+        """``hx`` as a batched (L*dirs, N, H) tensor, after checking its type, shape, dtype and device."""
+        (h,) = self._engine(False).state_parts(hx, name="hx")
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"hx must be a torch.Tensor or None, got {type(h).__name__}")
+        LD, H = self.num_layers * (2 if self.bidirectional else 1), self.hidden_size
+        N = x.shape[0 if self.batch_first else 1]
+        expected = (LD, H) if unbatched else (LD, N, H)
+        if tuple(h.shape) != expected:
+            layout = "(num_layers * dirs, H)" if unbatched else "(num_layers * dirs, N, H)"
+            raise ValueError(f"hx has shape {tuple(h.shape)}; expected {layout} = {expected}")
+        if h.dtype != x.dtype:
+            raise ValueError(f"hx has dtype {h.dtype}; expected the input's, {x.dtype}")
+        if h.device != x.device:
+            raise ValueError(f"hx is on {h.device}; expected the input's device, {x.device}")
+        return h.unsqueeze(1) if unbatched else h
+
+
+class MinGRU(_MinimalModule):
+    r"""The minimal GRU (:class:`portable_rnn.minimal.MinGRU`) as a torch module.
+
+    ``MinGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    bidirectional=False, device=None, dtype=None, scan="parallel")``: ``torch.nn.GRU``'s
+    arguments (no dropout), parameters named as the spec names them (``weight_ih_l{k}``
+    (2H, D_k), stacking :math:`[W_z; W_h]`, and ``bias_ih_l{k}`` (2H,), with ``_reverse``
+    for the reverse direction; no recurrent weights), drawn from
+    :math:`U(-1/\sqrt H, 1/\sqrt H)` as ``torch.nn``. ``forward(input, hx=None)`` takes
+    (T, N, D), (N, T, D) with ``batch_first``, or an unbatched (T, D), and ``hx``
+    (L*dirs, N, H) (or (L*dirs, H)), and returns ``(output, h_n)``. The autograd backward
+    is the spec's hand-written one; ``scan`` picks the parallel or the sequential scan.
+    """
+
+    _spec_class = minimal.MinGRU
+
+
+class MinLSTM(_MinimalModule):
+    r"""The minimal LSTM (:class:`portable_rnn.minimal.MinLSTM`) as a torch module.
+
+    ``MinLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    bidirectional=False, device=None, dtype=None, scan="parallel")``: as :class:`MinGRU`,
+    with ``weight_ih_l{k}`` (3H, D_k) stacking :math:`[W_f; W_i; W_h]` and ``bias_ih_l{k}``
+    (3H,). The state is h alone: ``forward(input, hx=None)`` returns ``(output, h_n)``,
+    not an LSTM's ``(h_n, c_n)``.
+    """
+
+    _spec_class = minimal.MinLSTM

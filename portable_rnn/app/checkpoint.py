@@ -53,8 +53,7 @@ from .._validation import check_int, check_real, check_truncate
 from ..backends import DTYPES
 from ..interop._common import check_names, param_count
 from ..io import read_archive, write_archive
-from ..layers import LAYERS
-from ..model import CharModel
+from ..model import MODES, CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
 
@@ -247,8 +246,8 @@ def _check_str(name: str, value) -> str:
 def _check_train(train, model: CharModel) -> dict:
     """The ``train`` settings: every key of :data:`DEFAULTS` and ``steps``, each of its type and range."""
     _check_mapping("train", train, (*DEFAULTS, "steps"))
-    if not isinstance(train["cell"], str) or train["cell"] not in LAYERS:
-        raise ValueError(f"train.cell must be one of {list(LAYERS)}, got {train['cell']!r}")
+    if not isinstance(train["cell"], str) or train["cell"] not in MODES:
+        raise ValueError(f"train.cell must be one of {list(MODES)}, got {train['cell']!r}")
     for key in ("hidden", "layers", "embed", "seq_len", "batch", "steps"):
         check_int(f"train.{key}", train[key])
     check_int("train.seed", train["seed"], minimum=0)

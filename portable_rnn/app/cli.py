@@ -44,7 +44,7 @@ import numpy as np
 
 from .._version import __version__
 from ..backends import BACKEND_NAMES, BackendError
-from ..layers import LAYERS
+from ..model import MODES
 from .bench.cases import BENCH_BACKENDS, BENCH_CELLS
 from .bench.run import run as run_bench
 from .bench.run import write_json
@@ -159,7 +159,9 @@ def _add_train(sub):
     )
     d = DEFAULTS
     p.add_argument("--text", metavar="FILE", help="UTF-8 text file (default: the embedded sonnets)")
-    p.add_argument("--cell", choices=tuple(LAYERS), help=f"recurrent cell (default {d['cell']})")
+    p.add_argument("--cell", choices=tuple(MODES),
+                   help=f"recurrent cell (default {d['cell']}); mingru and minlstm are the minimal RNNs, whose "
+                        "gates read only the input")
     _backend_flags(p)
     p.add_argument("--hidden", type=_POS_INT, metavar="H", help=f"hidden size (default {d['hidden']})")
     p.add_argument("--layers", type=_POS_INT, metavar="L", help=f"stacked layers (default {d['layers']})")

@@ -8,6 +8,7 @@ on host copies only.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -73,7 +74,9 @@ def param_count(spec) -> tuple[int, int]:
 
     Parameters
     ----------
-    spec : RNN, LSTM or GRU
+    spec : RNN, LSTM or GRU, or another layer spec (MinGRU, MinLSTM, Recurrent)
+        Another spec is counted from its one- and two-layer versions: every layer after
+        the first holds the same parameters, so both counts grow linearly in L.
 
     Returns
     -------
@@ -86,7 +89,9 @@ def param_count(spec) -> tuple[int, int]:
         arrays of :math:`c` numbers in all of the cell's own parameters (a projection's
         P H, peepholes' 3 H).
     """
-    check_spec(spec)
+    with_formula = isinstance(spec, tuple(spec_classes().values()))
+    if not with_formula:
+        return _count_by_layers(spec)
     L, dirs, H, b = spec.num_layers, spec.num_directions, spec.hidden_size, int(spec.bias)
     GH = spec.n_gates * H
     R, own = spec.output_size, [shape for _, shape in spec.cell.cell_params(H).values()]  # R = P with a projection
@@ -98,6 +103,19 @@ def param_count(spec) -> tuple[int, int]:
         n_states = spec.cell.n_states
         arrays, numbers = arrays + n_states, numbers + L * dirs * (R + (n_states - 1) * H)
     return arrays, numbers
+
+
+def _count_by_layers(spec) -> tuple[int, int]:
+    """:func:`param_count` of a spec without a formula here, from its one- and two-layer versions."""
+    if not (dataclasses.is_dataclass(spec) and hasattr(spec, "num_layers") and hasattr(spec, "param_shapes")):
+        check_spec(spec)  # the TypeError that names what a spec is
+    counts = []
+    for layers in (1, 2):
+        shapes = dataclasses.replace(spec, num_layers=layers).param_shapes()
+        counts.append((len(shapes), sum(math.prod(shape) for shape in shapes.values())))
+    (arrays, numbers), (arrays_2, numbers_2) = counts
+    L = spec.num_layers
+    return arrays + (L - 1) * (arrays_2 - arrays), numbers + (L - 1) * (numbers_2 - numbers)
 
 
 def no_learned_state(spec, target: str) -> None:

@@ -10,7 +10,10 @@ lengths, truncation, two layers, both directions, batch_first). Facts that do
 not depend on the backend run once on NumPy: the JAX reference and finite differences agree
 with the hand-written backward, ``portable_rnn.jax.apply`` under ``jax.jit`` and ``jax.grad``,
 65,536 steps with saturated gates, the closed-form normalisation at extreme pre-activations,
-``step`` against ``forward``, and the messages of bad arguments.
+``step`` against ``forward``, and the messages of bad arguments. At the end: ``CharModel`` on
+the minimal layers (finite differences, the layer's own truncated backward composed by hand,
+every backend, sampling by the layer's ``step``) and the torch modules
+``portable_rnn.torch.MinGRU``/``MinLSTM`` (the spec's gradients, unbatched input, an optimiser).
 """
 
 from __future__ import annotations
@@ -426,6 +429,240 @@ def test_bad_arguments_are_refused_naming_them():
         (lambda: spec.step(p, x), ValueError, r"x_t has shape \(4, 2, 2\)"),
         (lambda: spec.step(p, x[0], final[:1]), ValueError, r"state has shape \(1, 2, 3\)"),
         (lambda: MinGRU(2, 3, bidirectional=True).step(p, x[0]), ValueError, "bidirectional layer"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+# --------------------------------------------------------------------------- the char model
+
+
+MODES = {"mingru": MinGRU, "minlstm": MinLSTM}
+
+
+def _char_case(mode, layers=2, V=6, H=3, E=2, N=2, T=6, seed=0):
+    from portable_rnn.model import CharModel
+
+    model = CharModel(V, H, layers, mode, E)
+    rng = np.random.default_rng(seed)
+    tokens, targets = (rng.integers(0, V, (N, T)).astype(np.int32) for _ in range(2))
+    return model, {k: 2.0 * v for k, v in model.init(seed, dtype="float64").items()}, tokens, targets
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_char_model_gradients_equal_finite_differences(mode):
+    """Every parameter of a two-layer CharModel on a minimal layer, full BPTT, float64; the
+    checkpointed tape gives the same numbers."""
+    model, params, tokens, targets = _char_case(mode)
+    assert isinstance(model.rnn, MODES[mode]) and model.cell.states == ("h",)
+    loss, grads, final = model.loss_and_grads(params, tokens, targets)
+    numeric = numerical_gradient(lambda p: float(model.loss_and_grads(p, tokens, targets)[0]), params)
+    assert list(grads) == list(model.param_shapes())
+    for key in params:
+        assert rel_error(grads[key], numeric[key]) < 1e-8, key
+    again, grads_ckpt, final_ckpt = model.loss_and_grads(params, tokens, targets, retain="checkpoint",
+                                                         checkpoint_every=4)
+    assert float(again) == float(loss)
+    np.testing.assert_allclose(final_ckpt, final, rtol=1e-14, atol=0)
+    for key in grads:
+        np.testing.assert_allclose(grads_ckpt[key], grads[key], rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_char_model_truncated_gradients_are_the_layers_backward_composed(mode):
+    """loss_and_grads(truncate=2) from a given state is the embedding, the layer's own forward and
+    truncated backward, and the softmax head, composed here by hand in NumPy."""
+    model, params, tokens, targets = _char_case(mode, T=7, seed=1)
+    spec, L, N, T, H = model.rnn, model.num_layers, *tokens.shape, model.hidden_size
+    state = np.random.default_rng(2).normal(size=(L, N, H))
+    loss, grads, final = model.loss_and_grads(params, tokens, targets, state, truncate=2)
+
+    rnn = {k.removeprefix("rnn."): v for k, v in params.items() if k.startswith("rnn.")}
+    W, b = params["decoder.weight"], params["decoder.bias"]
+    x = np.swapaxes(params["embedding.weight"][tokens], 0, 1)  # (T, N, E)
+    out, want_final, tape = spec.forward(rnn, x, state)
+    logits = out @ W.T + b
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    y = targets.T
+    want_loss = -np.mean(np.log(np.take_along_axis(p, y[..., None], -1)))
+    d_logits = (p - np.eye(model.vocab_size)[y]) / (N * T)
+    d_rnn, dx, _ = spec.backward(rnn, tape, d_logits @ W, None, truncate=2)
+    d_emb = np.zeros_like(params["embedding.weight"])
+    np.add.at(d_emb, tokens.T, dx)
+    want = {"embedding.weight": d_emb, **{f"rnn.{k}": v for k, v in d_rnn.items()},
+            "decoder.weight": np.einsum("tnv,tnh->vh", d_logits, out), "decoder.bias": d_logits.sum((0, 1))}
+
+    assert abs(float(loss) - want_loss) < 1e-12 * want_loss
+    np.testing.assert_allclose(final, want_final, rtol=1e-13, atol=1e-15)
+    for key, value in want.items():
+        assert rel_error(grads[key], value) < 1e-10, key
+    _, full, _ = model.loss_and_grads(params, tokens, targets, state)
+    assert rel_error(full["rnn.weight_ih_l0"], grads["rnn.weight_ih_l0"]) > 1e-3  # the cut reached the layer
+
+
+@functools.lru_cache(maxsize=None)
+def _char_numpy(mode):
+    model, params, tokens, targets = _char_case(mode, seed=3)
+    return model, params, tokens, targets, model.loss_and_grads(params, tokens, targets, truncate=4)
+
+
+@NOT_EAGER_JAX
+@pytest.mark.jit
+@pytest.mark.parametrize("mode", list(MODES))
+def test_char_model_on_every_backend_equals_numpy(backend, mode):
+    """loss_and_grads (truncated), the final state and sampling, float64, against NumPy's."""
+    model, ref_params, tokens, targets, (ref_loss, ref_grads, ref_final) = _char_numpy(mode)
+    params = {k: backend.asarray(v, "float64") for k, v in ref_params.items()}
+    tok, tgt = (backend.asarray(a, "int32") for a in (tokens, targets))
+    loss, grads, final = backend.run(model.loss_and_grads, params, tok, tgt, truncate=4)
+    assert_on_backend(backend, loss, "float64", ())
+    np.testing.assert_allclose(float(backend.to_numpy(loss)), float(ref_loss), rtol=1e-12)
+    for key, ref in ref_grads.items():
+        assert_on_backend(backend, grads[key], "float64", ref.shape)
+        assert rel_error(backend.to_numpy(grads[key]), ref) < 1e-10, key
+    np.testing.assert_allclose(backend.to_numpy(final), ref_final, rtol=1e-12, atol=1e-14)
+    assert model.sample(params, [0, 5], 12, seed=4) == model.sample(ref_params, [0, 5], 12, seed=4)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_char_model_sampling_runs_the_layers_sequential_step(mode, monkeypatch):
+    """Each generated token is one call of the layer's step (one a h + b per layer, not a scan),
+    and greedy sampling picks what the whole-sequence forward (the parallel scan) picks."""
+    model, params, _, _ = _char_case(mode, seed=5)
+    calls = []
+    step = MODES[mode].step
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[1].shape)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MODES[mode], "step", counted)
+    prime, length = [1, 4, 2], 8
+    greedy = model.sample(params, prime, length, temperature=0)
+    assert calls == [(1, model.embed_size)] * length
+    seq = list(prime)
+    for token in greedy:  # replay with the forward over the whole sequence so far
+        logits, _ = model.forward(params, np.asarray([seq], dtype=np.int32))
+        assert token == int(np.argmax(logits[0, -1]))
+        seq.append(token)
+    state, logits_fwd = None, model.forward(params, np.asarray([seq], dtype=np.int32))[0]
+    for t, token in enumerate(seq):
+        logits_t, state = model.step(params, np.asarray([token], dtype=np.int32), state)
+        np.testing.assert_allclose(logits_t[0], logits_fwd[0, t], rtol=1e-12, atol=1e-13, err_msg=f"step {t}")
+
+
+def test_char_model_modes_are_one_table_and_the_checkpoint_sizes_them():
+    from portable_rnn.interop._common import param_count
+    from portable_rnn.layers import LAYERS
+    from portable_rnn.model import MODES as TABLE
+    from portable_rnn.model import CharModel
+
+    assert TABLE == {**LAYERS, "mingru": MinGRU, "minlstm": MinLSTM}
+    assert all(cls.mode == mode for mode, cls in TABLE.items())
+    with pytest.raises(ValueError, match=r"mode must be one of \['rnn', 'lstm', 'gru', 'mingru', 'minlstm'\]"):
+        CharModel(5, mode="mingru2")
+    for spec in (MinGRU(3, 4), MinLSTM(3, 4, 3, bias=False), MinGRU(2, 5, 2, bidirectional=True),
+                 MinLSTM(4, 2, 3, bidirectional=True)):
+        shapes = spec.param_shapes()
+        assert param_count(spec) == (len(shapes), sum(int(np.prod(s)) for s in shapes.values())), spec
+    assert param_count(MinLSTM(2, 2, 10**8)) == (2 * 10**8, 18 + (10**8 - 1) * 18)  # no names are built
+    with pytest.raises(TypeError, match="spec must be a portable_rnn.layers RNN, LSTM or GRU spec"):
+        param_count("minlstm")
+
+
+def test_the_state_of_a_minimal_layer_is_one_array():
+    spec = MinLSTM(2, 3)
+    h = np.zeros((1, 2, 3))
+    assert spec.state_parts(h) == (h,) and spec.state_value((h,)) is h
+    with pytest.raises(TypeError, match=r"hx must be one array .* for MinLSTM \(its one state is h\), got a tuple"):
+        spec.state_parts((h, h), name="hx")
+
+
+# --------------------------------------------------------------------------- the torch modules
+
+
+def _torch_module(kind, **kw):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from portable_rnn import torch as prnn_torch
+
+    torch.manual_seed(0)
+    return torch, getattr(prnn_torch, {"gru": "MinGRU", "lstm": "MinLSTM"}[kind])(3, 4, dtype=torch.float64, **kw)
+
+
+@pytest.mark.parametrize("kind, kw", [("gru", dict(num_layers=2, bidirectional=True, batch_first=True)),
+                                      ("lstm", dict(num_layers=2, bidirectional=True, scan="sequential")),
+                                      ("lstm", dict(bias=False, batch_first=True))])
+def test_torch_module_gradients_are_the_specs(kind, kw):
+    """Output, h_n and every gradient of the module under autograd are the spec's forward and
+    hand-written backward on the same numbers (float64); the module's grad_fn is that backward."""
+    torch, module = _torch_module(kind, **kw)
+    spec = KINDS[kind](3, 4, **kw)
+    assert [name for name, _ in module.named_parameters()] == list(spec.param_shapes())
+    rng = np.random.default_rng(8)
+    N, T, LD = 2, 5, spec.num_layers * spec.num_directions
+    x_np = rng.normal(size=(N, T, 3) if spec.batch_first else (T, N, 3))
+    h0_np = rng.normal(size=(LD, N, 4))
+    x, h0 = torch.tensor(x_np, requires_grad=True), torch.tensor(h0_np, requires_grad=True)
+    out, h_n = module(x, h0)
+    assert type(out.grad_fn).__name__ == "_HandWrittenBPTTBackward"
+    G_out, G_state = rng.normal(size=tuple(out.shape)), rng.normal(size=tuple(h_n.shape))
+    ((out * torch.tensor(G_out)).sum() + (h_n * torch.tensor(G_state)).sum()).backward()
+
+    params = {k: v.detach().numpy() for k, v in module.named_parameters()}
+    want_out, want_final, tape = spec.forward(params, x_np, h0_np)
+    grads, dx, dh0 = spec.backward(params, tape, G_out, G_state)
+    np.testing.assert_allclose(out.detach().numpy(), want_out, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(h_n.detach().numpy(), want_final, rtol=1e-13, atol=1e-14)
+    for name, weight in module.named_parameters():
+        assert rel_error(weight.grad.numpy(), grads[name]) < 1e-12, name
+    assert rel_error(x.grad.numpy(), dx) < 1e-12 and rel_error(h0.grad.numpy(), dh0) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_torch_module_unbatched_input_init_and_optimiser_step(kind):
+    torch, module = _torch_module(kind, num_layers=2)
+    bound = 4 ** -0.5
+    weights = torch.cat([w.detach().reshape(-1) for w in module.parameters()])
+    assert weights.abs().max() <= bound and weights.abs().max() > 0.9 * bound  # U(-1/sqrt(H), 1/sqrt(H))
+    assert all(w.dtype == torch.float64 for w in module.parameters())
+
+    x, h0 = torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    out, h_n = module(x, h0)
+    out_b, h_n_b = module(x.unsqueeze(1), h0.unsqueeze(1))
+    assert out.shape == (5, 4) and h_n.shape == (2, 4)
+    torch.testing.assert_close(out, out_b[:, 0]), torch.testing.assert_close(h_n, h_n_b[:, 0])
+
+    target = torch.randn(5, 4, dtype=torch.float64)
+    optimiser = torch.optim.Adam(module.parameters(), lr=0.05)
+    losses = []
+    for _ in range(20):
+        optimiser.zero_grad()
+        loss = ((module(x)[0] - target) ** 2).mean()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_torch_modules_refuse_bad_arguments_naming_them():
+    torch, module = _torch_module("lstm", num_layers=2)
+    from portable_rnn.torch import MinGRU as TorchMinGRU
+
+    x = torch.zeros(5, 2, 3, dtype=torch.float64)
+    h = torch.zeros(2, 2, 4, dtype=torch.float64)
+    cases = [
+        (lambda: TorchMinGRU(3, 0), ValueError, "hidden_size must be an int >= 1"),
+        (lambda: TorchMinGRU(3, 4, scan="log"), ValueError, "scan must be one of"),
+        (lambda: TorchMinGRU(3, 4, bidirectional="yes"), ValueError, "bidirectional must be True or False"),
+        (lambda: module(x[None]), ValueError, "Expected input to be 2D or 3D, got 4D"),
+        (lambda: module(x.float()), ValueError, "input must have the type torch.float64"),
+        (lambda: module(x[..., :2]), ValueError, "input has 2 features .* input_size = 3"),
+        (lambda: module(x[:0]), ValueError, "input has no time steps"),
+        (lambda: module(x, (h, h)), TypeError, r"hx must be one array .* \(its one state is h\)"),
+        (lambda: module(x, h[:1]), ValueError, r"hx has shape \(1, 2, 4\); expected .* = \(2, 2, 4\)"),
+        (lambda: module(x, h.float()), ValueError, "hx has dtype torch.float32"),
     ]
     for call, error, message in cases:
         with pytest.raises(error, match=message):
