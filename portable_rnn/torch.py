@@ -68,6 +68,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ._validation import check_probability
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
 from .engine.cells import LSTMCell
@@ -350,6 +351,7 @@ def _run(module, x, parts, lengths):
         weights = [w.to(inside) for w in weights]
         parts = None if parts is None else tuple(p.to(inside) for p in parts)
     masks = _dropout_masks(module, x)
+    weights = _weight_dropped(module, weights)
     spec = module._engine(bool(masks))
     n_state = 0 if parts is None else len(parts)
     with torch.autocast(x.device.type, enabled=False):
@@ -358,6 +360,17 @@ def _run(module, x, parts, lengths):
     if out.dtype != dtype:
         out, finals = out.to(dtype), [f.to(dtype) for f in finals]
     return out, finals
+
+def _weight_dropped(module, weights):
+    """``weights`` with every ``weight_hh`` times fresh DropConnect factors, for a module in training
+    with ``weight_drop > 0`` (a torch product, so autograd differentiates through it)."""
+    p = getattr(module, "weight_drop", 0.0)
+    if not (module.training and p > 0):
+        return weights
+    names = module._engine(False).param_shapes()
+    return [w * torch.empty_like(w).bernoulli_(1.0 - p).div_(1.0 - p) if name.startswith("weight_hh_") else w
+            for name, w in zip(names, weights)]
+
 
 def _dropout_masks(module, x):
     """In training mode, the dropout factors of every layer but the last, from torch's generator.
@@ -442,11 +455,17 @@ class Recurrent(torch.nn.Module):
     ``(output, (h_n, c_n, ...))``. Dropout between layers is drawn from torch's generator in
     training mode. With ``learn_initial_state=True`` the initial state is a parameter
     (``initial_h``, ``initial_c``, ..., (L*dirs, H) each, starting at zero) and ``hx`` is not taken.
+    ``weight_drop=p`` is DropConnect on every ``weight_hh`` in training mode (AWD-LSTM's weight
+    drop): each forward multiplies them by factors from torch's generator, 0 with probability p and
+    1/(1-p) otherwise, before the hand-written BPTT, so autograd carries their gradients through
+    the product.
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+                 weight_drop=0.0):
         super().__init__()
+        self.weight_drop = check_probability("weight_drop", weight_drop)
         self.learn_initial_state = learn_initial_state
         self.cell, self.input_size, self.hidden_size, self.num_layers = cell, input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
@@ -475,7 +494,8 @@ class Recurrent(torch.nn.Module):
     def extra_repr(self):
         return (f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
-                f"bidirectional={self.bidirectional}")
+                f"bidirectional={self.bidirectional}"
+                + (f", weight_drop={self.weight_drop}" if self.weight_drop else ""))
 
     @torch.compiler.disable
     def forward(self, input, hx=None):
@@ -505,9 +525,10 @@ class PeepholeLSTM(Recurrent):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+                 weight_drop=0.0):
         super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state)
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
 
 
 @functools.lru_cache(maxsize=64)

@@ -99,3 +99,32 @@ def test_jax_apply_draws_the_factors_from_its_key():
         np.testing.assert_allclose(grads[k], ours[k], rtol=1e-4, atol=1e-6, err_msg=k)
     assert not np.allclose(jax.grad(lambda p: jnp.sum(apply(spec, p, x)[0] ** 2))(params)["weight_hh_l0"],
                            grads["weight_hh_l0"])
+
+
+def test_the_torch_modules_drop_weights_in_training_only():
+    """``portable_rnn.torch.PeepholeLSTM(weight_drop=0.5)``: in training each forward draws factors (0 or 2) from
+    torch's generator and autograd differentiates the raw weights through them; in evaluation nothing is dropped."""
+    from portable_rnn.torch import PeepholeLSTM
+
+    torch.manual_seed(0)
+    module = PeepholeLSTM(D, H, num_layers=2, weight_drop=0.5, dtype=torch.float64)
+    spec = LSTM(D, H, 2, peephole=True, weight_drop=0.5)
+    params = {k: v.detach().numpy() for k, v in module.named_parameters()}
+    x = torch.randn(T, N, D, dtype=torch.float64)
+    module.eval()
+    np.testing.assert_allclose(module(x)[0].detach().numpy(), spec.forward(params, x.numpy())[0], rtol=1e-12)
+
+    module.train()
+    out, _ = module(x)
+    out.square().sum().backward()
+    # the factor is 0 exactly where a weight_hh entry gets no gradient (and 2 elsewhere)
+    masks = {k: 2.0 * (getattr(module, k).grad.numpy() != 0) for k in ("weight_hh_l0", "weight_hh_l1")}
+    assert all(0.3 < np.mean(m == 0) < 0.7 for m in masks.values())
+    ref_out, _, tape = spec.forward(params, x.numpy(), weight_masks=masks)
+    grads, _, _ = spec.backward(params, tape, 2 * ref_out)
+    np.testing.assert_allclose(out.detach().numpy(), ref_out, rtol=1e-12, atol=1e-14)
+    for name, weight in module.named_parameters():
+        np.testing.assert_allclose(weight.grad.numpy(), grads[name], rtol=1e-10, atol=1e-13, err_msg=name)
+    assert not torch.equal(module(x)[0], out)  # a new draw every forward
+    with pytest.raises(ValueError, match="weight_drop must be"):
+        PeepholeLSTM(D, H, weight_drop=1.5)
