@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-__all__ = ["sigmoid", "softmax", "log_softmax", "relu"]
+__all__ = ["sigmoid", "sigmoid_pair", "softmax", "log_softmax", "relu"]
 
 
 def sigmoid(x, /):
@@ -35,6 +35,27 @@ def sigmoid(x, /):
     xp = array_namespace(x)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_pair(x, /):
+    r""":math:`(\sigma(x), \sigma(-x))` from one exponential, each as :func:`sigmoid` computes it.
+
+    :math:`\sigma(-x) = 1 - \sigma(x)` without the cancellation of the
+    subtraction where :math:`\sigma(x)` is near 1: both are :math:`1/(1+e)`
+    or :math:`e/(1+e)` with :math:`e = \exp(-|x|)`, swapped by the sign of x.
+
+    Parameters
+    ----------
+    x : array of a real floating dtype, any shape
+
+    Returns
+    -------
+    tuple of two arrays, same shape, dtype and device as ``x``
+    """
+    xp = array_namespace(x)
+    e = xp.exp(-xp.abs(x))
+    big, small = 1 / (1 + e), e / (1 + e)
+    return xp.where(x >= 0, big, small), xp.where(x >= 0, small, big)
 
 
 def softmax(x, /, *, axis: int = -1):

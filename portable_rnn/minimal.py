@@ -73,7 +73,7 @@ from ._validation import (
     namespace_of,
 )
 from ._validation import placement as device
-from .activations import sigmoid
+from .activations import sigmoid, sigmoid_pair
 from .backends import resolve_target, to_namespace
 from .engine.loop import scan as time_loop
 from .engine.sequence import segment_length, window_keep
@@ -743,7 +743,8 @@ class MinGRU(_Minimal):
         r""":math:`a = \sigma(-u_z) = 1 - z`, :math:`b = z \odot u_{\tilde h}`."""
         H = self.hidden_size
         u_z, u_h = pre[..., :H], pre[..., H:]
-        return sigmoid(-u_z), sigmoid(u_z) * u_h
+        z, one_minus_z = sigmoid_pair(u_z)
+        return one_minus_z, z * u_h
 
     def pre_gradient(self, pre, da, db, xp):
         r"""Through :math:`a = 1 - z`, :math:`b = z \odot \tilde h`.
@@ -753,7 +754,7 @@ class MinGRU(_Minimal):
         """
         H = self.hidden_size
         u_z, u_h = pre[..., :H], pre[..., H:]
-        z, one_minus_z = sigmoid(u_z), sigmoid(-u_z)
+        z, one_minus_z = sigmoid_pair(u_z)
         dz = db * u_h - da  # a = 1 - z, b = z h~
         return xp.concat([dz * z * one_minus_z, db * z], axis=-1)
 
@@ -802,7 +803,8 @@ class MinLSTM(_Minimal):
         H = self.hidden_size
         u_f, u_i, u_h = pre[..., :H], pre[..., H : 2 * H], pre[..., 2 * H :]
         w = _softplus(-u_f, xp) - _softplus(-u_i, xp)  # log(i / f)
-        return u_h, sigmoid(-w), sigmoid(w), u_f, u_i
+        i_n, f_n = sigmoid_pair(w)
+        return u_h, f_n, i_n, u_f, u_i
 
     def coefficients(self, pre, xp):
         r""":math:`a = f'`, :math:`b = i' \odot u_{\tilde h}`."""

@@ -325,8 +325,8 @@ class LSTMCell(Cell):
         H = c_prev.shape[-1]
         z = xw + h_prev @ xp.matrix_transpose(W_hh)  # [z_i/2, z_f/2, z_g, z_o/2]
         if self.peephole:  # the halved rows take half the peephole terms
-            z = z + xp.concat([w_ci * c_prev, w_cf * c_prev, xp.zeros_like(c_prev), xp.zeros_like(c_prev)],
-                              axis=-1) * 0.5
+            half_c = 0.5 * c_prev
+            z = xp.concat([z[..., :H] + w_ci * half_c, z[..., H : 2 * H] + w_cf * half_c, z[..., 2 * H :]], axis=-1)
         t = xp.tanh(z)
         s = 0.5 * t + 0.5  # sigmoid(z_i), sigmoid(z_f), sigmoid(z_o); the g block is unused
         i, f = s[..., :H], s[..., H : 2 * H]

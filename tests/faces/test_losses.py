@@ -356,3 +356,14 @@ def test_inputs_are_never_mutated(fn):
     fn(*arrays)
     for a, s in zip(arrays, snapshot):
         np.testing.assert_array_equal(a, s)
+
+
+def test_sigmoid_pair_is_sigmoid_of_x_and_of_minus_x_bit_for_bit():
+    """``sigmoid_pair(x)`` shares one exponential and still gives :func:`sigmoid`'s own numbers, NaN included."""
+    from portable_rnn.activations import sigmoid, sigmoid_pair
+
+    x = np.concatenate([np.linspace(-800, 800, 4001), [0.0, -0.0, np.nan, np.inf, -np.inf]])
+    for dtype in (np.float32, np.float64):
+        pos, neg = sigmoid_pair(x.astype(dtype))
+        np.testing.assert_array_equal(pos, sigmoid(x.astype(dtype)))
+        np.testing.assert_array_equal(neg, sigmoid(-x.astype(dtype)))
