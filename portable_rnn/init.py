@@ -98,6 +98,7 @@ def draw(
     forget_bias: float | None = None,
     proj_size: int = 0,
     cell_params: dict[str, tuple[int, ...]] | None = None,
+    fixed: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Draw every parameter of a stacked recurrent layer on the host, in float64.
 
@@ -120,6 +121,9 @@ def draw(
         A cell's own parameters besides the projection, by name stem (e.g.
         ``{"weight_ci": (H,)}``), drawn per layer and direction from
         :math:`U(-1/\\sqrt{H}, 1/\\sqrt{H})` after all the others, which keep their numbers.
+    fixed : dict of str to float, optional
+        The constant some of ``cell_params`` start at instead, by name stem
+        (a normalisation's gain 1, its bias 0); they draw no numbers.
 
     Returns
     -------
@@ -152,7 +156,11 @@ def draw(
     for layer in range(num_layers):  # after all the others, which keep their numbers
         for direction in range(num_directions):
             for stem, shape in (cell_params or {}).items():
-                out[layer_param_name(stem, layer, direction)] = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), size=shape)
+                name = layer_param_name(stem, layer, direction)
+                if fixed and stem in fixed:
+                    out[name] = np.full(shape, fixed[stem])
+                else:
+                    out[name] = rng.uniform(-1 / np.sqrt(H), 1 / np.sqrt(H), size=shape)
     return out
 
 

@@ -103,6 +103,7 @@ from ._validation import (
     placement,
 )
 from .engine.cells import Cell, cell_for
+from .engine.layer_norm import LAYER_NORM_CELLS
 
 __all__ = ["RNN", "LSTM", "GRU", "Recurrent", "RecurrentTape", "LAYERS"]
 
@@ -350,6 +351,7 @@ class _LayerSpec:
             seed=seed, scheme=init, forget_bias=forget_bias, proj_size=getattr(self, "proj_size", 0),
             cell_params={stem: shape for stem, shape in self.cell.cell_params(self.hidden_size).values()
                          if stem != "weight_hr"},  # the projection is drawn by proj_size
+            fixed=self.cell.fixed_init,
         )
         shapes = self.param_shapes()
         host.update({name: _init.zeros(shapes[name]) for name in shapes if name.startswith("initial_")})
@@ -819,7 +821,9 @@ class _BuiltIn(_LayerSpec):
 
     @property
     def cell(self):  # type: ignore[override]  # the base declares it; Recurrent makes it a field
-        """The per-step cell (:mod:`portable_rnn.engine.cells`)."""
+        """The per-step cell (:mod:`portable_rnn.engine.cells`, :mod:`portable_rnn.engine.layer_norm`)."""
+        if getattr(self, "layer_norm", False):
+            return LAYER_NORM_CELLS[self.mode]()
         return cell_for(self.mode, getattr(self, "nonlinearity", "tanh"), getattr(self, "proj_size", 0),
                         getattr(self, "reset_after", True), getattr(self, "peephole", False))
 
@@ -897,6 +901,13 @@ class LSTM(_BuiltIn):
     peephole : bool, keyword-only, default False
         Peephole connections. No other framework's LSTM layer has them, so
         the exporters refuse such a spec; it runs the portable engine on every backend.
+    layer_norm : bool, keyword-only, default False
+        Layer normalisation of the input and recurrent gate pre-activations
+        and of the cell state (Ba, Kiros & Hinton 2016; see
+        :class:`~portable_rnn.engine.layer_norm.LayerNormLSTMCell`), with gains
+        ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (4H,), ``weight_ln_c_l{k}``
+        (H,) starting at 1 and biases ``bias_ln_*`` starting at 0. Not with
+        ``proj_size`` or ``peephole``; the exporters refuse it.
 
     The state is the pair ``(h, c)`` in and out of :meth:`forward` and
     :meth:`backward`; :meth:`init` takes ``forget_bias``.
@@ -905,12 +916,17 @@ class LSTM(_BuiltIn):
     _: KW_ONLY
     proj_size: int = 0
     peephole: bool = False
+    layer_norm: bool = False
     mode: ClassVar[str] = "lstm"
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
         check_bool("peephole", self.peephole)
+        check_bool("layer_norm", self.layer_norm)
+        if self.layer_norm and (self.proj_size or self.peephole):
+            raise ValueError(f"layer_norm=True takes neither proj_size nor peephole; got proj_size={self.proj_size}, "
+                             f"peephole={self.peephole}")
         if self.proj_size >= self.hidden_size:
             raise ValueError(
                 f"proj_size must be smaller than hidden_size = {self.hidden_size}, got {self.proj_size}"
@@ -942,15 +958,25 @@ class GRU(_BuiltIn):
         ``GRU(reset_after=False)``, whose reset gate scales the state before
         the recurrent product: :math:`n = \tanh(x_n + (r \odot h_{t-1}) W_{hn}^T + b_{hn})`
         (see :class:`~portable_rnn.engine.cells.GRUCell`). It runs the portable engine on every backend.
+    layer_norm : bool, keyword-only, default False
+        Layer normalisation of the input and recurrent gate pre-activations
+        (Ba, Kiros & Hinton 2016; see :class:`~portable_rnn.engine.layer_norm.LayerNormGRUCell`),
+        with gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (3H,) starting
+        at 1 and biases ``bias_ln_*`` starting at 0. Needs ``reset_after=True``;
+        the exporters refuse it.
     """
 
     _: KW_ONLY
     reset_after: bool = True
+    layer_norm: bool = False
     mode: ClassVar[str] = "gru"
 
     def __post_init__(self):
         super().__post_init__()
         check_bool("reset_after", self.reset_after)
+        check_bool("layer_norm", self.layer_norm)
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm=True needs reset_after=True (the recurrent product is normalised whole)")
 
 
 @dataclass(frozen=True)

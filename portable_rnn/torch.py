@@ -72,10 +72,11 @@ from ._validation import check_probability
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
 from .engine.cells import LSTMCell
+from .engine.layer_norm import LayerNormGRUCell, LayerNormLSTMCell
 from . import layers, minimal
 from .layers import LAYERS
 
-__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "PeepholeLSTM", "MinGRU", "MinLSTM"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "PeepholeLSTM", "LayerNormLSTM", "LayerNormGRU", "MinGRU", "MinLSTM"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -475,10 +476,15 @@ class Recurrent(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
+        """:math:`U(-1/\\sqrt H, 1/\\sqrt H)`, but zeros for ``initial_*`` and the cell's ``fixed_init`` constants."""
         bound = self.hidden_size ** -0.5
+        stems = {name: stem for stem in self.cell.fixed_init
+                 for name in self._engine(False).param_shapes() if name.rpartition("_l")[0] == stem}
         for name, weight in self.named_parameters():
             if name.startswith("initial_"):
                 torch.nn.init.zeros_(weight)
+            elif name in stems:
+                torch.nn.init.constant_(weight, self.cell.fixed_init[stems[name]])
             else:
                 torch.nn.init.uniform_(weight, -bound, bound)
 
@@ -528,6 +534,44 @@ class PeepholeLSTM(Recurrent):
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
                  weight_drop=0.0):
         super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
+
+
+class LayerNormLSTM(Recurrent):
+    r"""A layer-normalised LSTM (Ba, Kiros & Hinton 2016) as a torch module.
+
+    ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+    weight_drop=0.0)``: ``torch.nn.LSTM``'s arguments and parameters (no ``proj_size``) plus the
+    gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (4H,) and ``weight_ln_c_l{k}`` (H,),
+    starting at 1, and biases ``bias_ln_ih_l{k}``, ``bias_ln_hh_l{k}``, ``bias_ln_c_l{k}``,
+    starting at 0, of the normalisations of the input and recurrent gate pre-activations and of
+    the cell state; :class:`~portable_rnn.engine.layer_norm.LayerNormLSTMCell` gives its
+    equations and, hand-written, its autograd backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+                 weight_drop=0.0):
+        super().__init__(LayerNormLSTMCell(), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
+
+
+class LayerNormGRU(Recurrent):
+    r"""A layer-normalised GRU (Ba, Kiros & Hinton 2016 on ``torch.nn.GRU``'s equations) as a torch module.
+
+    ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+    weight_drop=0.0)``: ``torch.nn.GRU``'s arguments and parameters plus the gains
+    ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (3H,), starting at 1, and biases
+    ``bias_ln_ih_l{k}``, ``bias_ln_hh_l{k}``, starting at 0;
+    :class:`~portable_rnn.engine.layer_norm.LayerNormGRUCell` gives its equations and backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+                 weight_drop=0.0):
+        super().__init__(LayerNormGRUCell(), input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
 
 

@@ -132,6 +132,10 @@ class Cell:
         ``d_hw @ W_hh``, right when the recurrent product is
         :math:`h_{t-1} W_{hh}^T` for all gates; otherwise also write
         :meth:`weight_hh_grad`);
+    ``fixed_init``
+        the constant a :meth:`cell_params` parameter starts at, by name stem
+        (a normalisation's gain starts at 1); the others are drawn as the
+        weights (default none);
     ``fast_kernel``
         the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
         computing exactly this class's maths, or ``None`` (default). Only the
@@ -151,6 +155,7 @@ class Cell:
     proj_size: int = 0
     applies_W_hh: ClassVar[bool] = False
     fast_kernel: ClassVar[str | None] = None
+    fixed_init: ClassVar[dict] = {}
 
     def prepared(self, W_ih, W_hh, b_ih, b_hh, *, xp):
         """``(W_ih, W_hh, b_x, b_h)`` as the time loop uses them, made once per sequence.
@@ -180,12 +185,14 @@ class Cell:
         """
         return {}
 
-    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, *, xp, **params) -> dict:
+    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, step_terms=None, *, xp, **params) -> dict:
         """The gradients of :meth:`cell_params`, ``{keyword: array}``, summed over steps and batch.
 
         ``d_xw`` (T, N, G*H) and ``d_h`` (T, N, R) are every step's
         pre-activation and h gradients, ``states_prev`` and ``states`` the
-        states entering and leaving each step, ``tape`` the cell's tapes.
+        states entering and leaving each step, ``tape`` the cell's tapes, and
+        ``step_terms`` every step's fourth value of :meth:`step_backward`
+        stacked over time (``None`` when it returns three).
         """
         return {}
 
@@ -369,7 +376,7 @@ class LSTMCell(Cell):
             dc_prev = dc_prev + dz[..., :H] * w_ci + dz[..., H : 2 * H] * w_cf
         return dz, None, (None, dc_prev)
 
-    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, *, xp, **params):
+    def cell_params_grads(self, d_xw, d_h, states_prev, states, tape, step_terms=None, *, xp, **params):
         grads, H = {}, d_xw.shape[-1] // 4
         if self.proj_size:
             grads["W_hr"] = xp.tensordot(d_h, self.unprojected(tape), axes=([0, 1], [0, 1]))

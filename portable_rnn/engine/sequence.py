@@ -414,14 +414,14 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, param
         d_new = (d_h,) + d_state[1:]
         if m_t is not None:
             d_new = tuple(m_t * d for d in d_new)
-        d_xw, d_hw, d_prev = cell.step_backward(d_new, derivatives_t, xp=xp, **params, **recurrent)
+        d_xw, d_hw, d_prev, *terms = cell.step_backward(d_new, derivatives_t, xp=xp, **params, **recurrent)
         if not recurrent:  # the path through W_hh, unless the cell applied it
             d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
             d_prev = (d_rec if d_prev[0] is None else d_prev[0] + d_rec,) + d_prev[1:]
         if m_t is not None:  # padded steps pass the state gradient straight through
             d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
-        # The cell's own parameters may need the gradient of each step's h.
-        return d_prev, (d_xw, d_hw, d_new[0] if params else None)
+        # The cell's own parameters may need the gradient of each step's h, or terms of its own.
+        return d_prev, (d_xw, d_hw, d_new[0] if params else None, terms[0] if terms else None)
 
     def step_computing_derivatives(d_state, inputs):
         d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
@@ -435,15 +435,15 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, param
 
     xs = (d_out, states, prev_states, cell_tape, mask, keep)
     if compiles(xp, d_carry, xs):  # XLA fuses a step's ops: derivatives in the step, nothing to amortise
-        d_state0, (d_xw, d_hw, d_h) = scan(step_computing_derivatives, d_carry, xs, xp=xp, reverse=True,
+        d_state0, (d_xw, d_hw, d_h, terms) = scan(step_computing_derivatives, d_carry, xs, xp=xp, reverse=True,
                                            unroll=_lax_unroll(x, W_hh))
     else:
         k = segment_length(x.shape[0], BACKWARD_CHUNK)
         # a portable backward may still use the fast segment runner, unless fast_path is False
-        d_state0, ((d_xw, d_hw, d_h), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
+        d_state0, ((d_xw, d_hw, d_h, terms), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
     dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, prev_states[0], cell_tape, bias, xp)
-    dparams = cell.cell_params_grads(d_xw, d_h, prev_states, states, cell_tape, xp=xp, **params) if params else {}
+    dparams = cell.cell_params_grads(d_xw, d_h, prev_states, states, cell_tape, terms, xp=xp, **params) if params else {}
     return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dparams)
 
 

@@ -87,7 +87,7 @@ def param_count(spec) -> tuple[int, int]:
         :math:`q = GH (R + 2b) + c`, with :math:`GH = G \cdot H`, :math:`b = 1` with
         bias (else 0), :math:`R` the output size (``proj_size`` or H), and :math:`p`
         arrays of :math:`c` numbers in all of the cell's own parameters (a projection's
-        P H, peepholes' 3 H).
+        P H, peepholes' 3 H, normalisations' gains and biases).
     """
     with_formula = isinstance(spec, tuple(spec_classes().values()))
     if not with_formula:
@@ -119,12 +119,14 @@ def _count_by_layers(spec) -> tuple[int, int]:
 
 
 def no_learned_state(spec, target: str) -> None:
-    """Refuse a spec with parameters ``target`` has no place for: a learned initial state, peepholes."""
+    """Refuse a spec with parameters ``target`` has no place for: a learned initial state, peepholes, normalisations."""
     if check_spec(spec).learn_initial_state:
         raise ValueError(f"{target} has no learned initial state; got a spec with learn_initial_state=True "
                          "(pass its initial_* parameters as the state instead)")
     if getattr(spec, "peephole", False):
         raise ValueError(f"{target} has no LSTM with peepholes; got a spec with peephole=True")
+    if getattr(spec, "layer_norm", False):
+        raise ValueError(f"{target} has no layer-normalised {spec.mode.upper()}; got a spec with layer_norm=True")
 
 
 def single_layer(spec, target: str, modes=("rnn", "lstm", "gru")) -> None:
