@@ -142,7 +142,8 @@ class LayerNormLSTMCell(Cell):
         return {**_gate_norm_params(4 * hidden_size),
                 "gain_c": ("weight_ln_c", (hidden_size,)), "bias_c": ("bias_ln_c", (hidden_size,))}
 
-    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih, bias_ih, gain_hh, bias_hh, gain_c, bias_c):
+    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None,
+             gain_c=None, bias_c=None):
         h_prev, c_prev = state
         H = c_prev.shape[-1]
         hw = h_prev @ xp.matrix_transpose(W_hh)
@@ -171,7 +172,8 @@ class LayerNormLSTMCell(Cell):
         )
         return gates, tape
 
-    def step_backward(self, d_state, derivatives, *, xp, gain_ih, bias_ih, gain_hh, bias_hh, gain_c, bias_c):
+    def step_backward(self, d_state, derivatives, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None,
+                      gain_c=None, bias_c=None):
         """``(d_xw, d_hw, (None, dc_prev), (dz, dy_c))``: the last pair feeds :meth:`cell_params_grads`."""
         dh, dc_next = d_state
         gates, tape = derivatives
@@ -218,7 +220,7 @@ class LayerNormGRUCell(Cell):
     def cell_params(self, hidden_size):
         return _gate_norm_params(3 * hidden_size)
 
-    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih, bias_ih, gain_hh, bias_hh):
+    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None):
         (h_prev,) = state
         H = h_prev.shape[-1]
         hw = h_prev @ xp.matrix_transpose(W_hh)
@@ -240,7 +242,7 @@ class LayerNormGRUCell(Cell):
         through_n = (1 - z) * (1 - n * n)
         return through_n * (y_hn * (r * (1 - r))), (h_prev - n) * (z * (1 - z)), through_n, tape
 
-    def step_backward(self, d_state, derivatives, *, xp, gain_ih, bias_ih, gain_hh, bias_hh):
+    def step_backward(self, d_state, derivatives, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None):
         """``(d_xw, d_hw, (dh z,), (dy_x, dy_h))``: the last pair feeds :meth:`cell_params_grads`."""
         (dh,) = d_state
         through_r, through_z, through_n, tape = derivatives
