@@ -183,6 +183,12 @@ def dropout_factors(seed: int, shape: tuple, p: float, count: int) -> list[np.nd
     return [(rng.random(shape) < 1.0 - p) / (1.0 - p) for _ in range(count)]
 
 
+def update_factors(seed: int, shapes: list, p: float) -> list[np.ndarray]:
+    """Zoneout's factors, one float64 host array per shape: 0 (keep the old value) with probability ``p``, else 1."""
+    rng = np.random.default_rng(seed)
+    return [(rng.random(shape) >= p).astype(np.float64) for shape in shapes]
+
+
 def check_seed(seed) -> int:
     """A non-negative int seed (``bool`` is refused)."""
     return check_int("seed", seed, minimum=0)

@@ -33,7 +33,7 @@ import jax
 
 from ._validation import check_retain, check_truncate
 
-__all__ = ["apply", "dropout_masks", "weight_drop_masks"]
+__all__ = ["apply", "dropout_masks", "weight_drop_masks", "recurrent_dropout_masks", "zoneout_masks"]
 
 
 def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_key=None, retain="full",
@@ -58,8 +58,10 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
         Training mode for a spec with ``dropout > 0`` (without dropout it
         changes nothing): the factors of :func:`dropout_masks` for this key
         are applied between layers, in the forward pass and to the gradients,
-        and with ``weight_drop > 0`` those of :func:`weight_drop_masks` to
-        the recurrent weights. ``None`` is evaluation mode.
+        with ``weight_drop > 0`` those of :func:`weight_drop_masks` to the
+        recurrent weights, and with ``recurrent_dropout`` or ``zoneout`` those
+        of :func:`recurrent_dropout_masks` and :func:`zoneout_masks`. ``None``
+        is evaluation mode.
     retain : {"full", "checkpoint"}
         What the forward pass keeps for the backward (the residuals of the
         VJP): every step (``"full"``), or the states entering segments of at
@@ -80,8 +82,9 @@ def apply(spec, params, x, state=None, lengths=None, *, truncate=None, dropout_k
     retain, checkpoint_every = check_retain(retain, checkpoint_every, backward_by="apply", tape=tape)
     masks = () if dropout_key is None else dropout_masks(spec, dropout_key, x)
     weights = {} if dropout_key is None else weight_drop_masks(spec, dropout_key, params)
+    recurrent = {} if dropout_key is None else _recurrent_regularisers(spec, dropout_key, x)
     layer = _layer(spec, check_truncate(truncate), state is None, retain, checkpoint_every)
-    return layer(params, x, state, lengths, masks, weights)
+    return layer(params, x, state, lengths, masks, {**weights, **recurrent})
 
 
 def dropout_masks(spec, key, x):
@@ -140,6 +143,63 @@ def weight_drop_masks(spec, key, params):
             for name, k in zip(names, keys)}
 
 
+def recurrent_dropout_masks(spec, key, x):
+    r"""The recurrent dropout factors :func:`apply` uses for ``dropout_key=key``.
+
+    Parameters
+    ----------
+    spec : portable_rnn.RNN, LSTM, GRU or Recurrent
+    key : jax.random key
+        The factors come from ``jax.random.fold_in(key, 2)``.
+    x : array (T, N, D), or (N, T, D) when ``spec.batch_first``
+
+    Returns
+    -------
+    array (L*dirs, N, R) or None
+        0 with probability ``spec.recurrent_dropout`` and
+        :math:`1/(1 - p)` otherwise; ``None`` when it is 0 (or the spec has none).
+    """
+    rate = getattr(spec, "recurrent_dropout", 0.0)
+    if rate == 0:
+        return None
+    N = x.shape[0] if spec.batch_first else x.shape[1]
+    shape = (spec.num_layers * spec.num_directions, N, spec.output_size)
+    keep = 1.0 - rate
+    return jax.random.bernoulli(jax.random.fold_in(key, 2), keep, shape).astype(x.dtype) / keep
+
+
+def zoneout_masks(spec, key, x):
+    r"""The zoneout factors :func:`apply` uses for ``dropout_key=key``.
+
+    Parameters
+    ----------
+    spec : portable_rnn.RNN, LSTM, GRU or Recurrent
+    key : jax.random key
+        The factors come from ``jax.random.fold_in(key, 3)``.
+    x : array (T, N, D), or (N, T, D) when ``spec.batch_first``
+
+    Returns
+    -------
+    tuple of arrays (L*dirs, T, N, F) or None
+        One per state of the cell, 0 (the unit keeps its previous value)
+        with probability ``spec.zoneout`` and 1 otherwise; ``None`` when it is 0.
+    """
+    rate = getattr(spec, "zoneout", 0.0)
+    if rate == 0:
+        return None
+    T, N = (x.shape[1], x.shape[0]) if spec.batch_first else (x.shape[0], x.shape[1])
+    LD = spec.num_layers * spec.num_directions
+    keys = jax.random.split(jax.random.fold_in(key, 3), spec.cell.n_states)
+    return tuple(jax.random.bernoulli(k, 1.0 - rate, (LD, T, N, size)).astype(x.dtype)
+                 for k, size in zip(keys, spec._state_sizes()))
+
+
+def _recurrent_regularisers(spec, key, x) -> dict:
+    """``spec.forward``'s ``recurrent_masks`` and ``zoneout_masks`` for ``key``, where the spec has them."""
+    made = {"recurrent_masks": recurrent_dropout_masks(spec, key, x), "zoneout_masks": zoneout_masks(spec, key, x)}
+    return {name: masks for name, masks in made.items() if masks is not None}
+
+
 @functools.lru_cache(maxsize=128)
 def _layer(spec, truncate, zero_state, retain, checkpoint_every):
     """The ``custom_vjp`` function of one (spec, truncate, state given or not, retain), built once.
@@ -149,8 +209,10 @@ def _layer(spec, truncate, zero_state, retain, checkpoint_every):
     cotangent for a ``None`` state.
     """
 
-    def weight_drop(weights):  # a keyword only where there are factors: MinGRU/MinLSTM take none
-        return {"weight_masks": weights} if weights else {}
+    def weight_drop(factors):  # keywords only where there are factors: MinGRU/MinLSTM take none
+        weights = {name: m for name, m in factors.items() if name.startswith("weight_hh_")}
+        others = {name: m for name, m in factors.items() if not name.startswith("weight_hh_")}
+        return {**({"weight_masks": weights} if weights else {}), **others}
 
     @jax.custom_vjp
     def layer(params, x, state, lengths, masks, weights):  # not differentiated: nothing to keep

@@ -57,6 +57,22 @@ weight_masks=...)``, a dict by ``weight_hh`` name (:meth:`~_LayerSpec.weight_dro
 draws them from a seed, :func:`portable_rnn.jax.apply` from its key); the
 tape keeps them, so the backward differentiates the weights actually used.
 
+Recurrent dropout (``recurrent_dropout=p``, variational dropout of Gal &
+Ghahramani 2016, Keras's name): in training mode :math:`h_{t-1}` is
+multiplied by a factor where it enters the recurrent product, one draw per
+sequence, layer and direction, shared by every step. The factors are
+``forward(..., recurrent_masks=...)``, (L*dirs, N, R)
+(:meth:`~_LayerSpec.recurrent_dropout_masks`).
+
+Zoneout (``zoneout=p``, Krueger et al. 2016): in training mode each unit of
+each state keeps its previous value with probability p at every step,
+:math:`s_t = u_t \odot \tilde s_t + (1 - u_t) \odot s_{t-1}` with
+:math:`u_t \in \{0, 1\}` from ``forward(..., zoneout_masks=...)``, one array
+(L*dirs, T, N, F) per state, time-major in the order each direction runs
+(:meth:`~_LayerSpec.zoneout_masks`); in evaluation mode (no masks) every
+step blends with the expectation, :math:`u = 1 - p`. A state's gradient
+crosses a zoned-out unit unchanged.
+
 Variable lengths (right padding), as ``torch.nn.utils.rnn.pack_padded_sequence``:
 with ``lengths`` (N,), step ``t`` of sequence ``n`` is valid when
 ``t < lengths[n]``. Outputs at padded steps are zero, the final state is the
@@ -231,6 +247,8 @@ class _LayerSpec:
     dropout: float = 0.0
     learn_initial_state: bool = False
     weight_drop: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
 
     mode: ClassVar[str] = ""
 
@@ -242,7 +260,11 @@ class _LayerSpec:
         # 1 is refused: torch.nn's dropout=1 zeroes every layer's output but the
         # last, which no inverted scaling 1/(1-p) can express.
         object.__setattr__(self, "dropout", check_probability("dropout", self.dropout))
-        object.__setattr__(self, "weight_drop", check_probability("weight_drop", self.weight_drop))
+        for name in ("weight_drop", "recurrent_dropout", "zoneout"):
+            object.__setattr__(self, name, check_probability(name, getattr(self, name)))
+        if self.recurrent_dropout and not self.cell.takes_h_mask:
+            raise ValueError(f"recurrent_dropout needs a cell that takes it (Cell.takes_h_mask); {self.cell!r} "
+                             "does not")
 
     # ----------------------------------------------------------- static facts
 
@@ -414,6 +436,64 @@ class _LayerSpec:
         host = _init.dropout_factors(seed, shape, self.weight_drop, len(names))
         return to_namespace(dict(zip(names, host)), xp, dtype, placement(params[names[0]]))
 
+    def recurrent_dropout_masks(self, seed, x):
+        r"""Training-mode recurrent dropout factors for one :meth:`forward` over ``x``, drawn from a seed.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the host-side NumPy generator (the same factors on every backend).
+        x : array (T, N, D), or (N, T, D) when ``batch_first``
+            The input the factors are for: their library, dtype and device.
+
+        Returns
+        -------
+        array (L*dirs, N, R) or None
+            0 with probability ``recurrent_dropout`` and
+            :math:`1/(1 - \text{recurrent\_dropout})` otherwise, index
+            ``layer * dirs + direction``; ``None`` when ``recurrent_dropout``
+            is 0. Pass it as :meth:`forward`'s ``recurrent_masks``.
+        """
+        xp, dtype, (T, N) = self._mask_target(seed, x)
+        if self.recurrent_dropout == 0:
+            return None
+        shape = (self.num_layers * self.num_directions, N, self.output_size)
+        (host,) = _init.dropout_factors(seed, shape, self.recurrent_dropout, 1)
+        return to_namespace({"m": host}, xp, dtype, placement(x))["m"]
+
+    def zoneout_masks(self, seed, x):
+        r"""Training-mode zoneout factors for one :meth:`forward` over ``x``, drawn from a seed.
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the host-side NumPy generator (the same factors on every backend).
+        x : array (T, N, D), or (N, T, D) when ``batch_first``
+
+        Returns
+        -------
+        tuple of arrays (L*dirs, T, N, F) or None
+            One per state of the cell (F = R for h, H for an LSTM's c), 0
+            (keep the previous value) with probability ``zoneout`` and 1
+            otherwise, time-major in the order each direction runs its steps;
+            ``None`` when ``zoneout`` is 0. Pass them as :meth:`forward`'s ``zoneout_masks``.
+        """
+        xp, dtype, (T, N) = self._mask_target(seed, x)
+        if self.zoneout == 0:
+            return None
+        LD = self.num_layers * self.num_directions
+        shapes = [(LD, T, N, size) for size in self._state_sizes()]
+        host = _init.update_factors(seed, shapes, self.zoneout)
+        return tuple(to_namespace(dict(zip(self.cell.states, host)), xp, dtype, placement(x)).values())
+
+    def _mask_target(self, seed, x):
+        """Check a mask drawer's ``seed`` and ``x``; return ``(xp, dtype, (T, N))``."""
+        _init.check_seed(seed)
+        xp = namespace_of(x=x)
+        dtype = check_floating(xp, x=x)
+        time_axis = self._check_input_shape(x)
+        return xp, dtype, (x.shape[time_axis], x.shape[1 - time_axis])
+
     def _recurrent_weight_names(self) -> list:
         """The ``weight_hh`` names, layer by layer and direction by direction."""
         return [_init.param_names(k, d)[1] for k in range(self.num_layers) for d in range(self.num_directions)]
@@ -483,7 +563,8 @@ class _LayerSpec:
     # ----------------------------------------------------------- forward
 
     def forward(self, params, x, state=None, lengths=None, *, dropout_masks=None, weight_masks=None,
-                retain="full", checkpoint_every=None, fast_path="auto", tape=None):
+                recurrent_masks=None, zoneout_masks=None, retain="full", checkpoint_every=None, fast_path="auto",
+                tape=None):
         r"""Run the stacked layer over a batch of sequences.
 
         Parameters
@@ -511,6 +592,15 @@ class _LayerSpec:
             Training mode of a spec with ``weight_drop > 0``: each
             ``weight_hh`` is multiplied by its factor (e.g. from
             :meth:`weight_drop_masks`). ``None`` (or ``{}``) is evaluation mode.
+        recurrent_masks : array (L*dirs, N, R), keyword-only, optional
+            Training mode of a spec with ``recurrent_dropout > 0``: the factor
+            on :math:`h_{t-1}` in each layer and direction's recurrent
+            product (e.g. from :meth:`recurrent_dropout_masks`). ``None`` is evaluation mode.
+        zoneout_masks : tuple of arrays (L*dirs, T, N, F), keyword-only, optional
+            Training mode of a spec with ``zoneout > 0``: one per state, 1
+            where a unit takes its new value and 0 where it keeps the old
+            (e.g. from :meth:`zoneout_masks`). ``None`` is evaluation mode,
+            where every unit blends with the expectation :math:`1 - p`.
         retain : {"full", "checkpoint", "none"}, keyword-only
             What each layer keeps for :meth:`backward`, its tape: every step's states
             and gates (``"full"``, about 7 T N H numbers per LSTM layer and
@@ -547,6 +637,7 @@ class _LayerSpec:
         retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
         xp, dtype, dev, parts, masks = self._check_forward(params, x, state, lengths, dropout_masks)
         weight_masks = self._check_weight_masks(params, weight_masks)
+        zoneout_masks = self._check_recurrent_masks(x, recurrent_masks, zoneout_masks)
         if self.batch_first:
             x = xp.permute_dims(x, (1, 0, 2))
             masks = tuple(xp.permute_dims(m, (1, 0, 2)) for m in masks)
@@ -556,6 +647,7 @@ class _LayerSpec:
         if self.learn_initial_state:
             parts = self._learned_states(params, x.shape[1], xp)
         states0 = self._initial_states(x, parts, dtype, dev, xp)
+        zoneout = self._zoneout_of_layers(zoneout_masks, x.shape[0], dtype, dev, xp)
 
         layer_in, finals, tapes = x, [], []
         for k in range(self.num_layers):
@@ -565,9 +657,12 @@ class _LayerSpec:
             for d in range(self.num_directions):
                 W_ih, W_hh, b_ih, b_hh, own = self._weights(params, k, d, weight_masks)
                 inp = layer_in if d == 0 else _reverse_time(layer_in, index, xp)
+                i = k * self.num_directions + d
                 out_d, final_d, tape_d = sequence.forward(
-                    self.cell, inp, states0[k * self.num_directions + d], W_ih, W_hh, b_ih, b_hh, mask,
-                    xp=xp, cell_params=own, retain=retain, checkpoint_every=checkpoint_every, fast_path=fast_path,
+                    self.cell, inp, states0[i], W_ih, W_hh, b_ih, b_hh, mask, xp=xp, cell_params=own,
+                    zoneout=zoneout(i),
+                    h_mask=None if recurrent_masks is None else recurrent_masks[i, ...],
+                    retain=retain, checkpoint_every=checkpoint_every, fast_path=fast_path,
                 )
                 outs.append(out_d if d == 0 else _reverse_time(out_d, index, xp))
                 finals.append(final_d)
@@ -588,6 +683,19 @@ class _LayerSpec:
         if retain == "none":
             return out, self.state_value(final), None
         return out, self.state_value(final), _tape_type(self)(tuple(tapes), index, masks, weight_masks or None)
+
+    def _zoneout_of_layers(self, zoneout_masks, T, dtype, dev, xp):
+        """``i -> `` the engine's zoneout factors of layer and direction ``i`` (None without zoneout).
+
+        Training mode slices ``zoneout_masks``; evaluation mode blends every
+        step with the expectation :math:`1 - p`, one (T, 1, 1) factor.
+        """
+        if zoneout_masks is not None:
+            return lambda i: tuple(z[i, ...] for z in zoneout_masks)
+        if not self.zoneout:
+            return lambda i: None
+        expected = (xp.full((T, 1, 1), 1 - self.zoneout, dtype=dtype, device=dev),) * self.cell.n_states
+        return lambda i: expected
 
     def _learned_states(self, params, N, xp):
         """The ``initial_*`` parameters, (L*dirs, size) each, broadcast over the batch of ``N``."""
@@ -647,6 +755,35 @@ class _LayerSpec:
             check_shape(f"weight_masks[{name!r}]", weight_masks[name], tuple(params[name].shape),
                         f"the shape of {name}")
         return {name: weight_masks[name] for name in names}
+
+    def _check_recurrent_masks(self, x, recurrent_masks, zoneout_masks):
+        """Check ``recurrent_masks`` and ``zoneout_masks`` against the spec and ``x``; zoneout's as a tuple or None."""
+        T, N = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        LD = self.num_layers * self.num_directions
+        named = {}
+        if recurrent_masks is not None:
+            if self.recurrent_dropout == 0:
+                raise ValueError("recurrent_masks were given but this spec has recurrent_dropout=0.0; "
+                                 "make it with recurrent_dropout=p")
+            check_shape("recurrent_masks", recurrent_masks, (LD, N, self.output_size),
+                        f"(num_layers * dirs, N, R) = ({LD}, {N}, {self.output_size})")
+            named["recurrent_masks"] = recurrent_masks
+        if zoneout_masks is not None:
+            if self.zoneout == 0:
+                raise ValueError("zoneout_masks were given but this spec has zoneout=0.0; make it with zoneout=p")
+            states = self.cell.states
+            if not (isinstance(zoneout_masks, (tuple, list)) and len(zoneout_masks) == len(states)):
+                raise TypeError(f"zoneout_masks must be a tuple of {len(states)} array(s), one per state {states}, "
+                                f"got {type(zoneout_masks).__name__}")
+            for name, z, size in zip(states, zoneout_masks, self._state_sizes()):
+                check_shape(f"zoneout_masks ({name})", z, (LD, T, N, size),
+                            f"(num_layers * dirs, T, N, F) = ({LD}, {T}, {N}, {size})")
+                named[f"zoneout_masks ({name})"] = z
+            zoneout_masks = tuple(zoneout_masks)
+        if named:
+            check_floating(namespace_of(x=x, **named), x=x, **named)
+            check_same_device(x=x, **named)
+        return zoneout_masks
 
     def _check_forward(self, params, x, state, lengths, dropout_masks):
         """Check :meth:`forward`'s arguments; return ``(xp, dtype, device, state parts or None, masks)``."""

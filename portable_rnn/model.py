@@ -43,6 +43,7 @@ gives a zero embedding gradient and a zero one-hot target.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -65,13 +66,17 @@ from .layers import LAYERS
 from .losses import softmax_cross_entropy
 from .minimal import MinGRU, MinLSTM
 
-__all__ = ["CharModel", "MODES"]
+__all__ = ["CharModel", "MODES", "VARIANTS"]
 
 #: The recurrent layer class of each ``mode`` (``portable-rnn train --cell``): the engine's
 #: cells (:data:`portable_rnn.layers.LAYERS`: ``"rnn"``, ``"lstm"``, ``"gru"``) and the
 #: minimal RNNs (``"mingru"``, ``"minlstm"``: :class:`~portable_rnn.minimal.MinGRU`,
 #: :class:`~portable_rnn.minimal.MinLSTM`).
 MODES = {**LAYERS, **{cls.mode: cls for cls in (MinGRU, MinLSTM)}}
+
+#: The options of the recurrent layer a :class:`CharModel` passes on, with their defaults
+#: (the plain layer): the variants of :mod:`portable_rnn.layers` and their regularisers.
+VARIANTS = {"layer_norm": False, "peephole": False, "weight_drop": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0}
 
 _EMBED = "embedding.weight"
 _RNN = "rnn."
@@ -102,6 +107,11 @@ class CharModel:
         recurrence a linear scan). :attr:`cell` describes the step.
     embed_size : int, default 32
         E, the width of the token embedding.
+    layer_norm, peephole : bool, default False
+        The layer-normalised LSTM or GRU, the LSTM with peepholes (see :class:`~portable_rnn.layers.LSTM`).
+    weight_drop, recurrent_dropout, zoneout : float in [0, 1), default 0.0
+        The recurrent layer's regularisers, applied in training mode: by
+        :meth:`loss_and_grads` when it is given ``masks`` (:meth:`training_masks`).
 
     Notes
     -----
@@ -115,19 +125,33 @@ class CharModel:
     num_layers: int = 1
     mode: str = "lstm"
     embed_size: int = 32
+    layer_norm: bool = False
+    peephole: bool = False
+    weight_drop: float = 0.0
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "embed_size"):
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
         if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        taken = {f.name for f in dataclasses.fields(MODES[self.mode])}
+        refused = [name for name in self._options() if name not in taken]
+        if refused:
+            raise ValueError(f"mode {self.mode!r} has no {', '.join(refused)}")
+        self.rnn  # the layer checks its options, each by name
+
+    def _options(self) -> dict:
+        """The :data:`VARIANTS` that differ from the plain layer."""
+        return {name: getattr(self, name) for name, plain in VARIANTS.items() if getattr(self, name) != plain}
 
     # ----------------------------------------------------------- static facts
 
     @property
     def rnn(self):
-        """The recurrent layer spec (time-major, unidirectional): ``MODES[mode](E, H, L)``."""
-        return MODES[self.mode](self.embed_size, self.hidden_size, self.num_layers)
+        """The recurrent layer spec (time-major, unidirectional): ``MODES[mode](E, H, L, **options)``."""
+        return MODES[self.mode](self.embed_size, self.hidden_size, self.num_layers, **self._options())
 
     @property
     def cell(self):
@@ -231,7 +255,41 @@ class CharModel:
 
     # ----------------------------------------------------------- forward / backward
 
-    def _forward(self, params, tokens, state, *, xp, retain="none", checkpoint_every=None):
+    def training_masks(self, seed, params, batch_size: int, seq_len: int) -> dict:
+        """The recurrent layer's training-mode factors for one :meth:`loss_and_grads`, drawn from a seed.
+
+        Parameters
+        ----------
+        seed : int
+            The same seed gives the same factors on every backend (draw a new one per step).
+        params : dict of str to array
+            The factors' library, dtype and device.
+        batch_size, seq_len : int
+            N and T of the tokens.
+
+        Returns
+        -------
+        dict
+            ``weight_masks``, ``recurrent_masks`` and ``zoneout_masks`` for the
+            regularisers the model has (:meth:`portable_rnn.layers.LSTM.forward`'s
+            keywords); empty without any.
+        """
+        xp = self._check_params(params)
+        rnn, seed = self.rnn, _init.check_seed(seed)
+        masks: dict = {}
+        if not (self.weight_drop or self.recurrent_dropout or self.zoneout):
+            return masks
+        inputs = xp.zeros((check_int("seq_len", seq_len), check_int("batch_size", batch_size), self.embed_size),
+                          dtype=params[_W].dtype, device=device_of(params[_W]))  # their layout
+        if self.weight_drop:
+            masks["weight_masks"] = rnn.weight_drop_masks(seed, self._split(params))
+        if self.recurrent_dropout:
+            masks["recurrent_masks"] = rnn.recurrent_dropout_masks(seed + 1, inputs)
+        if self.zoneout:
+            masks["zoneout_masks"] = rnn.zoneout_masks(seed + 2, inputs)
+        return masks
+
+    def _forward(self, params, tokens, state, *, xp, retain="none", checkpoint_every=None, masks=None):
         """Tokens (N, T) -> time-major logits (T, N, V), final state, caches.
 
         The lookup runs on the batch-major tokens: its flattening then keeps
@@ -240,7 +298,7 @@ class CharModel:
         """
         emb, emb_cache = word_embedding_forward(tokens, params[_EMBED])
         out, final, tape = self.rnn.forward(self._split(params), xp.permute_dims(emb, (1, 0, 2)), state,
-                                            retain=retain, checkpoint_every=checkpoint_every)
+                                            retain=retain, checkpoint_every=checkpoint_every, **(masks or {}))
         logits, aff_cache = temporal_affine_forward(out, xp.matrix_transpose(params[_W]), params[_B])
         return logits, final, (emb_cache, tape, aff_cache)
 
@@ -269,7 +327,7 @@ class CharModel:
         return xp.permute_dims(logits, (1, 0, 2)), final
 
     def loss_and_grads(self, params, tokens, targets, state=None, truncate=None, *, retain="full",
-                       checkpoint_every=None, tape=None):
+                       checkpoint_every=None, masks=None, tape=None):
         r"""Mean cross-entropy of the next-token predictions and its gradient.
 
         One forward pass and one backward pass through the whole model:
@@ -304,6 +362,9 @@ class CharModel:
             :meth:`portable_rnn.layers.LSTM.forward`.
         checkpoint_every : int, keyword-only, optional
             Steps per segment with ``retain="checkpoint"``; ``None`` is ceil(sqrt(T)).
+        masks : dict, keyword-only, optional
+            Training mode of a model with regularisers: the factors of
+            :meth:`training_masks`. ``None`` is evaluation mode.
         tape : {"full", "checkpoint"}, keyword-only, optional
             ``retain``'s deprecated spelling.
 
@@ -322,7 +383,7 @@ class CharModel:
         _check_tokens(xp, "targets", targets, tuple(tokens.shape), "(N, T), the shape of tokens")
         retain, checkpoint_every = check_retain(retain, checkpoint_every, backward_by="loss_and_grads", tape=tape)
         logits, final, (emb_cache, tape, aff_cache) = self._forward(params, tokens, state, xp=xp, retain=retain,
-                                                                    checkpoint_every=checkpoint_every)
+                                                                    checkpoint_every=checkpoint_every, masks=masks)
         loss, dlogits = softmax_cross_entropy(logits, xp.permute_dims(targets, (1, 0)))
         d_out, d_wt, d_b = temporal_affine_backward(dlogits, aff_cache)
         rnn_grads, d_emb, _ = self.rnn.backward(self._split(params), tape, d_out, None, truncate)

@@ -150,7 +150,9 @@ class _HandWrittenBPTT(torch.autograd.Function):
     """``spec.forward`` with ``spec.backward`` as its gradient.
 
     Tensor arguments: ``x``, the state parts (none when ``hx`` is zeros), the
-    dropout factors, then the parameters in ``state_dict`` order.
+    training-mode factors (``n_masks``: how many of dropout's, recurrent
+    dropout's and zoneout's, :func:`_mask_keywords`), then the parameters in
+    ``state_dict`` order.
     """
 
     generate_vmap_rule = True
@@ -161,7 +163,7 @@ class _HandWrittenBPTT(torch.autograd.Function):
         params = dict(zip(spec.param_shapes(), map(_bare, weights)))
         state = spec.state_value(tuple(map(_bare, parts))) if n_state else None
         out, final, tape = spec.forward(params, _bare(x), state, lengths,
-                                        dropout_masks=tuple(map(_bare, masks)))
+                                        **_mask_keywords(tuple(map(_bare, masks)), n_masks))
         if out._is_view():
             # batch_first's permuted view. A custom Function's view output may not be
             # modified in place; torch.nn's output is a contiguous tensor of its own.
@@ -196,7 +198,7 @@ class _HandWrittenBPTT(torch.autograd.Function):
                 d_inputs = _hand_written_backward(ctx, x, parts, masks, weights, saved[n_inputs:],
                                                   d_out, d_finals)
         dx, d_parts, d_weights = d_inputs[0], d_inputs[1:1 + ctx.n_state], d_inputs[1 + ctx.n_state:]
-        return (None, None, None, None, None, dx, *d_parts, *(None,) * ctx.n_masks, *d_weights)
+        return (None, None, None, None, None, dx, *d_parts, *(None,) * sum(ctx.n_masks), *d_weights)
 
 
 def _hand_written_backward(ctx, x, parts, masks, weights, tape_leaves, d_out, d_finals):
@@ -210,7 +212,7 @@ def _hand_written_backward(ctx, x, parts, masks, weights, tape_leaves, d_out, d_
     if ctx.treedef is None or torch.is_grad_enabled():
         params = dict(zip(spec.param_shapes(), weights))
         state = spec.state_value(parts) if ctx.n_state else None
-        _, _, tape = spec.forward(params, x, state, ctx.lengths, dropout_masks=masks)
+        _, _, tape = spec.forward(params, x, state, ctx.lengths, **_mask_keywords(masks, ctx.n_masks))
     else:
         params = dict(zip(spec.param_shapes(), map(_bare, weights)))
         leaves = list(ctx.constants)
@@ -236,14 +238,26 @@ def _autograd_of_portable_forward(ctx, x, parts, masks, weights, d_outputs):
     with torch.enable_grad(), engine_kernels.portable_only():
         state = spec.state_value(tuple(parts_)) if ctx.n_state else None
         out, final, _ = spec.forward(dict(zip(spec.param_shapes(), weights_)), x_, state, ctx.lengths,
-                                     dropout_masks=masks, retain="none")
+                                     retain="none", **_mask_keywords(masks, ctx.n_masks))
         outputs = (out, *spec.state_parts(final))
         return list(torch.autograd.grad(outputs, inputs, d_outputs, allow_unused=True, materialize_grads=True))
 
 
 def _split(tensors, n_state, n_masks):
-    """``(state parts, dropout factors, weights)`` of :class:`_HandWrittenBPTT`'s tensor arguments."""
-    return tensors[:n_state], tensors[n_state:n_state + n_masks], tensors[n_state + n_masks:]
+    """``(state parts, training factors, weights)`` of :class:`_HandWrittenBPTT`'s tensor arguments."""
+    end = n_state + sum(n_masks)
+    return tensors[:n_state], tensors[n_state:end], tensors[end:]
+
+
+def _mask_keywords(masks, n_masks) -> dict:
+    """``spec.forward``'s keywords for the training factors ``masks``, counted ``(dropout, recurrent, zoneout)``."""
+    n_dropout, n_recurrent, n_zoneout = n_masks
+    keywords = {"dropout_masks": tuple(masks[:n_dropout])}
+    if n_recurrent:
+        keywords["recurrent_masks"] = masks[n_dropout]
+    if n_zoneout:
+        keywords["zoneout_masks"] = tuple(masks[n_dropout + n_recurrent:])
+    return keywords
 
 
 @functools.lru_cache(maxsize=64)
@@ -354,10 +368,11 @@ def _run(module, x, parts, lengths):
     masks = _dropout_masks(module, x)
     weights = _weight_dropped(module, weights)
     spec = module._engine(bool(masks))
+    recurrent, zoneout = _recurrent_factors(module, spec, x)
     n_state = 0 if parts is None else len(parts)
     with torch.autocast(x.device.type, enabled=False):
-        out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, len(masks), _TapeBox(), x,
-                                              *(parts or ()), *masks, *weights)
+        out, *finals = _HandWrittenBPTT.apply(spec, lengths, n_state, (len(masks), len(recurrent), len(zoneout)),
+                                              _TapeBox(), x, *(parts or ()), *masks, *recurrent, *zoneout, *weights)
     if out.dtype != dtype:
         out, finals = out.to(dtype), [f.to(dtype) for f in finals]
     return out, finals
@@ -371,6 +386,27 @@ def _weight_dropped(module, weights):
     names = module._engine(False).param_shapes()
     return [w * torch.empty_like(w).bernoulli_(1.0 - p).div_(1.0 - p) if name.startswith("weight_hh_") else w
             for name, w in zip(names, weights)]
+
+
+def _recurrent_factors(module, spec, x):
+    """In training mode, recurrent dropout's factor ``(m,)`` and zoneout's, one per state, from torch's generator.
+
+    ``()`` for each the module does not apply (see :meth:`portable_rnn.layers.LSTM.forward`).
+    """
+    if not module.training:
+        return (), ()
+    T, N = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    LD = module.num_layers * (2 if module.bidirectional else 1)
+    recurrent = zoneout = ()
+    p = getattr(module, "recurrent_dropout", 0.0)
+    if p > 0:
+        shape = (LD, N, spec.output_size)
+        recurrent = (torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p).div_(1.0 - p),)
+    p = getattr(module, "zoneout", 0.0)
+    if p > 0:
+        zoneout = tuple(torch.empty((LD, T, N, size), dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+                        for size in spec._state_sizes())
+    return recurrent, zoneout
 
 
 def _dropout_masks(module, x):
@@ -435,19 +471,20 @@ class GRU(_DropIn):
 
 @functools.lru_cache(maxsize=64)
 def _cell_spec(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-               learn_initial_state):
+               learn_initial_state, recurrent_dropout=0.0, zoneout=0.0):
     """The engine's :class:`~portable_rnn.layers.Recurrent` for a module's current settings (one per settings)."""
     return layers.Recurrent(input_size, hidden_size, num_layers, cell=cell, bidirectional=bidirectional,
                             batch_first=batch_first, bias=bias, dropout=dropout,
-                            learn_initial_state=learn_initial_state)
+                            learn_initial_state=learn_initial_state, recurrent_dropout=recurrent_dropout,
+                            zoneout=zoneout)
 
 
 class Recurrent(torch.nn.Module):
     r"""A layer of any cell (:class:`~portable_rnn.engine.cells.Cell`, your own included) as a torch module.
 
     ``Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False)``: the
-    arguments and parameters of
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+    weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0)``: the arguments and parameters of
     the drop-in modules (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ...,
     :math:`U(-1/\sqrt H, 1/\sqrt H)` as ``torch.nn``), with the cell's hand-written BPTT as the
     autograd backward. ``forward(input, hx=None)`` takes (T, N, D), (N, T, D) with
@@ -459,14 +496,20 @@ class Recurrent(torch.nn.Module):
     ``weight_drop=p`` is DropConnect on every ``weight_hh`` in training mode (AWD-LSTM's weight
     drop): each forward multiplies them by factors from torch's generator, 0 with probability p and
     1/(1-p) otherwise, before the hand-written BPTT, so autograd carries their gradients through
-    the product.
+    the product. ``recurrent_dropout=p`` (variational dropout of :math:`h_{t-1}` in the recurrent
+    product, one draw per sequence) and ``zoneout=p`` (each unit of each state keeps its previous
+    value with probability p at each step; the expectation in evaluation mode) draw their factors
+    from torch's generator in training mode and hand them to the hand-written BPTT
+    (:meth:`portable_rnn.layers.LSTM.forward`).
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
         super().__init__()
         self.weight_drop = check_probability("weight_drop", weight_drop)
+        self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
+        self.zoneout = check_probability("zoneout", zoneout)
         self.learn_initial_state = learn_initial_state
         self.cell, self.input_size, self.hidden_size, self.num_layers = cell, input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
@@ -491,7 +534,8 @@ class Recurrent(torch.nn.Module):
     def _engine(self, training_dropout):
         rate = 0.5 if training_dropout else 0.0  # the factors are drawn by _dropout_masks
         return _cell_spec(self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                          self.batch_first, rate, self.bidirectional, self.learn_initial_state)
+                          self.batch_first, rate, self.bidirectional, self.learn_initial_state,
+                          self.recurrent_dropout, self.zoneout)
 
     @property
     def _flat_weights(self):
@@ -501,7 +545,8 @@ class Recurrent(torch.nn.Module):
         return (f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout}, "
                 f"bidirectional={self.bidirectional}"
-                + (f", weight_drop={self.weight_drop}" if self.weight_drop else ""))
+                + "".join(f", {name}={getattr(self, name)}" for name in ("weight_drop", "recurrent_dropout", "zoneout")
+                          if getattr(self, name)))
 
     @torch.compiler.disable
     def forward(self, input, hx=None):
@@ -523,7 +568,8 @@ class PeepholeLSTM(Recurrent):
     r"""An LSTM with peephole connections (Gers & Schmidhuber 2000) as a torch module.
 
     ``PeepholeLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False)``:
+    dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+    weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0)``:
     ``torch.nn.LSTM``'s arguments and parameters (no ``proj_size``) plus ``weight_ci_l{k}``,
     ``weight_cf_l{k}`` and ``weight_co_l{k}`` (H,), through which the input and forget gates
     see :math:`c_{t-1}` and the output gate sees :math:`c_t`; the hand-written BPTT of
@@ -532,9 +578,10 @@ class PeepholeLSTM(Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
         super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
+                         zoneout)
 
 
 class LayerNormLSTM(Recurrent):
@@ -542,7 +589,8 @@ class LayerNormLSTM(Recurrent):
 
     ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-    weight_drop=0.0)``: ``torch.nn.LSTM``'s arguments and parameters (no ``proj_size``) plus the
+    weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0)``: ``torch.nn.LSTM``'s arguments and
+    parameters (no ``proj_size``) plus the
     gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (4H,) and ``weight_ln_c_l{k}`` (H,),
     starting at 1, and biases ``bias_ln_ih_l{k}``, ``bias_ln_hh_l{k}``, ``bias_ln_c_l{k}``,
     starting at 0, of the normalisations of the input and recurrent gate pre-activations and of
@@ -552,9 +600,10 @@ class LayerNormLSTM(Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
         super().__init__(LayerNormLSTMCell(), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
+                         zoneout)
 
 
 class LayerNormGRU(Recurrent):
@@ -562,7 +611,8 @@ class LayerNormGRU(Recurrent):
 
     ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-    weight_drop=0.0)``: ``torch.nn.GRU``'s arguments and parameters plus the gains
+    weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0)``: ``torch.nn.GRU``'s arguments and
+    parameters plus the gains
     ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (3H,), starting at 1, and biases
     ``bias_ln_ih_l{k}``, ``bias_ln_hh_l{k}``, starting at 0;
     :class:`~portable_rnn.engine.layer_norm.LayerNormGRUCell` gives its equations and backward.
@@ -570,9 +620,10 @@ class LayerNormGRU(Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
         super().__init__(LayerNormGRUCell(), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop)
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
+                         zoneout)
 
 
 @functools.lru_cache(maxsize=64)

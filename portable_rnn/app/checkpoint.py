@@ -53,7 +53,7 @@ from .._validation import check_int, check_real, check_truncate
 from ..backends import DTYPES
 from ..interop._common import check_names, param_count
 from ..io import read_archive, write_archive
-from ..model import MODES, CharModel
+from ..model import MODES, VARIANTS, CharModel
 from .corpus import Vocabulary
 from .errors import UsageError
 
@@ -85,12 +85,14 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "val_fraction": 0.1,
+    **VARIANTS,
 }
 #: The histories: ``meta["history"]`` keys, their member dtypes, and the metadata key of their length.
 HISTORY_KEYS = {"step": ("int64", "history_len"), "loss": ("float64", "history_len"),
                 "val_step": ("int64", "val_history_len"), "val_loss": ("float64", "val_history_len")}
 #: The ``train`` settings that repeat a field of ``model``.
-_SAME_AS_MODEL = {"cell": "mode", "hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size"}
+_SAME_AS_MODEL = {"cell": "mode", "hidden": "hidden_size", "layers": "num_layers", "embed": "embed_size",
+                  **{name: name for name in VARIANTS}}
 
 
 class CheckpointError(UsageError):
@@ -352,6 +354,9 @@ def _layout(meta) -> _Layout:
     if (not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
             or len(set(groups)) != len(groups) or not set(groups) <= set(_GROUPS)):
         raise ValueError(f"groups must be a list of distinct names from {list(_GROUPS)}")
+    for part in ("model", "train"):  # a file without the variants has the plain layer
+        if isinstance(meta[part], dict):
+            meta[part] = {**VARIANTS, **meta[part]}
     model, vocab = _check_model(meta)
     train = _check_train(meta["train"], model)
     _check_run(meta, vocab)

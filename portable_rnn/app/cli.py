@@ -165,6 +165,15 @@ def _add_train(sub):
     _backend_flags(p)
     p.add_argument("--hidden", type=_POS_INT, metavar="H", help=f"hidden size (default {d['hidden']})")
     p.add_argument("--layers", type=_POS_INT, metavar="L", help=f"stacked layers (default {d['layers']})")
+    p.add_argument("--layer-norm", action="store_const", const=True,
+                   help="layer-normalised LSTM or GRU (Ba et al. 2016)")
+    p.add_argument("--peephole", action="store_const", const=True, help="LSTM with peephole connections")
+    p.add_argument("--weight-drop", type=_fraction, metavar="P",
+                   help="DropConnect on the recurrent weights in training (AWD-LSTM; default 0)")
+    p.add_argument("--recurrent-dropout", type=_fraction, metavar="P",
+                   help="variational dropout of the state entering the recurrent product (default 0)")
+    p.add_argument("--zoneout", type=_fraction, metavar="P",
+                   help="each unit keeps its previous value with probability P in training (default 0)")
     p.add_argument("--embed", type=_POS_INT, metavar="E", help=f"embedding size (default {d['embed']})")
     p.add_argument("--seq-len", type=_POS_INT, metavar="T", help=f"characters per window (default {d['seq_len']})")
     p.add_argument("--batch", type=_POS_INT, metavar="N", help=f"windows per step (default {d['batch']})")
@@ -338,7 +347,7 @@ def _train(args) -> int:
               "embed", "seq_len", "batch", "truncate", "lr", "clip", "seed", "dtype", "val_fraction", "val_every",
               "sample_every",
               "checkpoint_every", "log_every", "progress", "devices", "coordinator", "num_processes", "process_id",
-              "retain", "segment_steps")
+              "retain", "segment_steps", "layer_norm", "peephole", "weight_drop", "recurrent_dropout", "zoneout")
     return train(TrainConfig(**{k: getattr(args, k) for k in fields})).status
 
 

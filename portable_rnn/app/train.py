@@ -86,7 +86,7 @@ import numpy as np
 
 from .. import backends
 from .._validation import check_retain
-from ..model import CharModel
+from ..model import VARIANTS, CharModel
 from ..optim import adam, clip_by_global_norm
 from .checkpoint import (BEST, CHECKPOINT, DEFAULTS, HISTORY_KEYS, Checkpoint, CheckpointError, load_checkpoint,
                          nonfinite_member, save_checkpoint)
@@ -114,7 +114,9 @@ class TrainConfig:
 
     Settings a checkpoint remembers (:data:`~portable_rnn.app.checkpoint.DEFAULTS`:
     ``cell``, ``hidden``, ``layers``, ``embed``, ``seq_len``, ``batch``, ``truncate``, ``lr``,
-    ``clip``, ``seed``, ``dtype``, ``val_fraction``) default to ``None``, meaning "the default"
+    ``clip``, ``seed``, ``dtype``, ``val_fraction`` and the layer's variants and regularisers
+    ``layer_norm``, ``peephole``, ``weight_drop``, ``recurrent_dropout``, ``zoneout``
+    (:data:`~portable_rnn.model.VARIANTS`)) default to ``None``, meaning "the default"
     for a new run and "the checkpoint's" with ``resume``; giving a value that
     differs from the checkpoint's is an error. ``steps`` is the total step
     count of the run (default :data:`DEFAULT_STEPS`, or the checkpoint's).
@@ -147,6 +149,11 @@ class TrainConfig:
     seed: int | None = None
     dtype: str | None = None
     val_fraction: float | None = None
+    layer_norm: bool | None = None
+    peephole: bool | None = None
+    weight_drop: float | None = None
+    recurrent_dropout: float | None = None
+    zoneout: float | None = None
     val_every: int = DEFAULT_VAL_EVERY
     log_every: int = 100
     sample_every: int = 250
@@ -270,6 +277,26 @@ def _settings(config: TrainConfig, ckpt: Checkpoint | None) -> dict:
             )
         settings[key] = stored
     return settings
+
+
+def _flags(model: CharModel) -> str:
+    """The model's variants as their flags, e.g. ``"--layer-norm, --zoneout 0.1, "`` (empty for the plain layer)."""
+    flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f" {value:g}")
+             for name, value in model._options().items()]
+    return "".join(f"{flag}, " for flag in flags)
+
+
+def _model(vocab, s: dict, data_parallel: bool) -> CharModel:
+    """The run's :class:`CharModel`; an option it refuses is a one-line error."""
+    try:
+        model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"],
+                          **{name: s[name] for name in VARIANTS})
+    except ValueError as error:  # e.g. "mode 'gru' has no peephole"
+        raise UsageError(f"--cell {s['cell']}: {error}") from None
+    if data_parallel and (model.weight_drop or model.recurrent_dropout or model.zoneout):
+        raise UsageError("--weight-drop, --recurrent-dropout and --zoneout train on one device or process; "
+                         "drop them or --devices/torchrun")
+    return model
 
 
 def _text_for(config: TrainConfig, ckpt: Checkpoint | None) -> tuple[str, str]:
@@ -412,7 +439,7 @@ def _prepare(config: TrainConfig, stack: contextlib.ExitStack) -> _Run:
     if world is not None:
         _check_split(s["batch"], world.size, f"the {world.size} torchrun processes")
         _join_torch_world(world, runtime, stack)
-    model = CharModel(len(vocab), s["hidden"], s["layers"], s["cell"], s["embed"])
+    model = _model(vocab, s, mesh is not None or world is not None)
     _check_memory(model, s, runtime)
     if ckpt is None:
         params = model.init(s["seed"], xp=runtime.xp, dtype=s["dtype"], device=runtime.device)
@@ -708,8 +735,8 @@ def _step_function(run: _Run):
     opt, world = adam(run.settings["lr"]), run.world
     retain = dict(retain=run.config.retain, checkpoint_every=run.config.segment_steps)
 
-    def train_step(params, opt_state, state, tokens, targets):
-        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate, **retain)
+    def train_step(params, opt_state, state, tokens, targets, masks):
+        loss, grads, state = model.loss_and_grads(params, tokens, targets, state, truncate, masks=masks, **retain)
         if world is not None:
             grads, loss = _all_reduce_mean(run, grads, loss)
         grads, _ = clip_by_global_norm(grads, clip)
@@ -721,7 +748,7 @@ def _step_function(run: _Run):
 
         specs = parallel.model_partition_specs(model)
         rep, tok, state = specs["params"], specs["tokens"], specs["state"]
-        return parallel.data_parallel(train_step, run.mesh, in_specs=(rep, rep, state, tok, tok),
+        return parallel.data_parallel(train_step, run.mesh, in_specs=(rep, rep, state, tok, tok, rep),
                                       out_specs=(rep, rep, state, rep))
     if run.runtime.library == "jax":
         import jax
@@ -798,7 +825,7 @@ def _banner(run: _Run) -> str:
     model, s, source, runtime = run.model, run.settings, run.meta["text"]["source"], run.runtime
     n_params = sum(int(np.prod(v)) for v in model.param_shapes().values())
     return (
-        f"training {model.mode.upper()} (hidden {model.hidden_size}, layers {model.num_layers}, "
+        f"training {model.mode.upper()} ({_flags(model)}hidden {model.hidden_size}, layers {model.num_layers}, "
         f"embed {model.embed_size}, {n_params:,} parameters) on "
         f"{'the default corpus' if source == 'default' else source} "
         f"({run.meta['text']['chars']:,} characters, {run.meta['split']['val_chars']:,} of them held out; "
@@ -858,9 +885,11 @@ def _loop(run: _Run, progress: Progress) -> None:
     train_step = _step_function(run)
     while run.step < steps:
         inputs, targets, reset = run.schedule(run.step)
+        # training-mode factors of the regularisers (none without): drawn for the step, so a resumed run draws the same
+        masks = run.model.training_masks(run.settings["seed"] * 2**32 + run.step, run.params, *inputs.shape)
         run.params, run.opt_state, run.carry, loss = train_step(
             run.params, run.opt_state, run.zeros if reset else run.carry,
-            _put_batch(run, inputs), _put_batch(run, targets))
+            _put_batch(run, inputs), _put_batch(run, targets), masks)
         run.step += 1
         run.pending.append((run.step, loss))
         val_due = run.val is not None and (run.step == steps or (

@@ -136,6 +136,10 @@ class Cell:
         the constant a :meth:`cell_params` parameter starts at, by name stem
         (a normalisation's gain starts at 1); the others are drawn as the
         weights (default none);
+    ``takes_h_mask``
+        whether :meth:`step` takes ``h_mask=`` (N, R), recurrent dropout's
+        factor on :math:`h_{t-1}` where it enters :math:`h_{t-1} W_{hh}^T`
+        (the engine applies it in the backward; default ``False``);
     ``fast_kernel``
         the NumPy / CPU-torch kernel (:mod:`portable_rnn.engine.kernels`)
         computing exactly this class's maths, or ``None`` (default). Only the
@@ -156,6 +160,7 @@ class Cell:
     applies_W_hh: ClassVar[bool] = False
     fast_kernel: ClassVar[str | None] = None
     fixed_init: ClassVar[dict] = {}
+    takes_h_mask: ClassVar[bool] = False
 
     def prepared(self, W_ih, W_hh, b_ih, b_hh, *, xp):
         """``(W_ih, W_hh, b_x, b_h)`` as the time loop uses them, made once per sequence.
@@ -241,6 +246,7 @@ class RNNCell(Cell):
     gates: ClassVar[tuple] = ("h",)
     n_gates: ClassVar[int] = 1
     fast_kernel: ClassVar[str | None] = "rnn"
+    takes_h_mask: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.nonlinearity not in ("tanh", "relu"):
@@ -248,9 +254,9 @@ class RNNCell(Cell):
                 f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}"
             )
 
-    def step(self, xw, state, W_hh, b_hh, *, xp):
+    def step(self, xw, state, W_hh, b_hh, *, xp, h_mask=None):
         (h_prev,) = state
-        z = xw + h_prev @ xp.matrix_transpose(W_hh)
+        z = xw + _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
         h = xp.tanh(z) if self.nonlinearity == "tanh" else xp.maximum(z, xp.zeros_like(z))
         return (h,), None
 
@@ -314,6 +320,7 @@ class LSTMCell(Cell):
     halved_gates: ClassVar[tuple] = (0, 1, 3)
     tape_type: ClassVar[type] = LSTMTape
     fast_kernel: ClassVar[str | None] = "lstm"
+    takes_h_mask: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "proj_size", check_int("proj_size", self.proj_size, minimum=0))
@@ -327,10 +334,10 @@ class LSTMCell(Cell):
             params.update({f"w_c{gate}": (f"weight_c{gate}", (H,)) for gate in "ifo"})
         return params
 
-    def step(self, xw, state, W_hh, b_hh, *, xp, W_hr=None, w_ci=None, w_cf=None, w_co=None):
+    def step(self, xw, state, W_hh, b_hh, *, xp, W_hr=None, w_ci=None, w_cf=None, w_co=None, h_mask=None):
         h_prev, c_prev = state
         H = c_prev.shape[-1]
-        z = xw + h_prev @ xp.matrix_transpose(W_hh)  # [z_i/2, z_f/2, z_g, z_o/2]
+        z = xw + _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)  # [z_i/2, z_f/2, z_g, z_o/2]
         if self.peephole:  # the halved rows take half the peephole terms
             half_c = 0.5 * c_prev
             z = xp.concat([z[..., :H] + w_ci * half_c, z[..., H : 2 * H] + w_cf * half_c, z[..., 2 * H :]], axis=-1)
@@ -441,7 +448,12 @@ class GRUCell(Cell):
     def applies_W_hh(self):  # type: ignore[override]
         return not self.reset_after
 
-    def step(self, xw, state, W_hh, b_hh, *, xp):
+    @property
+    def takes_h_mask(self):  # type: ignore[override]
+        """Only with ``reset_after``: otherwise r's gradient would need the dropped state too."""
+        return self.reset_after
+
+    def step(self, xw, state, W_hh, b_hh, *, xp, h_mask=None):
         (h_prev,) = state
         H = h_prev.shape[-1]
         if not self.reset_after:
@@ -451,7 +463,7 @@ class GRUCell(Cell):
             hw_n = (r * h_prev) @ xp.matrix_transpose(W_hn)
             n = xp.tanh(xw[..., 2 * H :] + hw_n)
             return (n + z * (h_prev - n),), GRUTape(r, z, n, hw_n)
-        hw = h_prev @ xp.matrix_transpose(W_hh)
+        hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
         if b_hh is not None:
             hw = hw + b_hh
         rz = 0.5 * xp.tanh(xw[..., : 2 * H] + hw[..., : 2 * H]) + 0.5  # halved rows: sigmoid
@@ -503,6 +515,11 @@ class GRUCell(Cell):
         H, steps_and_batch = h_prev.shape[-1], ([0, 1], [0, 1])
         return xp.concat([xp.tensordot(d_hw[..., : 2 * H], h_prev, axes=steps_and_batch),
                           xp.tensordot(d_hw[..., 2 * H :], tape.r * h_prev, axes=steps_and_batch)], axis=0)
+
+
+def _dropped(h_prev, h_mask):
+    """:math:`h_{t-1}` as the recurrent product reads it: times recurrent dropout's factor, if any."""
+    return h_prev if h_mask is None else h_prev * h_mask
 
 
 #: Every cell class by its ``mode``: the one table of cells (a new cell is added here).

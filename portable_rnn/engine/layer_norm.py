@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
-from .cells import Cell
+from .cells import Cell, _dropped
 
 __all__ = ["EPS", "LayerNormLSTMCell", "LayerNormGRUCell", "LayerNormLSTMTape", "LayerNormGRUTape",
            "LAYER_NORM_CELLS"]
@@ -137,16 +137,17 @@ class LayerNormLSTMCell(Cell):
     tape_type: ClassVar[type] = LayerNormLSTMTape
     fixed_init: ClassVar[dict] = {"weight_ln_ih": 1.0, "weight_ln_hh": 1.0, "weight_ln_c": 1.0,
                                   "bias_ln_ih": 0.0, "bias_ln_hh": 0.0, "bias_ln_c": 0.0}
+    takes_h_mask: ClassVar[bool] = True
 
     def cell_params(self, hidden_size):
         return {**_gate_norm_params(4 * hidden_size),
                 "gain_c": ("weight_ln_c", (hidden_size,)), "bias_c": ("bias_ln_c", (hidden_size,))}
 
     def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None,
-             gain_c=None, bias_c=None):
+             gain_c=None, bias_c=None, h_mask=None):
         h_prev, c_prev = state
         H = c_prev.shape[-1]
-        hw = h_prev @ xp.matrix_transpose(W_hh)
+        hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
         if b_hh is not None:
             hw = hw + b_hh
         x_hat, rho_x = _normalise(xw, xp)
@@ -216,14 +217,16 @@ class LayerNormGRUCell(Cell):
     recurrent_bias_inside: ClassVar[bool] = True
     tape_type: ClassVar[type] = LayerNormGRUTape
     fixed_init: ClassVar[dict] = {"weight_ln_ih": 1.0, "weight_ln_hh": 1.0, "bias_ln_ih": 0.0, "bias_ln_hh": 0.0}
+    takes_h_mask: ClassVar[bool] = True
 
     def cell_params(self, hidden_size):
         return _gate_norm_params(3 * hidden_size)
 
-    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None):
+    def step(self, xw, state, W_hh, b_hh, *, xp, gain_ih=None, bias_ih=None, gain_hh=None, bias_hh=None,
+             h_mask=None):
         (h_prev,) = state
         H = h_prev.shape[-1]
-        hw = h_prev @ xp.matrix_transpose(W_hh)
+        hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
         if b_hh is not None:
             hw = hw + b_hh
         x_hat, rho_x = _normalise(xw, xp)

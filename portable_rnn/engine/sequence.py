@@ -73,7 +73,10 @@ class Tape(NamedTuple):
     ``(h0,)`` or ``(h0, c0)``; ``states`` the state after every step, each
     (T, N, H), frozen past a sequence's length; ``cell_tape`` what the cell
     kept per step (:mod:`portable_rnn.engine.cells`), or None; ``mask``
-    (T, N, 1) is 1.0 at valid steps and 0.0 at padding, or None.
+    (T, N, 1) is 1.0 at valid steps and 0.0 at padding, or None. With
+    zoneout, ``zoneout`` holds its factors and ``raw_states`` every step's
+    new state before the blend with the old one (what the cell's
+    derivatives are of); ``h_mask`` is the recurrent dropout factor (N, R).
     """
 
     x: object
@@ -81,6 +84,9 @@ class Tape(NamedTuple):
     states: tuple
     cell_tape: object
     mask: object = None
+    zoneout: tuple | None = None
+    raw_states: tuple | None = None
+    h_mask: object = None
 
 
 class CheckpointTape(NamedTuple):
@@ -90,7 +96,8 @@ class CheckpointTape(NamedTuple):
     ``checkpoints[j][s]`` (N, H) is state part ``j`` entering segment ``s``
     (segment 0's is the initial state); ``mask`` is (T, N, 1) or None;
     ``b_ih``, ``b_hh`` are the biases the recomputation needs (the backward
-    is given the weights). The segments are :func:`segment_length`'s for T
+    is given the weights), ``zoneout`` and ``h_mask`` its regularisers'
+    factors (see :func:`forward`). The segments are :func:`segment_length`'s for T
     and S = the number of checkpoints, so the layout travels in the shapes
     (static under ``jax.jit``), not in a field.
     """
@@ -100,6 +107,8 @@ class CheckpointTape(NamedTuple):
     mask: object
     b_ih: object
     b_hh: object
+    zoneout: tuple | None = None
+    h_mask: object = None
 
 
 class Grads(NamedTuple):
@@ -121,8 +130,8 @@ def _lax_unroll(x, W_hh) -> int:
 
 
 def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp, cell_params=None,
-            retain="full", checkpoint_every=None, fast_path="auto", tape=None):
-    """Run one layer of ``cell`` over a sequence.
+            zoneout=None, h_mask=None, retain="full", checkpoint_every=None, fast_path="auto", tape=None):
+    r"""Run one layer of ``cell`` over a sequence.
 
     Parameters
     ----------
@@ -142,6 +151,15 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     cell_params : dict of str to array, optional
         The cell's own parameters, exactly the keywords of its
         :meth:`~portable_rnn.engine.cells.Cell.cell_params` (e.g. ``{"W_hr": W_hr}``).
+    zoneout : tuple of arrays, optional
+        Zoneout (Krueger et al. 2016): one factor :math:`u` per state part,
+        (T, N, F) or (T, 1, 1), and each step's state is
+        :math:`u \odot s_{new} + (1 - u) \odot s_{t-1}`: 0/1 in training
+        (a unit keeps its old value where 0), :math:`1 - p` in evaluation.
+    h_mask : array (N, R), optional
+        Recurrent dropout (Gal & Ghahramani 2016): the factor on
+        :math:`h_{t-1}` where it enters the recurrent product, the same at
+        every step; for cells that take it (``Cell.takes_h_mask``).
     retain : {"full", "checkpoint", "none"}
         What to keep for :func:`backward` (see the module docstring).
     checkpoint_every : int or None
@@ -167,23 +185,56 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
     fast_path = check_fast_path(fast_path)
     params = _cell_params(cell, W_ih, cell_params)
+    zoneout = _check_regularisers(cell, zoneout, h_mask, fast_path)
     x = _zero_padding(x, mask, xp)
     if retain == "full":
-        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path)
+        return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path,
+                             zoneout, h_mask)
     keep_checkpoints = retain == "checkpoint"
 
     def segment(state, inputs):
-        (x_s, mask_s), _ = inputs
-        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path)
+        (x_s, mask_s, zoneout_s), _ = inputs
+        out_s, final_s, _ = _forward_full(cell, x_s, state, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path,
+                                          zoneout_s, h_mask)
         return final_s, (out_s, state if keep_checkpoints else None)
 
     if checkpoint_every is None and not keep_checkpoints:
         checkpoint_every = INFERENCE_SEGMENT
     k = segment_length(x.shape[0], checkpoint_every)
-    final, (out, checkpoints) = _over_segments(segment, tuple(state0), (x, mask), None, k, xp, fast_path=fast_path)
+    final, (out, checkpoints) = _over_segments(segment, tuple(state0), (x, mask, zoneout), None, k, xp,
+                                               fast_path=fast_path)
     if not keep_checkpoints:
         return out, final, None
-    return out, final, CheckpointTape(x, checkpoints, mask, b_ih, b_hh)
+    return out, final, CheckpointTape(x, checkpoints, mask, b_ih, b_hh, zoneout, h_mask)
+
+
+def _check_regularisers(cell, zoneout, h_mask, fast_path):
+    """``zoneout`` as a tuple with one factor per state part (or None); refuse what the cell cannot take."""
+    if h_mask is not None and not cell.takes_h_mask:
+        raise ValueError(f"recurrent dropout (h_mask) needs a cell that takes it; {cell!r} does not "
+                         "(Cell.takes_h_mask)")
+    if zoneout is not None:
+        zoneout = tuple(zoneout)
+        if len(zoneout) != cell.n_states:
+            raise ValueError(f"zoneout must hold one factor per state {cell.states}, got {len(zoneout)}")
+    if fast_path is True and (zoneout is not None or h_mask is not None):
+        raise ValueError("fast_path=True, but no fast kernel runs this layer: no fast kernel applies zoneout "
+                         "or recurrent dropout")
+    return zoneout
+
+
+def _blends(mask, zoneout, n_states, xp):
+    """Per state part, the factor on each step's new value (the rest keeps the old): ``(u, 1 - u)`` trees.
+
+    ``mask`` (T, N, 1) freezes padded steps; ``zoneout`` factors multiply it.
+    ``(None, None)`` when neither is given.
+    """
+    if zoneout is None:
+        if mask is None:
+            return None, None
+        return (mask,) * n_states, (1 - mask,) * n_states
+    update = zoneout if mask is None else tuple(mask * u for u in zoneout)
+    return update, tuple(1 - u for u in update)
 
 
 def _fast(fast_path, why_not, *args) -> bool:
@@ -196,27 +247,30 @@ def _fast(fast_path, why_not, *args) -> bool:
     return reason is None
 
 
-def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path):
+def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path, zoneout=None, h_mask=None):
     """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
-    if _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
+    plain = zoneout is None and h_mask is None
+    if plain and _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
         out, final, states, cell_tape = kernels.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
     W_ih, W_hh, b_x, b_h = cell.prepared(W_ih, W_hh, b_ih, b_hh, xp=xp)
     xw = x @ xp.matrix_transpose(W_ih)
     if b_x is not None:
         xw = xw + b_x
+    dropped = {} if h_mask is None else {"h_mask": h_mask}
 
     def step(state, inputs):
-        xw_t, m_t, om_t = inputs
-        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp, **params)
-        if m_t is not None:
-            new_state = tuple(m_t * new + om_t * old for new, old in zip(new_state, state))
-        return new_state, (new_state, cell_tape)
+        xw_t, u_t, keep_old_t = inputs
+        new_state, cell_tape = cell.step(xw_t, state, W_hh, b_h, xp=xp, **params, **dropped)
+        raw = None if zoneout is None else new_state
+        if u_t is not None:
+            new_state = tuple(u * new + k * old for u, k, new, old in zip(u_t, keep_old_t, new_state, state))
+        return new_state, (new_state, cell_tape, raw)
 
-    om = None if mask is None else 1 - mask
-    final, (states, cell_tape) = scan(step, state0, (xw, mask, om), xp=xp, unroll=_lax_unroll(x, W_hh))
+    update, keep_old = _blends(mask, zoneout, len(state0), xp)
+    final, (states, cell_tape, raw) = scan(step, state0, (xw, update, keep_old), xp=xp, unroll=_lax_unroll(x, W_hh))
     out = states[0] if mask is None else states[0] * mask
-    return out, final, Tape(x, state0, states, cell_tape, mask)
+    return out, final, Tape(x, state0, states, cell_tape, mask, zoneout, raw, h_mask)
 
 
 def segment_length(n_steps: int, checkpoint_every: int | None = None) -> int:
@@ -376,15 +430,17 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, *, xp, truncate=None, bias=
 
     def segment(carry, inputs):
         d_state, sums = carry
-        (x_s, mask_s, d_out_s, keep_s), state_s = inputs
-        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path)
+        (x_s, mask_s, zoneout_s, d_out_s, keep_s), state_s = inputs
+        _, _, tape_s = _forward_full(cell, x_s, state_s, W_ih, W_hh, b_ih, b_hh, mask_s, xp, params, fast_path,
+                                     zoneout_s, tape.h_mask)
         g = _backward_full(cell, tape_s, d_out_s, d_state, W_ih, W_hh, keep_s, bias, xp, params, fast_path)
         sums = tree_map(lambda total, part: total + part, sums, tuple(g[2:]))
         return (g.dstate0, sums), (g.dx, None)
 
     k = -(-x.shape[0] // tape.checkpoints[0].shape[0])  # ceil(T / S): see segment_length
     (d_state0, sums), (dx, _) = _over_segments(
-        segment, (d_carry, sums), (x, mask, d_out, keep), tape.checkpoints, k, xp, reverse=True, fast_path=fast_path
+        segment, (d_carry, sums), (x, mask, tape.zoneout, d_out, keep), tape.checkpoints, k, xp, reverse=True,
+        fast_path=fast_path,
     )
     return Grads(dx, d_state0, *sums)
 
@@ -398,7 +454,7 @@ def _zeros_for_none(d_final, state0, xp):
 
 def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, params, fast_path):
     """:func:`backward` of a full :class:`Tape` (``d_out`` already zero at masked steps)."""
-    x, state0, states, cell_tape, mask = tape
+    x, state0, states, cell_tape, mask, zoneout, raw_states, h_mask = tape
     if _fast(fast_path, kernels.why_not_backward, cell, tape, d_out, d_final, W_ih, W_hh, xp):
         return Grads(*kernels.backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp))._replace(
             dcell_params={})
@@ -407,33 +463,37 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, param
     recurrent = {"W_hh": W_hh} if cell.applies_W_hh else {}
 
     def step(d_state, inputs):
-        d_out_t, derivatives_t, m_t, keep_t = inputs
+        d_out_t, derivatives_t, u_t, keep_old_t, keep_t = inputs
         if keep_t is not None:
             d_state = tuple(d * keep_t for d in d_state)
         d_h = d_state[0] if d_out_t is None else d_state[0] + d_out_t
-        d_new = (d_h,) + d_state[1:]
-        if m_t is not None:
-            d_new = tuple(m_t * d for d in d_new)
+        d_after = (d_h,) + d_state[1:]  # of the state after the step's blend
+        d_new = d_after if u_t is None else tuple(u * d for u, d in zip(u_t, d_after))
         d_xw, d_hw, d_prev, *terms = cell.step_backward(d_new, derivatives_t, xp=xp, **params, **recurrent)
         if not recurrent:  # the path through W_hh, unless the cell applied it
             d_rec = (d_xw if d_hw is None else d_hw) @ W_hh
+            if h_mask is not None:
+                d_rec = d_rec * h_mask
             d_prev = (d_rec if d_prev[0] is None else d_prev[0] + d_rec,) + d_prev[1:]
-        if m_t is not None:  # padded steps pass the state gradient straight through
-            d_prev = tuple(dp + (1 - m_t) * ds for dp, ds in zip(d_prev, d_state))
+        if u_t is not None:  # padded steps and zoned-out units pass the state gradient straight through
+            d_prev = tuple(dp + k * d for dp, k, d in zip(d_prev, keep_old_t, d_after))
         # The cell's own parameters may need the gradient of each step's h, or terms of its own.
         return d_prev, (d_xw, d_hw, d_new[0] if params else None, terms[0] if terms else None)
 
     def step_computing_derivatives(d_state, inputs):
-        d_out_t, state_t, prev_t, tape_t, m_t, keep_t = inputs
-        return step(d_state, (d_out_t, cell.step_derivatives(state_t, prev_t, tape_t, xp=xp), m_t, keep_t))
+        d_out_t, state_t, prev_t, tape_t, u_t, keep_old_t, keep_t = inputs
+        derivatives_t = cell.step_derivatives(state_t, prev_t, tape_t, xp=xp)
+        return step(d_state, (d_out_t, derivatives_t, u_t, keep_old_t, keep_t))
 
     def chunk(d_state, inputs):  # the derivatives of a chunk's steps at once, then its loop
-        (d_out_c, states_c, prev_c, tape_c, mask_c, keep_c), _ = inputs
+        (d_out_c, states_c, prev_c, tape_c, u_c, keep_old_c, keep_c), _ = inputs
         derivatives = cell.step_derivatives(states_c, prev_c, tape_c, xp=xp)
-        d_state, ys = scan(step, d_state, (d_out_c, derivatives, mask_c, keep_c), xp=xp, reverse=True)
+        d_state, ys = scan(step, d_state, (d_out_c, derivatives, u_c, keep_old_c, keep_c), xp=xp, reverse=True)
         return d_state, (ys, None)
 
-    xs = (d_out, states, prev_states, cell_tape, mask, keep)
+    update, keep_old = _blends(mask, zoneout, len(state0), xp)
+    new_states = states if raw_states is None else raw_states  # what each step made, before zoneout's blend
+    xs = (d_out, new_states, prev_states, cell_tape, update, keep_old, keep)
     if compiles(xp, d_carry, xs):  # XLA fuses a step's ops: derivatives in the step, nothing to amortise
         d_state0, (d_xw, d_hw, d_h, terms) = scan(step_computing_derivatives, d_carry, xs, xp=xp, reverse=True,
                                            unroll=_lax_unroll(x, W_hh))
@@ -442,8 +502,10 @@ def _backward_full(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp, param
         # a portable backward may still use the fast segment runner, unless fast_path is False
         d_state0, ((d_xw, d_hw, d_h, terms), _) = _over_segments(chunk, d_carry, xs, None, k, xp, reverse=True,
                                                           fast_path=fast_path and "auto")
-    dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, prev_states[0], cell_tape, bias, xp)
-    dparams = cell.cell_params_grads(d_xw, d_h, prev_states, states, cell_tape, terms, xp=xp, **params) if params else {}
+    h_in = prev_states[0] if h_mask is None else prev_states[0] * h_mask  # what W_hh multiplied
+    dW_ih, dW_hh, db_ih, db_hh = _weight_grads(cell, d_xw, d_hw, x, h_in, cell_tape, bias, xp)
+    dparams = (cell.cell_params_grads(d_xw, d_h, prev_states, new_states, cell_tape, terms, xp=xp, **params)
+               if params else {})
     return Grads(d_xw @ W_ih, d_state0, dW_ih, dW_hh, db_ih, db_hh, dparams)
 
 

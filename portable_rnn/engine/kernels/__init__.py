@@ -151,8 +151,9 @@ def why_not_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> str | 
 def why_not_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> str | None:
     """``None`` when :func:`backward` runs this tape, else why not (the portable path then does)."""
     def accept():
-        _check(isinstance(tape, tuple) and len(tape) == 5, "the tape is not a full Tape")
-        x, state0, states, cell_tape, mask = tape
+        _check(isinstance(tape, tuple) and len(tape) >= 5, "the tape is not a full Tape")
+        _check(all(field is None for field in tape[5:]), "no fast kernel applies zoneout or recurrent dropout")
+        x, state0, states, cell_tape, mask = tape[:5]
         fields = () if cell.tape_type is None else cell_tape
         _check(isinstance(fields, (tuple, list)) and len(fields) == len(getattr(cell.tape_type, "_fields", ()))
                and not any(a is None for a in fields), "the cell's tape does not have the cell's fields")
@@ -217,7 +218,7 @@ def backward(cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, xp):
     """
     name, library = _fast_mode(cell), _fast_library(xp)
     calls[library, "backward", name] += 1
-    x, state0, states, cell_tape, mask = tape
+    x, state0, states, cell_tape, mask = tape[:5]
     tape = (x, tuple(state0), tuple(states), None if cell_tape is None else tuple(cell_tape), mask)
     d_final = (None,) * cell.n_states if d_final is None else tuple(d_final)
     blas = _blas(library, name, x.shape[1], W_hh)

@@ -162,7 +162,7 @@ class Backward:
     width = 1  # B's columns per hidden unit
 
     def __init__(self, cell, tape, d_out, d_final, W_ih, W_hh, keep, bias, blas):
-        x, self.state0, self.states, self.cell_tape, self.mask = tape
+        x, self.state0, self.states, self.cell_tape, self.mask = tape[:5]
         self.cell, self.blas = cell, blas
         self.x, self.d_out, self.W_ih, self.W_hh, self.keep = x, d_out, W_ih, W_hh, keep
         self.T, self.N, self.D = x.shape
