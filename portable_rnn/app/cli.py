@@ -313,6 +313,9 @@ def _add_bench(sub):
                    help="instead: the whole default training job against a torch.nn + torch.optim loop")
     p.add_argument("--train-steps", type=_POS_INT, default=200, metavar="N",
                    help="training steps per contender with --train (default 200)")
+    p.add_argument("--layer-norm", action="store_true",
+                   help="time the layer-normalised LSTM against an eager torch cell with autograd and jax.grad of "
+                        "a lax.scan (the first of --configs, default 32x100x64x128)")
     p.add_argument("--long", action="store_true",
                    help="instead: peak memory and time of an LSTM layer (N=8, H=256) over long sequences, "
                         "tapes full/checkpoint/none against torch.nn and jax.grad, each in a fresh process")
@@ -388,8 +391,15 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
-    if args.long and args.train:
-        raise UsageError("--long and --train are two different benches: give one of them")
+    if args.long + args.train + args.layer_norm > 1:
+        raise UsageError("--long, --train and --layer-norm are different benches: give one of them")
+    if args.layer_norm:
+        from .bench.layer_norm import run_layer_norm_bench
+
+        report = run_layer_norm_bench(args.configs[0] if args.configs else None, args.repeats, args.threads)
+        if args.json:
+            write_json(args.json, {"schema": "portable_rnn.bench.layer_norm/1", **report})
+        return 0
     if not args.long and (args.long_lengths is not None or args.long_input is not None):
         raise UsageError("--long-lengths and --long-input need --long")
     if args.long:
