@@ -47,7 +47,7 @@ PUBLIC_MODULES = (
     "portable_rnn.interop.keras", "portable_rnn.interop.torch", "portable_rnn.io", "portable_rnn.jax",
     "portable_rnn.layers", "portable_rnn.engine.loop", "portable_rnn.losses", "portable_rnn.model", "portable_rnn.optim",
     "portable_rnn.parallel", "portable_rnn.engine.sequence", "portable_rnn.stepbystep", "portable_rnn.testing.fixtures",
-    "portable_rnn.testing.gradcheck", "portable_rnn.torch", "portable_rnn.minimal",
+    "portable_rnn.testing.gradcheck", "portable_rnn.torch", "portable_rnn.minimal", "portable_rnn.engine.layer_norm",
 )
 
 
