@@ -43,8 +43,8 @@ gives a zero embedding gradient and a zero one-hot target.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import inspect
 import math
 import random
 from dataclasses import dataclass
@@ -136,7 +136,7 @@ class CharModel:
             object.__setattr__(self, name, check_int(name, getattr(self, name)))
         if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        taken = {f.name for f in dataclasses.fields(MODES[self.mode])}
+        taken = inspect.signature(MODES[self.mode]).parameters
         refused = [name for name in self._options() if name not in taken]
         if refused:
             raise ValueError(f"mode {self.mode!r} has no {', '.join(refused)}")

@@ -397,7 +397,8 @@ def _recurrent_factors(module, spec, x):
         return (), ()
     T, N = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
     LD = module.num_layers * (2 if module.bidirectional else 1)
-    recurrent = zoneout = ()
+    recurrent: tuple = ()
+    zoneout: tuple = ()
     p = getattr(module, "recurrent_dropout", 0.0)
     if p > 0:
         shape = (LD, N, spec.output_size)
