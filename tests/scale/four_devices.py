@@ -9,13 +9,13 @@ section is what one test module checks:
   x (T, N, D) and the lengths (N,) sharded along the batch over the four devices of
   :func:`portable_rnn.parallel.batch_mesh` (``Auto`` axes: XLA's partitioner places what the
   code leaves open), the parameters from ``init(like=x)``; forward+backward eager and under
-  ``jax.jit`` against the same calls on one device (eager).
+  ``jax.jit`` against the same calls on unsharded NumPy arrays.
 - ``"clean"`` (``test_sharding_clean.py``): the collectives in the compiled programs of that
   layer's forward+backward (the same compile as the section above), of ``jax.apply``'s gradient,
   of a checkpointed tape and of a ``CharModel`` step, with the sharded programs' numbers
-  against the one-device reference.
+  against the unsharded reference.
 - ``"data_parallel"`` (``test_parallel.py``): three Adam steps of a ``CharModel`` through
-  :func:`portable_rnn.parallel.data_parallel` against the same steps on one device.
+  :func:`portable_rnn.parallel.data_parallel` against the same steps unsharded (on NumPy).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ with backends.jax_float64():
     sharding = report["sharding"] = {"params": {k: spec_of(v) for k, v in p.items()}}
     one = jax.devices()[0]
     p1 = {k: jax.device_put(np.asarray(v), one) for k, v in p.items()}
-    ref = fwd_bwd(p1, *(jax.device_put(a, one) for a in (xh, lh, dh)))  # eager, one device
+    # the unsharded numbers, from NumPy: eager JAX on one device would compile every operation again
+    ref = fwd_bwd({k: np.asarray(v) for k, v in p.items()}, xh, lh, dh)
     sharding["mixed_error"] = error_of(lambda: spec.forward(p1, x, lengths=lengths))
     got = {}
     sharding["eager_error"] = error_of(lambda: got.update(eager=fwd_bwd(p, x, lengths, d_out)))
@@ -121,7 +122,7 @@ with backends.jax_float64():
     char_step = lambda params, tokens: model.loss_and_grads(params, tokens, tokens)[:2]
     clean["charmodel"] = collectives(jax.jit(char_step).lower(mparams, tokens).compile())
 
-    # -- "data_parallel": three Adam steps over the four devices against one device
+    # -- "data_parallel": three Adam steps over the four devices against the unsharded steps
     model = CharModel(11, 8, 2, "lstm", 4)
     params = model.init(seed=0, xp=jnp, dtype="float64")
     opt = adam(1e-2)
@@ -134,11 +135,12 @@ with backends.jax_float64():
         params, opt_state = opt.update(grads, opt_state, params)
         return params, opt_state, loss
 
-    single = jax.jit(step)
-    p_1, s_1 = params, opt.init(params)
+    # the reference: the same steps unsharded, on NumPy (jax.jit on one device would compile once more)
+    p_1 = {k: np.asarray(v) for k, v in params.items()}
+    s_1 = opt.init(p_1)
     losses_1 = []
     for _ in range(3):
-        p_1, s_1, loss = single(p_1, s_1, tokens, targets)
+        p_1, s_1, loss = step(p_1, s_1, np.asarray(tokens), np.asarray(targets))
         losses_1.append(float(loss))
     specs = parallel.model_partition_specs(model)
     rep, tok = specs["params"], specs["tokens"]

@@ -3,7 +3,8 @@
 The steps run in the four-device program of ``tests/scale/four_devices.py`` (section
 ``"data_parallel"``): three Adam steps (clipped) of a 2-layer LSTM ``CharModel`` in float64,
 the batch sharded by :func:`portable_rnn.parallel.shard`, the step compiled by
-:func:`portable_rnn.parallel.data_parallel`, against the same steps under ``jax.jit`` on one device.
+:func:`portable_rnn.parallel.data_parallel`, against the same steps unsharded (on NumPy, the
+batch whole: no second program to compile).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ is set before JAX starts: the checks read the findings of the four-device progra
 (N,) are sharded along the batch N over the four devices, on the mesh of
 ``parallel.batch_mesh()`` (an ``Auto`` axis: XLA's partitioner places what the code
 leaves open); the parameters come from ``init(like=x)``. The layer is a 2-layer
-bidirectional LSTM with lengths, in float64, compared with the same calls on one device.
+bidirectional LSTM with lengths, in float64, compared with the same calls on unsharded NumPy
+arrays.
 
 Not covered: on a mesh with ``Explicit`` axes (``jax.make_mesh``'s
 default in JAX 0.10) the backward's reshape of (T, N, F) to (T*N, F) for the

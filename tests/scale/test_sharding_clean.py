@@ -3,7 +3,7 @@
 The compiled programs are those of the four-device program of ``tests/scale/four_devices.py``
 (section ``"clean"``): a 2-layer bidirectional LSTM with lengths, its batch over four forced
 host devices, through the hand-written forward+backward, ``jax.grad`` of ``jax.apply`` and a
-checkpointed tape (each held to the one-device numbers), and a ``CharModel`` step.
+checkpointed tape (each held to the unsharded numbers, from NumPy), and a ``CharModel`` step.
 """
 
 from __future__ import annotations
