@@ -9,14 +9,18 @@ sequential steps.
     T steps of :math:`h \leftarrow a_t h + b_t`: the definition.
 ``method="parallel"`` (default)
     A chunked scan. Time is cut into C chunks of K steps (K about
-    :math:`\sqrt T`, the time axis reshaped alone, so a batch sharding is
-    untouched). (1) Within every chunk at once, K steps compute the chunk's
-    products :math:`A_k = a_k \cdots a_1` and its state from a zero start
-    :math:`B_k`; (2) C steps carry the state from chunk to chunk,
-    :math:`h_{in}^{c+1} = A_K^c h_{in}^c + B_K^c`; (3) one elementwise pass
-    gives :math:`h = A\,h_{in} + B`. That is :math:`K + C \approx 2\sqrt T`
-    sequential steps over arrays C (or K) times larger, and a few passes over
-    the (T, ...) arrays.
+    :math:`\sqrt T`, a divisor of T when one lies in
+    :math:`[\sqrt T / 2, \sqrt T]`, else a tail of fewer than K steps run
+    one by one; the time axis reshaped alone, so a batch sharding is
+    untouched). (1) Within every chunk at once, K steps compose the chunk's
+    affine map, keeping only its totals :math:`A^c = a_K \cdots a_1` and
+    :math:`B^c` (the chunk's state from a zero start), arrays (C, ...);
+    (2) C steps carry the state from chunk to chunk,
+    :math:`h_{in}^{c+1} = A^c h_{in}^c + B^c`; (3) K steps run every chunk
+    again from its entering state, :math:`h \leftarrow a_k h + b_k`, and
+    write the states. That is :math:`2K + C \approx 3\sqrt T` sequential
+    steps over arrays C (or K) times larger; each step makes only (C, ...)
+    arrays, and the (T, ...) inputs are read twice, the states stacked once.
 
 Stability: the parallel form multiplies and adds the same numbers as the
 sequential one, only grouped differently: no division, no logarithm, no
@@ -32,7 +36,11 @@ The backward of a linear recurrence is one too, run in reverse: with
 :math:`\lambda_t = g_t + a_{t+1} \odot \lambda_{t+1}`, then
 :math:`da_t = \lambda_t \odot h_{t-1}`, :math:`db_t = \lambda_t` and
 :math:`dh_0 = a_0 \odot \lambda_0` (with :math:`h_{-1} = h_0`, the initial
-state). :func:`linear_scan_backward` runs it with the same method.
+state). :func:`linear_scan_backward` runs it with the same method, carrying
+:math:`s_t = a_t \odot \lambda_t` instead of :math:`\lambda_t`
+(:math:`\lambda_t = g_t + s_{t+1}`, :math:`s_t = a_t \odot \lambda_t`), so
+that it reads :math:`a_t` at its own step (no shifted copy of ``a``) and
+ends with :math:`s_0 = dh_0`.
 
 ``mask`` (T, ..., 1 or ...): steps where it is 0 leave the state unchanged
 (:math:`a_t = 1`, :math:`b_t = 0` there) and get zero gradients.
@@ -50,7 +58,7 @@ import math
 
 from ._validation import check_int, namespace_of
 from ._validation import placement as device
-from .engine.loop import scan
+from .engine.loop import compiles, scan
 
 __all__ = ["linear_scan", "linear_scan_backward", "METHODS"]
 
@@ -69,57 +77,137 @@ def _masked_a(a, mask):
     return a if mask is None else mask * a + (1 - mask)
 
 
-def _sequential(a, b, h0, xp, reverse=False):
-    def step(h, inputs):
-        a_t, b_t = inputs
-        h = a_t * h + b_t
-        return h, h
+def _chunk_size(T, chunk):
+    """Steps per chunk: ``chunk``, or a divisor of T in [sqrt(T)/2, sqrt(T)] (no ragged tail), else ceil(sqrt(T))."""
+    if chunk is not None:
+        return min(chunk, T)
+    root = math.isqrt(T - 1) + 1
+    for K in range(root, max(root // 2, 1) - 1, -1):
+        if T % K == 0:
+            return K
+    return root
 
-    _, h = scan(step, h0, (a, b), xp=xp, reverse=reverse)
-    return h
+
+# The two recurrences, one step each: ``step(carry, (a_t, b_t[, keep_t])) -> (carry, out_t)``, and the
+# composition of a run of steps into one affine map of the carry, ``total((A, B), x_t)``.
+# forward (time increasing):   h <- a_t h + b_t,                      out h
+# adjoint (time decreasing):   lam <- b_t + keep_t s,  s <- a_t lam,   out lam
 
 
-def _parallel(a, b, h0, xp, chunk):
-    """The chunked scan of the module docstring (forward in time)."""
-    T, rest = a.shape[0], tuple(a.shape[1:])
-    K = chunk or math.isqrt(T - 1) + 1
-    K = min(K, T)
-    C = -(-T // K)
-    pad = C * K - T
-    if pad:  # identity steps at the end: the state passes through them unchanged
-        dev = device(a)
-        a = xp.concat([a, xp.ones((pad, *rest), dtype=a.dtype, device=dev)], axis=0)
-        b = xp.concat([b, xp.zeros((pad, *rest), dtype=b.dtype, device=dev)], axis=0)
-    order = (1, 0, *range(2, 2 + len(rest)))
-    a_kc = xp.permute_dims(xp.reshape(a, (C, K, *rest)), order)  # (K, C, ...): a view, k first
-    b_kc = xp.permute_dims(xp.reshape(b, (C, K, *rest)), order)
+def _forward_step(h, xs):
+    a_t, b_t = xs
+    h = a_t * h + b_t
+    return h, h
 
-    def within(carry, inputs):  # one step of every chunk at once
-        A, B = carry
-        a_k, b_k = inputs
-        A, B = a_k * A, a_k * B + b_k
-        return (A, B), (A, B)
 
-    ones = xp.ones((C, *rest), dtype=a.dtype, device=device(a))
-    zeros = xp.zeros((C, *rest), dtype=b.dtype, device=device(b))
-    (A_last, B_last), (A, B) = scan(within, (ones, zeros), (a_kc, b_kc), xp=xp)
+def _forward_total(carry, xs):
+    A, B = carry
+    a_t, b_t = xs
+    return (a_t * A, a_t * B + b_t), None
 
-    def across(h_in, inputs):  # from chunk to chunk
+
+def _adjoint_step(s, xs):
+    a_t, g_t = xs[0], xs[1]
+    lam = g_t + (s if len(xs) == 2 else xs[2] * s)
+    return a_t * lam, lam
+
+
+def _adjoint_total(carry, xs):
+    A, B = carry
+    a_t, g_t = xs[0], xs[1]
+    if len(xs) == 3:
+        A, B = xs[2] * A, xs[2] * B
+    return (a_t * A, a_t * (g_t + B)), None
+
+
+def _steps(step, carry, xs, xp, reverse, outputs):
+    """:func:`~portable_rnn.engine.loop.scan` over axis 0 of ``xs`` (K, C, ...), outputs stacked as (C, K, ...).
+
+    The eager loop stacks the outputs on axis 1 directly: no (K, C, ...) array
+    is made and then transposed.
+    """
+    if compiles(xp, carry, xs):
+        carry, ys = scan(step, carry, xs, xp=xp, reverse=reverse)
+        return carry, (xp.permute_dims(ys, (1, 0, *range(2, ys.ndim))) if outputs else None)
+    n = xs[0].shape[0]
+    ys = []
+    for t in range(n - 1, -1, -1) if reverse else range(n):
+        carry, y = step(carry, tuple(v[t, ...] for v in xs))
+        if outputs:
+            ys.append(y)
+    if not outputs:
+        return carry, None
+    if reverse:
+        ys.reverse()
+    return carry, xp.stack(ys, axis=1)
+
+
+def _parallel(step, total, xs, s0, xp, chunk, reverse):
+    """The chunked scan of the module docstring: ``(final carry, outputs (T, ...))``.
+
+    ``xs`` are (T, ...) arrays (a coefficient first); time is cut into C chunks
+    of K steps and, when K does not divide T, a tail of fewer than K steps run
+    step by step (first when ``reverse``). Only the time axis is reshaped.
+    """
+    T = xs[0].shape[0]
+    K = _chunk_size(T, chunk)
+    C, r = divmod(T, K)
+    head_len = C * K
+    tail_out = None
+    if r and reverse:
+        s0, tail_out = scan(step, s0, tuple(v[head_len:, ...] for v in xs), xp=xp, reverse=True)
+
+    def chunked(v):  # (K, C, ...): step k of every chunk along axis 0 (a view)
+        v = v if not r else v[:head_len, ...]
+        v = xp.reshape(v, (C, K, *v.shape[1:]))
+        return xp.permute_dims(v, (1, 0, *range(2, v.ndim)))
+
+    xs_kc = tuple(chunked(v) for v in xs)
+    a0 = xs_kc[0]
+    shape = (C, *s0.shape)  # the carry's: the totals start as the identity map
+    ones = xp.ones(shape, dtype=a0.dtype, device=device(a0))
+    zeros = xp.zeros(shape, dtype=a0.dtype, device=device(a0))
+    # (1) the affine map of every chunk at once, keeping only its two totals (C, ...)
+    (A, B), _ = _steps(total, (ones, zeros), xs_kc, xp, reverse, outputs=False)
+
+    def across(s, inputs):  # from chunk to chunk
         A_c, B_c = inputs
-        return A_c * h_in + B_c, h_in
+        return A_c * s + B_c, s
 
-    _, h_in = scan(across, h0, (A_last, B_last), xp=xp)  # (C, ...): the state entering each chunk
-    h = A * h_in + B  # (K, C, ...)
-    h = xp.reshape(xp.permute_dims(h, order), (C * K, *rest))
-    return h[:T, ...] if pad else h
+    # (2) the carry entering each chunk, (C, ...), and the one leaving the last
+    s_final, s_in = scan(across, s0, (A, B), xp=xp, reverse=reverse)
+    # (3) every chunk again from its true entering carry, writing the outputs
+    _, out = _steps(step, s_in, xs_kc, xp, reverse, outputs=True)
+    out = xp.reshape(out, (head_len, *out.shape[2:]))
+    if r and not reverse:
+        s_final, tail_out = scan(step, s_final, tuple(v[head_len:, ...] for v in xs), xp=xp)
+    if r:
+        out = xp.concat([out, tail_out], axis=0)
+    return s_final, out
 
 
-def _run(a, b, h0, xp, method, chunk, reverse=False):
+def _run(step, total, xs, s0, xp, method, chunk, reverse=False):
+    """``(final carry, outputs (T, ...))`` of ``step`` over ``xs``, by ``method``."""
     if method == "sequential":
-        return _sequential(a, b, h0, xp, reverse=reverse)
-    if not reverse:
-        return _parallel(a, b, h0, xp, chunk)
-    return xp.flip(_parallel(xp.flip(a, axis=0), xp.flip(b, axis=0), h0, xp, chunk), axis=0)
+        return scan(step, s0, xs, xp=xp, reverse=reverse)
+    return _parallel(step, total, xs, s0, xp, chunk, reverse)
+
+
+def _adjoint(a, g, s0, *, keep=None, method="parallel", chunk=None):
+    r"""The backward recurrence of :func:`linear_scan_backward`: ``(lam, dh0)``.
+
+    Run from the last step to the first, carrying :math:`s_{t+1} = a_{t+1}\lambda_{t+1}`:
+    :math:`\lambda_t = g_t + \kappa_t s_{t+1}`, :math:`s_t = a_t \lambda_t`, from
+    :math:`s_T` = ``s0`` (the gradient of the final state, which :math:`\kappa_{T-1}`
+    multiplies too); the carry left at the end is :math:`s_0 = \partial h_{-1}`.
+    ``a`` is the masked coefficient (see :func:`_masked_a`); ``keep`` as in
+    :func:`linear_scan_backward`, ``g`` (T, ...).
+    """
+    xp = namespace_of(a=a, g=g, s0=s0)
+    chunk = _check(method, chunk)
+    xs = (a, g) if keep is None else (a, g, keep)
+    s_final, lam = _run(_adjoint_step, _adjoint_total, xs, s0, xp, method, chunk, reverse=True)
+    return lam, s_final
 
 
 def linear_scan(a, b, h0, *, mask=None, method: str = "parallel", chunk: int | None = None):
@@ -136,7 +224,7 @@ def linear_scan(a, b, h0, *, mask=None, method: str = "parallel", chunk: int | N
     method : {"parallel", "sequential"}
         See the module docstring; both give the same numbers to rounding.
     chunk : int, optional
-        Steps per chunk of the parallel scan; default :math:`\lceil\sqrt T\rceil`.
+        Steps per chunk of the parallel scan; default about :math:`\sqrt T` (see the module docstring).
 
     Returns
     -------
@@ -147,7 +235,7 @@ def linear_scan(a, b, h0, *, mask=None, method: str = "parallel", chunk: int | N
     if a.shape[0] == 0:
         raise ValueError("a linear scan needs at least one step (a has T = 0)")
     b = b if mask is None else mask * b  # the identity step adds nothing
-    return _run(_masked_a(a, mask), b, h0, xp, method, chunk)
+    return _run(_forward_step, _forward_total, (_masked_a(a, mask), b), h0, xp, method, chunk)[1]
 
 
 def linear_scan_backward(a, h, h0, d_h, *, mask=None, keep=None, method: str = "parallel",
@@ -181,14 +269,9 @@ def linear_scan_backward(a, h, h0, d_h, *, mask=None, keep=None, method: str = "
     xp = namespace_of(a=a, h=h, h0=h0, d_h=d_h)
     chunk = _check(method, chunk)
     a_eff = _masked_a(a, mask)
-    # lambda_t = g_t + a_{t+1} lambda_{t+1}: a reverse scan whose coefficient at t is a_{t+1}
-    one = xp.ones((1, *a.shape[1:]), dtype=a.dtype, device=device(a))
-    a_next = xp.concat([a_eff[1:, ...], one], axis=0)
-    if keep is not None:
-        a_next = keep * a_next
-    lam = _run(a_next, d_h, xp.zeros_like(h0), xp, method, chunk, reverse=True)
+    lam, dh0 = _adjoint(a_eff, d_h, xp.zeros_like(h0), keep=keep, method=method, chunk=chunk)
     h_prev = xp.concat([xp.expand_dims(h0, axis=0), h[:-1, ...]], axis=0)
     da, db = lam * h_prev, lam
     if mask is not None:
         da, db = mask * da, mask * db
-    return da, db, a_eff[0, ...] * lam[0, ...]
+    return da, db, dh0

@@ -26,20 +26,34 @@ gate chain rule turns them into :math:`\partial U`, and
 :math:`db_{ih} = \sum_{t,n} \partial U_{tn}` and :math:`dX = \partial U\, W_{ih}`
 are contractions over time and batch together.
 
-Stability. :math:`1 - \sigma(u)` is computed as :math:`\sigma(-u)` (no
-cancellation near 1), and minLSTM's normalisation in closed form from the
-pre-activations: with :math:`f = \sigma(u_f)`, :math:`i = \sigma(u_i)`,
+Stability. minGRU's gates come from one exponential,
+:math:`c = e^{\min(u_z, L)}`, :math:`1 - z = 1/(1 + c)` and :math:`z = c\,(1 - z)`,
+each to a few ulps relative to itself (no cancellation near 0 or 1); ``L``
+is the largest whole number below :math:`\log` of the dtype's largest value
+minus one (87 in float32, 708 in float64), so nothing overflows, and
+:math:`1 - z` is clamped at :math:`1/(1 + e^L)`, the bottom of the normal
+range, where the exact value would be subnormal. minLSTM's normalisation is
+computed in closed form from the pre-activations: with :math:`f = \sigma(u_f)`,
+:math:`i = \sigma(u_i)`, :math:`m = \min(u_f, u_i, 0)`, :math:`P = e^{m - u_f}`,
+:math:`Q = e^{m - u_i}` and :math:`E = e^m` (exponentials of non-positive
+numbers, one of them :math:`e^0 = 1`),
 
 .. math::
 
-    \frac{i}{f} = \frac{1 + e^{-u_f}}{1 + e^{-u_i}}, \qquad
-    w = \log\frac{i}{f} = \operatorname{softplus}(-u_f) - \operatorname{softplus}(-u_i), \qquad
-    f' = \sigma(-w), \quad i' = \sigma(w),
+    f' = \frac{f}{f + i} = \frac{E + Q}{(E + Q) + (E + P)}, \qquad
+    i' = \frac{i}{f + i} = \frac{E + P}{(E + Q) + (E + P)},
 
-where :math:`\operatorname{softplus}(y) = \max(y, 0) + \log(1 + e^{-|y|})`
-and :math:`\sigma` is the stable sigmoid: no exponential overflows and no
-0/0 where both gates underflow (:math:`u_f = u_i = -800` gives
-:math:`f' = i' = 1/2`, as the ratio does).
+the ratio multiplied through by :math:`(1 + e^{-u_f})(1 + e^{-u_i})\,e^{m}`:
+sums of positive numbers, exact to a few ulps, with no 0/0 where both gates
+underflow (:math:`u_f = u_i = -800` gives :math:`f' = i' = 1/2`, as the ratio does).
+
+The tape. With ``retain="full"`` each layer and direction keeps, besides its
+input, its pre-activations, its states after the initial one, and the gate
+values the backward reads (:class:`Kept`): the backward reruns no
+exponential and copies no state. Apart from the matmuls, every step of the
+forward and backward is a handful of elementwise passes over (T, N, H)
+arrays; the chunked scan keeps its per-chunk work small (see
+:mod:`portable_rnn.linear_scan`).
 
 Conventions are those of :mod:`portable_rnn.layers`: a frozen spec, PyTorch's
 parameter names (``weight_ih_l{k}[_reverse]`` (G*H, D_k) and
@@ -54,10 +68,9 @@ and the ``retain`` choices of the tape.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar, NamedTuple
-
-from array_api_compat import is_jax_array
 
 from . import init as _init
 from ._validation import (
@@ -73,21 +86,34 @@ from ._validation import (
     namespace_of,
 )
 from ._validation import placement as device
-from .activations import sigmoid, sigmoid_pair
 from .backends import resolve_target, to_namespace
 from .engine.loop import scan as time_loop
 from .engine.sequence import segment_length, window_keep
 from .layers import _check_lengths, _device_or_none, _length_maps, _reverse_time
-from .linear_scan import METHODS, linear_scan, linear_scan_backward
+from .linear_scan import METHODS, _adjoint, _masked_a, linear_scan
 
 __all__ = ["MinGRU", "MinLSTM", "MinimalCell", "MinimalTape", "Kept", "Checkpoints"]
 
 
 class Kept(NamedTuple):
-    """What ``retain="full"`` keeps of one layer and direction: ``pre`` (T, N, G*H), ``h`` (T, N, H)."""
+    """What ``retain="full"`` keeps of one layer and direction.
+
+    Attributes
+    ----------
+    pre : array (T, N, G*H)
+        The pre-activations.
+    h : array (T + 1, N, H)
+        The initial state, then the state after each step (so ``h[:-1]`` is
+        the state entering each step).
+    gates : tuple of arrays (T, N, H)
+        What the gate chain rule reads, from the layer's forward:
+        :math:`(1 - z, z)` for minGRU, :math:`(f', i', -P/S, Q/S)` for minLSTM
+        (the module docstring's :math:`P`, :math:`Q` and :math:`S = (E+Q)+(E+P)`).
+    """
 
     pre: object
     h: object
+    gates: tuple = ()
 
 
 class Checkpoints(NamedTuple):
@@ -135,16 +161,16 @@ def _tape_type(spec):
     return type("MinimalTape", (MinimalTape,), {"__slots__": (), "spec": spec})
 
 
-def _softplus(y, xp):
-    r""":math:`\log(1 + e^y) = \max(y, 0) + \log(1 + e^{-|y|})`: no exponential of a positive number."""
-    return xp.maximum(y, xp.zeros_like(y)) + xp.log1p(xp.exp(-xp.abs(y)))
+def _exp_limit(dtype, xp):
+    """The largest whole L with :math:`e^{L+1}` finite in ``dtype`` (87 in float32, 708 in float64)."""
+    return float(math.floor(math.log(xp.finfo(dtype).max)) - 1)
 
 
-def _at_last_step(d_h, d_final, xp):
-    """``d_h`` (T, N, H) with ``d_final`` (N, H) added at its last step (without writing into it)."""
-    if d_final is None:
-        return d_h
-    return xp.concat([d_h[:-1, ...], xp.expand_dims(d_h[-1, ...] + d_final, axis=0)], axis=0)
+def _whole_last_step(keep, xp):
+    """``keep`` with 1 at its last step: the final state's gradient enters that step whole."""
+    if keep is None:
+        return None
+    return xp.concat([keep[:-1, ...], xp.ones_like(keep[-1:, ...])], axis=0)
 
 
 @dataclass(frozen=True)
@@ -302,12 +328,29 @@ class _Minimal:
 
     # ----------------------------------------------------------- the gates
 
-    def coefficients(self, pre, xp):
-        r"""The recurrence's :math:`(a, b)`, each (..., H), from the pre-activations ``pre`` (..., G*H)."""
+    def gates_of(self, pre, xp):
+        r"""``(a, b, gates)`` from the pre-activations ``pre`` (..., G*H): the recurrence's
+        coefficients (..., H) and what :meth:`pre_gradient` reads (the ``gates`` of :class:`Kept`)."""
         raise NotImplementedError
 
-    def pre_gradient(self, pre, da, db, xp):
-        r"""The gradient of ``pre`` (..., G*H) from those of :math:`a` and :math:`b` (..., H)."""
+    def coefficients(self, pre, xp):
+        r"""The recurrence's :math:`(a, b)`, each (..., H), from the pre-activations ``pre`` (..., G*H)."""
+        a, b, _ = self.gates_of(pre, xp)
+        return a, b
+
+    def pre_gradient(self, pre, da, db, xp, gates=None):
+        r"""The gradient of ``pre`` (..., G*H) from those of :math:`a` and :math:`b` (..., H).
+
+        ``gates`` is what :meth:`gates_of` returned for ``pre`` (computed again when ``None``).
+        """
+        if gates is None:
+            gates = self.gates_of(pre, xp)[2]
+        u_h = pre[..., (self.n_gates - 1) * self.hidden_size :]
+        return self._pre_gradient(pre, gates, db * u_h - da, db, xp)
+
+    def _pre_gradient(self, pre, gates, d_gate, db, xp):
+        r""":meth:`pre_gradient` from :math:`\partial b` and
+        ``d_gate`` :math:`= \partial b \odot u_{\tilde h} - \partial a`."""
         raise NotImplementedError
 
     # ----------------------------------------------------------- checks
@@ -373,36 +416,45 @@ class _Minimal:
     # ----------------------------------------------------------- one layer and direction
 
     def _run(self, W, b, x, h_in, mask, xp):
-        """Pre-activations (T, N, G*H) and states (T, N, H) of one layer and direction over ``x`` (T, N, D)."""
+        """Pre-activations (T, N, G*H), states (T, N, H) and gates of one layer and direction over ``x`` (T, N, D)."""
         pre = x @ xp.matrix_transpose(W)
         if b is not None:
             pre = pre + b
-        a, bb = self.coefficients(pre, xp)
-        return pre, linear_scan(a, bb, h_in, mask=mask, method=self.scan)
+        a, bb, gates = self.gates_of(pre, xp)
+        return pre, linear_scan(a, bb, h_in, mask=mask, method=self.scan), gates
 
     def _run_segments(self, W, b, x, h0, mask, k, xp):
         """The states (T, N, H) of :meth:`_run`, segment by segment of ``k`` steps: a scratch of one segment."""
 
         def segment(h_in, inputs):
             (x_s, mask_s), _ = inputs
-            _, h_s = self._run(W, b, x_s, h_in, mask_s, xp)
+            _, h_s, _ = self._run(W, b, x_s, h_in, mask_s, xp)
             return h_s[-1, ...], (h_s, None)
 
         _, (h, _) = _segments(segment, h0, (x, mask), None, k, xp)
         return h
 
-    def _backward_run(self, W, pre, h, h_in, x, mask, keep, d_out, d_final, xp):
+    def _backward_run(self, W, pre, gates, h_prev, x, mask, keep, d_out, d_final, xp):
         r"""Gradients of one run of :meth:`_run` (a sequence or a segment).
 
-        ``d_out`` (T, N, H) is the gradient of each :math:`h_t` from above (zero at
-        padding), ``d_final`` (N, H) that of the last state, carried in from after
-        the run (already scaled by truncation's factor); ``keep`` the per-step
-        factor of truncated BPTT or None. Returns ``(dh_in, dW, db, dx)``.
+        ``gates`` are those of :meth:`gates_of`, ``h_prev`` (T, N, H) the state
+        entering each step; ``d_out`` (T, N, H) is the gradient of each
+        :math:`h_t` from above (zero at padding), ``d_final`` (N, H) that of the
+        last state, carried in from after the run (already scaled by
+        truncation's factor); ``keep`` the per-step factor of truncated BPTT or
+        None. The reverse recurrence (:func:`~portable_rnn.linear_scan.linear_scan_backward`'s
+        :math:`\lambda`, with ``d_final`` as its starting carry) gives
+        :math:`\partial b = \lambda` and :math:`\partial a = \lambda \odot h_{t-1}`,
+        both zero at padded steps, and the gate chain rule reads
+        :math:`\partial b \odot u_{\tilde h} - \partial a = \lambda \odot (u_{\tilde h} - h_{t-1})`.
+        Returns ``(dh_in, dW, db, dx)``.
         """
-        a, _ = self.coefficients(pre, xp)
-        d_h = _at_last_step(d_out, d_final, xp)
-        da, db, dh_in = linear_scan_backward(a, h, h_in, d_h, mask=mask, keep=keep, method=self.scan)
-        d_pre = self.pre_gradient(pre, da, db, xp)  # zero at padded steps, where da and db are
+        a = _masked_a(gates[0], mask)
+        lam, dh_in = _adjoint(a, d_out, d_final, keep=_whole_last_step(keep, xp), method=self.scan)
+        if mask is not None:
+            lam = mask * lam
+        u_h = pre[..., (self.n_gates - 1) * self.hidden_size :]
+        d_pre = self._pre_gradient(pre, gates, lam * (u_h - h_prev), lam, xp)  # zero at padded steps
         steps_and_batch = ([0, 1], [0, 1])
         dW = xp.tensordot(d_pre, x, axes=steps_and_batch)
         return dh_in, dW, xp.sum(d_pre, axis=(0, 1)), d_pre @ W
@@ -414,10 +466,11 @@ class _Minimal:
         def segment(carry, inputs):
             d_next, dW, db = carry
             (x_s, mask_s, keep_s, d_out_s), h_in = inputs
-            pre_s, h_s = self._run(W, b, x_s, h_in, mask_s, xp)
+            pre_s, h_s, gates_s = self._run(W, b, x_s, h_in, mask_s, xp)
+            h_prev = xp.concat([xp.expand_dims(h_in, axis=0), h_s[:-1, ...]], axis=0)
             # the gradient entering the segment's last step from the next segment, cut by truncation
             d_last = d_next if keep_s is None else keep_s[-1, ...] * d_next
-            dh_in, dW_s, db_s, dx_s = self._backward_run(W, pre_s, h_s, h_in, x_s, mask_s, keep_s, d_out_s,
+            dh_in, dW_s, db_s, dx_s = self._backward_run(W, pre_s, gates_s, h_prev, x_s, mask_s, keep_s, d_out_s,
                                                          d_last, xp)
             return (dh_in, dW + dW_s, db + db_s), (dx_s, None)
 
@@ -448,7 +501,9 @@ class _Minimal:
             :func:`portable_rnn.jax.apply` can call every spec alike.
         retain : {"full", "checkpoint", "none"}, keyword-only
             What each layer keeps for :meth:`backward`: its input, every
-            step's pre-activations (G*H numbers) and state (``"full"``); its
+            step's pre-activations (G*H numbers), state and gate values
+            (2H numbers for minGRU, 4H for minLSTM: :class:`Kept`)
+            (``"full"``); its
             input and the states entering segments of at most
             ``checkpoint_every`` steps (``"checkpoint"``: the backward
             recomputes one segment at a time, so apart from the inputs the
@@ -499,10 +554,6 @@ class _Minimal:
             kept.append(tuple(kept_k))
             layer_in = outs[0] if len(outs) == 1 else xp.concat(outs, axis=-1)
 
-        if retain == "full" and self.num_directions == 1 and mask is None and not is_jax_array(layer_in):
-            # Here ``out`` is the tape's own state array: hand back a copy, so that writing
-            # into ``out`` cannot change what backward() computes (JAX arrays are immutable).
-            layer_in = xp.reshape(layer_in, tuple(layer_in.shape), copy=True)
         out = xp.permute_dims(layer_in, (1, 0, 2)) if self.batch_first else layer_in
         final = xp.stack(finals, axis=0)
         if retain == "none":
@@ -515,11 +566,11 @@ class _Minimal:
         T = x.shape[0]
         if retain == "none" and checkpoint_every is not None:
             return self._run_segments(W, b, x, h_in, mask, segment_length(T, checkpoint_every), xp), None
-        pre, h = self._run(W, b, x, h_in, mask, xp)
+        pre, h, gates = self._run(W, b, x, h_in, mask, xp)
         if retain == "none":
             return h, None
-        if retain == "full":
-            return h, Kept(pre, h)
+        if retain == "full":  # the tape's states are a copy: writing into ``out`` cannot change the backward
+            return h, Kept(pre, xp.concat([xp.expand_dims(h_in, axis=0), h], axis=0), gates)
         k = segment_length(T, checkpoint_every)  # the states entering segments 0, 1, ...: h0, h[k-1], h[2k-1], ...
         return h, Checkpoints(xp.concat([xp.expand_dims(h_in, axis=0), h[k - 1 : T - 1 : k, ...]], axis=0))
 
@@ -600,8 +651,8 @@ class _Minimal:
                 if isinstance(kept[k][d], Checkpoints):
                     g = self._backward_checkpointed(W, b, x_d, kept[k][d].h, mask, keep, d_out_d, d_final, xp)
                 else:
-                    pre, h = kept[k][d]
-                    g = self._backward_run(W, pre, h, state0[i, ...], x_d, mask, keep, d_out_d, d_final, xp)
+                    pre, h, gates = kept[k][d]
+                    g = self._backward_run(W, pre, gates, h[:-1, ...], x_d, mask, keep, d_out_d, d_final, xp)
                 dstate0[i], dW, db, dx_d = g
                 w_ih, _, b_ih, _ = _init.param_names(k, d)
                 grads[w_ih] = dW
@@ -707,8 +758,8 @@ class MinGRU(_Minimal):
         h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
 
     ``weight_ih_l{k}`` (2H, D_k) stacks :math:`[W_z; W_h]` and ``bias_ih_l{k}``
-    (2H,) :math:`[b_z; b_h]`. :math:`1 - z_t` is computed as
-    :math:`\sigma(-u_z)`, exact where :math:`z_t` is near 1.
+    (2H,) :math:`[b_z; b_h]`. :math:`1 - z_t` and :math:`z_t` come from one
+    exponential (module docstring), each exact relative to itself: near 1 and near 0.
 
     Parameters
     ----------
@@ -739,24 +790,25 @@ class MinGRU(_Minimal):
     gates: ClassVar[tuple] = ("z", "h~")
     mode: ClassVar[str] = "mingru"
 
-    def coefficients(self, pre, xp):
-        r""":math:`a = \sigma(-u_z) = 1 - z`, :math:`b = z \odot u_{\tilde h}`."""
+    def gates_of(self, pre, xp):
+        r""":math:`a = 1 - z = 1/(1 + c)`, :math:`b = z \odot u_{\tilde h}` with :math:`z = c\,a`,
+        :math:`c = e^{\min(u_z, L)}` (module docstring); the gates kept are :math:`(a, z)`."""
         H = self.hidden_size
         u_z, u_h = pre[..., :H], pre[..., H:]
-        z, one_minus_z = sigmoid_pair(u_z)
-        return one_minus_z, z * u_h
+        c = xp.exp(xp.clip(u_z, max=_exp_limit(pre.dtype, xp)))
+        a = 1 / (1 + c)
+        z = c * a
+        return a, z * u_h, (a, z)
 
-    def pre_gradient(self, pre, da, db, xp):
+    def _pre_gradient(self, pre, gates, d_gate, db, xp):
         r"""Through :math:`a = 1 - z`, :math:`b = z \odot \tilde h`.
 
         :math:`\partial u_z = (\partial b \odot \tilde h - \partial a) \odot z (1 - z)`,
         :math:`\partial \tilde h = \partial b \odot z`.
         """
-        H = self.hidden_size
-        u_z, u_h = pre[..., :H], pre[..., H:]
-        z, one_minus_z = sigmoid_pair(u_z)
-        dz = db * u_h - da  # a = 1 - z, b = z h~
-        return xp.concat([dz * z * one_minus_z, db * z], axis=-1)
+        a, z = gates
+        dh = db * z
+        return xp.concat([d_gate * a * z, dh], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -773,9 +825,8 @@ class MinLSTM(_Minimal):
     ``weight_ih_l{k}`` (3H, D_k) stacks :math:`[W_f; W_i; W_h]` and
     ``bias_ih_l{k}`` (3H,) :math:`[b_f; b_i; b_h]`. The normalised gates are
     computed in the closed form of the module docstring,
-    :math:`f' = \sigma(-w)`, :math:`i' = \sigma(w)` with
-    :math:`w = \operatorname{softplus}(-u_f) - \operatorname{softplus}(-u_i)`:
-    finite and exact for pre-activations of any size. The state is h alone
+    :math:`f' = (E + Q)/S`, :math:`i' = (E + P)/S`: finite and exact for
+    pre-activations of any size. The state is h alone
     (no separate cell state).
 
     Parameters
@@ -798,27 +849,28 @@ class MinLSTM(_Minimal):
     gates: ClassVar[tuple] = ("f", "i", "h~")
     mode: ClassVar[str] = "minlstm"
 
-    def _normalised(self, pre, xp):
-        """``(u_h, f', i', u_f, u_i)`` with the normalised gates in closed form."""
+    def gates_of(self, pre, xp):
+        r""":math:`a = f'`, :math:`b = i' \odot u_{\tilde h}`, in the closed form of the module docstring.
+
+        The gates kept are :math:`(f', i', -P/S, Q/S)` with :math:`S = (E + Q) + (E + P)`.
+        """
         H = self.hidden_size
         u_f, u_i, u_h = pre[..., :H], pre[..., H : 2 * H], pre[..., 2 * H :]
-        w = _softplus(-u_f, xp) - _softplus(-u_i, xp)  # log(i / f)
-        i_n, f_n = sigmoid_pair(w)
-        return u_h, f_n, i_n, u_f, u_i
+        m = xp.clip(xp.minimum(u_f, u_i), max=0.0)
+        P, Q, E = xp.exp(m - u_f), xp.exp(m - u_i), xp.exp(m)
+        num_f, num_i = E + Q, E + P
+        r = 1 / (num_f + num_i)
+        f_n, i_n = num_f * r, num_i * r
+        return f_n, i_n * u_h, (f_n, i_n, P * (-r), Q * r)
 
-    def coefficients(self, pre, xp):
-        r""":math:`a = f'`, :math:`b = i' \odot u_{\tilde h}`."""
-        u_h, f_n, i_n, _, _ = self._normalised(pre, xp)
-        return f_n, i_n * u_h
+    def _pre_gradient(self, pre, gates, d_gate, db, xp):
+        r"""Through :math:`i' = \sigma(w)`, :math:`f' = 1 - i'`, :math:`b = i' \odot \tilde h`, :math:`w = \log(i/f)`.
 
-    def pre_gradient(self, pre, da, db, xp):
-        r"""Through :math:`i' = \sigma(w)`, :math:`f' = 1 - i'`, :math:`b = i' \odot \tilde h`.
-
-        :math:`\partial w = (\partial b \odot \tilde h - \partial a) \odot i' f'`,
-        :math:`\partial u_f = -\partial w \odot \sigma(-u_f)`,
-        :math:`\partial u_i = \partial w \odot \sigma(-u_i)`,
-        :math:`\partial \tilde h = \partial b \odot i'`.
+        With :math:`\partial w = (\partial b \odot \tilde h - \partial a) \odot i' f'`,
+        :math:`\partial u_f = -\partial w \odot \sigma(-u_f) = -(\partial b \odot \tilde h - \partial a) \odot f' P/S`
+        (as :math:`i' \sigma(-u_f) = P/S`),
+        :math:`\partial u_i = \partial w \odot \sigma(-u_i) = (\partial b \odot \tilde h - \partial a) \odot i' Q/S`
+        (as :math:`f' \sigma(-u_i) = Q/S`), and :math:`\partial \tilde h = \partial b \odot i'`.
         """
-        u_h, f_n, i_n, u_f, u_i = self._normalised(pre, xp)
-        dw = (db * u_h - da) * i_n * f_n  # d i' = db h~ - da, and d i'/dw = i' f'
-        return xp.concat([-dw * sigmoid(-u_f), dw * sigmoid(-u_i), db * i_n], axis=-1)
+        f_n, i_n, minus_p_s, q_s = gates
+        return xp.concat([d_gate * f_n * minus_p_s, d_gate * i_n * q_s, db * i_n], axis=-1)
