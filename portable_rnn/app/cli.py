@@ -316,6 +316,13 @@ def _add_bench(sub):
     p.add_argument("--layer-norm", action="store_true",
                    help="time the layer-normalised LSTM against an eager torch cell with autograd and jax.grad of "
                         "a lax.scan (the first of --configs, default 32x100x64x128)")
+    p.add_argument("--minimal", action="store_true",
+                   help="time minGRU and minLSTM, parallel and sequential, against T, with the GRU, LSTM and "
+                        "lax.associative_scan and log-space references")
+    p.add_argument("--minimal-lengths", type=parse_lengths, metavar="T,T,...",
+                   help="sequence lengths of --minimal (default 512,1024,4096,16384)")
+    p.add_argument("--minimal-hidden", type=parse_lengths, metavar="H,H,...",
+                   help="hidden sizes (= input sizes) of --minimal (default 64)")
     p.add_argument("--long", action="store_true",
                    help="instead: peak memory and time of an LSTM layer (N=8, H=256) over long sequences, "
                         "tapes full/checkpoint/none against torch.nn and jax.grad, each in a fresh process")
@@ -391,8 +398,17 @@ def _check(args) -> int:
 
 
 def _bench(args) -> int:
-    if args.long + args.train + args.layer_norm > 1:
-        raise UsageError("--long, --train and --layer-norm are different benches: give one of them")
+    if args.long + args.train + args.layer_norm + args.minimal > 1:
+        raise UsageError("--long, --train, --layer-norm and --minimal are different benches: give one of them")
+    if not args.minimal and (args.minimal_lengths is not None or args.minimal_hidden is not None):
+        raise UsageError("--minimal-lengths and --minimal-hidden need --minimal")
+    if args.minimal:
+        from .bench.minimal import run_minimal_bench
+
+        report = run_minimal_bench(args.minimal_lengths, args.minimal_hidden or (64,), args.repeats, args.threads)
+        if args.json:
+            write_json(args.json, {"schema": "portable_rnn.bench.minimal/1", **report})
+        return 0
     if args.layer_norm:
         from .bench.layer_norm import run_layer_norm_bench
 
