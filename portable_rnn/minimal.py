@@ -16,7 +16,7 @@ whose coefficients come from one matmul over every step at once: with
   :math:`b_t = i'_t \odot u_{\tilde h}` with :math:`i'_t = i/(f+i) = 1 - f'_t`.
 
 The recurrence itself is :func:`portable_rnn.linear_scan.linear_scan`: a
-chunked parallel scan of about :math:`2\sqrt T` sequential steps
+chunked parallel scan of about :math:`3\sqrt T` sequential steps
 (``scan="parallel"``), or the T steps of the definition
 (``scan="sequential"``), with the same numbers to rounding. The backward is
 written by hand: :func:`~portable_rnn.linear_scan.linear_scan_backward` (a
