@@ -213,3 +213,26 @@ def test_the_torch_modules_draw_the_factors_from_torch_in_training_and_blend_in_
     module.eval()
     np.testing.assert_allclose(module(x)[0].detach().numpy(), spec.forward(params, x.numpy())[0], rtol=1e-12)
     assert "recurrent_dropout=0.3, zoneout=0.4" in repr(module)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["training", "evaluation"])
+def test_the_gradients_equal_finite_differences(train):
+    """Every parameter's and the input's gradient, with both regularisers, against central differences."""
+    from portable_rnn.testing.gradcheck import numerical_gradient
+
+    spec = LSTM(3, 4, num_layers=2, bidirectional=True, zoneout=0.3, recurrent_dropout=0.4)
+    rng = np.random.default_rng(2)
+    x, params = rng.normal(size=(5, 2, 3)), spec.init(seed=0, dtype="float64")
+    masks = dict(recurrent_masks=spec.recurrent_dropout_masks(1, x), zoneout_masks=spec.zoneout_masks(2, x)) \
+        if train else {}
+    g = rng.normal(size=spec._out_shape(5, 2))
+
+    def loss(arrays):
+        point = dict(arrays)
+        return float(np.sum(spec.forward({k: point[k] for k in params}, point["x"], **masks)[0] * g))
+
+    out, _, tape = spec.forward(params, x, **masks)
+    grads, dx, _ = spec.backward(params, tape, g)
+    numeric = numerical_gradient(loss, {**params, "x": x}, h=1e-5)
+    for name, got in {**grads, "x": dx}.items():
+        np.testing.assert_allclose(got, numeric[name], rtol=1e-6, atol=1e-8, err_msg=name)
