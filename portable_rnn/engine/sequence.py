@@ -185,7 +185,7 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     retain, checkpoint_every = check_retain(retain, checkpoint_every, tape=tape)
     fast_path = check_fast_path(fast_path)
     params = _cell_params(cell, W_ih, cell_params)
-    zoneout = _check_regularisers(cell, zoneout, h_mask, fast_path)
+    zoneout = _check_regularisers(cell, zoneout, h_mask)
     x = _zero_padding(x, mask, xp)
     if retain == "full":
         return _forward_full(cell, x, tuple(state0), W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path,
@@ -208,7 +208,7 @@ def forward(cell, x, state0, W_ih, W_hh, b_ih=None, b_hh=None, mask=None, *, xp,
     return out, final, CheckpointTape(x, checkpoints, mask, b_ih, b_hh, zoneout, h_mask)
 
 
-def _check_regularisers(cell, zoneout, h_mask, fast_path):
+def _check_regularisers(cell, zoneout, h_mask):
     """``zoneout`` as a tuple with one factor per state part (or None); refuse what the cell cannot take."""
     if h_mask is not None and not cell.takes_h_mask:
         raise ValueError(f"recurrent dropout (h_mask) needs a cell that takes it; {cell!r} does not "
@@ -217,9 +217,6 @@ def _check_regularisers(cell, zoneout, h_mask, fast_path):
         zoneout = tuple(zoneout)
         if len(zoneout) != cell.n_states:
             raise ValueError(f"zoneout must hold one factor per state {cell.states}, got {len(zoneout)}")
-    if fast_path is True and (zoneout is not None or h_mask is not None):
-        raise ValueError("fast_path=True, but no fast kernel runs this layer: no fast kernel applies zoneout "
-                         "or recurrent dropout")
     return zoneout
 
 
@@ -249,8 +246,7 @@ def _fast(fast_path, why_not, *args) -> bool:
 
 def _forward_full(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, params, fast_path, zoneout=None, h_mask=None):
     """:func:`forward` keeping the full :class:`Tape` (``x`` already zero at masked steps)."""
-    plain = zoneout is None and h_mask is None
-    if plain and _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp):
+    if _fast(fast_path, kernels.why_not_forward, cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, zoneout, h_mask):
         out, final, states, cell_tape = kernels.forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp)
         return out, final, Tape(x, state0, states, cell_tape, mask)
     W_ih, W_hh, b_x, b_h = cell.prepared(W_ih, W_hh, b_ih, b_hh, xp=xp)

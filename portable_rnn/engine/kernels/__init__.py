@@ -140,9 +140,13 @@ def _reason(check, *args):
     return None
 
 
-def why_not_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp) -> str | None:
+_REGULARISED = "no fast kernel applies zoneout or recurrent dropout"
+
+
+def why_not_forward(cell, x, state0, W_ih, W_hh, b_ih, b_hh, mask, xp, zoneout=None, h_mask=None) -> str | None:
     """``None`` when :func:`forward` runs these inputs, else why not (the portable path then does)."""
     def accept():
+        _check(zoneout is None and h_mask is None, _REGULARISED)
         _check_layer(cell, xp, x, W_ih, W_hh, mask, vectors=(b_ih, b_hh), states=_states(state0, cell))
 
     return _reason(accept)
@@ -152,7 +156,7 @@ def why_not_backward(cell, tape, d_out, d_final, W_ih, W_hh, xp) -> str | None:
     """``None`` when :func:`backward` runs this tape, else why not (the portable path then does)."""
     def accept():
         _check(isinstance(tape, tuple) and len(tape) >= 5, "the tape is not a full Tape")
-        _check(all(field is None for field in tape[5:]), "no fast kernel applies zoneout or recurrent dropout")
+        _check(all(field is None for field in tape[5:]), _REGULARISED)
         x, state0, states, cell_tape, mask = tape[:5]
         fields = () if cell.tape_type is None else cell_tape
         _check(isinstance(fields, (tuple, list)) and len(fields) == len(getattr(cell.tape_type, "_fields", ()))
