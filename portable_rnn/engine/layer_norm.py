@@ -53,6 +53,18 @@ def _normalise(a, xp):
     return centred * rho, rho
 
 
+def _normalised_parts(xw, h_prev, W_hh, b_hh, h_mask, xp):
+    r"""The normalised input and recurrent pre-activations, each ``(a_hat, rho)`` of :func:`_normalise`.
+
+    ``xw`` is :math:`x_t W_{ih}^T + b_{ih}`; the recurrent part is
+    :math:`h_{t-1} W_{hh}^T + b_{hh}`, with recurrent dropout's factor on :math:`h_{t-1}`.
+    """
+    hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
+    if b_hh is not None:
+        hw = hw + b_hh
+    return _normalise(xw, xp), _normalise(hw, xp)
+
+
 def _normalise_backward(d_hat, a_hat, rho, xp):
     r"""The gradient of the normalised input :math:`a` from that of :math:`\hat a` (..., F)."""
     return rho * (d_hat - _mean(d_hat, xp) - a_hat * _mean(d_hat * a_hat, xp))
@@ -151,11 +163,7 @@ class LayerNormLSTMCell(Cell):
              gain_c=None, bias_c=None, h_mask=None):
         h_prev, c_prev = state
         H = c_prev.shape[-1]
-        hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
-        if b_hh is not None:
-            hw = hw + b_hh
-        x_hat, rho_x = _normalise(xw, xp)
-        h_hat, rho_h = _normalise(hw, xp)
+        (x_hat, rho_x), (h_hat, rho_h) = _normalised_parts(xw, h_prev, W_hh, b_hh, h_mask, xp)
         z = gain_ih * x_hat + bias_ih + gain_hh * h_hat + bias_hh
         s = _sigmoid(z, xp)  # the g block is unused
         i, f, o = s[..., :H], s[..., H : 2 * H], s[..., 3 * H :]
@@ -230,11 +238,7 @@ class LayerNormGRUCell(Cell):
              h_mask=None):
         (h_prev,) = state
         H = h_prev.shape[-1]
-        hw = _dropped(h_prev, h_mask) @ xp.matrix_transpose(W_hh)
-        if b_hh is not None:
-            hw = hw + b_hh
-        x_hat, rho_x = _normalise(xw, xp)
-        h_hat, rho_h = _normalise(hw, xp)
+        (x_hat, rho_x), (h_hat, rho_h) = _normalised_parts(xw, h_prev, W_hh, b_hh, h_mask, xp)
         y_x, y_h = gain_ih * x_hat + bias_ih, gain_hh * h_hat + bias_hh
         rz = _sigmoid(y_x[..., : 2 * H] + y_h[..., : 2 * H], xp)
         r, z = rz[..., :H], rz[..., H:]
