@@ -142,6 +142,11 @@ class CharModel:
             raise ValueError(f"mode {self.mode!r} has no {', '.join(refused)}")
         self.rnn  # the layer checks its options, each by name
 
+    @property
+    def regularised(self) -> bool:
+        """Whether the layer has a regulariser that acts in training mode (its factors: :meth:`training_masks`)."""
+        return bool(self.weight_drop or self.recurrent_dropout or self.zoneout)
+
     def _options(self) -> dict:
         """The :data:`VARIANTS` that differ from the plain layer."""
         return {name: getattr(self, name) for name, plain in VARIANTS.items() if getattr(self, name) != plain}
@@ -274,11 +279,11 @@ class CharModel:
             regularisers the model has (:meth:`portable_rnn.layers.LSTM.forward`'s
             keywords); empty without any.
         """
+        masks: dict = {}
+        if not self.regularised:  # nothing to draw: no work on the training loop's path
+            return masks
         xp = self._check_params(params)
         rnn, seed = self.rnn, _init.check_seed(seed)
-        masks: dict = {}
-        if not (self.weight_drop or self.recurrent_dropout or self.zoneout):
-            return masks
         inputs = xp.zeros((check_int("seq_len", seq_len), check_int("batch_size", batch_size), self.embed_size),
                           dtype=params[_W].dtype, device=device_of(params[_W]))  # their layout
         if self.weight_drop:

@@ -293,7 +293,7 @@ def _model(vocab, s: dict, data_parallel: bool) -> CharModel:
                           **{name: s[name] for name in VARIANTS})
     except ValueError as error:  # e.g. "mode 'gru' has no peephole"
         raise UsageError(f"--cell {s['cell']}: {error}") from None
-    if data_parallel and (model.weight_drop or model.recurrent_dropout or model.zoneout):
+    if data_parallel and model.regularised:
         raise UsageError("--weight-drop, --recurrent-dropout and --zoneout train on one device or process; "
                          "drop them or --devices/torchrun")
     return model
