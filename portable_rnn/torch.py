@@ -71,7 +71,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from ._validation import check_probability
 from .backends import functorch_wrapped
 from .engine import kernels as engine_kernels
-from .engine.cells import LSTMCell
+from .engine.cells import Cell, LSTMCell
 from .engine.layer_norm import LayerNormGRUCell, LayerNormLSTMCell
 from . import layers, minimal
 from .layers import LAYERS
@@ -565,7 +565,20 @@ class Recurrent(torch.nn.Module):
         return out, (tuple(finals) if len(finals) > 1 else finals[0])
 
 
-class PeepholeLSTM(Recurrent):
+class _CellModule(Recurrent):
+    """A :class:`Recurrent` of one built-in cell, ``_cell``, with ``torch.nn``'s arguments (the variant classes)."""
+
+    _cell: Cell
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
+        super().__init__(self._cell, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
+                         zoneout)
+
+
+class PeepholeLSTM(_CellModule):
     r"""An LSTM with peephole connections (Gers & Schmidhuber 2000) as a torch module.
 
     ``PeepholeLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -577,15 +590,10 @@ class PeepholeLSTM(Recurrent):
     :class:`~portable_rnn.engine.cells.LSTMCell` with ``peephole=True`` is its autograd backward.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
-        super().__init__(LSTMCell(peephole=True), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
-                         zoneout)
+    _cell = LSTMCell(peephole=True)
 
 
-class LayerNormLSTM(Recurrent):
+class LayerNormLSTM(_CellModule):
     r"""A layer-normalised LSTM (Ba, Kiros & Hinton 2016) as a torch module.
 
     ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -599,15 +607,10 @@ class LayerNormLSTM(Recurrent):
     equations and, hand-written, its autograd backward.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
-        super().__init__(LayerNormLSTMCell(), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
-                         zoneout)
+    _cell = LayerNormLSTMCell()
 
 
-class LayerNormGRU(Recurrent):
+class LayerNormGRU(_CellModule):
     r"""A layer-normalised GRU (Ba, Kiros & Hinton 2016 on ``torch.nn.GRU``'s equations) as a torch module.
 
     ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -619,12 +622,7 @@ class LayerNormGRU(Recurrent):
     :class:`~portable_rnn.engine.layer_norm.LayerNormGRUCell` gives its equations and backward.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, learn_initial_state=False,
-                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
-        super().__init__(LayerNormGRUCell(), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, learn_initial_state, weight_drop, recurrent_dropout,
-                         zoneout)
+    _cell = LayerNormGRUCell()
 
 
 @functools.lru_cache(maxsize=64)
