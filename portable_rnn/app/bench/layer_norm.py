@@ -36,17 +36,14 @@ import numpy as np
 from ... import backends
 from ...engine.layer_norm import EPS
 from ...layers import LSTM
+from .contenders import Contender
+from .run import relative_error
 from .timing import pin_threads, time_all
 
 __all__ = ["CONFIG", "run_layer_norm_bench"]
 
 #: (N, T, D, H, dtype) without ``--configs``.
 CONFIG = (32, 100, 64, 128, "float32")
-
-
-class _Contender:
-    def __init__(self, name, run):
-        self.name, self.run = name, run
 
 
 def _ours(spec, params, x, g, library):
@@ -173,13 +170,13 @@ def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = No
     params = {k: v.astype(dtype) for k, v in spec.init(seed=0, dtype="float64").items()}
     x, g = rng.normal(size=(T, N, D)).astype(dtype), rng.normal(size=(T, N, H)).astype(dtype)
     available, _ = backends.discover(("jax", "torch"))
-    contenders = [_Contender("portable_rnn numpy", _ours(spec, params, x, g, "numpy"))]
+    contenders = [Contender("portable_rnn numpy", "ours", "cpu", _ours(spec, params, x, g, "numpy"))]
     if "torch" in available:
-        contenders += [_Contender("portable_rnn torch", _ours(spec, params, x, g, "torch")),
-                       _Contender("torch eager + autograd", _torch_eager(params, x, g, H))]
+        contenders += [Contender("portable_rnn torch", "ours", "cpu", _ours(spec, params, x, g, "torch")),
+                       Contender("torch eager + autograd", "reference", "cpu", _torch_eager(params, x, g, H))]
     if "jax" in available:
-        contenders += [_Contender("portable_rnn jax", _ours_jax(spec, params, x, g)),
-                       _Contender("jax.grad of lax.scan", _jax_scan(params, x, g, H))]
+        contenders += [Contender("portable_rnn jax", "ours", "cpu", _ours_jax(spec, params, x, g)),
+                       Contender("jax.grad of lax.scan", "reference", "cpu", _jax_scan(params, x, g, H))]
     restore = pin_threads(threads) if threads else (lambda: None)
     try:
         times, results = time_all(contenders, repeats)
@@ -192,8 +189,7 @@ def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = No
           f"(median of {len(times['portable_rnn numpy'])} rounds)", file=out)
     for c in contenders:
         median = float(np.median(times[c.name]))
-        diff = max(float(np.max(np.abs(results[c.name][k] - base[k])) / (np.max(np.abs(base[k])) or 1.0))
-                   for k in base)
+        diff = relative_error(results[c.name], base)
         report["contenders"][c.name] = {"median_s": median, "times_s": times[c.name],
                                         "vs_ours_numpy": median / ours_s, "max_rel_grad_diff": diff}
         print(f"  {c.name:26s} {median * 1e3:9.1f} ms  {median / ours_s:6.2f}x ours (numpy)  "

@@ -37,7 +37,9 @@ import numpy as np
 from ... import backends
 from ...layers import GRU, LSTM
 from ...minimal import MinGRU, MinLSTM
+from .contenders import Contender
 from .memory import jax_memory
+from .run import relative_error
 from .timing import pin_threads, time_all
 
 __all__ = ["LENGTHS", "run_minimal_bench"]
@@ -45,11 +47,6 @@ __all__ = ["LENGTHS", "run_minimal_bench"]
 #: T without ``--minimal-lengths``.
 LENGTHS = (512, 1024, 4096, 16384)
 N = 16
-
-
-class _Contender:
-    def __init__(self, name, run, memory=None, group=None):
-        self.name, self.run, self.memory, self.group = name, run, memory, group
 
 
 def _numpy(spec, params, x, g):
@@ -137,26 +134,32 @@ def _torch_log_space(params, x, g, H):
     return run, None
 
 
+def _contender(name, kind, run, memory):
+    return Contender(name, kind, "cpu", run, memory=memory)
+
+
 def _contenders(T, H, available):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(T, N, H)).astype(np.float32)
     g = rng.normal(size=(T, N, H)).astype(np.float32)
-    made = []
+    made: list[tuple[Contender, str | None]] = []  # a contender, the cell whose parallel NumPy gradients it equals
     for name, cls in (("mingru", MinGRU), ("minlstm", MinLSTM)):
         specs = {scan: cls(H, H, bias=True, scan=scan) for scan in ("parallel", "sequential")}
         params = specs["parallel"].init(seed=0, like=x)
         for scan, spec in specs.items():
-            made.append((f"{name} {scan} (numpy)", *_numpy(spec, params, x, g), name))
+            made.append((_contender(f"{name} {scan} (numpy)", "ours", *_numpy(spec, params, x, g)), name))
             if "jax" in available:
-                made.append((f"{name} {scan} (jax)", *_jax_ours(spec, params, x, g), name))
+                made.append((_contender(f"{name} {scan} (jax)", "ours", *_jax_ours(spec, params, x, g)), name))
         if "jax" in available:
-            made.append((f"{name} jax.lax.associative_scan", *_jax_associative(specs["parallel"], params, x, g), name))
+            made.append((_contender(f"{name} jax.lax.associative_scan", "reference",
+                                    *_jax_associative(specs["parallel"], params, x, g)), name))
         if name == "mingru" and "torch" in available:
-            made.append(("mingru log-space (torch eager)", *_torch_log_space(params, x, g, H), None))
+            made.append((_contender("mingru log-space (torch eager)", "reference",
+                                    *_torch_log_space(params, x, g, H)), None))
     for name, layer in (("gru", GRU), ("lstm", LSTM)):
         gated = layer(H, H)
-        made.append((f"{name} (numpy)", *_numpy(gated, gated.init(seed=0, like=x), x, g), None))
-    return [_Contender(name, run, memory, group) for name, run, memory, group in made]
+        made.append((_contender(f"{name} (numpy)", "ours", *_numpy(gated, gated.init(seed=0, like=x), x, g)), None))
+    return made
 
 
 def run_minimal_bench(lengths=None, hidden=(64,), repeats: int = 3, threads: int | None = None, out=None) -> dict:
@@ -176,14 +179,12 @@ def run_minimal_bench(lengths=None, hidden=(64,), repeats: int = 3, threads: int
     try:
         for H in hidden:
             for T in lengths or LENGTHS:
-                contenders = _contenders(T, H, available)
-                times, results = time_all(contenders, repeats, stretch=False)
+                made = _contenders(T, H, available)
+                times, results = time_all([c for c, _ in made], repeats, stretch=False)
                 print(f"minimal RNNs, forward + backward, N={N} D=H={H} T={T} float32", file=out)
-                for c in contenders:
-                    base = results.get(f"{c.group} parallel (numpy)") if c.group else None
-                    diff = None if base is None else max(
-                        float(np.max(np.abs(results[c.name][k] - base[k])) / (np.max(np.abs(base[k])) or 1.0))
-                        for k in base)
+                for c, cell in made:
+                    base = None if cell is None else results[f"{cell} parallel (numpy)"]
+                    diff = None if base is None else relative_error(results[c.name], base)
                     peak = (c.memory() if c.memory else {}).get("peak_bytes")
                     median = float(np.median(times[c.name]))
                     rows.append({"T": T, "H": H, "contender": c.name, "median_s": median, "peak_bytes": peak,

@@ -166,7 +166,7 @@ def _ratios(contenders: dict) -> dict:
     return ratios
 
 
-def _rel_err(got: dict, ref: dict) -> float:
+def relative_error(got: dict, ref: dict) -> float:
     """Max abs difference over the shared keys, each divided by the reference's max abs value."""
     worst = 0.0
     for key, r in ref.items():
@@ -201,7 +201,7 @@ def measure(case, backend_names, repeats, portable, check, settle, stretch=True,
                 "compile_s": c.compile_s, "peak_bytes": None, "tape_bytes": None,
                 "peak_over_tape": None, "peak_over_tape_and_grads": None, "err": None}
         if ref is not None and c.grads is not None and not c.name.startswith("torch.nn"):
-            info["err"] = _rel_err(c.grads(warm[c.name]), ref)
+            info["err"] = relative_error(c.grads(warm[c.name]), ref)
         if c.memory is not None:
             info.update(c.memory())
         entry["contenders"][c.name] = info
