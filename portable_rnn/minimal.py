@@ -100,8 +100,8 @@ class Kept(NamedTuple):
 
     Attributes
     ----------
-    pre : array (T, N, G*H)
-        The pre-activations.
+    pre : tuple of arrays (T, N, H)
+        The pre-activations, one array per gate block.
     h : array (T + 1, N, H)
         The initial state, then the state after each step (so ``h[:-1]`` is
         the state entering each step).
@@ -328,29 +328,35 @@ class _Minimal:
 
     # ----------------------------------------------------------- the gates
 
+    def pre_activations(self, W, b, x, xp):
+        r"""The pre-activations of every gate block, a tuple of G arrays (..., H), from ``x`` (..., D).
+
+        :math:`u_g = x W_g^T + b_g`, one contraction per block: each block is
+        then a contiguous array, and the elementwise work on it runs at full
+        speed (on NumPy about 3x faster than on the strided slices of one
+        (..., G*H) product).
+        """
+        H, last = self.hidden_size, (x.ndim - 1,)
+        blocks = []
+        for g in range(self.n_gates):
+            u = xp.tensordot(x, W[g * H : (g + 1) * H, :], axes=(last, (1,)))
+            blocks.append(u if b is None else u + b[g * H : (g + 1) * H])
+        return tuple(blocks)
+
     def gates_of(self, pre, xp):
-        r"""``(a, b, gates)`` from the pre-activations ``pre`` (..., G*H): the recurrence's
-        coefficients (..., H) and what :meth:`pre_gradient` reads (the ``gates`` of :class:`Kept`)."""
+        r"""``(a, b, gates)`` from the pre-activations ``pre`` (a tuple of G arrays (..., H)): the
+        recurrence's coefficients (..., H) and what :meth:`_pre_gradient` reads (the ``gates`` of :class:`Kept`)."""
         raise NotImplementedError
 
     def coefficients(self, pre, xp):
         r"""The recurrence's :math:`(a, b)`, each (..., H), from the pre-activations ``pre`` (..., G*H)."""
-        a, b, _ = self.gates_of(pre, xp)
+        H = self.hidden_size
+        a, b, _ = self.gates_of(tuple(pre[..., g * H : (g + 1) * H] for g in range(self.n_gates)), xp)
         return a, b
 
-    def pre_gradient(self, pre, da, db, xp, gates=None):
-        r"""The gradient of ``pre`` (..., G*H) from those of :math:`a` and :math:`b` (..., H).
-
-        ``gates`` is what :meth:`gates_of` returned for ``pre`` (computed again when ``None``).
-        """
-        if gates is None:
-            gates = self.gates_of(pre, xp)[2]
-        u_h = pre[..., (self.n_gates - 1) * self.hidden_size :]
-        return self._pre_gradient(pre, gates, db * u_h - da, db, xp)
-
     def _pre_gradient(self, pre, gates, d_gate, db, xp):
-        r""":meth:`pre_gradient` from :math:`\partial b` and
-        ``d_gate`` :math:`= \partial b \odot u_{\tilde h} - \partial a`."""
+        r"""The gradients of the pre-activation blocks, a tuple like ``pre``, from :math:`\partial b` and
+        ``d_gate`` :math:`= \partial b \odot u_{\tilde h} - \partial a` (each (..., H))."""
         raise NotImplementedError
 
     # ----------------------------------------------------------- checks
@@ -416,10 +422,9 @@ class _Minimal:
     # ----------------------------------------------------------- one layer and direction
 
     def _run(self, W, b, x, h_in, mask, xp):
-        """Pre-activations (T, N, G*H), states (T, N, H) and gates of one layer and direction over ``x`` (T, N, D)."""
-        pre = x @ xp.matrix_transpose(W)
-        if b is not None:
-            pre = pre + b
+        """Pre-activations (G arrays (T, N, H)), states (T, N, H) and gates of one layer and direction over ``x``
+        (T, N, D)."""
+        pre = self.pre_activations(W, b, x, xp)
         a, bb, gates = self.gates_of(pre, xp)
         return pre, linear_scan(a, bb, h_in, mask=mask, method=self.scan), gates
 
@@ -453,11 +458,15 @@ class _Minimal:
         lam, dh_in = _adjoint(a, d_out, d_final, keep=_whole_last_step(keep, xp), method=self.scan)
         if mask is not None:
             lam = mask * lam
-        u_h = pre[..., (self.n_gates - 1) * self.hidden_size :]
-        d_pre = self._pre_gradient(pre, gates, lam * (u_h - h_prev), lam, xp)  # zero at padded steps
-        steps_and_batch = ([0, 1], [0, 1])
-        dW = xp.tensordot(d_pre, x, axes=steps_and_batch)
-        return dh_in, dW, xp.sum(d_pre, axis=(0, 1)), d_pre @ W
+        d_pre = self._pre_gradient(pre, gates, lam * (pre[-1] - h_prev), lam, xp)  # zero at padded steps
+        H, steps_and_batch = self.hidden_size, ((0, 1), (0, 1))
+        dW = xp.concat([xp.tensordot(d_u, x, axes=steps_and_batch) for d_u in d_pre], axis=0)
+        db = xp.concat([xp.sum(d_u, axis=(0, 1)) for d_u in d_pre], axis=0)
+        dx = None
+        for g, d_u in enumerate(d_pre):
+            dx_g = xp.tensordot(d_u, W[g * H : (g + 1) * H, :], axes=((2,), (0,)))
+            dx = dx_g if dx is None else dx + dx_g
+        return dh_in, dW, db, dx
 
     def _backward_checkpointed(self, W, b, x, checkpoints, mask, keep, d_out, d_final, xp):
         """:meth:`_backward_run` over segments, last first, each recomputed from its checkpoint."""
@@ -703,10 +712,7 @@ class _Minimal:
         layer_in, new = x_t, []
         for k in range(L):
             W, b = self._weights(params, k, 0)
-            pre = layer_in @ xp.matrix_transpose(W)
-            if b is not None:
-                pre = pre + b
-            a, bb = self.coefficients(pre, xp)
+            a, bb, _ = self.gates_of(self.pre_activations(W, b, layer_in, xp), xp)
             h_prev = xp.zeros((N, H), dtype=dtype, device=device(x_t)) if state is None else state[k, ...]
             layer_in = a * h_prev + bb
             new.append(layer_in)
@@ -793,9 +799,8 @@ class MinGRU(_Minimal):
     def gates_of(self, pre, xp):
         r""":math:`a = 1 - z = 1/(1 + c)`, :math:`b = z \odot u_{\tilde h}` with :math:`z = c\,a`,
         :math:`c = e^{\min(u_z, L)}` (module docstring); the gates kept are :math:`(a, z)`."""
-        H = self.hidden_size
-        u_z, u_h = pre[..., :H], pre[..., H:]
-        c = xp.exp(xp.clip(u_z, max=_exp_limit(pre.dtype, xp)))
+        u_z, u_h = pre
+        c = xp.exp(xp.clip(u_z, max=_exp_limit(u_z.dtype, xp)))
         a = 1 / (1 + c)
         z = c * a
         return a, z * u_h, (a, z)
@@ -807,8 +812,7 @@ class MinGRU(_Minimal):
         :math:`\partial \tilde h = \partial b \odot z`.
         """
         a, z = gates
-        dh = db * z
-        return xp.concat([d_gate * a * z, dh], axis=-1)
+        return d_gate * a * z, db * z
 
 
 @dataclass(frozen=True)
@@ -854,8 +858,7 @@ class MinLSTM(_Minimal):
 
         The gates kept are :math:`(f', i', -P/S, Q/S)` with :math:`S = (E + Q) + (E + P)`.
         """
-        H = self.hidden_size
-        u_f, u_i, u_h = pre[..., :H], pre[..., H : 2 * H], pre[..., 2 * H :]
+        u_f, u_i, u_h = pre
         m = xp.clip(xp.minimum(u_f, u_i), max=0.0)
         P, Q, E = xp.exp(m - u_f), xp.exp(m - u_i), xp.exp(m)
         num_f, num_i = E + Q, E + P
@@ -873,4 +876,4 @@ class MinLSTM(_Minimal):
         (as :math:`f' \sigma(-u_i) = Q/S`), and :math:`\partial \tilde h = \partial b \odot i'`.
         """
         f_n, i_n, minus_p_s, q_s = gates
-        return xp.concat([d_gate * f_n * minus_p_s, d_gate * i_n * q_s, db * i_n], axis=-1)
+        return d_gate * f_n * minus_p_s, d_gate * i_n * q_s, db * i_n
