@@ -55,6 +55,11 @@ def pytest_addoption(parser):
         help="run only this backend (repeatable); default: all, or PORTABLE_RNN_BACKEND",
     )
     parser.addoption("--soak", action="store_true", default=False, help="run the soak tests")
+    parser.addoption(
+        "--matrix-only", action="store_true", default=False,
+        help="deselect the backend-independent tests: run only what the selected backends parametrize "
+             "(.ci/gpu-check runs the GPU backends so)",
+    )
 
 
 def _selected(config) -> list[str]:
@@ -219,6 +224,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
+    if config.getoption("--matrix-only"):
+        independent = [item for item in items if "backend" not in getattr(item, "fixturenames", ())]
+        if independent:
+            config.hook.pytest_deselected(items=independent)
+            items[:] = [item for item in items if "backend" in getattr(item, "fixturenames", ())]
     # Stable: the tests of a once-per-session program first, in their order, then every other test.
     items.sort(key=lambda item: item.get_closest_marker("shared_program") is None)
     for rule, attribute in ((_jit_excluded, "_prnn_jit_deselected"), (_eager_jax_excluded, "_prnn_eager_deselected")):

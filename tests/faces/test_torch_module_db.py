@@ -24,9 +24,12 @@ with ``--soak`` only); ``test_to``/``test_to_empty`` in float32 only;
 check in float32 and float64 and, the entries having
 ``train_and_eval_differ=True``, in both modes. Tolerances are those of
 ``TestModule.assertEqual``: at least 1e-5 absolute and relative, dtypes exact.
-The entries' decorators that are active on a CPU are honoured (today only
-``skipMPS``, which skips nothing on a CPU); an ``expectedFailure`` or skip
-active on a CPU would make the check skip, saying so.
+The entries' decorators that are active on the device are honoured (on a CPU
+today only ``skipMPS``, which skips nothing there); an ``expectedFailure`` or
+skip active on the device would make the check skip, saying so. The device is
+the CPU unless ``PORTABLE_RNN_TORCH_DEVICE`` names another (``cuda``: what
+``.ci/gpu-check`` runs on a GPU machine); ``test_device_ctx_init`` is
+PyTorch's CPU-only check and stays on the CPU.
 
 ``test_check_inplace`` runs in PyTorch only for modules whose constructor
 takes ``inplace``; the recurrent modules do not, so here it checks that the
@@ -63,6 +66,12 @@ torch = pytest.importorskip("torch")
 from torch.utils import _pytree as pytree  # noqa: E402
 
 import portable_rnn.torch as prt  # noqa: E402
+
+# The device the checks run on, as test_modules.py runs once per device type: the CPU, or the one
+# PORTABLE_RNN_TORCH_DEVICE names (.ci/gpu-check sets cuda on a GPU machine).
+DEVICE = torch.device(os.environ.get("PORTABLE_RNN_TORCH_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    pytest.skip(f"PORTABLE_RNN_TORCH_DEVICE={DEVICE} but torch sees no CUDA device", allow_module_level=True)
 
 
 def _load_module_db():
@@ -114,9 +123,9 @@ def test_module_db_has_the_three_recurrent_entries():
 
 
 def _cases(allowed=None):
-    """(entry, dtype) pairs as ``@modules(module_db, allowed_dtypes=...)`` makes them on a CPU."""
+    """(entry, dtype) pairs as ``@modules(module_db, allowed_dtypes=...)`` makes them on ``DEVICE``."""
     return [pytest.param(info, dtype, id=f"{info.name}-{str(dtype).removeprefix('torch.')}")
-            for info in ENTRIES for dtype in info.supported_dtypes("cpu")
+            for info in ENTRIES for dtype in info.supported_dtypes(DEVICE.type)
             if allowed is None or dtype in allowed]
 
 
@@ -125,13 +134,14 @@ def _trainings(info, train_only=False):
     return [True] if train_only or not info.train_and_eval_differ else [True, False]
 
 
-def _honour_cpu_decorators(info, test_name, dtype, training, cls_name="TestModule"):
-    """Skip, saying why, where the entry marks this check expected-to-fail or skipped on a CPU."""
-    for decorator in info.get_decorators(cls_name, test_name, "cpu", dtype, {"training": training}):
+def _honour_decorators(info, test_name, dtype, training, cls_name="TestModule", device_type=None):
+    """Skip, saying why, where the entry marks this check expected-to-fail or skipped on this device type."""
+    device_type = DEVICE.type if device_type is None else device_type
+    for decorator in info.get_decorators(cls_name, test_name, device_type, dtype, {"training": training}):
         name = getattr(decorator, "__name__", repr(decorator))
         if name == "skipMPS":  # skips on an MPS device only
             continue
-        pytest.skip(f"module_db marks {info.name} {test_name} on CPU ({dtype}, training={training}) "
+        pytest.skip(f"module_db marks {info.name} {test_name} on {device_type} ({dtype}, training={training}) "
                     f"with {name}: PyTorch does not hold its own module to this check")
 
 
@@ -194,13 +204,13 @@ def _assert_equal(actual, expected, *, atol=None, rtol=None):
 def _build(cls, sample, dtype, training, **extra):
     args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
     m = cls(*args, **kwargs, **extra)
-    m.to("cpu").to(dtype)
+    m.to(DEVICE).to(dtype)
     m.train(training)
     return m
 
 
 def _forward_samples(info, dtype, requires_grad, training):
-    samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=requires_grad,
+    samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=requires_grad,
                                       training=training)
     return [s for s in samples if s.forward_input is not None]
 
@@ -240,7 +250,7 @@ def test_forward(info, dtype):
     ``.double()`` then a forward leave every parameter in that dtype."""
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_forward", dtype, training)
+        _honour_decorators(info, "test_forward", dtype, training)
         for sample in _forward_samples(info, dtype, False, training):
             with failures.sample(_describe(sample, training)), _frozen_rng():
                 m = _build(cls, sample, dtype, training)
@@ -254,7 +264,7 @@ def test_forward(info, dtype):
                     m.double()
                 m(*args, **kwargs)
                 for name, p in itertools.chain(m.named_parameters(), m.named_buffers()):
-                    assert p.device.type == "cpu" and (not p.dtype.is_floating_point or p.dtype == dtype), \
+                    assert p.device.type == DEVICE.type and (not p.dtype.is_floating_point or p.dtype == dtype), \
                         f"{name}: {p.device} {p.dtype} after .{str(dtype)[6:]}()"
     failures.check()
 
@@ -287,8 +297,8 @@ def test_factory_kwargs(info, dtype):
     """``device=`` and ``dtype=`` reach every parameter and buffer the module creates."""
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_factory_kwargs", dtype, training)
-        samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False, training=training)
+        _honour_decorators(info, "test_factory_kwargs", dtype, training)
+        samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=False, training=training)
         for sample in samples:
             with failures.sample(_describe(sample, training)):
                 args, kwargs = sample.constructor_input.args, dict(sample.constructor_input.kwargs)
@@ -297,10 +307,10 @@ def test_factory_kwargs(info, dtype):
                 assert creates == _creates_parameters_or_buffers(info.module_cls, args, kwargs)
                 if not creates:
                     continue
-                m = cls(*args, **kwargs, device="cpu", dtype=dtype)
+                m = cls(*args, **kwargs, device=DEVICE, dtype=dtype)
                 m.train(training)
                 for name, p in itertools.chain(m.named_parameters(), m.named_buffers()):
-                    assert p.device == torch.device("cpu"), f"{name} on {p.device}"
+                    assert p.device.type == DEVICE.type, f"{name} on {p.device}"
                     assert not p.dtype.is_floating_point or p.dtype == dtype, f"{name} is {p.dtype}"
     failures.check()
 
@@ -311,8 +321,8 @@ def test_factory_kwargs(info, dtype):
 def test_repr(info, dtype):
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_repr", dtype, training)
-        samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False, training=training)
+        _honour_decorators(info, "test_repr", dtype, training)
+        samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=False, training=training)
         for sample in samples:
             with failures.sample(_describe(sample, training)):
                 m = _build(cls, sample, dtype, training)
@@ -328,7 +338,7 @@ def test_save_load(info, dtype):
     with ``weights_only=True``. In memory: nothing is written to disk."""
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_save_load", dtype, training)
+        _honour_decorators(info, "test_save_load", dtype, training)
         for sample in _forward_samples(info, dtype, False, training):
             with failures.sample(_describe(sample, training)), _frozen_rng():
                 m = _build(cls, sample, dtype, training)
@@ -387,7 +397,7 @@ def test_non_contiguous_tensors(info, dtype, full):
     doubles the time for the flag alone)."""
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info) if full else [True]:
-        _honour_cpu_decorators(info, "test_non_contiguous_tensors", dtype, training)
+        _honour_decorators(info, "test_non_contiguous_tensors", dtype, training)
         for sample in _forward_samples(info, dtype, True, training):
             with failures.sample(_describe(sample, training)):
                 in_args, in_kwargs = sample.forward_input.args, sample.forward_input.kwargs
@@ -432,7 +442,7 @@ def _gradient_checks(info, dtype, test_name, check, full):
     cls, failures = _subject(info), _Failures()
     fast = True if info.gradcheck_fast_mode is None else info.gradcheck_fast_mode
     for training in _trainings(info) if full else [True]:
-        _honour_cpu_decorators(info, test_name, dtype, training)
+        _honour_decorators(info, test_name, dtype, training)
         samples = _forward_samples(info, dtype, True, training)
         for index, sample in enumerate(samples):
             last = index == len(samples) - 1
@@ -518,7 +528,7 @@ def test_memory_format(info, dtype):
         _traverse(obj, lambda t: None if t.is_contiguous() else pytest.fail("a non-contiguous result"))
 
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_memory_format", dtype, training)
+        _honour_decorators(info, "test_memory_format", dtype, training)
         for sample in _forward_samples(info, dtype, True, training):
             with failures.sample(_describe(sample, training)), _frozen_rng():
                 assert not any(t.dim() in (4, 5) for t in pytree.tree_leaves(sample.forward_input.args)
@@ -560,7 +570,7 @@ def test_memory_format(info, dtype):
 def test_if_train_and_eval_modes_differ(info, dtype):
     """With ``training`` deleted, a forward that reads it must belong to an entry that says so."""
     cls, failures = _subject(info), _Failures()
-    _honour_cpu_decorators(info, "test_if_train_and_eval_modes_differ", dtype, True)
+    _honour_decorators(info, "test_if_train_and_eval_modes_differ", dtype, True)
     for sample in _forward_samples(info, dtype, False, True):
         with failures.sample(_describe(sample, True)):
             m = _build(cls, sample, dtype, True)
@@ -582,8 +592,8 @@ def test_errors(info, dtype):
     assert info.module_error_inputs_func is not None
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_errors", dtype, training)
-        for error_input in info.module_error_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False,
+        _honour_decorators(info, "test_errors", dtype, training)
+        for error_input in info.module_error_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=False,
                                                          training=training):
             sample = error_input.module_error_input
             name = _describe(sample, training, f" -> {error_input.error_type.__name__}({error_input.error_regex!r})")
@@ -625,8 +635,8 @@ def test_to(info, dtype):
     ``.to(half)`` and back after a forward and backward works."""
     cls, failures = _subject(info), _Failures()
     for training, swap, set_grad in itertools.product(_trainings(info), (True, False), (True, False)):
-        _honour_cpu_decorators(info, "test_to", dtype, training)
-        samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False, training=training)
+        _honour_decorators(info, "test_to", dtype, training)
+        samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=False, training=training)
         for sample in samples:
             with failures.sample(_describe(sample, training, f" swap={swap} set_grad={set_grad}")), \
                     _swap_module_params(swap):
@@ -634,31 +644,31 @@ def test_to(info, dtype):
                 m.train(training)
                 for mod in m.modules():  # not module.to(): that is what is tested
                     for n, p in list(mod.named_parameters(recurse=False)):
-                        new_p = torch.nn.Parameter(p.detach().clone().to("cpu", dtype))
+                        new_p = torch.nn.Parameter(p.detach().clone().to(DEVICE, dtype))
                         setattr(mod, n, new_p)
                         if set_grad:
                             new_p.grad = torch.randn_like(new_p)
                     for n, b in list(mod.named_buffers(recurse=False)):
-                        setattr(mod, n, b.detach().clone().to("cpu", dtype))
+                        setattr(mod, n, b.detach().clone().to(DEVICE, dtype))
                 if swap and not set_grad and list(m.parameters()):
                     out = m(*sample.forward_input.args, **sample.forward_input.kwargs)
                     (out[0] if isinstance(out, tuple) else out).sum().backward()
                     m.to(dtype=torch.half)
                     m.to(dtype=torch.float32)
-                prev = ("cpu", dtype)
+                prev = (DEVICE.type, dtype)
                 for new_dtype in info.dtypes:
-                    unchanged = prev == ("cpu", new_dtype)
-                    prev = ("cpu", new_dtype)
+                    unchanged = prev == (DEVICE.type, new_dtype)
+                    prev = (DEVICE.type, new_dtype)
                     ids, cdatas = [id(p) for p in m.parameters()], _cdatas(m.parameters())
                     if set_grad:
                         g_ids, g_cdatas = [id(p.grad) for p in m.parameters()], _cdatas(p.grad for p in m.parameters())
-                    m.to(device="cpu", dtype=new_dtype)
+                    m.to(device=DEVICE, dtype=new_dtype)
                     params = list(m.parameters())
                     assert all(isinstance(p, torch.nn.Parameter) for p in params)
-                    assert all(p.device.type == "cpu" and p.dtype == new_dtype for p in params)
+                    assert all(p.device.type == DEVICE.type and p.dtype == new_dtype for p in params)
                     assert [id(p) for p in params] == ids, "parameters replaced by new objects"
                     if set_grad:
-                        assert all(p.grad.device.type == "cpu" and p.grad.dtype == new_dtype for p in params)
+                        assert all(p.grad.device.type == DEVICE.type and p.grad.dtype == new_dtype for p in params)
                     if swap:
                         assert all(a != b for a, b in zip(cdatas, _cdatas(params))), "_cdata not swapped"
                         if set_grad:
@@ -674,11 +684,11 @@ def test_to(info, dtype):
 
 @pytest.mark.parametrize("info, dtype", _cases(allowed={torch.float32}))
 def test_to_empty(info, dtype):
-    """Built on the meta device, ``to_empty(device='cpu')`` gives CPU Parameters (same objects with a
+    """Built on the meta device, ``to_empty(device=DEVICE)`` gives Parameters on that device (same objects with a
     swapped ``_cdata`` when swapping, new objects otherwise)."""
     cls, failures = _subject(info), _Failures()
     for training, swap in itertools.product(_trainings(info), (True, False)):
-        _honour_cpu_decorators(info, "test_to_empty", dtype, training)
+        _honour_decorators(info, "test_to_empty", dtype, training)
         with torch.device("meta"):
             samples = info.module_inputs_func(info, device=None, dtype=dtype, requires_grad=False, training=training)
         for sample in samples:
@@ -686,10 +696,10 @@ def test_to_empty(info, dtype):
                 with torch.device("meta"):
                     m = cls(*sample.constructor_input.args, **sample.constructor_input.kwargs)
                 ids, cdatas = [id(p) for p in m.parameters()], _cdatas(m.parameters())
-                m.to_empty(device=torch.device("cpu"))
+                m.to_empty(device=DEVICE)
                 params = list(m.parameters())
                 assert all(isinstance(p, torch.nn.Parameter) for p in params)
-                assert all(p.device == torch.device("cpu") and p.dtype == dtype for p in params)
+                assert all(p.device.type == DEVICE.type and p.dtype == dtype for p in params)
                 assert all(a != b for a, b in zip(cdatas, _cdatas(params)))
                 if swap:
                     assert [id(p) for p in params] == ids
@@ -712,7 +722,8 @@ def test_device_ctx_init(info, dtype):
 
     cls, failures = _subject(info), _Failures()
     for training in _trainings(info):
-        _honour_cpu_decorators(info, "test_device_ctx_init", dtype, training, cls_name="TestModuleCPUOnly")
+        _honour_decorators(info, "test_device_ctx_init", dtype, training, cls_name="TestModuleCPUOnly",
+                           device_type="cpu")
         samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False, training=training)
         with torch.device("meta"):
             meta_samples = info.module_inputs_func(info, device=None, dtype=dtype, requires_grad=False,
