@@ -405,14 +405,16 @@ def _bench(args) -> int:
     if args.minimal:
         from .bench.minimal import run_minimal_bench
 
-        report = run_minimal_bench(args.minimal_lengths, args.minimal_hidden or (64,), args.repeats, args.threads)
+        report = run_minimal_bench(args.minimal_lengths, args.minimal_hidden or (64,), args.repeats, args.threads,
+                                   args.settle)
         if args.json:
             write_json(args.json, {"schema": "portable_rnn.bench.minimal/1", **report})
         return 0
     if args.layer_norm:
         from .bench.layer_norm import run_layer_norm_bench
 
-        report = run_layer_norm_bench(args.configs[0] if args.configs else None, args.repeats, args.threads)
+        report = run_layer_norm_bench(args.configs[0] if args.configs else None, args.repeats, args.threads,
+                                      args.settle)
         if args.json:
             write_json(args.json, {"schema": "portable_rnn.bench.layer_norm/1", **report})
         return 0

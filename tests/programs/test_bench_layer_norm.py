@@ -14,7 +14,7 @@ pytest.importorskip("jax", reason="jax: not installed, needed for the lax.scan r
 
 def test_every_contender_runs_with_the_same_gradients_and_the_json_records_them(tmp_path, capsys):
     path = tmp_path / "ln.json"
-    assert main(["bench", "--layer-norm", "--configs", "3x5x4x6", "--repeats", "1", "--threads", "1",
+    assert main(["bench", "--layer-norm", "--configs", "3x5x4x6", "--repeats", "1", "--threads", "1", "--settle", "0",
                  "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["schema"] == "portable_rnn.bench.layer_norm/1"

@@ -15,7 +15,7 @@ pytest.importorskip("jax", reason="jax: not installed, needed for the associativ
 def test_every_contender_runs_and_the_same_maths_has_the_same_gradients(tmp_path, capsys):
     path = tmp_path / "minimal.json"
     assert main(["bench", "--minimal", "--minimal-lengths", "9", "--minimal-hidden", "4", "--repeats", "1",
-                 "--threads", "1", "--json", str(path)]) == 0
+                 "--settle", "0", "--threads", "1", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["schema"] == "portable_rnn.bench.minimal/1"
     rows = report["rows"]

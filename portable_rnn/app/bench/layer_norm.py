@@ -38,7 +38,7 @@ from ...engine.layer_norm import EPS
 from ...layers import LSTM
 from .contenders import Contender
 from .run import relative_error
-from .timing import pin_threads, time_all
+from .timing import SETTLE_S, pin_threads, time_all
 
 __all__ = ["CONFIG", "run_layer_norm_bench"]
 
@@ -144,7 +144,7 @@ def _ours_jax(spec, params, x, g):
     return run
 
 
-def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = None, out=None) -> dict:
+def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = None, settle=None, out=None) -> dict:
     """Time every contender on one configuration and print a table.
 
     Parameters
@@ -155,6 +155,8 @@ def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = No
         Timed rounds; the median is reported.
     threads : int, optional
         Pin torch's and NumPy's BLAS threads to this count.
+    settle : float, optional
+        Seconds of pause before every timed run (default :data:`~.timing.SETTLE_S`).
     out : file, optional
 
     Returns
@@ -179,7 +181,7 @@ def run_layer_norm_bench(config=None, repeats: int = 5, threads: int | None = No
                        Contender("jax.grad of lax.scan", "reference", "cpu", _jax_scan(params, x, g, H))]
     restore = pin_threads(threads) if threads else (lambda: None)
     try:
-        times, results = time_all(contenders, repeats)
+        times, results = time_all(contenders, repeats, SETTLE_S if settle is None else settle)
     finally:
         restore()
     base = results["portable_rnn numpy"]

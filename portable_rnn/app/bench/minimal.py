@@ -40,7 +40,7 @@ from ...minimal import MinGRU, MinLSTM
 from .contenders import Contender
 from .memory import jax_memory
 from .run import relative_error
-from .timing import pin_threads, time_all
+from .timing import SETTLE_S, pin_threads, time_all
 
 __all__ = ["LENGTHS", "run_minimal_bench"]
 
@@ -162,8 +162,11 @@ def _contenders(T, H, available):
     return made
 
 
-def run_minimal_bench(lengths=None, hidden=(64,), repeats: int = 3, threads: int | None = None, out=None) -> dict:
+def run_minimal_bench(lengths=None, hidden=(64,), repeats: int = 3, threads: int | None = None, settle=None,
+                      out=None) -> dict:
     """Time every contender at every (T, H) and print a table per configuration.
+
+    ``settle`` is the pause before every timed run (default :data:`~.timing.SETTLE_S`).
 
     Returns
     -------
@@ -180,7 +183,8 @@ def run_minimal_bench(lengths=None, hidden=(64,), repeats: int = 3, threads: int
         for H in hidden:
             for T in lengths or LENGTHS:
                 made = _contenders(T, H, available)
-                times, results = time_all([c for c, _ in made], repeats, stretch=False)
+                times, results = time_all([c for c, _ in made], repeats, SETTLE_S if settle is None else settle,
+                                          stretch=False)
                 print(f"minimal RNNs, forward + backward, N={N} D=H={H} T={T} float32", file=out)
                 for c, cell in made:
                     base = None if cell is None else results[f"{cell} parallel (numpy)"]

@@ -6,8 +6,12 @@
   report states ``XLA_FLAGS`` instead.
 * One warm-up run per contender (its result feeds the correctness check),
   then ``repeats`` rounds; every round runs every contender once,
-  interleaved, starting at a different contender each round, with the
-  garbage collector paused. The caller reports the median.
+  interleaved, in its own seeded order, with the garbage collector paused.
+  The caller reports the median. A fixed cyclic order gave each contender
+  the same predecessor in every round, and a predecessor can leave the
+  machine slower for the next run (threads still spinning, freed memory the
+  kernel must compact before it can hand out huge pages again): one NumPy
+  layer measured 1.6x slower in every round after the same torch contender.
 * Every timed run can follow a pause (``settle``): BLAS and OpenMP worker
   threads spin for ~0.1 s after a call, and a contender started while
   another library's threads still spin on the same cores measured up to
@@ -23,6 +27,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import time
 
 __all__ = ["SETTLE_S", "SHORT_S", "SHORT_ROUNDS_FACTOR", "time_all", "pin_threads"]
@@ -68,8 +73,10 @@ def time_all(contenders, repeats, settle=0.0, stretch=True):
     try:
         r, rounds = 0, repeats
         while r < rounds:
-            for j in range(n):
-                c = contenders[(r + j) % n]
+            order = list(range(n))
+            random.Random(r).shuffle(order)
+            for j in order:
+                c = contenders[j]
                 if settle:
                     time.sleep(settle)
                     if warm_s[c.name] < settle:
