@@ -225,10 +225,12 @@ def pytest_collection_modifyitems(config, items):
         if "soak" in item.keywords and not config.getoption("--soak"):
             item.add_marker(skip_soak)
     if config.getoption("--matrix-only"):
-        independent = [item for item in items if "backend" not in getattr(item, "fixturenames", ())]
+        kept, independent = [], []
+        for item in items:
+            (kept if "backend" in getattr(item, "fixturenames", ()) else independent).append(item)
         if independent:
             config.hook.pytest_deselected(items=independent)
-            items[:] = [item for item in items if "backend" in getattr(item, "fixturenames", ())]
+            items[:] = kept
     # Stable: the tests of a once-per-session program first, in their order, then every other test.
     items.sort(key=lambda item: item.get_closest_marker("shared_program") is None)
     for rule, attribute in ((_jit_excluded, "_prnn_jit_deselected"), (_eager_jax_excluded, "_prnn_eager_deselected")):

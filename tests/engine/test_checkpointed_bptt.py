@@ -8,12 +8,10 @@ the segment's tape in the backward; every result must equal the full tape's
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
-
 import numpy as np
 import pytest
 
+from portable_rnn.app.bench.memory import traced_peak
 from portable_rnn.engine import kernels, sequence
 from portable_rnn.engine.cells import LSTMCell
 from portable_rnn.layers import GRU, LSTM, RNN
@@ -220,19 +218,6 @@ def test_the_in_place_segments_of_the_fast_path_equal_the_portable_ones(backend,
         assert rel_error(backend.to_numpy(got), backend.to_numpy(ref)) <= TOL
 
 
-def _peak_bytes(fn) -> int:
-    """Peak NumPy allocation of ``fn()`` beyond what existed before (tracemalloc sees NumPy's buffers)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 def test_memory_checkpoint_grows_like_sqrt_T_and_none_only_with_the_output():
     spec = LSTM(8, 32)
     N = 4
@@ -249,8 +234,8 @@ def test_memory_checkpoint_grows_like_sqrt_T_and_none_only_with_the_output():
                 spec.backward(params, kept, d_out)
 
         for retain in ("full", "checkpoint"):
-            scratch[retain, T] = _peak_bytes(lambda: fwd_bwd(retain)) - results
-        scratch["none", T] = _peak_bytes(lambda: fwd_bwd("none")) - d_out.nbytes
+            scratch[retain, T] = traced_peak(lambda: fwd_bwd(retain)) - results
+        scratch["none", T] = traced_peak(lambda: fwd_bwd("none")) - d_out.nbytes
     assert scratch["full", 4096] > 12 * scratch["full", 256]  # the full tape: linear in T (16x)
     assert scratch["checkpoint", 4096] < 6 * scratch["checkpoint", 256]  # sqrt(16) = 4, plus fixed costs
     assert scratch["checkpoint", 4096] < 0.05 * scratch["full", 4096]

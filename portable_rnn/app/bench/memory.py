@@ -48,6 +48,19 @@ def _tape_bytes(spec, params, x) -> int:
     )
 
 
+def traced_peak(run) -> int:
+    """The most that :mod:`tracemalloc` saw allocated during ``run()`` beyond what was live before, in bytes."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        run()
+        return int(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+
+
 def numpy_memory(spec, params, x, *, portable=False):
     """``() -> dict`` of ``peak_bytes``, ``tape_bytes``, ``peak_over_tape``, ``peak_over_tape_and_grads``."""
 
@@ -55,21 +68,18 @@ def numpy_memory(spec, params, x, *, portable=False):
         tape_bytes = _tape_bytes(spec, params, x)
         T, N = x.shape[0], x.shape[1]
         d_out = np.ones((T, N, spec.hidden_size), dtype=x.dtype)  # the loss's gradient: an input
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            tracemalloc.reset_peak()
+        made: dict = {}
+
+        def run():
             with engine_kernels.portable_only() if portable else contextlib.nullcontext():
-                out, _, tape = spec.forward(params, x)
-                grads, dx, d0 = spec.backward(params, tape, d_out)
-                del out, tape
-            peak = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            tracemalloc.stop()
+                out, _, tape = spec.forward(params, x)  # out stays alive through the backward, as a caller's
+                made["grads"] = spec.backward(params, tape, d_out)
+
+        peak = traced_peak(run)
+        grads, dx, d0 = made["grads"]
         grad_bytes = _unique_nbytes(list(grads.values()) + [dx] + list(leaves(d0)))
         return {
-            "peak_bytes": int(peak),
+            "peak_bytes": peak,
             "tape_bytes": int(tape_bytes),
             "peak_over_tape": peak / tape_bytes if tape_bytes else None,
             "peak_over_tape_and_grads": peak / (tape_bytes + grad_bytes),

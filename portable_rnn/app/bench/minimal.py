@@ -28,9 +28,7 @@ measured on the CPU. Times: medians of interleaved rounds
 
 from __future__ import annotations
 
-import gc
 import sys
-import tracemalloc
 
 import numpy as np
 
@@ -38,7 +36,7 @@ from ... import backends
 from ...layers import GRU, LSTM
 from ...minimal import MinGRU, MinLSTM
 from .contenders import Contender
-from .memory import jax_memory
+from .memory import jax_memory, traced_peak
 from .run import relative_error
 from .timing import SETTLE_S, pin_threads, time_all
 
@@ -55,18 +53,7 @@ def _numpy(spec, params, x, g):
         grads, _, _ = spec.backward(params, tape, g)
         return grads
 
-    def memory():
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            tracemalloc.reset_peak()
-            run()
-            return {"peak_bytes": int(tracemalloc.get_traced_memory()[1] - base)}
-        finally:
-            tracemalloc.stop()
-
-    return run, memory
+    return run, lambda: {"peak_bytes": traced_peak(run)}
 
 
 def _jax_compiled(loss, params, x, g):
